@@ -1,0 +1,235 @@
+//! Generates the kernel dispatch table from `kernels/decode.kernels`.
+//!
+//! The output (`$OUT_DIR/kernels.rs`) is deterministic, starts with a line
+//! naming its source, is rewritten only when its content changes, and is
+//! never committed. A malformed spec line fails the build with `file:line`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const SPEC: &str = "kernels/decode.kernels";
+const TIERS: [&str; 4] = ["avx512", "avx2", "neon", "scalar"];
+const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Instance {
+    tier: &'static str,
+    k: &'static str,
+    v: &'static str,
+    dk: usize,
+    dv: usize,
+    rows: usize,
+}
+
+fn fail(line: usize, msg: impl std::fmt::Display) -> ! {
+    panic!("{SPEC}:{line}: {msg}");
+}
+
+fn pick(line: usize, what: &str, word: &str, allowed: &[&'static str]) -> &'static str {
+    allowed
+        .iter()
+        .copied()
+        .find(|a| *a == word)
+        .unwrap_or_else(|| {
+            fail(
+                line,
+                format!("unknown {what} `{word}` (expected one of {allowed:?})"),
+            )
+        })
+}
+
+fn numbers(line: usize, what: &str, field: &str, max: usize) -> Vec<usize> {
+    field
+        .split(',')
+        .map(|w| match w.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => fail(line, format!("{what} `{w}` is not an integer in 1..={max}")),
+        })
+        .collect()
+}
+
+fn parse(text: &str) -> Vec<Instance> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line = idx + 1;
+        let body = raw.split('#').next().unwrap_or("").trim();
+        if body.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = body.split_whitespace().collect();
+        if f.len() != 6 {
+            fail(
+                line,
+                format!("expected 6 fields (tier k v dk dv rows), found {}", f.len()),
+            );
+        }
+        let tiers: Vec<_> = f[0]
+            .split(',')
+            .map(|w| pick(line, "tier", w, &TIERS))
+            .collect();
+        let ks: Vec<_> = f[1]
+            .split(',')
+            .map(|w| pick(line, "dtype", w, &DTYPES))
+            .collect();
+        let vs: Option<Vec<_>> = (f[2] != "=").then(|| {
+            f[2].split(',')
+                .map(|w| pick(line, "dtype", w, &DTYPES))
+                .collect()
+        });
+        let dks = numbers(line, "dk", f[3], 4096);
+        let dvs = (f[4] != "=").then(|| numbers(line, "dv", f[4], 4096));
+        let rows = numbers(line, "rows", f[5], 1024);
+        for &tier in &tiers {
+            for &k in &ks {
+                for &v in vs.as_deref().unwrap_or(&[k]) {
+                    for &dk in &dks {
+                        for &dv in dvs.as_deref().unwrap_or(&[dk]) {
+                            for &r in &rows {
+                                let inst = Instance {
+                                    tier,
+                                    k,
+                                    v,
+                                    dk,
+                                    dv,
+                                    rows: r,
+                                };
+                                if !seen.insert(inst.clone()) {
+                                    fail(line, format!("duplicate instance {}", name(&inst)));
+                                }
+                                out.push(inst);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn dtype_part(k: &str, v: &str) -> String {
+    if k == v {
+        k.to_string()
+    } else {
+        format!("k{k}_v{v}")
+    }
+}
+
+fn name(i: &Instance) -> String {
+    let dims = if i.dk == i.dv {
+        format!("d{}", i.dk)
+    } else {
+        format!("dk{}_dv{}", i.dk, i.dv)
+    };
+    format!(
+        "decode_{}_{}_r{}__{}",
+        dtype_part(i.k, i.v),
+        dims,
+        i.rows,
+        i.tier
+    )
+}
+
+fn rust_dtype(d: &str) -> (&'static str, &'static str) {
+    match d {
+        "f32" => ("f32", "Dtype::F32"),
+        "f16" => ("half::f16", "Dtype::F16"),
+        _ => ("half::bf16", "Dtype::Bf16"),
+    }
+}
+
+fn tier_info(tier: &str) -> (&'static str, &'static str, Option<&'static str>) {
+    match tier {
+        "avx512" => (
+            "AVX512",
+            "crate::arch::x86_64::avx512::entry",
+            Some("x86_64"),
+        ),
+        "avx2" => ("AVX2", "crate::arch::x86_64::avx2::entry", Some("x86_64")),
+        "neon" => ("NEON", "crate::arch::aarch64::neon::entry", Some("aarch64")),
+        _ => ("SCALAR", "crate::arch::scalar::entry", None),
+    }
+}
+
+fn tier_variant(tier: &str) -> &'static str {
+    match tier {
+        "avx512" => "Tier::Avx512",
+        "avx2" => "Tier::Avx2",
+        "neon" => "Tier::Neon",
+        _ => "Tier::Scalar",
+    }
+}
+
+fn entry(
+    out: &mut String,
+    tier: &'static str,
+    k: &'static str,
+    v: &'static str,
+    dims: Option<(usize, usize, usize)>,
+) {
+    let (_, path, _) = tier_info(tier);
+    let (kt, kd) = rust_dtype(k);
+    let (vt, vd) = rust_dtype(v);
+    let (nm, d, shape) = match dims {
+        Some((dk, dv, rows)) => (
+            name(&Instance {
+                tier,
+                k,
+                v,
+                dk,
+                dv,
+                rows,
+            }),
+            format!("Fixed<{rows}, {dk}, {dv}>"),
+            format!("dk: {dk}, dv: {dv}, rows: {rows}"),
+        ),
+        None => (
+            format!("decode_{}_generic__{tier}", dtype_part(k, v)),
+            "Dynamic".to_string(),
+            "dk: 0, dv: 0, rows: 0".to_string(),
+        ),
+    };
+    writeln!(
+        out,
+        "    KernelEntry {{ name: \"{nm}\", tier: {}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
+        tier_variant(tier)
+    )
+    .unwrap();
+}
+
+fn generate(instances: &[Instance]) -> String {
+    let mut out = String::new();
+    out.push_str("// @generated by build.rs from kernels/decode.kernels. Do not edit.\n");
+    out.push_str("// One static table per tier: the generic kernel of every (K, V) dtype pair,\n");
+    out.push_str("// then the specialised instances in spec order.\n\n");
+    for tier in TIERS {
+        let (stat, _, arch) = tier_info(tier);
+        if let Some(a) = arch {
+            writeln!(out, "#[cfg(target_arch = \"{a}\")]").unwrap();
+        }
+        writeln!(out, "pub(crate) static {stat}: &[KernelEntry] = &[").unwrap();
+        for k in DTYPES {
+            for v in DTYPES {
+                entry(&mut out, tier, k, v, None);
+            }
+        }
+        for i in instances.iter().filter(|i| i.tier == tier) {
+            entry(&mut out, tier, i.k, i.v, Some((i.dk, i.dv, i.rows)));
+        }
+        out.push_str("];\n\n");
+    }
+    out
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build.rs");
+    let text = std::fs::read_to_string(SPEC).unwrap_or_else(|e| panic!("{SPEC}: {e}"));
+    let code = generate(&parse(&text));
+    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("kernels.rs");
+    if std::fs::read_to_string(&dest).ok().as_deref() != Some(code.as_str()) {
+        std::fs::write(&dest, code).unwrap();
+    }
+}

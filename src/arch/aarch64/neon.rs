@@ -1,0 +1,176 @@
+//! The `neon` tier: 4 f32 lanes, aarch64 baseline (Advanced SIMD is
+//! mandatory on aarch64, so this tier is always available there). f16 is
+//! widened with `fcvtl`, bf16 with a 16-bit left shift (`ushll`); tails of a
+//! row are copied element by element into a zeroed stack vector.
+
+use core::arch::aarch64::*;
+
+use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
+
+/// The NEON vector type marker.
+#[derive(Clone, Copy)]
+pub(crate) struct Neon;
+
+/// The target features this tier is compiled for and requires at run time.
+pub(crate) const FEATURES: &[&str] = &["neon"];
+
+/// Loads 4 u16 at `p`, or only the first `valid` of them (zero elsewhere).
+#[inline(always)]
+unsafe fn load_u16x4(p: *const u16, valid: usize) -> uint16x4_t {
+    if valid >= 4 {
+        // SAFETY: the caller guarantees 4 readable u16 at `p`.
+        unsafe { vld1_u16(p) }
+    } else {
+        let mut tmp = [0u16; 4];
+        for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+            // SAFETY: `i < valid` elements are readable at `p`.
+            *t = unsafe { p.add(i).read_unaligned() };
+        }
+        // SAFETY: `tmp` holds 4 u16.
+        unsafe { vld1_u16(tmp.as_ptr()) }
+    }
+}
+
+impl Simd for Neon {
+    const LANES: usize = 4;
+    type V = float32x4_t;
+
+    #[inline(always)]
+    unsafe fn zero() -> float32x4_t {
+        // SAFETY: neon is baseline on aarch64.
+        unsafe { vdupq_n_f32(0.0) }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> float32x4_t {
+        // SAFETY: neon is baseline on aarch64.
+        unsafe { vdupq_n_f32(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        // SAFETY: caller guarantees 4 readable f32 at `p`.
+        unsafe { vld1q_f32(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        // SAFETY: caller guarantees 4 writable f32 at `p`.
+        unsafe { vst1q_f32(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe { vaddq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe { vsubq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe { vmulq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic; vfmaq(c, a, b) = c + a * b.
+        unsafe { vfmaq_f32(c, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic; `fmax` propagates NaN.
+        unsafe { vmaxq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic; `fmin` propagates NaN.
+        unsafe { vminq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(v: float32x4_t) -> f32 {
+        // SAFETY: register arithmetic.
+        unsafe { vaddvq_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: float32x4_t) -> f32 {
+        // SAFETY: register arithmetic.
+        unsafe { vmaxvq_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn round(v: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic; `frintn` rounds to nearest-even.
+        unsafe { vrndnq_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe {
+            let e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+            vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mask_tail(v: float32x4_t, valid: usize, fill: f32) -> float32x4_t {
+        // SAFETY: register arithmetic; `idx` is a 4-element array.
+        unsafe {
+            let idx_arr = [0u32, 1, 2, 3];
+            let idx = vld1q_u32(idx_arr.as_ptr());
+            let keep = vcltq_u32(idx, vdupq_n_u32(valid.min(4) as u32));
+            vbslq_f32(keep, v, vdupq_n_f32(fill))
+        }
+    }
+    #[inline(always)]
+    unsafe fn transpose_sum(p: *const f32) -> float32x4_t {
+        // SAFETY: the caller guarantees 4 vectors (16 f32) readable at `p`.
+        unsafe {
+            let ab = vpaddq_f32(vld1q_f32(p), vld1q_f32(p.add(4)));
+            let cd = vpaddq_f32(vld1q_f32(p.add(8)), vld1q_f32(p.add(12)));
+            vpaddq_f32(ab, cd)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32, valid: usize) -> float32x4_t {
+        if valid >= 4 {
+            // SAFETY: 4 readable f32 at `p`.
+            unsafe { vld1q_f32(p) }
+        } else {
+            let mut tmp = [0f32; 4];
+            for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+                // SAFETY: `i < valid` elements are readable at `p`.
+                *t = unsafe { p.add(i).read_unaligned() };
+            }
+            // SAFETY: `tmp` holds 4 f32.
+            unsafe { vld1q_f32(tmp.as_ptr()) }
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16, valid: usize) -> float32x4_t {
+        // SAFETY: `load_u16x4` reads only `min(valid, 4)` elements; `fcvtl`
+        // widens binary16 to binary32 exactly.
+        unsafe { vcvt_f32_f16(vreinterpret_f16_u16(load_u16x4(p, valid))) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16, valid: usize) -> float32x4_t {
+        // SAFETY: as `load_f16`; bf16 widens by a 16-bit left shift.
+        unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(load_u16x4(p, valid))) }
+    }
+}
+
+/// Entry point of every neon kernel instance.
+///
+/// # Safety
+/// The preconditions of [`ChunkArgs`] (neon is always present on aarch64).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
+    // SAFETY: forwarded preconditions.
+    unsafe { kernel::decode_chunk::<Neon, K, V, D>(a) }
+}
+
+/// Runs `op` on this tier.
+///
+/// # Safety
+/// The CPU supports [`FEATURES`].
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
+    // SAFETY: the tier's features are enabled on this function.
+    unsafe { op.run::<Neon>() }
+}

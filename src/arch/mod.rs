@@ -1,0 +1,268 @@
+//! Layer 1: the microkernels.
+//!
+//! The decode algorithm is written **once**, in [`kernel`], generic over a
+//! tiny [`Simd`] trait (f32 vectors plus the conversions from each KV element
+//! type). Each ISA tier is a thin module that implements [`Simd`] with
+//! `std::arch` intrinsics and owns the single `#[target_feature]` function
+//! that instantiates the body:
+//!
+//! | tier | module | lanes | target features |
+//! |---|---|---|---|
+//! | `avx512` | [`x86_64::avx512`] | 16 | avx512f, avx512bw, avx512vl, fma, f16c |
+//! | `avx2` | [`x86_64::avx2`] | 8 | avx2, fma, f16c |
+//! | `neon` | `aarch64::neon` | 4 | neon (aarch64 baseline) |
+//! | `scalar` | [`scalar`] | 1 | none (portable Rust) |
+//!
+//! Everything a microkernel sees is in its [`ChunkArgs`]: no allocation, no
+//! validation, no knowledge of batches or layouts. The driver
+//! (`crate::run`) guarantees the preconditions documented on `ChunkArgs`.
+
+pub(crate) mod kernel;
+pub(crate) mod probes;
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
+
+/// Every row buffer the driver hands a microkernel (`q`, the state's `acc`,
+/// the scratch blocks) is padded to a multiple of this many f32 so that every
+/// tier (16, 8, 4 or 1 lanes) reads whole vectors from it.
+pub(crate) const PAD: usize = 16;
+
+/// KV positions processed per block: scores for `BLOCK` positions are
+/// computed, the online softmax is updated once, then `BLOCK` V rows are
+/// accumulated. A multiple of every tier's lane count.
+pub(crate) const BLOCK: usize = 16;
+
+/// Query rows per register tile in the score and P·V loops.
+pub(crate) const ROW_TILE: usize = 4;
+
+/// Rounds `n` up to a multiple of [`PAD`].
+#[inline(always)]
+pub(crate) const fn pad(n: usize) -> usize {
+    n.div_ceil(PAD) * PAD
+}
+
+/// f32 elements of scratch one microkernel call needs for a tile of `rows`
+/// query rows: a converted K block, a converted V block, the score block and
+/// the unreduced partial dot products of one row tile.
+pub(crate) const fn scratch_len(rows: usize, dk: usize, dv: usize) -> usize {
+    BLOCK * pad(dk) + BLOCK * pad(dv) + rows * BLOCK + ROW_TILE * BLOCK * PAD
+}
+
+/// The arguments of one microkernel call: `n` K/V rows of one KV head for a
+/// tile of `rows` query rows that share that head.
+///
+/// Preconditions (established by the driver, relied upon by every kernel):
+/// - `q` points to `rows * pad(dk)` f32: the query rows already multiplied by
+///   `scale * log2(e)`, zero in the padding lanes;
+/// - for every `j < n`, `k + j * k_stride` (in elements of the kernel's K
+///   type) is valid for reads of `dk` elements; likewise `v` with `v_stride`
+///   and `dv`. Nothing outside those ranges is read;
+/// - `m` and `l` point to `rows` f32, `acc` to `rows * pad(dv)` f32: the
+///   online-softmax state (running max in the log2 domain, running sum,
+///   unnormalised output), initialised by the driver to `-inf`, 0, 0;
+/// - `scratch` points to `scratch_len(rows, dk, dv)` f32 that the kernel may
+///   overwrite, aligned to 64 bytes and initialised (any values);
+/// - none of these regions overlap, except `k` and `v` which are only read.
+pub(crate) struct ChunkArgs {
+    pub q: *const f32,
+    pub k: *const u8,
+    pub k_stride: usize,
+    pub v: *const u8,
+    pub v_stride: usize,
+    pub n: usize,
+    pub rows: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub m: *mut f32,
+    pub l: *mut f32,
+    pub acc: *mut f32,
+    pub scratch: *mut f32,
+}
+
+/// The type of every microkernel in the dispatch table.
+pub(crate) type KernelFn = unsafe fn(&ChunkArgs);
+
+/// An f32 SIMD vector type of one ISA tier.
+///
+/// All functions are `unsafe`: they may only be called from code compiled
+/// with the tier's target features (inside the tier's `#[target_feature]`
+/// entry point, after inlining), and pointer arguments must be valid for the
+/// documented number of elements.
+pub(crate) trait Simd: Copy + 'static {
+    /// f32 lanes per vector.
+    const LANES: usize;
+    /// The vector.
+    type V: Copy;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    /// Loads `LANES` f32 from `p` (any alignment).
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// Stores `LANES` f32 to `p` (any alignment).
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused where the tier has FMA.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise maximum; when `b` is NaN the result is NaN.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise minimum; when `b` is NaN the result is NaN.
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn reduce_add(v: Self::V) -> f32;
+    unsafe fn reduce_max(v: Self::V) -> f32;
+    /// Round to nearest integer, ties to even.
+    unsafe fn round(v: Self::V) -> Self::V;
+    /// `2^n` for integral `n` in `[-127, 127]`; `n = -127` gives `0.0`.
+    unsafe fn pow2i(n: Self::V) -> Self::V;
+    /// Lanes `>= valid` replaced by `fill` (all lanes kept when `valid >= LANES`).
+    unsafe fn mask_tail(v: Self::V, valid: usize, fill: f32) -> Self::V;
+    /// Reads `LANES` vectors stored consecutively at `p` and returns the
+    /// vector whose lane `i` is the sum of the lanes of vector `i`.
+    unsafe fn transpose_sum(p: *const f32) -> Self::V;
+    /// Loads `min(valid, LANES)` f32 from `p`, zero in the other lanes; never
+    /// touches memory past `p + valid`.
+    unsafe fn load_f32(p: *const f32, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for IEEE binary16 bits, widened exactly to f32.
+    unsafe fn load_f16(p: *const u16, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for bfloat16 bits, widened exactly to f32.
+    unsafe fn load_bf16(p: *const u16, valid: usize) -> Self::V;
+}
+
+/// An operation written once over [`Simd`], run on a tier through the tier
+/// module's `with` (its `#[target_feature]` boundary), like pulp's
+/// `WithSimd`.
+pub(crate) trait SimdOp {
+    type Out;
+    /// # Safety
+    /// Called only under the target features of `S`.
+    unsafe fn run<S: Simd>(self) -> Self::Out;
+}
+
+/// A KV element type the microkernels can read.
+pub(crate) trait Elem: Copy + 'static {
+    /// Loads `min(valid, S::LANES)` elements at `p` widened to f32.
+    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
+        // SAFETY: forwarded precondition: `p` is valid for `valid` elements.
+        unsafe { S::load_f32(p, valid) }
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
+        // SAFETY: `f16` is `repr(transparent)` over `u16`; forwarded bounds.
+        unsafe { S::load_f16(p.cast::<u16>(), valid) }
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
+        // SAFETY: `bf16` is `repr(transparent)` over `u16`; forwarded bounds.
+        unsafe { S::load_bf16(p.cast::<u16>(), valid) }
+    }
+}
+
+/// The problem dimensions a kernel instance is compiled for: fixed at compile
+/// time ([`Fixed`], the specialised instances listed in `kernels/`) or read
+/// from the arguments at run time ([`Dynamic`], the generic kernel of a tier).
+pub(crate) trait Dims: Copy + 'static {
+    fn rows(a: &ChunkArgs) -> usize;
+    fn dk(a: &ChunkArgs) -> usize;
+    fn dv(a: &ChunkArgs) -> usize;
+}
+
+/// Compile-time dimensions: `R` query rows, head dims `DK` and `DV`.
+#[derive(Clone, Copy)]
+pub(crate) struct Fixed<const R: usize, const DK: usize, const DV: usize>;
+
+impl<const R: usize, const DK: usize, const DV: usize> Dims for Fixed<R, DK, DV> {
+    #[inline(always)]
+    fn rows(_: &ChunkArgs) -> usize {
+        R
+    }
+    #[inline(always)]
+    fn dk(_: &ChunkArgs) -> usize {
+        DK
+    }
+    #[inline(always)]
+    fn dv(_: &ChunkArgs) -> usize {
+        DV
+    }
+}
+
+/// Run-time dimensions, read from [`ChunkArgs`].
+#[derive(Clone, Copy)]
+pub(crate) struct Dynamic;
+
+impl Dims for Dynamic {
+    #[inline(always)]
+    fn rows(a: &ChunkArgs) -> usize {
+        a.rows
+    }
+    #[inline(always)]
+    fn dk(a: &ChunkArgs) -> usize {
+        a.dk
+    }
+    #[inline(always)]
+    fn dv(a: &ChunkArgs) -> usize {
+        a.dv
+    }
+}
+
+/// Coefficients of `2^f = sum c_k f^k` on `f` in `[-1/2, 1/2]`
+/// (`c_k = ln(2)^k / k!`, Taylor to degree 7). The truncation error is below
+/// `(ln2/2)^8 / 8! * sqrt(2) < 1e-8` relative, far below one f32 ulp; what
+/// remains is the rounding of the Horner steps (see `exp2` tests: ≤ 2 ulp).
+const EXP2_C: [f32; 8] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+    0.000_015_252_734,
+];
+
+/// Vectorised `2^x`.
+///
+/// Error bound: ≤ 2 ulp relative for `x` in `[-126, 127]` (tested against
+/// f64 on a dense sweep). Inputs below `-126` flush towards zero and
+/// `x <= -127` (including `-inf`) gives exactly `0.0`; inputs above 127
+/// saturate to `2^127`; NaN propagates. The kernels only call it with
+/// `x <= 0`.
+#[inline(always)]
+pub(crate) unsafe fn exp2<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: only vector arithmetic on values; the caller runs under the
+    // tier's target features.
+    unsafe {
+        let x = S::max(S::splat(-127.0), x);
+        let x = S::min(S::splat(127.0), x);
+        let n = S::round(x);
+        let f = S::sub(x, n);
+        let mut p = S::splat(EXP2_C[7]);
+        p = S::fma(p, f, S::splat(EXP2_C[6]));
+        p = S::fma(p, f, S::splat(EXP2_C[5]));
+        p = S::fma(p, f, S::splat(EXP2_C[4]));
+        p = S::fma(p, f, S::splat(EXP2_C[3]));
+        p = S::fma(p, f, S::splat(EXP2_C[2]));
+        p = S::fma(p, f, S::splat(EXP2_C[1]));
+        p = S::fma(p, f, S::splat(EXP2_C[0]));
+        S::mul(p, S::pow2i(n))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,87 @@
+//! Bodies of the machine probes (bandwidth and FMA rate), written once over
+//! [`Simd`] like the kernel and run on a tier through its `with` entry.
+
+use super::{Simd, SimdOp};
+use crate::dispatch::Tier;
+
+struct Sum<'a>(&'a [f32]);
+
+impl SimdOp for Sum<'_> {
+    type Out = f32;
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) -> f32 {
+        let x = self.0;
+        let l = S::LANES;
+        let step = 4 * l;
+        let whole = x.len() / step * step;
+        let p = x.as_ptr();
+        // SAFETY: every load reads `LANES` floats at an offset `< whole`
+        // (a multiple of `4 * LANES` within the slice).
+        unsafe {
+            let mut acc = [S::zero(); 4];
+            let mut i = 0;
+            while i < whole {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = S::add(*a, S::load(p.add(i + u * l)));
+                }
+                i += step;
+            }
+            let v = S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3]));
+            S::reduce_add(v) + x[whole..].iter().sum::<f32>()
+        }
+    }
+}
+
+struct Fma(usize);
+
+const CHAINS: usize = 12;
+
+impl SimdOp for Fma {
+    type Out = f64;
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) -> f64 {
+        // SAFETY: register arithmetic only.
+        unsafe {
+            let mut acc = [S::splat(1.0); CHAINS];
+            let a = S::splat(std::hint::black_box(0.999_999));
+            let b = S::splat(std::hint::black_box(1e-7));
+            for _ in 0..self.0 {
+                for x in acc.iter_mut() {
+                    *x = S::fma(*x, a, b);
+                }
+            }
+            let mut s = S::zero();
+            for x in acc {
+                s = S::add(s, x);
+            }
+            std::hint::black_box(S::reduce_add(s));
+        }
+        (self.0 * CHAINS * S::LANES * 2) as f64
+    }
+}
+
+fn on_tier<O: SimdOp>(tier: Tier, op: O) -> O::Out {
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers pass an available tier (checked below).
+        Tier::Avx512 if tier.is_available() => unsafe { super::x86_64::avx512::with(op) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Tier::Avx2 if tier.is_available() => unsafe { super::x86_64::avx2::with(op) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: neon is baseline on aarch64.
+        Tier::Neon if tier.is_available() => unsafe { super::aarch64::neon::with(op) },
+        // SAFETY: the scalar tier needs no CPU feature.
+        _ => unsafe { super::scalar::with(op) },
+    }
+}
+
+/// Sum of `x`, vectorised on `tier` (the bandwidth probe's body).
+pub(crate) fn sum(tier: Tier, x: &[f32]) -> f32 {
+    on_tier(tier, Sum(x))
+}
+
+/// Runs `iters` rounds of independent FMA chains on `tier`; returns FLOPs done.
+pub(crate) fn fma(tier: Tier, iters: usize) -> f64 {
+    on_tier(tier, Fma(iters))
+}

@@ -1,0 +1,210 @@
+//! The `avx2` tier: 8 f32 lanes, AVX2 + FMA + F16C. Tails of f32 rows use
+//! `vmaskmovps`; tails of 16-bit rows are copied element by element into a
+//! zeroed stack vector (a scalar epilogue), so nothing past a row is read.
+
+use core::arch::x86_64::*;
+
+use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
+
+/// The AVX2 vector type marker. Only used inside [`entry`].
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2;
+
+/// The target features this tier is compiled for and requires at run time.
+pub(crate) const FEATURES: &[&str] = &["avx2", "fma", "f16c"];
+
+/// Loads 8 u16 at `p`, or only the first `valid` of them (zero elsewhere).
+#[inline(always)]
+unsafe fn load_u16x8(p: *const u16, valid: usize) -> __m128i {
+    if valid >= 8 {
+        // SAFETY: the caller guarantees 8 readable u16 at `p`.
+        unsafe { _mm_loadu_si128(p.cast()) }
+    } else {
+        let mut tmp = [0u16; 8];
+        for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+            // SAFETY: `i < valid` elements are readable at `p`.
+            *t = unsafe { p.add(i).read_unaligned() };
+        }
+        // SAFETY: `tmp` is 16 readable bytes.
+        unsafe { _mm_loadu_si128(tmp.as_ptr().cast()) }
+    }
+}
+
+#[inline(always)]
+unsafe fn lane_mask(valid: usize) -> __m256i {
+    // SAFETY: register arithmetic under avx2.
+    unsafe {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.min(8) as i32), idx)
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum128(x: __m128) -> f32 {
+    // SAFETY: register arithmetic under avx.
+    unsafe {
+        let s = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+impl Simd for Avx2 {
+    const LANES: usize = 8;
+    type V = __m256;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        // SAFETY: caller runs with avx2 (trait contract).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        // SAFETY: as above.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: caller guarantees 8 readable f32 at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: caller guarantees 8 writable f32 at `p`.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: register arithmetic under fma.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx; NaN in `b` propagates.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx; NaN in `b` propagates.
+        unsafe { _mm256_min_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(v: __m256) -> f32 {
+        // SAFETY: register arithmetic under avx.
+        unsafe {
+            hsum128(_mm_add_ps(
+                _mm256_castps256_ps128(v),
+                _mm256_extractf128_ps::<1>(v),
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: __m256) -> f32 {
+        // SAFETY: register arithmetic under avx.
+        unsafe {
+            let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+            let x = _mm_max_ss(x, _mm_shuffle_ps::<0b01>(x, x));
+            _mm_cvtss_f32(x)
+        }
+    }
+    #[inline(always)]
+    unsafe fn round(v: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx; nearest-even, no exceptions.
+        unsafe { _mm256_round_ps::<0x08>(v) }
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: __m256) -> __m256 {
+        // SAFETY: register arithmetic under avx2.
+        unsafe {
+            let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mask_tail(v: __m256, valid: usize, fill: f32) -> __m256 {
+        // SAFETY: register arithmetic under avx2.
+        unsafe {
+            let keep = _mm256_castsi256_ps(lane_mask(valid));
+            _mm256_blendv_ps(_mm256_set1_ps(fill), v, keep)
+        }
+    }
+    #[inline(always)]
+    unsafe fn transpose_sum(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 vectors (64 f32) readable at `p`.
+        unsafe {
+            let ld = |i: usize| _mm256_loadu_ps(p.add(i * 8));
+            // hadd(a, b) = [a01 a23 b01 b23 | a45 a67 b45 b67]
+            let ab = _mm256_hadd_ps(ld(0), ld(1));
+            let cd = _mm256_hadd_ps(ld(2), ld(3));
+            let ef = _mm256_hadd_ps(ld(4), ld(5));
+            let gh = _mm256_hadd_ps(ld(6), ld(7));
+            // [a b c d (low halves) | a b c d (high halves)]
+            let abcd = _mm256_hadd_ps(ab, cd);
+            let efgh = _mm256_hadd_ps(ef, gh);
+            let lo = _mm256_permute2f128_ps::<0x20>(abcd, efgh);
+            let hi = _mm256_permute2f128_ps::<0x31>(abcd, efgh);
+            _mm256_add_ps(lo, hi)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32, valid: usize) -> __m256 {
+        if valid >= 8 {
+            // SAFETY: 8 readable f32 at `p`.
+            unsafe { _mm256_loadu_ps(p) }
+        } else {
+            // SAFETY: `vmaskmovps` does not access masked-off lanes; the
+            // caller guarantees `valid` readable f32.
+            unsafe { _mm256_maskload_ps(p, lane_mask(valid)) }
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16, valid: usize) -> __m256 {
+        // SAFETY: `load_u16x8` reads only `min(valid, 8)` elements; F16C
+        // widens exactly.
+        unsafe { _mm256_cvtph_ps(load_u16x8(p, valid)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16, valid: usize) -> __m256 {
+        // SAFETY: as `load_f16`; bf16 widens by a 16-bit left shift.
+        unsafe {
+            let w = _mm256_cvtepu16_epi32(load_u16x8(p, valid));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+        }
+    }
+}
+
+/// Entry point of every avx2 kernel instance.
+///
+/// # Safety
+/// The CPU supports [`FEATURES`] and the preconditions of [`ChunkArgs`] hold.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
+    // SAFETY: features enabled on this function; forwarded preconditions.
+    unsafe { kernel::decode_chunk::<Avx2, K, V, D>(a) }
+}
+
+/// Runs `op` on this tier.
+///
+/// # Safety
+/// The CPU supports [`FEATURES`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
+    // SAFETY: the tier's features are enabled on this function.
+    unsafe { op.run::<Avx2>() }
+}

@@ -1,0 +1,192 @@
+//! The `avx512` tier: 16 f32 lanes, masked loads for every tail, F16C-style
+//! widening of f16 (`vcvtph2ps`) and shift-widening of bf16.
+
+use core::arch::x86_64::*;
+
+use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
+
+/// The AVX-512 vector type marker. Only used inside [`entry`], which is
+/// compiled with the tier's features and only reached through the dispatch
+/// table after the CPU was checked for them.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512;
+
+/// The target features this tier is compiled for and requires at run time.
+pub(crate) const FEATURES: &[&str] = &["avx512f", "avx512bw", "avx512vl", "fma", "f16c"];
+
+#[inline(always)]
+fn tail_mask(valid: usize) -> u16 {
+    if valid >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << valid) - 1) as u16
+    }
+}
+
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = __m512;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        // SAFETY: caller runs with avx512f (trait contract).
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        // SAFETY: as above.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: caller guarantees 16 readable f32 at `p`.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        // SAFETY: caller guarantees 16 writable f32 at `p`.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f. `vmaxps` returns its
+        // second source when either is NaN, so a NaN `b` propagates.
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: as `max`.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(v: __m512) -> f32 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: __m512) -> f32 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_reduce_max_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn round(v: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f; imm 0x08 = nearest-even,
+        // exceptions suppressed.
+        unsafe { _mm512_roundscale_ps::<0x08>(v) }
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: __m512) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe {
+            let e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mask_tail(v: __m512, valid: usize, fill: f32) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_mask_blend_ps(tail_mask(valid), _mm512_set1_ps(fill), v) }
+    }
+    #[inline(always)]
+    unsafe fn transpose_sum(p: *const f32) -> __m512 {
+        // SAFETY: the caller guarantees 16 vectors (256 f32) readable at `p`.
+        unsafe {
+            // Input slot 4k+q takes vector 4q+k, so that the tree below,
+            // which leaves slot 4k+q's total in lane 4q+k, returns vector i's
+            // total in lane i.
+            let ld = |slot: usize| _mm512_loadu_ps(p.add(((slot % 4) * 4 + slot / 4) * 16));
+            // Level 1: add the 256-bit halves of pairs of vectors.
+            let mut t = [_mm512_setzero_ps(); 8];
+            for (i, ti) in t.iter_mut().enumerate() {
+                let (a, b) = (ld(2 * i), ld(2 * i + 1));
+                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+                *ti = _mm512_add_ps(lo, hi);
+            }
+            // Level 2: add the 128-bit quarters; u[k] quarter q = slot 4k+q.
+            let mut u = [_mm512_setzero_ps(); 4];
+            for (i, ui) in u.iter_mut().enumerate() {
+                let (a, b) = (t[2 * i], t[2 * i + 1]);
+                let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+                let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+                *ui = _mm512_add_ps(lo, hi);
+            }
+            // Level 3: 4x4 transpose-add inside each 128-bit quarter.
+            let y = _mm512_add_ps(
+                _mm512_unpacklo_ps(u[0], u[1]),
+                _mm512_unpackhi_ps(u[0], u[1]),
+            );
+            let z = _mm512_add_ps(
+                _mm512_unpacklo_ps(u[2], u[3]),
+                _mm512_unpackhi_ps(u[2], u[3]),
+            );
+            let w0 = _mm512_shuffle_ps::<0b01_00_01_00>(y, z);
+            let w1 = _mm512_shuffle_ps::<0b11_10_11_10>(y, z);
+            _mm512_add_ps(w0, w1)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32, valid: usize) -> __m512 {
+        // SAFETY: masked-off lanes are not accessed (no fault, no read);
+        // the caller guarantees `min(valid, 16)` readable f32.
+        unsafe { _mm512_maskz_loadu_ps(tail_mask(valid), p) }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16, valid: usize) -> __m512 {
+        // SAFETY: masked 16-bit load (avx512bw+vl) reads only the valid
+        // elements; `vcvtph2ps` widens exactly.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(tail_mask(valid), p.cast());
+            _mm512_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16, valid: usize) -> __m512 {
+        // SAFETY: masked 16-bit load reads only the valid elements; bf16 is
+        // the high half of an f32, so zero-extend and shift left by 16.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(tail_mask(valid), p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+/// Entry point of every avx512 kernel instance.
+///
+/// # Safety
+/// The CPU supports [`FEATURES`] and the preconditions of [`ChunkArgs`] hold.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
+    // SAFETY: features enabled on this function; forwarded preconditions.
+    unsafe { kernel::decode_chunk::<Avx512, K, V, D>(a) }
+}
+
+/// Runs `op` on this tier.
+///
+/// # Safety
+/// The CPU supports [`FEATURES`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
+    // SAFETY: the tier's features are enabled on this function.
+    unsafe { op.run::<Avx512>() }
+}

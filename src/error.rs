@@ -1,0 +1,133 @@
+//! The error type of every fallible entry point.
+
+use crate::dispatch::Tier;
+use crate::types::Dtype;
+
+/// What went wrong, naming the offending argument and its value.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A dimension is zero or outside the supported range.
+    InvalidDim {
+        /// The argument (`heads`, `kv_heads`, `head_dim_k`, …).
+        arg: &'static str,
+        /// Its value.
+        value: usize,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// `heads` is not a multiple of `kv_heads`.
+    HeadsNotDivisible {
+        /// Query heads `H`.
+        heads: usize,
+        /// KV heads `G`.
+        kv_heads: usize,
+    },
+    /// A buffer or array has the wrong number of elements.
+    LengthMismatch {
+        /// The argument (`q`, `out`, `lse`, `seq_lens`).
+        arg: &'static str,
+        /// Elements the shape requires.
+        expected: usize,
+        /// Elements given.
+        actual: usize,
+    },
+    /// A strided view reaches past the end of its buffer.
+    OutOfBounds {
+        /// `k` or `v`.
+        arg: &'static str,
+        /// The sequence whose view reaches outside.
+        seq: usize,
+        /// One past the last element index the view would read.
+        needed: usize,
+        /// Elements in the buffer.
+        len: usize,
+    },
+    /// `stride × length` (or a sum of such terms) overflows `usize`.
+    Overflow {
+        /// The argument whose extent overflows.
+        arg: &'static str,
+        /// The sequence concerned (0 for shape products).
+        seq: usize,
+    },
+    /// The attention scale is not finite and positive.
+    InvalidScale {
+        /// The value given.
+        value: f32,
+    },
+    /// A cache's element type differs from the one the plan was made for.
+    DtypeMismatch {
+        /// `k` or `v`.
+        arg: &'static str,
+        /// The plan's dtype.
+        expected: Dtype,
+        /// The buffer's dtype.
+        actual: Dtype,
+    },
+    /// `GQA_KERNELS_ISA` (or a tier name) names no tier.
+    UnknownTier {
+        /// The name given.
+        name: String,
+    },
+    /// A forced tier is not supported by this CPU or build target.
+    TierUnavailable {
+        /// The tier.
+        tier: Tier,
+    },
+    /// A valid request this version does not implement yet.
+    Unsupported {
+        /// The argument.
+        arg: &'static str,
+        /// Its value.
+        value: usize,
+        /// What is missing.
+        reason: &'static str,
+    },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidDim { arg, value, reason } => {
+                write!(f, "invalid `{arg}` = {value}: {reason}")
+            }
+            Error::HeadsNotDivisible { heads, kv_heads } => write!(
+                f,
+                "`heads` = {heads} is not a multiple of `kv_heads` = {kv_heads}"
+            ),
+            Error::LengthMismatch { arg, expected, actual } => write!(
+                f,
+                "`{arg}` has {actual} elements, the shape requires {expected}"
+            ),
+            Error::OutOfBounds { arg, seq, needed, len } => write!(
+                f,
+                "`{arg}` view of sequence {seq} reads up to element {needed} but the buffer has {len}"
+            ),
+            Error::Overflow { arg, seq } => {
+                write!(f, "`{arg}` extent of sequence {seq} overflows usize (stride × length)")
+            }
+            Error::InvalidScale { value } => {
+                write!(f, "invalid `scale` = {value}: must be finite and > 0")
+            }
+            Error::DtypeMismatch { arg, expected, actual } => write!(
+                f,
+                "`{arg}` holds {actual} elements but the plan was made for {expected}"
+            ),
+            Error::UnknownTier { name } => write!(
+                f,
+                "unknown tier `{name}` (expected one of scalar, avx2, avx512, neon)"
+            ),
+            Error::TierUnavailable { tier } => {
+                write!(f, "tier `{tier}` is not supported by this CPU or build target")
+            }
+            Error::Unsupported { arg, value, reason } => {
+                write!(f, "unsupported `{arg}` = {value}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
