@@ -4,27 +4,84 @@
 //! rows (the `r` query heads of the group, times the query tokens), in blocks
 //! of [`BLOCK`] positions:
 //!
-//! 1. **Convert** the block's K rows to f32 in scratch. Each K element is
-//!    loaded from the cache and widened exactly once per call, whatever
-//!    `rows` is: this is the point of GQA.
-//! 2. **Scores** `S = Q · Kᵀ` for all rows, in register tiles of
-//!    [`ROW_TILE`] rows × 2 positions; the unreduced per-position vectors of a
-//!    row are reduced [`Simd::LANES`] at a time by a transpose-and-add tree
+//! 1. **Widen** K and V to f32 exactly once per call. With at most
+//!    `S::ROW_TILE` rows (every group size up to 8 on AVX-512 and NEON, 4 on
+//!    AVX2) all rows share one register tile, and each K/V vector is widened
+//!    straight from the cache into a register and used by every row. With
+//!    more rows, the block's K and V rows are widened once into scratch (both
+//!    before the first read, so no load waits on a just-issued store) and
+//!    every row tile reads the f32 copy from L1.
+//! 2. **Scores** `S = Q · Kᵀ` in register tiles of `S::ROW_TILE` rows × up
+//!    to 4 positions; the unreduced per-position vectors of a row are reduced
+//!    [`Simd::LANES`] at a time by a transpose-and-add tree
 //!    ([`Simd::transpose_sum`]) instead of one horizontal sum each.
 //! 3. **Online softmax** per row (log2 domain: Q was pre-multiplied by
 //!    `scale·log2 e`): block max, rescale the state only when the max grew,
 //!    `p = 2^(s - m)` with the vectorised [`exp2`].
-//! 4. **Convert** the block's V rows once, then **accumulate** `acc += P · V`
-//!    in register tiles of [`ROW_TILE`] rows × `COL_TILE` vectors of `Dv`.
+//! 4. **Accumulate** `acc += P · V` in register tiles of `S::ROW_TILE` rows
+//!    × up to 4 vectors of `Dv`.
 //!
 //! Tails never read past a row: the conversion loads mask (or copy) the last
 //! partial vector of a row, and positions past `n` in the last block are
 //! masked to `-inf` before the softmax and skipped in `P · V`.
 
-use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, ROW_TILE};
+use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, SKEW};
 
-/// Vectors of `Dv` per register tile in the P·V loop.
-const COL_TILE: usize = 4;
+/// Columns of a register tile of `rt` rows when `acc` accumulators are
+/// available: positions in the score tile, vectors of `Dv` in the P·V tile.
+const fn tile_cols(acc: usize, rt: usize) -> usize {
+    let c = acc / rt;
+    if c > 4 {
+        4
+    } else if c < 1 {
+        1
+    } else {
+        c
+    }
+}
+
+/// Where a microkernel phase reads K or V rows from: the cache itself
+/// (widening on the fly, masked on the last vector of a row) or the f32
+/// scratch copy made once per block.
+trait RowSource<S: Simd>: Copy {
+    /// Vector `c` of row `j` of the current block, as f32.
+    unsafe fn load(self, j: usize, c: usize) -> S::V;
+}
+
+/// Rows read straight from the cache: `d` elements of type `E` per row.
+#[derive(Clone, Copy)]
+struct CacheRows<E> {
+    base: *const E,
+    stride: usize,
+    d: usize,
+}
+
+impl<S: Simd, E: Elem> RowSource<S> for CacheRows<E> {
+    #[inline(always)]
+    unsafe fn load(self, j: usize, c: usize) -> S::V {
+        let off = c * S::LANES;
+        // SAFETY: the caller only asks for rows `j < nb` of the block (valid
+        // for `d` elements) and vectors `c < d.div_ceil(LANES)`, so `d - off`
+        // is at least 1 and the load reads only inside the row.
+        unsafe { E::load::<S>(self.base.add(j * self.stride + off), self.d - off) }
+    }
+}
+
+/// Rows of the f32 scratch copy, `stride` floats apart.
+#[derive(Clone, Copy)]
+struct ScratchRows {
+    base: *const f32,
+    stride: usize,
+}
+
+impl<S: Simd> RowSource<S> for ScratchRows {
+    #[inline(always)]
+    unsafe fn load(self, j: usize, c: usize) -> S::V {
+        // SAFETY: rows `j < BLOCK` and vectors `c < pad(d) / LANES` lie in
+        // the scratch block.
+        unsafe { S::load(self.base.add(j * self.stride + c * S::LANES)) }
+    }
+}
 
 /// Runs one chunk. See [`ChunkArgs`] for the preconditions.
 #[inline(always)]
@@ -35,16 +92,25 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     let (dkp, dvp) = (pad(dk), pad(dv));
     let kc = dk.div_ceil(S::LANES);
     let vc = dv.div_ceil(S::LANES);
+    // Scratch: the block's widened K rows, its widened V rows, the scores
+    // and the unreduced partial dot products of one row tile.
     let kbuf = a.scratch;
     // SAFETY: all offsets stay inside the `scratch_len(rows, dk, dv)` floats
     // the driver provides (the layout below is exactly `scratch_len`).
     let (vbuf, sbuf, part) = unsafe {
-        let vbuf = kbuf.add(BLOCK * dkp);
-        let sbuf = vbuf.add(BLOCK * dvp);
-        (vbuf, sbuf, sbuf.add(rows * BLOCK))
+        let vbuf = kbuf.add(BLOCK * dkp + SKEW);
+        let sbuf = vbuf.add(BLOCK * dvp + SKEW);
+        (vbuf, sbuf, sbuf.add(rows * BLOCK + SKEW))
     };
     let k = a.k.cast::<K>();
     let v = a.v.cast::<V>();
+    // With a single row tile every K/V vector is used by exactly one tile, so
+    // the kernel widens straight from the cache into registers. With more
+    // rows it widens each block once into scratch, K and then V, before the
+    // first read of either: reading a vector right after storing it would
+    // stall on store-to-load forwarding (a 512-bit load is not forwarded
+    // from two 256-bit halves on some cores).
+    let direct = rows <= S::ROW_TILE;
 
     let mut start = 0;
     while start < a.n {
@@ -53,67 +119,94 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         // inside the range the driver validated; every scratch/state offset
         // is inside the buffers described in `ChunkArgs`.
         unsafe {
-            convert_rows::<S, K>(k.add(start * a.k_stride), a.k_stride, nb, dk, kc, kbuf, dkp);
-            scores::<S>(a.q, rows, dkp, kc, kbuf, nb, part, sbuf);
-            softmax_update::<S>(rows, nb, sbuf, a.m, a.l, a.acc, dvp, vc);
-            convert_rows::<S, V>(v.add(start * a.v_stride), a.v_stride, nb, dv, vc, vbuf, dvp);
-            accumulate::<S>(rows, nb, sbuf, vbuf, dvp, vc, a.acc);
+            let kc_rows = CacheRows {
+                base: k.add(start * a.k_stride),
+                stride: a.k_stride,
+                d: dk,
+            };
+            let vc_rows = CacheRows {
+                base: v.add(start * a.v_stride),
+                stride: a.v_stride,
+                d: dv,
+            };
+            if direct {
+                scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
+                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, a.acc, dvp, vc);
+                accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
+            } else {
+                convert_rows::<S, K>(kc_rows, nb, kc, kbuf, dkp);
+                convert_rows::<S, V>(vc_rows, nb, vc, vbuf, dvp);
+                let ks = ScratchRows {
+                    base: kbuf,
+                    stride: dkp,
+                };
+                scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
+                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, a.acc, dvp, vc);
+                let vs = ScratchRows {
+                    base: vbuf,
+                    stride: dvp,
+                };
+                accumulate::<S, _>(rows, nb, sbuf, vs, dvp, vc, a.acc);
+            }
         }
         start += nb;
     }
 }
 
-/// Widens `nb` rows of `d` elements (row stride `stride`) into `dst` (row
-/// stride `dp`), `chunks` vectors per row, the last one masked to `d`.
+/// Widens the block's `nb` rows into `dst` (row stride `dp`), `chunks`
+/// vectors per row.
 #[inline(always)]
 unsafe fn convert_rows<S: Simd, E: Elem>(
-    src: *const E,
-    stride: usize,
+    src: CacheRows<E>,
     nb: usize,
-    d: usize,
     chunks: usize,
     dst: *mut f32,
     dp: usize,
 ) {
     for j in 0..nb {
         for c in 0..chunks {
-            let off = c * S::LANES;
-            // SAFETY: row `j < nb` is valid for `d` elements; the load reads
-            // `min(d - off, LANES)` of them; `dst` has `nb * dp` floats and
-            // `off + LANES <= dp`.
+            // SAFETY: row `j < nb` of the block, vector `c < chunks`; `dst`
+            // has `BLOCK * dp` floats and `(c + 1) * LANES <= dp`.
             unsafe {
-                let x = E::load::<S>(src.add(j * stride + off), d - off);
-                S::store(dst.add(j * dp + off), x);
-            }
+                S::store(
+                    dst.add(j * dp + c * S::LANES),
+                    RowSource::<S>::load(src, j, c),
+                )
+            };
         }
     }
 }
 
-/// Raw scores (log2 domain) of every row against the `nb` converted K rows of
-/// the block, written to `sbuf[row * BLOCK + j]`.
+/// Raw scores (log2 domain) of every row against the `nb` K rows of the
+/// block, written to `sbuf[row * BLOCK + j]`; entries `j >= nb` are
+/// unspecified.
 #[inline(always)]
-unsafe fn scores<S: Simd>(
+unsafe fn scores<S: Simd, R: RowSource<S>>(
     q: *const f32,
     rows: usize,
     dkp: usize,
     kc: usize,
-    kbuf: *const f32,
+    krows: R,
     nb: usize,
     part: *mut f32,
     sbuf: *mut f32,
 ) {
     let mut i0 = 0;
     while i0 < rows {
-        let rt = ROW_TILE.min(rows - i0);
+        let rt = S::ROW_TILE.min(rows - i0);
         // SAFETY: rows `i0..i0 + rt` exist in `q` and `sbuf`.
         unsafe {
             let qt = q.add(i0 * dkp);
             let st = sbuf.add(i0 * BLOCK);
             match rt {
-                4 => score_tile::<S, 4>(qt, dkp, kc, kbuf, nb, part, st),
-                3 => score_tile::<S, 3>(qt, dkp, kc, kbuf, nb, part, st),
-                2 => score_tile::<S, 2>(qt, dkp, kc, kbuf, nb, part, st),
-                _ => score_tile::<S, 1>(qt, dkp, kc, kbuf, nb, part, st),
+                8 => score_tile::<S, R, 8>(qt, dkp, kc, krows, nb, part, st),
+                7 => score_tile::<S, R, 7>(qt, dkp, kc, krows, nb, part, st),
+                6 => score_tile::<S, R, 6>(qt, dkp, kc, krows, nb, part, st),
+                5 => score_tile::<S, R, 5>(qt, dkp, kc, krows, nb, part, st),
+                4 => score_tile::<S, R, 4>(qt, dkp, kc, krows, nb, part, st),
+                3 => score_tile::<S, R, 3>(qt, dkp, kc, krows, nb, part, st),
+                2 => score_tile::<S, R, 2>(qt, dkp, kc, krows, nb, part, st),
+                _ => score_tile::<S, R, 1>(qt, dkp, kc, krows, nb, part, st),
             }
         }
         i0 += rt;
@@ -121,55 +214,79 @@ unsafe fn scores<S: Simd>(
 }
 
 #[inline(always)]
-unsafe fn score_tile<S: Simd, const RT: usize>(
+unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
     q: *const f32,
     dkp: usize,
     kc: usize,
-    kbuf: *const f32,
+    krows: R,
     nb: usize,
     part: *mut f32,
     sbuf: *mut f32,
 ) {
     let l = S::LANES;
     let mut j = 0;
-    // Two positions per step: each loaded q vector feeds two FMAs. When `nb`
-    // is odd the second position of the last pair reads a stale (but
-    // initialised) scratch row whose score is masked out afterwards.
+    // `np` positions per step, so each loaded q vector feeds that many
+    // FMAs; a last partial group runs position by position.
+    let np = tile_cols(S::ACC, RT);
+    while j + np <= nb {
+        // SAFETY: positions `j..j + np` are `< nb`; q rows `0..RT` of the
+        // tile exist; `part` holds `MAX_ROW_TILE * BLOCK` vectors.
+        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, np, part) };
+        j += np;
+    }
     while j < nb {
-        // SAFETY: `j + 1 < BLOCK` (BLOCK is even), so both K rows are inside
-        // the scratch block; q rows `0..RT` of the tile exist; `part` holds
-        // `ROW_TILE * BLOCK` vectors.
-        unsafe {
-            let mut a0 = [S::zero(); RT];
-            let mut a1 = [S::zero(); RT];
-            let k0p = kbuf.add(j * dkp);
-            let k1p = kbuf.add((j + 1) * dkp);
-            for c in 0..kc {
-                let k0 = S::load(k0p.add(c * l));
-                let k1 = S::load(k1p.add(c * l));
-                for i in 0..RT {
-                    let qv = S::load(q.add(i * dkp + c * l));
-                    a0[i] = S::fma(k0, qv, a0[i]);
-                    a1[i] = S::fma(k1, qv, a1[i]);
-                }
-            }
-            for i in 0..RT {
-                S::store(part.add((i * BLOCK + j) * l), a0[i]);
-                S::store(part.add((i * BLOCK + j + 1) * l), a1[i]);
-            }
-        }
-        j += 2;
+        // SAFETY: as above, one position.
+        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, 1, part) };
+        j += 1;
     }
     for i in 0..RT {
         let mut s = 0;
         while s < nb {
             // SAFETY: vectors `s..s + LANES` of row `i` are inside `part`
-            // (BLOCK is a multiple of LANES); `sbuf` row `i` has BLOCK floats.
+            // (BLOCK is a multiple of LANES; entries `>= nb` are stale but
+            // initialised and masked later); `sbuf` row `i` has BLOCK floats.
             unsafe {
                 let sums = S::transpose_sum(part.add((i * BLOCK + s) * l));
                 S::store(sbuf.add(i * BLOCK + s), sums);
             }
             s += l;
+        }
+    }
+}
+
+/// Unreduced dot products of `RT` query rows with `np <= 4` positions from
+/// `j`, stored as vectors `part[i * BLOCK + j + p]`.
+#[inline(always)]
+unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
+    q: *const f32,
+    dkp: usize,
+    kc: usize,
+    krows: R,
+    j: usize,
+    np: usize,
+    part: *mut f32,
+) {
+    let l = S::LANES;
+    // SAFETY: forwarded from `score_tile`: positions `j..j + np` are in the
+    // block, `c < kc` vectors per row, rows `0..RT` of q.
+    unsafe {
+        let mut acc = [[S::zero(); RT]; 4];
+        for c in 0..kc {
+            let mut kv = [S::zero(); 4];
+            for p in 0..np {
+                kv[p] = krows.load(j + p, c);
+            }
+            for i in 0..RT {
+                let qv = S::load(q.add(i * dkp + c * l));
+                for p in 0..np {
+                    acc[p][i] = S::fma(kv[p], qv, acc[p][i]);
+                }
+            }
+        }
+        for i in 0..RT {
+            for p in 0..np {
+                S::store(part.add((i * BLOCK + j + p) * l), acc[p][i]);
+            }
         }
     }
 }
@@ -198,8 +315,11 @@ unsafe fn softmax_update<S: Simd>(
             let mut mx = S::splat(f32::NEG_INFINITY);
             let mut s = 0;
             while s < used {
-                let x = S::mask_tail(S::load(row.add(s)), nb - s, f32::NEG_INFINITY);
-                S::store(row.add(s), x);
+                let mut x = S::load(row.add(s));
+                if nb - s < lanes {
+                    x = S::mask_tail(x, nb - s, f32::NEG_INFINITY);
+                    S::store(row.add(s), x);
+                }
                 mx = S::max(mx, x);
                 s += lanes;
             }
@@ -231,29 +351,33 @@ unsafe fn softmax_update<S: Simd>(
     }
 }
 
-/// `acc[row] += sum_j p[row][j] * vbuf[j]` for `j < nb`.
+/// `acc[row] += sum_j p[row][j] * V[j]` for `j < nb`.
 #[inline(always)]
-unsafe fn accumulate<S: Simd>(
+unsafe fn accumulate<S: Simd, R: RowSource<S>>(
     rows: usize,
     nb: usize,
     pbuf: *const f32,
-    vbuf: *const f32,
+    vrows: R,
     dvp: usize,
     vc: usize,
     acc: *mut f32,
 ) {
     let mut i0 = 0;
     while i0 < rows {
-        let rt = ROW_TILE.min(rows - i0);
+        let rt = S::ROW_TILE.min(rows - i0);
         // SAFETY: rows `i0..i0 + rt` exist in `pbuf` and `acc`.
         unsafe {
             let pt = pbuf.add(i0 * BLOCK);
             let at = acc.add(i0 * dvp);
             match rt {
-                4 => accumulate_rows::<S, 4>(nb, pt, vbuf, dvp, vc, at),
-                3 => accumulate_rows::<S, 3>(nb, pt, vbuf, dvp, vc, at),
-                2 => accumulate_rows::<S, 2>(nb, pt, vbuf, dvp, vc, at),
-                _ => accumulate_rows::<S, 1>(nb, pt, vbuf, dvp, vc, at),
+                8 => accumulate_rows::<S, R, 8>(nb, pt, vrows, dvp, vc, at),
+                7 => accumulate_rows::<S, R, 7>(nb, pt, vrows, dvp, vc, at),
+                6 => accumulate_rows::<S, R, 6>(nb, pt, vrows, dvp, vc, at),
+                5 => accumulate_rows::<S, R, 5>(nb, pt, vrows, dvp, vc, at),
+                4 => accumulate_rows::<S, R, 4>(nb, pt, vrows, dvp, vc, at),
+                3 => accumulate_rows::<S, R, 3>(nb, pt, vrows, dvp, vc, at),
+                2 => accumulate_rows::<S, R, 2>(nb, pt, vrows, dvp, vc, at),
+                _ => accumulate_rows::<S, R, 1>(nb, pt, vrows, dvp, vc, at),
             }
         }
         i0 += rt;
@@ -261,32 +385,40 @@ unsafe fn accumulate<S: Simd>(
 }
 
 #[inline(always)]
-unsafe fn accumulate_rows<S: Simd, const RT: usize>(
+unsafe fn accumulate_rows<S: Simd, R: RowSource<S>, const RT: usize>(
     nb: usize,
     pbuf: *const f32,
-    vbuf: *const f32,
+    vrows: R,
     dvp: usize,
     vc: usize,
     acc: *mut f32,
 ) {
     let mut c0 = 0;
-    while c0 + COL_TILE <= vc {
-        // SAFETY: vectors `c0..c0 + COL_TILE` lie inside each `dvp`-float row.
-        unsafe { accumulate_tile::<S, RT, COL_TILE>(nb, pbuf, vbuf, dvp, c0, acc) };
-        c0 += COL_TILE;
+    let ct = tile_cols(S::ACC, RT);
+    while c0 + ct <= vc {
+        // SAFETY: vectors `c0..c0 + ct` lie inside each row.
+        unsafe {
+            match ct {
+                4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc),
+                3 => accumulate_tile::<S, R, RT, 3>(nb, pbuf, vrows, dvp, c0, acc),
+                2 => accumulate_tile::<S, R, RT, 2>(nb, pbuf, vrows, dvp, c0, acc),
+                _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc),
+            }
+        }
+        c0 += ct;
     }
     while c0 < vc {
         // SAFETY: as above, one vector.
-        unsafe { accumulate_tile::<S, RT, 1>(nb, pbuf, vbuf, dvp, c0, acc) };
+        unsafe { accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc) };
         c0 += 1;
     }
 }
 
 #[inline(always)]
-unsafe fn accumulate_tile<S: Simd, const RT: usize, const CT: usize>(
+unsafe fn accumulate_tile<S: Simd, R: RowSource<S>, const RT: usize, const CT: usize>(
     nb: usize,
     pbuf: *const f32,
-    vbuf: *const f32,
+    vrows: R,
     dvp: usize,
     c0: usize,
     acc: *mut f32,
@@ -294,7 +426,7 @@ unsafe fn accumulate_tile<S: Simd, const RT: usize, const CT: usize>(
     let l = S::LANES;
     // SAFETY: the caller checked that vectors `c0..c0 + CT` are inside each
     // row; rows `0..RT` of `pbuf` (BLOCK floats) and `acc` (`dvp`) exist;
-    // V rows `j < nb <= BLOCK` are inside the scratch block.
+    // V rows `j < nb` are inside the block.
     unsafe {
         let mut t = [[S::zero(); CT]; RT];
         for i in 0..RT {
@@ -305,7 +437,7 @@ unsafe fn accumulate_tile<S: Simd, const RT: usize, const CT: usize>(
         for j in 0..nb {
             let mut vv = [S::zero(); CT];
             for c in 0..CT {
-                vv[c] = S::load(vbuf.add(j * dvp + (c0 + c) * l));
+                vv[c] = vrows.load(j, c0 + c);
             }
             for i in 0..RT {
                 let p = S::splat(*pbuf.add(i * BLOCK + j));

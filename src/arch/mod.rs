@@ -37,8 +37,8 @@ pub(crate) const PAD: usize = 16;
 /// accumulated. A multiple of every tier's lane count.
 pub(crate) const BLOCK: usize = 16;
 
-/// Query rows per register tile in the score and P·V loops.
-pub(crate) const ROW_TILE: usize = 4;
+/// The largest [`Simd::ROW_TILE`] of any tier (sizes the scratch).
+pub(crate) const MAX_ROW_TILE: usize = 8;
 
 /// Rounds `n` up to a multiple of [`PAD`].
 #[inline(always)]
@@ -47,11 +47,17 @@ pub(crate) const fn pad(n: usize) -> usize {
 }
 
 /// f32 elements of scratch one microkernel call needs for a tile of `rows`
-/// query rows: a converted K block, a converted V block, the score block and
-/// the unreduced partial dot products of one row tile.
+/// query rows: one block of widened K rows and one of V rows, the score
+/// block and the unreduced partial dot products of one row tile.
 pub(crate) const fn scratch_len(rows: usize, dk: usize, dv: usize) -> usize {
-    BLOCK * pad(dk) + BLOCK * pad(dv) + rows * BLOCK + ROW_TILE * BLOCK * PAD
+    BLOCK * pad(dk) + BLOCK * pad(dv) + rows * BLOCK + MAX_ROW_TILE * BLOCK * PAD + 3 * SKEW
 }
+
+/// Floats between the scratch regions beyond their sizes, so that regions
+/// whose sizes are multiples of 4 KiB do not start at the same offset within
+/// a page (loads from one would falsely wait on stores to another: 4K
+/// aliasing).
+pub(crate) const SKEW: usize = 80;
 
 /// The arguments of one microkernel call: `n` K/V rows of one KV head for a
 /// tile of `rows` query rows that share that head.
@@ -96,6 +102,13 @@ pub(crate) type KernelFn = unsafe fn(&ChunkArgs);
 pub(crate) trait Simd: Copy + 'static {
     /// f32 lanes per vector.
     const LANES: usize;
+    /// Query rows per register tile (at most [`MAX_ROW_TILE`]). Up to this
+    /// many rows, every K/V vector is widened once, straight into registers.
+    const ROW_TILE: usize;
+    /// Vector accumulators a register tile may use (rows × positions in the
+    /// score tile, rows × vectors of `Dv` in the P·V tile), leaving room for
+    /// the operands in the register file.
+    const ACC: usize;
     /// The vector.
     type V: Copy;
 

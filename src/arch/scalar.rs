@@ -10,6 +10,8 @@ pub(crate) struct Scalar;
 
 impl Simd for Scalar {
     const LANES: usize = 1;
+    const ROW_TILE: usize = 4;
+    const ACC: usize = 8;
     type V = f32;
 
     #[inline(always)]

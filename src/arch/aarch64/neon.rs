@@ -33,6 +33,8 @@ unsafe fn load_u16x4(p: *const u16, valid: usize) -> uint16x4_t {
 
 impl Simd for Neon {
     const LANES: usize = 4;
+    const ROW_TILE: usize = 8;
+    const ACC: usize = 16;
     type V = float32x4_t;
 
     #[inline(always)]

@@ -51,6 +51,8 @@ unsafe fn hsum128(x: __m128) -> f32 {
 
 impl Simd for Avx2 {
     const LANES: usize = 8;
+    const ROW_TILE: usize = 4;
+    const ACC: usize = 8;
     type V = __m256;
 
     #[inline(always)]

@@ -25,6 +25,8 @@ fn tail_mask(valid: usize) -> u16 {
 
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const ROW_TILE: usize = 8;
+    const ACC: usize = 16;
     type V = __m512;
 
     #[inline(always)]

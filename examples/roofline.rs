@@ -1,0 +1,471 @@
+//! The bandwidth (roofline) report: the main job of this repository.
+//!
+//! Measures this machine's streaming read bandwidth and f32 FMA rate with the
+//! crate's own probes, then runs decode steps of real model shapes and prints
+//! how close each comes to the machine's limit:
+//!
+//! ```text
+//! roofline fraction = max(kv_bytes / probe_bandwidth, flops / probe_fma_rate) / seconds
+//! ```
+//!
+//! with the probe taken at the same thread count. A fraction above 1 means
+//! the KV cache fit in the last-level cache.
+//!
+//! ```text
+//! cargo run --release --example roofline                 # full report
+//! cargo run --release --example roofline -- --quick      # subset, < 1 minute
+//! cargo run --release --example roofline -- --json       # one JSON object per row
+//! cargo run --release --example roofline -- --tier avx2  # force a tier
+//! ```
+
+use std::time::Instant;
+
+use gqa_kernels::{probe, Dtype, KvData, KvTensor, Options, Plan, Shape, Tier};
+use half::{bf16, f16};
+
+struct Args {
+    json: bool,
+    quick: bool,
+    tier: Option<Tier>,
+    threads: Vec<usize>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let max_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut a = Args {
+        json: false,
+        quick: false,
+        tier: None,
+        threads: vec![1],
+    };
+    if max_threads > 1 {
+        a.threads.push(max_threads);
+    }
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => a.json = true,
+            "--quick" => a.quick = true,
+            "--tier" => {
+                let name = it.next().ok_or("--tier needs a name")?;
+                let t: Tier = name.parse().map_err(|e| format!("{e}"))?;
+                a.tier = Some(t.require().map_err(|e| format!("{e}"))?);
+            }
+            "--threads" => {
+                let v = it.next().ok_or("--threads needs a comma-separated list")?;
+                a.threads = v
+                    .split(',')
+                    .map(|x| {
+                        x.parse::<usize>()
+                            .map_err(|e| format!("--threads {x}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                println!("usage: roofline [--quick] [--json] [--tier NAME] [--threads 1,2]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(a)
+}
+
+/// KV storage for one run, `[B, G, L, D]` (each head's rows contiguous).
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Store {
+    /// `n` elements uniform in [-1, 1): a random 64 Ki block repeated (the
+    /// values do not change the speed; generating 1 GB of them would).
+    fn new(dtype: Dtype, n: usize, seed: u64) -> Store {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let block: Vec<f32> = (0..65536)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        fn repeat<T: Copy>(block: &[T], n: usize) -> Vec<T> {
+            block.iter().copied().cycle().take(n).collect()
+        }
+        match dtype {
+            Dtype::F32 => Store::F32(repeat(&block, n)),
+            Dtype::F16 => Store::F16(repeat(
+                &block.iter().map(|x| f16::from_f32(*x)).collect::<Vec<_>>(),
+                n,
+            )),
+            Dtype::Bf16 => Store::Bf16(repeat(
+                &block.iter().map(|x| bf16::from_f32(*x)).collect::<Vec<_>>(),
+                n,
+            )),
+        }
+    }
+    fn data(&self) -> KvData<'_> {
+        match self {
+            Store::F32(v) => KvData::F32(v),
+            Store::F16(v) => KvData::F16(v),
+            Store::Bf16(v) => KvData::Bf16(v),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Model {
+    name: &'static str,
+    h: usize,
+    g: usize,
+    d: usize,
+}
+
+const LLAMA3_8B: Model = Model {
+    name: "Llama-3-8B",
+    h: 32,
+    g: 8,
+    d: 128,
+};
+const QWEN25_7B: Model = Model {
+    name: "Qwen2.5-7B",
+    h: 28,
+    g: 4,
+    d: 128,
+};
+const PHI3_MINI: Model = Model {
+    name: "Phi-3-mini",
+    h: 32,
+    g: 32,
+    d: 96,
+};
+const FALCON_7B: Model = Model {
+    name: "Falcon-7B",
+    h: 71,
+    g: 1,
+    d: 64,
+};
+const GEMMA2_9B: Model = Model {
+    name: "Gemma-2-9B",
+    h: 16,
+    g: 8,
+    d: 256,
+};
+
+struct Probes {
+    /// (threads, bytes/s, flops/s)
+    at: Vec<(usize, f64, f64)>,
+}
+
+impl Probes {
+    fn get(&self, threads: usize) -> (f64, f64) {
+        self.at
+            .iter()
+            .find(|p| p.0 == threads)
+            .map(|p| (p.1, p.2))
+            .unwrap_or((f64::NAN, f64::NAN))
+    }
+}
+
+struct Row {
+    section: &'static str,
+    model: String,
+    b: usize,
+    h: usize,
+    g: usize,
+    dk: usize,
+    dv: usize,
+    l: usize,
+    dtype: Dtype,
+    tier: Tier,
+    kernel: &'static str,
+    threads: usize,
+    seconds: f64,
+    kv_bytes: usize,
+    probe_bps: f64,
+    fraction: f64,
+}
+
+fn measure(
+    section: &'static str,
+    m: Model,
+    b: usize,
+    l: usize,
+    dtype: Dtype,
+    tier: Tier,
+    threads: usize,
+    probes: &Probes,
+    min_secs: f64,
+) -> Row {
+    let shape = Shape::new(b, m.h, m.g, m.d, dtype);
+    let n = b * m.g * l * m.d;
+    let k = Store::new(dtype, n, 1);
+    let v = Store::new(dtype, n, 2);
+    let kt = KvTensor::bgld(k.data(), l, m.g, m.d);
+    let vt = KvTensor::bgld(v.data(), l, m.g, m.d);
+    let q: Vec<f32> = (0..shape.q_elems())
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let lens = vec![l; b];
+    let mut out = vec![0f32; shape.out_elems()];
+    let mut lse = vec![0f32; shape.lse_elems()];
+    let plan = Plan::new(
+        &shape,
+        &Options {
+            scale: None,
+            tier: Some(tier),
+            threads,
+        },
+    )
+    .unwrap_or_else(|e| panic!("plan {}: {e}", m.name));
+    let mut times = Vec::new();
+    let started = Instant::now();
+    // One untimed run, then at least 5 timed ones and `min_secs` in all.
+    for rep in 0.. {
+        let t = Instant::now();
+        plan.run(&q, &kt, &vt, &lens, &mut out, Some(&mut lse))
+            .expect("run");
+        let dt = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            times.push(dt);
+        }
+        if times.len() >= 5 && started.elapsed().as_secs_f64() >= min_secs {
+            break;
+        }
+    }
+    assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    let kv_bytes = shape.kv_bytes(&lens);
+    let (bw, fma) = probes.get(threads);
+    let bound = (kv_bytes as f64 / bw).max(shape.flops(&lens) / fma);
+    Row {
+        section,
+        model: m.name.to_string(),
+        b,
+        h: m.h,
+        g: m.g,
+        dk: m.d,
+        dv: m.d,
+        l,
+        dtype,
+        tier,
+        kernel: plan.kernel_name(),
+        threads,
+        seconds,
+        kv_bytes,
+        probe_bps: bw,
+        fraction: bound / seconds,
+    }
+}
+
+fn print_header(json: bool) {
+    if !json {
+        println!(
+            "{:<11} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10} {:>8} {:>8}",
+            "model",
+            "B",
+            "H",
+            "G",
+            "Dk",
+            "Dv",
+            "L",
+            "kv",
+            "tier",
+            "thr",
+            "seconds",
+            "KV GB/s",
+            "roofline"
+        );
+    }
+}
+
+fn print_row(r: &Row, json: bool) {
+    let gbps = r.kv_bytes as f64 / r.seconds / 1e9;
+    if json {
+        println!(
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
+        );
+    } else {
+        println!(
+            "{:<11} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10.6} {:>8.2} {:>8.3}",
+            r.model,
+            r.b,
+            r.h,
+            r.g,
+            r.dk,
+            r.dv,
+            r.l,
+            r.dtype.name(),
+            r.tier.name(),
+            r.threads,
+            r.seconds,
+            gbps,
+            r.fraction
+        );
+    }
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("roofline: {e}");
+        std::process::exit(2);
+    });
+    let tier = args.tier.unwrap_or_else(|| {
+        gqa_kernels::active_tier().unwrap_or_else(|e| {
+            eprintln!("roofline: {e}");
+            std::process::exit(2);
+        })
+    });
+    let probe_bytes = if args.quick { 256 << 20 } else { 1 << 30 };
+    eprintln!(
+        "probing read bandwidth ({} MiB buffer) and FMA rate…",
+        probe_bytes >> 20
+    );
+    let probes = Probes {
+        at: args
+            .threads
+            .iter()
+            .map(|&t| {
+                (
+                    t,
+                    probe::read_bandwidth(probe_bytes, t, 5),
+                    probe::fma_rate(t),
+                )
+            })
+            .collect(),
+    };
+    if !args.json {
+        println!(
+            "# machine: {} threads available; best tier {}; reporting tier {}",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Tier::best(),
+            tier
+        );
+        for (t, bw, fma) in &probes.at {
+            println!(
+                "# probe, {t} thread(s): read bandwidth {:.2} GB/s, f32 FMA {:.1} GFLOP/s",
+                bw / 1e9,
+                fma / 1e9
+            );
+        }
+    } else {
+        for (t, bw, fma) in &probes.at {
+            println!("{{\"section\":\"probe\",\"threads\":{t},\"probe_gbps\":{:.3},\"probe_gflops\":{:.3}}}", bw / 1e9, fma / 1e9);
+        }
+    }
+
+    // (section, model, B, L, dtype, tier, threads)
+    type Job = (&'static str, Model, usize, usize, Dtype, Tier, usize);
+    let mut jobs: Vec<Job> = Vec::new();
+    let (models, lens, batches): (Vec<Model>, Vec<usize>, Vec<usize>) = if args.quick {
+        (vec![LLAMA3_8B, FALCON_7B], vec![1024, 32768], vec![1])
+    } else {
+        (
+            vec![LLAMA3_8B, QWEN25_7B, PHI3_MINI, FALCON_7B, GEMMA2_9B],
+            vec![1024, 8192, 32768],
+            vec![1, 4],
+        )
+    };
+    for &threads in &args.threads {
+        for m in &models {
+            for &l in &lens {
+                for &b in &batches {
+                    let dtypes: &[Dtype] = if m.name == LLAMA3_8B.name && !args.quick {
+                        &Dtype::ALL
+                    } else {
+                        &[Dtype::F16]
+                    };
+                    for &dt in dtypes {
+                        jobs.push(("table", *m, b, l, dt, tier, threads));
+                    }
+                }
+            }
+        }
+    }
+    // Tier comparison on the memory-bound shape, one thread.
+    for t in Tier::available() {
+        if !(args.quick && t == Tier::Scalar) {
+            jobs.push(("tiers", LLAMA3_8B, 1, 32768, Dtype::F16, t, 1));
+        }
+    }
+    // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
+    for g in [1, 2, 4, 8, 16, 32] {
+        let m = Model {
+            name: "G-sweep",
+            h: 32,
+            g,
+            d: 128,
+        };
+        jobs.push(("g_sweep", m, 1, 16384, Dtype::F16, tier, 1));
+    }
+
+    let min_secs = if args.quick { 0.15 } else { 0.4 };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut section = "";
+    for (i, (sec, m, b, l, dt, t, threads)) in jobs.iter().copied().enumerate() {
+        eprintln!(
+            "[{}/{}] {sec}: {} B={b} L={l} {dt} {t} threads={threads}",
+            i + 1,
+            jobs.len(),
+            m.name
+        );
+        let row = measure(sec, m, b, l, dt, t, threads, &probes, min_secs);
+        if sec != section {
+            section = sec;
+            if !args.json {
+                println!();
+                match sec {
+                    "table" => println!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
+                    "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
+                    _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
+                }
+                print_header(false);
+            }
+        }
+        print_row(&row, args.json);
+        rows.push(row);
+    }
+
+    let sweep: Vec<&Row> = rows.iter().filter(|r| r.section == "g_sweep").collect();
+    let t32 = sweep
+        .iter()
+        .find(|r| r.g == 32)
+        .map(|r| r.seconds)
+        .unwrap_or(f64::NAN);
+    if args.json {
+        for r in &sweep {
+            println!("{{\"section\":\"g_sweep_ratio\",\"g\":{},\"seconds\":{:.6e},\"t_g32_over_t_g\":{:.3}}}", r.g, r.seconds, t32 / r.seconds);
+        }
+    } else {
+        println!();
+        println!("## G sweep: step time relative to MHA (G = 32)");
+        println!(
+            "{:>3} {:>10} {:>12} {:>12}",
+            "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
+        );
+        for r in &sweep {
+            println!(
+                "{:>3} {:>10.6} {:>12.3} {:>12.2}",
+                r.g,
+                r.seconds,
+                r.seconds / t32,
+                t32 / r.seconds
+            );
+        }
+        let tiers: Vec<&Row> = rows.iter().filter(|r| r.section == "tiers").collect();
+        if let (Some(a), Some(b)) = (
+            tiers.iter().find(|r| r.tier == Tier::Avx512),
+            tiers.iter().find(|r| r.tier == Tier::Avx2),
+        ) {
+            println!();
+            println!(
+                "# avx2 / avx512 step time on the memory-bound shape: {:.3}",
+                b.seconds / a.seconds
+            );
+        }
+    }
+}
