@@ -1,0 +1,245 @@
+//! Bad input: every rejected argument gets a typed error naming it; nothing
+//! panics.
+
+use gqa_kernels::{f16, reference, Dtype, Error, KvTensor, Options, Plan, Shape, Tier};
+
+fn plan(shape: Shape) -> Result<Plan, Error> {
+    Plan::new(&shape, &Options::default())
+}
+
+#[test]
+fn zero_dims_are_rejected_by_name() {
+    let ok = Shape::new(1, 8, 2, 64, Dtype::F16);
+    for (arg, s) in [
+        ("heads", Shape { heads: 0, ..ok }),
+        ("kv_heads", Shape { kv_heads: 0, ..ok }),
+        (
+            "head_dim_k",
+            Shape {
+                head_dim_k: 0,
+                ..ok
+            },
+        ),
+        (
+            "head_dim_v",
+            Shape {
+                head_dim_v: 0,
+                ..ok
+            },
+        ),
+        ("q_len", Shape { q_len: 0, ..ok }),
+        (
+            "head_dim_k",
+            Shape {
+                head_dim_k: 100_000,
+                ..ok
+            },
+        ),
+    ] {
+        match plan(s) {
+            Err(Error::InvalidDim { arg: a, .. }) => assert_eq!(a, arg),
+            other => panic!("{arg}: expected InvalidDim, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn heads_not_divisible_by_kv_heads() {
+    let e = plan(Shape::new(1, 10, 4, 64, Dtype::F16)).unwrap_err();
+    assert_eq!(
+        e,
+        Error::HeadsNotDivisible {
+            heads: 10,
+            kv_heads: 4
+        }
+    );
+    assert!(e.to_string().contains("`heads` = 10"), "{e}");
+}
+
+#[test]
+fn bad_scales() {
+    for s in [0.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let e = Plan::new(
+            &Shape::new(1, 2, 1, 8, Dtype::F32),
+            &Options::default().with_scale(s),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::InvalidScale { .. }), "{s}: {e:?}");
+        assert!(e.to_string().contains("scale"), "{e}");
+    }
+}
+
+#[test]
+fn unavailable_or_unknown_tiers() {
+    assert!(matches!(
+        "sse9".parse::<Tier>(),
+        Err(Error::UnknownTier { .. })
+    ));
+    assert_eq!("AVX512".parse::<Tier>().unwrap(), Tier::Avx512);
+    for t in Tier::ALL.into_iter().filter(|t| !t.is_available()) {
+        let e = Plan::new(
+            &Shape::new(1, 2, 1, 8, Dtype::F32),
+            &Options::default().with_tier(t),
+        )
+        .unwrap_err();
+        assert_eq!(e, Error::TierUnavailable { tier: t });
+    }
+}
+
+#[test]
+fn multi_token_decode_is_reported_unsupported_for_now() {
+    let s = Shape {
+        q_len: 2,
+        ..Shape::new(1, 2, 1, 8, Dtype::F32)
+    };
+    assert!(matches!(
+        plan(s),
+        Err(Error::Unsupported {
+            arg: "q_len",
+            value: 2,
+            ..
+        })
+    ));
+}
+
+struct Bufs {
+    q: Vec<f32>,
+    k: Vec<f16>,
+    v: Vec<f16>,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+fn bufs(s: &Shape, max_len: usize) -> Bufs {
+    Bufs {
+        q: vec![0.1; s.q_elems()],
+        k: vec![f16::ONE; s.batch * max_len * s.kv_heads * s.head_dim_k],
+        v: vec![f16::ONE; s.batch * max_len * s.kv_heads * s.head_dim_v],
+        out: vec![0.0; s.out_elems()],
+        lse: vec![0.0; s.lse_elems()],
+    }
+}
+
+#[test]
+fn run_arguments_are_checked_against_the_plan() {
+    let s = Shape::new(2, 4, 2, 16, Dtype::F16);
+    let p = plan(s).unwrap();
+    let mut b = bufs(&s, 10);
+    let kt = KvTensor::blgd(&b.k[..], 10, 2, 16);
+    let vt = KvTensor::blgd(&b.v[..], 10, 2, 16);
+    let lens = [10, 3];
+
+    let e = p
+        .run(&b.q[1..], &kt, &vt, &lens, &mut b.out, None)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::LengthMismatch {
+            arg: "q",
+            expected: s.q_elems(),
+            actual: s.q_elems() - 1
+        }
+    );
+    let e = p
+        .run(&b.q, &kt, &vt, &lens[..1], &mut b.out, None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LengthMismatch {
+                arg: "seq_lens",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let n = b.out.len();
+    let e = p
+        .run(&b.q, &kt, &vt, &lens, &mut b.out[..n - 1], None)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::LengthMismatch { arg: "out", .. }),
+        "{e:?}"
+    );
+    let e = p
+        .run(&b.q, &kt, &vt, &lens, &mut b.out, Some(&mut b.lse[1..]))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::LengthMismatch { arg: "lse", .. }),
+        "{e:?}"
+    );
+
+    // A length past the end of the buffer (for sequence 0, position 10 is
+    // still inside the buffer: the view only promises in-bounds reads).
+    let e = p
+        .run(&b.q, &kt, &vt, &[3, 11], &mut b.out, None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutOfBounds {
+                arg: "k",
+                seq: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("`k`"), "{e}");
+    // V too short while K is fine.
+    let vshort = KvTensor::blgd(&b.v[..b.v.len() - 1], 10, 2, 16);
+    let e = p
+        .run(
+            &b.q,
+            &kt,
+            &vshort,
+            &lens[..].iter().map(|_| 10).collect::<Vec<_>>(),
+            &mut b.out,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutOfBounds {
+                arg: "v",
+                seq: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // Wrong dtype.
+    let f32s = vec![0f32; b.k.len()];
+    let kf = KvTensor::blgd(&f32s[..], 10, 2, 16);
+    let e = p.run(&b.q, &kf, &vt, &lens, &mut b.out, None).unwrap_err();
+    assert_eq!(
+        e,
+        Error::DtypeMismatch {
+            arg: "k",
+            expected: Dtype::F16,
+            actual: Dtype::F32
+        }
+    );
+    // Strides whose product overflows usize.
+    let huge = KvTensor::new(&b.k[..], 1, usize::MAX / 2, 16);
+    let e = p
+        .run(&b.q, &huge, &vt, &lens, &mut b.out, None)
+        .unwrap_err();
+    assert!(matches!(e, Error::Overflow { arg: "k", seq: 0 }), "{e:?}");
+    let huge = KvTensor::new(&b.k[..], usize::MAX, 16, 16);
+    let e = p
+        .run(&b.q, &huge, &vt, &lens, &mut b.out, None)
+        .unwrap_err();
+    assert!(matches!(e, Error::Overflow { arg: "k", seq: 1 }), "{e:?}");
+    // Nothing was written by the failed calls.
+    assert!(b.out.iter().all(|x| *x == 0.0));
+    // The reference rejects the same inputs.
+    assert!(reference::decode(&s, None, &b.q, &kt, &vt, &[3, 11]).is_err());
+}
+
+#[test]
+fn shape_products_that_overflow_are_rejected() {
+    let s = Shape::new(usize::MAX / 2, 4, 2, 16, Dtype::F16);
+    assert!(matches!(plan(s), Err(Error::Overflow { .. })));
+}

@@ -1,0 +1,74 @@
+//! Property test: random shapes, strides, dtypes, lengths and values, on
+//! every tier this CPU has, through the public API, against the f64
+//! reference under the documented tolerance.
+
+mod common;
+
+use common::{check_all, Layout, Spec};
+use gqa_kernels::{Dtype, Shape};
+use proptest::prelude::*;
+
+fn dtype() -> impl Strategy<Value = Dtype> {
+    prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)]
+}
+
+fn head_dim() -> impl Strategy<Value = usize> {
+    // Specialised dims (to reach the generated instances) and anything else.
+    prop_oneof![
+        prop::sample::select(vec![64usize, 80, 96, 128]),
+        1usize..=140
+    ]
+}
+
+fn group() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..=9, prop::sample::select(vec![16usize, 32, 71])]
+}
+
+fn layout() -> impl Strategy<Value = Layout> {
+    prop_oneof![Just(Layout::Blgd), Just(Layout::Bgld), Just(Layout::Padded)]
+}
+
+prop_compose! {
+    fn spec()(
+        batch in 1usize..=3,
+        kv_heads in 1usize..=3,
+        r in group(),
+        dk in head_dim(),
+        dv_same in any::<bool>(),
+        dv_other in 1usize..=140,
+        k_dtype in dtype(),
+        v_dtype in dtype(),
+        lens in prop::collection::vec(0usize..=70, 3),
+        layout in layout(),
+        scale in prop_oneof![Just(None), (0.01f32..2.0).prop_map(Some)],
+        offset in 0usize..3,
+        seed in any::<u64>(),
+    ) -> Spec {
+        let dv = if dv_same { dk } else { dv_other };
+        let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
+            .with_head_dims(dk, dv)
+            .with_dtypes(k_dtype, v_dtype);
+        let mut s = Spec::new(shape, lens[..batch].to_vec());
+        s.layout = layout;
+        s.scale = scale;
+        s.offset = offset;
+        s.seed = seed;
+        s
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_tier_matches_reference(s in spec()) {
+        check_all(&s.build());
+    }
+}
