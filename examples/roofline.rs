@@ -188,7 +188,9 @@ struct Row {
     fraction: f64,
 }
 
-fn measure(
+/// One measurement to make.
+#[derive(Clone, Copy)]
+struct Job {
     section: &'static str,
     m: Model,
     b: usize,
@@ -196,9 +198,18 @@ fn measure(
     dtype: Dtype,
     tier: Tier,
     threads: usize,
-    probes: &Probes,
-    min_secs: f64,
-) -> Row {
+}
+
+fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
+    let Job {
+        section,
+        m,
+        b,
+        l,
+        dtype,
+        tier,
+        threads,
+    } = job;
     let shape = Shape::new(b, m.h, m.g, m.d, dtype);
     let n = b * m.g * l * m.d;
     let k = Store::new(dtype, n, 1);
@@ -358,8 +369,6 @@ fn main() {
         }
     }
 
-    // (section, model, B, L, dtype, tier, threads)
-    type Job = (&'static str, Model, usize, usize, Dtype, Tier, usize);
     let mut jobs: Vec<Job> = Vec::new();
     let (models, lens, batches): (Vec<Model>, Vec<usize>, Vec<usize>) = if args.quick {
         (vec![LLAMA3_8B, FALCON_7B], vec![1024, 32768], vec![1])
@@ -380,7 +389,15 @@ fn main() {
                         &[Dtype::F16]
                     };
                     for &dt in dtypes {
-                        jobs.push(("table", *m, b, l, dt, tier, threads));
+                        jobs.push(Job {
+                            section: "table",
+                            m: *m,
+                            b,
+                            l,
+                            dtype: dt,
+                            tier,
+                            threads,
+                        });
                     }
                 }
             }
@@ -389,7 +406,15 @@ fn main() {
     // Tier comparison on the memory-bound shape, one thread.
     for t in Tier::available() {
         if !(args.quick && t == Tier::Scalar) {
-            jobs.push(("tiers", LLAMA3_8B, 1, 32768, Dtype::F16, t, 1));
+            jobs.push(Job {
+                section: "tiers",
+                m: LLAMA3_8B,
+                b: 1,
+                l: 32768,
+                dtype: Dtype::F16,
+                tier: t,
+                threads: 1,
+            });
         }
     }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
@@ -400,20 +425,34 @@ fn main() {
             g,
             d: 128,
         };
-        jobs.push(("g_sweep", m, 1, 16384, Dtype::F16, tier, 1));
+        jobs.push(Job {
+            section: "g_sweep",
+            m,
+            b: 1,
+            l: 16384,
+            dtype: Dtype::F16,
+            tier,
+            threads: 1,
+        });
     }
 
     let min_secs = if args.quick { 0.15 } else { 0.4 };
     let mut rows: Vec<Row> = Vec::new();
     let mut section = "";
-    for (i, (sec, m, b, l, dt, t, threads)) in jobs.iter().copied().enumerate() {
+    for (i, job) in jobs.iter().copied().enumerate() {
+        let sec = job.section;
         eprintln!(
-            "[{}/{}] {sec}: {} B={b} L={l} {dt} {t} threads={threads}",
+            "[{}/{}] {sec}: {} B={} L={} {} {} threads={}",
             i + 1,
             jobs.len(),
-            m.name
+            job.m.name,
+            job.b,
+            job.l,
+            job.dtype,
+            job.tier,
+            job.threads
         );
-        let row = measure(sec, m, b, l, dt, t, threads, &probes, min_secs);
+        let row = measure(job, &probes, min_secs);
         if sec != section {
             section = sec;
             if !args.json {

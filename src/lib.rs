@@ -87,3 +87,8 @@ pub fn decode(
 ) -> Result<()> {
     Plan::new(shape, options)?.run(q, k, v, seq_lens, out, lse)
 }
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

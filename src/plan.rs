@@ -136,7 +136,7 @@ impl Shape {
         dim("head_dim_k", self.head_dim_k, MAX_HEAD_DIM)?;
         dim("head_dim_v", self.head_dim_v, MAX_HEAD_DIM)?;
         dim("q_len", self.q_len, MAX_HEADS)?;
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadsNotDivisible {
                 heads: self.heads,
                 kv_heads: self.kv_heads,

@@ -6,6 +6,9 @@
 //! views as the kernels ([`KvTensor`]) and validates its arguments the same
 //! way, so a test can hand both the same inputs.
 
+// Index loops mirror the formulas; obviousness is the point of this file.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{Error, Result};
 use crate::plan::{check_run_args, Shape};
 use crate::types::KvTensor;

@@ -35,7 +35,7 @@ impl Plan {
         v: &KvTensor<'_>,
         seq_lens: &[usize],
         out: &mut [f32],
-        mut lse: Option<&mut [f32]>,
+        lse: Option<&mut [f32]>,
     ) -> Result<()> {
         let s = &self.shape;
         check_run_args(
@@ -78,7 +78,7 @@ impl Plan {
                 }
             });
         }
-        self.finalize(states, out, lse.as_deref_mut());
+        self.finalize(states, out, lse);
         Ok(())
     }
 

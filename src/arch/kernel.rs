@@ -25,6 +25,11 @@
 //! partial vector of a row, and positions past `n` in the last block are
 //! masked to `-inf` before the softmax and skipped in `P · V`.
 
+// Register tiles are indexed by (row, column) loops over const bounds that
+// the compiler unrolls; iterator chains would only obscure them. The phases
+// take the kernel's raw pointers and sizes explicitly, hence the arity.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, SKEW};
 
 /// Columns of a register tile of `rt` rows when `acc` accumulators are

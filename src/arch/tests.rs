@@ -56,14 +56,11 @@ fn exp2_error_bound_on_every_tier() {
         .collect();
     xs.extend([0.0, -0.5, 0.5, -1.0, 1.0, -126.0, 127.0, -1e-9, 1e-9]);
     for (tier, got) in each_tier(Exp2Sweep(xs.clone())) {
-        let mut worst = 0.0f64;
         for (x, y) in xs.iter().zip(&got) {
             let want = (*x as f64).exp2();
             let e = ulp_diff(*y, want);
-            worst = worst.max(e);
             assert!(e <= 2.0, "{tier}: exp2({x}) = {y}, want {want} ({e} ulp)");
         }
-        assert!(worst > 0.0 || tier == Tier::Scalar || true);
     }
 }
 
