@@ -1,6 +1,6 @@
-//! The `avx2` tier: 8 f32 lanes, AVX2 + FMA + F16C. Tails of f32 rows use
-//! `vmaskmovps`; tails of 16-bit rows are copied element by element into a
-//! zeroed stack vector (a scalar epilogue), so nothing past a row is read.
+//! The `avx2` tier: 8 f32 lanes, AVX2 + FMA + F16C. The tail of a row is
+//! copied element by element into a zeroed stack vector (a scalar epilogue),
+//! so nothing past a row is read.
 
 use core::arch::x86_64::*;
 
@@ -170,9 +170,16 @@ impl Simd for Avx2 {
             // SAFETY: 8 readable f32 at `p`.
             unsafe { _mm256_loadu_ps(p) }
         } else {
-            // SAFETY: `vmaskmovps` does not access masked-off lanes; the
-            // caller guarantees `valid` readable f32.
-            unsafe { _mm256_maskload_ps(p, lane_mask(valid)) }
+            // A scalar epilogue rather than `vmaskmovps`: it is as fast for
+            // one tail per row, and emulators that implement the masked load
+            // as a full-width read cannot fault on it.
+            let mut tmp = [0f32; 8];
+            for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+                // SAFETY: `i < valid` elements are readable at `p`.
+                *t = unsafe { p.add(i).read_unaligned() };
+            }
+            // SAFETY: `tmp` holds 8 f32.
+            unsafe { _mm256_loadu_ps(tmp.as_ptr()) }
         }
     }
     #[inline(always)]
