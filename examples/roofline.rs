@@ -198,6 +198,8 @@ struct Job {
     dtype: Dtype,
     tier: Tier,
     threads: usize,
+    /// `[B, L, G, D]` instead of the default `[B, G, L, D]`.
+    token_major: bool,
 }
 
 fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
@@ -209,13 +211,23 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         dtype,
         tier,
         threads,
+        token_major,
     } = job;
     let shape = Shape::new(b, m.h, m.g, m.d, dtype);
     let n = b * m.g * l * m.d;
     let k = Store::new(dtype, n, 1);
     let v = Store::new(dtype, n, 2);
-    let kt = KvTensor::bgld(k.data(), l, m.g, m.d);
-    let vt = KvTensor::bgld(v.data(), l, m.g, m.d);
+    let (kt, vt) = if token_major {
+        (
+            KvTensor::blgd(k.data(), l, m.g, m.d),
+            KvTensor::blgd(v.data(), l, m.g, m.d),
+        )
+    } else {
+        (
+            KvTensor::bgld(k.data(), l, m.g, m.d),
+            KvTensor::bgld(v.data(), l, m.g, m.d),
+        )
+    };
     let q: Vec<f32> = (0..shape.q_elems())
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
@@ -254,7 +266,11 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     let bound = (kv_bytes as f64 / bw).max(shape.flops(&lens) / fma);
     Row {
         section,
-        model: m.name.to_string(),
+        model: if token_major {
+            format!("{}/BLGD", m.name)
+        } else {
+            m.name.to_string()
+        },
         b,
         h: m.h,
         g: m.g,
@@ -275,7 +291,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<11} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10} {:>8} {:>8}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10} {:>8} {:>8}",
             "model",
             "B",
             "H",
@@ -302,7 +318,7 @@ fn print_row(r: &Row, json: bool) {
         );
     } else {
         println!(
-            "{:<11} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10.6} {:>8.2} {:>8.3}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10.6} {:>8.2} {:>8.3}",
             r.model,
             r.b,
             r.h,
@@ -397,6 +413,7 @@ fn main() {
                             dtype: dt,
                             tier,
                             threads,
+                            token_major: false,
                         });
                     }
                 }
@@ -414,6 +431,22 @@ fn main() {
                 dtype: Dtype::F16,
                 tier: t,
                 threads: 1,
+                token_major: false,
+            });
+        }
+    }
+    // Cache layouts: head-major (default) vs token-major, 1 and N threads.
+    for &threads in &args.threads {
+        for token_major in [false, true] {
+            jobs.push(Job {
+                section: "layouts",
+                m: LLAMA3_8B,
+                b: 1,
+                l: 32768,
+                dtype: Dtype::F16,
+                tier,
+                threads,
+                token_major,
             });
         }
     }
@@ -433,6 +466,7 @@ fn main() {
             dtype: Dtype::F16,
             tier,
             threads: 1,
+            token_major: false,
         });
     }
 
@@ -460,6 +494,9 @@ fn main() {
                 match sec {
                     "table" => println!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
                     "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
+                    "layouts" => println!(
+                        "## Layouts: [B, G, L, D] vs [B, L, G, D] (/BLGD), Llama-3-8B, f16"
+                    ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }
                 print_header(false);

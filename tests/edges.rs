@@ -271,9 +271,31 @@ fn bitwise_identical_for_any_thread_count() {
 
 #[test]
 fn long_sequences_stay_within_tolerance() {
-    for dt in [Dtype::F16, Dtype::Bf16] {
+    for (dt, layout) in [(Dtype::F16, Layout::Bgld), (Dtype::Bf16, Layout::Blgd)] {
         let mut s = Spec::new(shape(1, 8, 2, 128, dt), vec![3000]);
-        s.layout = Layout::Bgld;
+        s.layout = layout;
         check_all(&s.build());
+    }
+}
+
+#[test]
+fn token_major_caches_walk_chunk_major_with_identical_results() {
+    // Token-major layouts are walked chunk by chunk across heads; lengths
+    // straddle several chunks and differ per sequence.
+    for layout in [Layout::Blgd, Layout::Padded] {
+        let mut s = Spec::new(shape(3, 12, 4, 48, Dtype::F16), vec![700, 255, 513]);
+        s.layout = layout;
+        let c = s.build();
+        check_all(&c);
+        for t in tiers() {
+            let (base, _, name) = c.run(t, 1).unwrap();
+            for threads in [2, 3, 5] {
+                let (o, _, _) = c.run(t, threads).unwrap();
+                assert!(
+                    o.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name}: {threads} threads differ from 1 ({layout:?})"
+                );
+            }
+        }
     }
 }
