@@ -30,7 +30,7 @@
 // take the kernel's raw pointers and sizes explicitly, hence the arity.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, SKEW};
+use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, MAX_ROW_TILE, PAD, SKEW};
 
 /// Columns of a register tile of `rt` rows when `acc` accumulators are
 /// available: positions in the score tile, vectors of `Dv` in the P·V tile.
@@ -107,6 +107,13 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         let sbuf = vbuf.add(BLOCK * dvp + SKEW);
         (vbuf, sbuf, sbuf.add(rows * BLOCK + SKEW))
     };
+    // SAFETY: the lane-wise sums follow the partial-product area
+    // (`MAX_ROW_TILE * BLOCK * PAD` floats), inside `scratch_len`.
+    let lsum = unsafe { part.add(MAX_ROW_TILE * BLOCK * PAD) };
+    for i in 0..rows * PAD {
+        // SAFETY: `rows * PAD` floats of `lsum` are inside scratch.
+        unsafe { *lsum.add(i) = 0.0 };
+    }
     let k = a.k.cast::<K>();
     let v = a.v.cast::<V>();
     // With a single row tile every K/V vector is used by exactly one tile, so
@@ -136,7 +143,7 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
             };
             if direct {
                 scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
-                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, a.acc, dvp, vc);
+                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
             } else {
                 convert_rows::<S, K>(kc_rows, nb, kc, kbuf, dkp);
@@ -146,7 +153,7 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     stride: dkp,
                 };
                 scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
-                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, a.acc, dvp, vc);
+                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
                     base: vbuf,
                     stride: dvp,
@@ -156,6 +163,8 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         }
         start += nb;
     }
+    // SAFETY: `a.l` has `rows` floats; `lsum` was set up above.
+    unsafe { fold_sums::<S>(rows, a.l, lsum) };
 }
 
 /// Widens the block's `nb` rows into `dst` (row stride `dp`), `chunks`
@@ -299,6 +308,12 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
 /// Folds the block's scores into each row's running max and sum, rescales
 /// the row's accumulator when the max grew, and replaces the scores in
 /// `sbuf` by the weights `p = 2^(s - m)` (0 for positions `>= nb`).
+///
+/// The running sum of the call is kept lane-wise in `lsum` (`PAD` floats per
+/// row) and reduced once by [`fold_sums`]; the block max is reduced to a
+/// scalar only when some lane exceeds the running max, which after the
+/// first blocks is rare. Both keep horizontal reductions off the per-block
+/// path.
 #[inline(always)]
 unsafe fn softmax_update<S: Simd>(
     rows: usize,
@@ -306,6 +321,7 @@ unsafe fn softmax_update<S: Simd>(
     sbuf: *mut f32,
     m: *mut f32,
     l: *mut f32,
+    lsum: *mut f32,
     acc: *mut f32,
     dvp: usize,
     vc: usize,
@@ -313,10 +329,11 @@ unsafe fn softmax_update<S: Simd>(
     let lanes = S::LANES;
     let used = nb.div_ceil(lanes) * lanes;
     for i in 0..rows {
-        // SAFETY: row `i < rows` of `sbuf` (BLOCK floats), `m`, `l` and `acc`
-        // (`dvp` floats) exist; `used <= BLOCK`.
+        // SAFETY: row `i < rows` of `sbuf` (BLOCK floats), `m`, `l`, `lsum`
+        // (PAD floats) and `acc` (`dvp` floats) exist; `used <= BLOCK`.
         unsafe {
             let row = sbuf.add(i * BLOCK);
+            let ls = lsum.add(i * PAD);
             let mut mx = S::splat(f32::NEG_INFINITY);
             let mut s = 0;
             while s < used {
@@ -329,21 +346,22 @@ unsafe fn softmax_update<S: Simd>(
                 s += lanes;
             }
             let m_old = *m.add(i);
-            let m_new = m_old.max(S::reduce_max(mx));
-            if m_new > m_old {
+            if S::any_gt(mx, m_old) {
+                let m_new = S::reduce_max(mx);
                 // First block: m_old = -inf, alpha = 0 and the state is zero.
                 let alpha = (m_old - m_new).exp2();
                 *l.add(i) *= alpha;
-                let ar = acc.add(i * dvp);
                 let av = S::splat(alpha);
+                S::store(ls, S::mul(S::load(ls), av));
+                let ar = acc.add(i * dvp);
                 for c in 0..vc {
                     let p = ar.add(c * lanes);
                     S::store(p, S::mul(S::load(p), av));
                 }
                 *m.add(i) = m_new;
             }
-            let mv = S::splat(m_new);
-            let mut sum = S::zero();
+            let mv = S::splat(*m.add(i));
+            let mut sum = S::load(ls);
             let mut s = 0;
             while s < used {
                 let p = exp2::<S>(S::sub(S::load(row.add(s)), mv));
@@ -351,8 +369,17 @@ unsafe fn softmax_update<S: Simd>(
                 sum = S::add(sum, p);
                 s += lanes;
             }
-            *l.add(i) += S::reduce_add(sum);
+            S::store(ls, sum);
         }
+    }
+}
+
+/// Adds each row's lane-wise sum of the call to its running sum `l`.
+#[inline(always)]
+unsafe fn fold_sums<S: Simd>(rows: usize, l: *mut f32, lsum: *const f32) {
+    for i in 0..rows {
+        // SAFETY: `l` has `rows` floats, `lsum` `rows * PAD`.
+        unsafe { *l.add(i) += S::reduce_add(S::load(lsum.add(i * PAD))) };
     }
 }
 

@@ -48,9 +48,15 @@ pub(crate) const fn pad(n: usize) -> usize {
 
 /// f32 elements of scratch one microkernel call needs for a tile of `rows`
 /// query rows: one block of widened K rows and one of V rows, the score
-/// block and the unreduced partial dot products of one row tile.
+/// block, the unreduced partial dot products of one row tile and the
+/// lane-wise softmax sums of every row.
 pub(crate) const fn scratch_len(rows: usize, dk: usize, dv: usize) -> usize {
-    BLOCK * pad(dk) + BLOCK * pad(dv) + rows * BLOCK + MAX_ROW_TILE * BLOCK * PAD + 3 * SKEW
+    BLOCK * pad(dk)
+        + BLOCK * pad(dv)
+        + rows * BLOCK
+        + MAX_ROW_TILE * BLOCK * PAD
+        + rows * PAD
+        + 3 * SKEW
 }
 
 /// Floats between the scratch regions beyond their sizes, so that regions
@@ -128,6 +134,8 @@ pub(crate) trait Simd: Copy + 'static {
     /// Lane-wise minimum; when `b` is NaN the result is NaN.
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn reduce_add(v: Self::V) -> f32;
+    /// Whether any lane of `v` is greater than `x` (false for NaN lanes).
+    unsafe fn any_gt(v: Self::V, x: f32) -> bool;
     unsafe fn reduce_max(v: Self::V) -> f32;
     /// Round to nearest integer, ties to even.
     unsafe fn round(v: Self::V) -> Self::V;

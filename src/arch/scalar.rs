@@ -70,6 +70,10 @@ impl Simd for Scalar {
         v
     }
     #[inline(always)]
+    unsafe fn any_gt(v: f32, x: f32) -> bool {
+        v > x
+    }
+    #[inline(always)]
     unsafe fn reduce_max(v: f32) -> f32 {
         v
     }

@@ -93,6 +93,11 @@ impl Simd for Neon {
         unsafe { vaddvq_f32(v) }
     }
     #[inline(always)]
+    unsafe fn any_gt(v: float32x4_t, x: f32) -> bool {
+        // SAFETY: register arithmetic.
+        unsafe { vmaxvq_u32(vcgtq_f32(v, vdupq_n_f32(x))) != 0 }
+    }
+    #[inline(always)]
     unsafe fn reduce_max(v: float32x4_t) -> f32 {
         // SAFETY: register arithmetic.
         unsafe { vmaxvq_f32(v) }

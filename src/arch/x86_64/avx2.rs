@@ -116,6 +116,11 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn any_gt(v: __m256, x: f32) -> bool {
+        // SAFETY: register arithmetic under avx.
+        unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(x))) != 0 }
+    }
+    #[inline(always)]
     unsafe fn reduce_max(v: __m256) -> f32 {
         // SAFETY: register arithmetic under avx.
         unsafe {

@@ -86,6 +86,11 @@ impl Simd for Avx512 {
         unsafe { _mm512_reduce_add_ps(v) }
     }
     #[inline(always)]
+    unsafe fn any_gt(v: __m512, x: f32) -> bool {
+        // SAFETY: register arithmetic under avx512f.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_set1_ps(x)) != 0 }
+    }
+    #[inline(always)]
     unsafe fn reduce_max(v: __m512) -> f32 {
         // SAFETY: register arithmetic under avx512f.
         unsafe { _mm512_reduce_max_ps(v) }
