@@ -154,6 +154,9 @@ const GEMMA2_9B: Model = Model {
     d: 256,
 };
 
+/// Interleaved rounds of the G sweep.
+const SWEEP_ROUNDS: usize = 3;
+
 struct Probes {
     /// (threads, bytes/s, flops/s)
     at: Vec<(usize, f64, f64)>,
@@ -451,7 +454,9 @@ fn main() {
         }
     }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
-    for g in [1, 2, 4, 8, 16, 32] {
+    // Three interleaved rounds; the summary keeps each G's fastest median, so
+    // one disturbed measurement on a shared machine cannot skew the ratios.
+    for g in [1, 2, 4, 8, 16, 32].repeat(SWEEP_ROUNDS) {
         let m = Model {
             name: "G-sweep",
             h: 32,
@@ -506,7 +511,14 @@ fn main() {
         rows.push(row);
     }
 
-    let sweep: Vec<&Row> = rows.iter().filter(|r| r.section == "g_sweep").collect();
+    let mut sweep: Vec<&Row> = Vec::new();
+    for r in rows.iter().filter(|r| r.section == "g_sweep") {
+        match sweep.iter_mut().find(|s| s.g == r.g) {
+            Some(best) if r.seconds < best.seconds => *best = r,
+            Some(_) => {}
+            None => sweep.push(r),
+        }
+    }
     let t32 = sweep
         .iter()
         .find(|r| r.g == 32)
@@ -518,7 +530,7 @@ fn main() {
         }
     } else {
         println!();
-        println!("## G sweep: step time relative to MHA (G = 32)");
+        println!("## G sweep: step time relative to MHA (G = 32), best of {SWEEP_ROUNDS} rounds");
         println!(
             "{:>3} {:>10} {:>12} {:>12}",
             "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
