@@ -14,7 +14,8 @@
 //! 2. **Scores** `S = Q · Kᵀ` in register tiles of `S::ROW_TILE` rows × up
 //!    to 4 positions; the unreduced per-position vectors of a row are reduced
 //!    [`Simd::LANES`] at a time by a transpose-and-add tree
-//!    ([`Simd::transpose_sum`]) instead of one horizontal sum each.
+//!    ([`Simd::transpose_sum`]) instead of one horizontal sum each, in
+//!    registers as soon as a tile holds `LANES` dot products.
 //! 3. **Online softmax** per row (log2 domain: Q was pre-multiplied by
 //!    `scale·log2 e`): block max, rescale the state only when the max grew,
 //!    `p = 2^(s - m)` with the vectorised [`exp2`].
@@ -238,20 +239,28 @@ unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
     sbuf: *mut f32,
 ) {
     let l = S::LANES;
-    let mut j = 0;
     // `np` positions per step, so each loaded q vector feeds that many
-    // FMAs; a last partial group runs position by position.
+    // FMAs; a last partial group runs position by position. When a group
+    // holds at least LANES dot products they are reduced in registers right
+    // away; smaller tiles park them in `part` and reduce LANES positions of
+    // a row at a time afterwards.
     let np = tile_cols(S::ACC, RT);
+    let in_regs = RT * np >= l;
+    let mut j = 0;
     while j + np <= nb {
         // SAFETY: positions `j..j + np` are `< nb`; q rows `0..RT` of the
-        // tile exist; `part` holds `MAX_ROW_TILE * BLOCK` vectors.
-        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, np, part) };
+        // tile exist; `part` holds `MAX_ROW_TILE * BLOCK` vectors and `sbuf`
+        // RT rows of BLOCK floats.
+        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, np, part, sbuf, in_regs) };
         j += np;
     }
     while j < nb {
         // SAFETY: as above, one position.
-        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, 1, part) };
+        unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, 1, part, sbuf, in_regs) };
         j += 1;
+    }
+    if in_regs {
+        return;
     }
     for i in 0..RT {
         let mut s = 0;
@@ -260,16 +269,20 @@ unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
             // (BLOCK is a multiple of LANES; entries `>= nb` are stale but
             // initialised and masked later); `sbuf` row `i` has BLOCK floats.
             unsafe {
-                let sums = S::transpose_sum(part.add((i * BLOCK + s) * l));
-                S::store(sbuf.add(i * BLOCK + s), sums);
+                let mut v = [S::zero(); 16];
+                for (e, x) in v.iter_mut().enumerate().take(l) {
+                    *x = S::load(part.add((i * BLOCK + s + e) * l));
+                }
+                S::store(sbuf.add(i * BLOCK + s), S::transpose_sum(&v));
             }
             s += l;
         }
     }
 }
 
-/// Unreduced dot products of `RT` query rows with `np <= 4` positions from
-/// `j`, stored as vectors `part[i * BLOCK + j + p]`.
+/// Dot products of `RT` query rows with `np <= 4` positions from `j`:
+/// reduced in registers and written to `sbuf[i * BLOCK + j + p]` when
+/// `in_regs`, else stored unreduced as vectors `part[i * BLOCK + j + p]`.
 #[inline(always)]
 unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
     q: *const f32,
@@ -279,10 +292,12 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
     j: usize,
     np: usize,
     part: *mut f32,
+    sbuf: *mut f32,
+    in_regs: bool,
 ) {
     let l = S::LANES;
     // SAFETY: forwarded from `score_tile`: positions `j..j + np` are in the
-    // block, `c < kc` vectors per row, rows `0..RT` of q.
+    // block, `c < kc` vectors per row, rows `0..RT` of q, `part` and `sbuf`.
     unsafe {
         let mut acc = [[S::zero(); RT]; 4];
         for c in 0..kc {
@@ -297,9 +312,29 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
                 }
             }
         }
-        for i in 0..RT {
-            for p in 0..np {
-                S::store(part.add((i * BLOCK + j + p) * l), acc[p][i]);
+        if in_regs {
+            // Dot product e = i * np + p, LANES of them per reduction.
+            let total = RT * np;
+            let mut e0 = 0;
+            while e0 < total {
+                let mut v = [S::zero(); 16];
+                for (e, x) in v.iter_mut().enumerate().take(l.min(total - e0)) {
+                    let idx = e0 + e;
+                    *x = acc[idx % np][idx / np];
+                }
+                let mut sums = [0f32; 16];
+                S::store(sums.as_mut_ptr(), S::transpose_sum(&v));
+                for (e, x) in sums.iter().enumerate().take(l.min(total - e0)) {
+                    let idx = e0 + e;
+                    *sbuf.add((idx / np) * BLOCK + j + idx % np) = *x;
+                }
+                e0 += l;
+            }
+        } else {
+            for i in 0..RT {
+                for p in 0..np {
+                    S::store(part.add((i * BLOCK + j + p) * l), acc[p][i]);
+                }
             }
         }
     }

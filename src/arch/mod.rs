@@ -143,9 +143,9 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn pow2i(n: Self::V) -> Self::V;
     /// Lanes `>= valid` replaced by `fill` (all lanes kept when `valid >= LANES`).
     unsafe fn mask_tail(v: Self::V, valid: usize, fill: f32) -> Self::V;
-    /// Reads `LANES` vectors stored consecutively at `p` and returns the
-    /// vector whose lane `i` is the sum of the lanes of vector `i`.
-    unsafe fn transpose_sum(p: *const f32) -> Self::V;
+    /// The vector whose lane `i` is the sum of the lanes of `v[i]`, for
+    /// `i < LANES` (entries past `LANES` are ignored).
+    unsafe fn transpose_sum(v: &[Self::V; 16]) -> Self::V;
     /// Loads `min(valid, LANES)` f32 from `p`, zero in the other lanes; never
     /// touches memory past `p + valid`.
     unsafe fn load_f32(p: *const f32, valid: usize) -> Self::V;

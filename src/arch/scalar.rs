@@ -94,9 +94,8 @@ impl Simd for Scalar {
         }
     }
     #[inline(always)]
-    unsafe fn transpose_sum(p: *const f32) -> f32 {
-        // SAFETY: one vector of one lane at `p`.
-        unsafe { p.read_unaligned() }
+    unsafe fn transpose_sum(v: &[f32; 16]) -> f32 {
+        v[0]
     }
     #[inline(always)]
     unsafe fn load_f32(p: *const f32, valid: usize) -> f32 {

@@ -88,7 +88,13 @@ impl SimdOp for TransposeSum {
     unsafe fn run<S: Simd>(self) -> (usize, Vec<f32>) {
         let mut res = vec![0f32; S::LANES];
         // SAFETY: the input holds 16*16 >= LANES*LANES floats.
-        unsafe { S::store(res.as_mut_ptr(), S::transpose_sum(self.0.as_ptr())) };
+        unsafe {
+            let mut v = [S::zero(); 16];
+            for (i, x) in v.iter_mut().enumerate().take(S::LANES) {
+                *x = S::load(self.0.as_ptr().add(i * S::LANES));
+            }
+            S::store(res.as_mut_ptr(), S::transpose_sum(&v));
+        }
         (S::LANES, res)
     }
 }

@@ -126,13 +126,9 @@ impl Simd for Neon {
         }
     }
     #[inline(always)]
-    unsafe fn transpose_sum(p: *const f32) -> float32x4_t {
-        // SAFETY: the caller guarantees 4 vectors (16 f32) readable at `p`.
-        unsafe {
-            let ab = vpaddq_f32(vld1q_f32(p), vld1q_f32(p.add(4)));
-            let cd = vpaddq_f32(vld1q_f32(p.add(8)), vld1q_f32(p.add(12)));
-            vpaddq_f32(ab, cd)
-        }
+    unsafe fn transpose_sum(v: &[float32x4_t; 16]) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe { vpaddq_f32(vpaddq_f32(v[0], v[1]), vpaddq_f32(v[2], v[3])) }
     }
     #[inline(always)]
     unsafe fn load_f32(p: *const f32, valid: usize) -> float32x4_t {

@@ -152,10 +152,10 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
-    unsafe fn transpose_sum(p: *const f32) -> __m256 {
-        // SAFETY: the caller guarantees 8 vectors (64 f32) readable at `p`.
+    unsafe fn transpose_sum(v: &[__m256; 16]) -> __m256 {
+        // SAFETY: register arithmetic under avx.
         unsafe {
-            let ld = |i: usize| _mm256_loadu_ps(p.add(i * 8));
+            let ld = |i: usize| v[i];
             // hadd(a, b) = [a01 a23 b01 b23 | a45 a67 b45 b67]
             let ab = _mm256_hadd_ps(ld(0), ld(1));
             let cd = _mm256_hadd_ps(ld(2), ld(3));

@@ -115,13 +115,13 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_blend_ps(tail_mask(valid), _mm512_set1_ps(fill), v) }
     }
     #[inline(always)]
-    unsafe fn transpose_sum(p: *const f32) -> __m512 {
-        // SAFETY: the caller guarantees 16 vectors (256 f32) readable at `p`.
+    unsafe fn transpose_sum(v: &[__m512; 16]) -> __m512 {
+        // SAFETY: register arithmetic under avx512f.
         unsafe {
             // Input slot 4k+q takes vector 4q+k, so that the tree below,
             // which leaves slot 4k+q's total in lane 4q+k, returns vector i's
             // total in lane i.
-            let ld = |slot: usize| _mm512_loadu_ps(p.add(((slot % 4) * 4 + slot / 4) * 16));
+            let ld = |slot: usize| v[(slot % 4) * 4 + slot / 4];
             // Level 1: add the 256-bit halves of pairs of vectors.
             let mut t = [_mm512_setzero_ps(); 8];
             for (i, ti) in t.iter_mut().enumerate() {
