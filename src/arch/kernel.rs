@@ -241,11 +241,11 @@ unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
     let l = S::LANES;
     // `np` positions per step, so each loaded q vector feeds that many
     // FMAs; a last partial group runs position by position. When a group
-    // holds at least LANES dot products they are reduced in registers right
-    // away; smaller tiles park them in `part` and reduce LANES positions of
-    // a row at a time afterwards.
+    // fills more than half a vector of dot products they are reduced in
+    // registers right away (padding the rest); smaller tiles park them in
+    // `part` and reduce LANES positions of a row at a time afterwards.
     let np = tile_cols(S::ACC, RT);
-    let in_regs = RT * np >= l;
+    let in_regs = 2 * RT * np > l;
     let mut j = 0;
     while j + np <= nb {
         // SAFETY: positions `j..j + np` are `< nb`; q rows `0..RT` of the
@@ -299,9 +299,20 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
     // SAFETY: forwarded from `score_tile`: positions `j..j + np` are in the
     // block, `c < kc` vectors per row, rows `0..RT` of q, `part` and `sbuf`.
     unsafe {
+        // The first vector initialises the accumulators (kc >= 1 since
+        // dk >= 1): a multiply, not an FMA into a zeroed register.
         let mut acc = [[S::zero(); RT]; 4];
-        for c in 0..kc {
-            let mut kv = [S::zero(); 4];
+        let mut kv = [S::zero(); 4];
+        for p in 0..np {
+            kv[p] = krows.load(j + p, 0);
+        }
+        for i in 0..RT {
+            let qv = S::load(q.add(i * dkp));
+            for p in 0..np {
+                acc[p][i] = S::mul(kv[p], qv);
+            }
+        }
+        for c in 1..kc {
             for p in 0..np {
                 kv[p] = krows.load(j + p, c);
             }
