@@ -71,7 +71,10 @@ fn decode(c: &mut Criterion) {
         for tier in Tier::available() {
             let plan = Plan::new(&shape, &Options::default().with_tier(tier)).expect("plan");
             group.bench_function(BenchmarkId::from_parameter(plan.kernel_name()), |b| {
-                b.iter(|| plan.run(&q, &kt, &vt, &[l], &mut out, None).expect("run"))
+                b.iter(|| {
+                    plan.decode(&q, &kt, &vt, &[l], &mut out, None)
+                        .expect("run")
+                })
             });
         }
         group.finish();

@@ -258,7 +258,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     // One untimed run, then at least 5 timed ones and `min_secs` in all.
     for rep in 0.. {
         let t = Instant::now();
-        plan.run(&q, &kt, &vt, &lens, &mut out, Some(&mut lse))
+        plan.decode(&q, &kt, &vt, &lens, &mut out, Some(&mut lse))
             .expect("run");
         let dt = t.elapsed().as_secs_f64();
         if rep > 0 {

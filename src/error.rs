@@ -74,6 +74,75 @@ pub enum Error {
         /// The tier.
         tier: Tier,
     },
+    /// A paged cache's block table names a page outside its pool.
+    PageOutOfRange {
+        /// `k_pages` or `v_pages`.
+        arg: &'static str,
+        /// The sequence.
+        seq: usize,
+        /// The block (entry of the sequence's block-table row).
+        block: usize,
+        /// The page index found there.
+        page: u32,
+        /// Pages the pool holds (for the slots this block uses).
+        pages: usize,
+    },
+    /// A sequence needs more blocks than its block-table row holds.
+    BlockTableTooShort {
+        /// The sequence.
+        seq: usize,
+        /// Blocks its length needs.
+        needed: usize,
+        /// Blocks available (`blocks_per_seq`, or what the table's length
+        /// leaves for this row).
+        available: usize,
+    },
+    /// `q_offsets` is not `B + 1` non-decreasing offsets from 0 within the
+    /// plan's `q_len` per sequence.
+    InvalidQOffsets {
+        /// The offending index.
+        index: usize,
+        /// Its value.
+        value: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A sequence has more query tokens than cached positions.
+    QLenExceedsKvLen {
+        /// The sequence.
+        seq: usize,
+        /// Its query tokens.
+        q_len: usize,
+        /// Its `L_b`.
+        kv_len: usize,
+    },
+    /// A sequence is longer than the plan allows.
+    KvLenExceedsPlan {
+        /// The sequence.
+        seq: usize,
+        /// Its `L_b`.
+        kv_len: usize,
+        /// The plan's `max_kv_len`.
+        max_kv_len: usize,
+    },
+    /// A ring buffer is smaller than the positions it must hold.
+    RingTooSmall {
+        /// The sequence.
+        seq: usize,
+        /// Its `L_b`.
+        kv_len: usize,
+        /// The ring's `capacity`.
+        capacity: usize,
+    },
+    /// A caller-provided buffer is smaller than the plan needs.
+    BufferTooSmall {
+        /// `workspace`, `states` or `scratch`.
+        arg: &'static str,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        len: usize,
+    },
     /// A valid request this version does not implement yet.
     Unsupported {
         /// The argument.
@@ -119,6 +188,32 @@ impl std::fmt::Display for Error {
             ),
             Error::TierUnavailable { tier } => {
                 write!(f, "tier `{tier}` is not supported by this CPU or build target")
+            }
+            Error::PageOutOfRange { arg, seq, block, page, pages } => write!(
+                f,
+                "`block_table` entry {block} of sequence {seq} is page {page}, but `{arg}` holds {pages} pages"
+            ),
+            Error::BlockTableTooShort { seq, needed, available } => write!(
+                f,
+                "`block_table` row of sequence {seq} has {available} blocks, its length needs {needed}"
+            ),
+            Error::InvalidQOffsets { index, value, reason } => {
+                write!(f, "invalid `q_offsets[{index}]` = {value}: {reason}")
+            }
+            Error::QLenExceedsKvLen { seq, q_len, kv_len } => write!(
+                f,
+                "sequence {seq} has {q_len} query tokens but `seq_lens[{seq}]` = {kv_len} (need q_len <= L)"
+            ),
+            Error::KvLenExceedsPlan { seq, kv_len, max_kv_len } => write!(
+                f,
+                "`seq_lens[{seq}]` = {kv_len} exceeds the plan's `max_kv_len` = {max_kv_len}"
+            ),
+            Error::RingTooSmall { seq, kv_len, capacity } => write!(
+                f,
+                "`seq_lens[{seq}]` = {kv_len} positions do not fit the ring's `capacity` = {capacity}"
+            ),
+            Error::BufferTooSmall { arg, needed, len } => {
+                write!(f, "`{arg}` has {len} bytes, the plan needs {needed}")
             }
             Error::Unsupported { arg, value, reason } => {
                 write!(f, "unsupported `{arg}` = {value}: {reason}")

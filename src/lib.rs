@@ -33,7 +33,7 @@
 //! let mut lse = vec![0.0f32; shape.lse_elems()];
 //!
 //! let plan = Plan::new(&shape, &Options::default())?;
-//! plan.run(
+//! plan.decode(
 //!     &q,
 //!     &KvTensor::blgd(&k[..], max_len, 2, 64), // [B, L, G, D]
 //!     &KvTensor::blgd(&v[..], max_len, 2, 64),
@@ -58,6 +58,8 @@
 mod arch;
 pub mod dispatch;
 mod error;
+mod layout;
+mod merge;
 mod plan;
 pub mod probe;
 pub mod reference;
@@ -66,8 +68,10 @@ mod types;
 
 pub use dispatch::{active_tier, kernel_instances, KernelInfo, Tier};
 pub use error::{Error, Result};
+pub use merge::merge_states;
 pub use plan::{Options, Plan, Shape, MAX_HEADS, MAX_HEAD_DIM};
-pub use types::{Dtype, KvData, KvTensor};
+pub use run::{Part, Step};
+pub use types::{Batch, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].
 pub use half::{bf16, f16};
@@ -85,7 +89,7 @@ pub fn decode(
     out: &mut [f32],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    Plan::new(shape, options)?.run(q, k, v, seq_lens, out, lse)
+    Plan::new(shape, options)?.decode(q, k, v, seq_lens, out, lse)
 }
 
 /// The README's Rust examples, compiled and run as doctests.

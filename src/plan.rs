@@ -1,8 +1,10 @@
 //! Layer 2, part 1: shapes, options, validation and the plan.
 
+use crate::arch::{pad, scratch_len};
 use crate::dispatch::{self, active_tier, KernelEntry, Tier};
 use crate::error::{Error, Result};
-use crate::types::{Dtype, KvTensor};
+use crate::layout::check_cache;
+use crate::types::{Batch, Dtype};
 
 /// Largest head dimension accepted (`Dk`, `Dv`).
 pub const MAX_HEAD_DIM: usize = 4096;
@@ -26,13 +28,18 @@ pub struct Shape {
     pub head_dim_k: usize,
     /// Head dim of V and of the output (`Dv`).
     pub head_dim_v: usize,
-    /// Query tokens per sequence (1 for plain decode; only 1 is implemented
-    /// in this version).
+    /// Query tokens per sequence (1 for plain decode; more for speculative
+    /// verification or chunked decode). With ragged `q_offsets` this is the
+    /// most any sequence may have.
     pub q_len: usize,
     /// Element type of the K cache.
     pub k_dtype: Dtype,
     /// Element type of the V cache.
     pub v_dtype: Dtype,
+    /// Longest `L_b` a run may pass; 0 means unbounded. When set, the plan
+    /// cuts long sequences into KV splits (flash-decoding) and sizes the
+    /// workspace for them; when 0, each sequence is one split.
+    pub max_kv_len: usize,
 }
 
 impl Shape {
@@ -54,7 +61,20 @@ impl Shape {
             q_len: 1,
             k_dtype: dtype,
             v_dtype: dtype,
+            max_kv_len: 0,
         }
+    }
+
+    /// The same shape with `q_len` query tokens per sequence.
+    pub fn with_q_len(mut self, q_len: usize) -> Shape {
+        self.q_len = q_len;
+        self
+    }
+
+    /// The same shape with a bound on `L_b`, which enables KV splits.
+    pub fn with_max_kv_len(mut self, max_kv_len: usize) -> Shape {
+        self.max_kv_len = max_kv_len;
+        self
     }
 
     /// The same shape with different head dims for K and V.
@@ -142,13 +162,6 @@ impl Shape {
                 kv_heads: self.kv_heads,
             });
         }
-        if self.q_len != 1 {
-            return Err(Error::Unsupported {
-                arg: "q_len",
-                value: self.q_len,
-                reason: "multi-token decode is not implemented yet; use q_len = 1",
-            });
-        }
         // Element counts of q/out must fit in usize.
         let total = self
             .batch
@@ -196,14 +209,37 @@ impl Options {
     }
 }
 
-/// A validated decode step: shape, scale, tier and kernel instance fixed.
-/// Reusable for every layer and step of the same shape.
+/// Positions per kernel call: every call is cut at multiples of `CHUNK`
+/// (absolute positions), whatever the walk order, so results never depend
+/// on how items are scheduled. A multiple of the kernel block.
+pub(crate) const CHUNK: usize = 256;
+
+/// Work items the split rule aims for: enough to keep 32 or more cores busy
+/// on one sequence. Fixed, so the splits (and the results) do not depend on
+/// the thread count.
+const TARGET_ITEMS: usize = 64;
+
+/// Shortest KV split: long enough that the per-split costs (query tile,
+/// state, merge) stay below 1% of the split's work.
+const MIN_SPLIT: usize = 1024;
+
+/// A validated decode step: shape, scale, tier, kernel instances, work
+/// items and KV splits fixed. Reusable for every layer and step of the same
+/// shape.
 pub struct Plan {
     pub(crate) shape: Shape,
     pub(crate) scale: f32,
     pub(crate) tier: Tier,
-    pub(crate) kernel: &'static KernelEntry,
+    /// `kernels[t - 1]` runs tiles of `t` query tokens (`r * t` rows).
+    pub(crate) kernels: Vec<&'static KernelEntry>,
     pub(crate) threads: usize,
+    /// Positions per KV split (a multiple of [`CHUNK`]; `usize::MAX` for
+    /// one split per sequence).
+    pub(crate) split_len: usize,
+    /// Splits per sequence.
+    pub(crate) splits: usize,
+    #[cfg(feature = "rayon")]
+    pub(crate) pool: Option<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -212,14 +248,34 @@ impl std::fmt::Debug for Plan {
             .field("shape", &self.shape)
             .field("scale", &self.scale)
             .field("tier", &self.tier)
-            .field("kernel", &self.kernel.name)
+            .field("kernel", &self.kernel_name())
             .field("threads", &self.threads)
+            .field("split_len", &self.split_len)
+            .field("splits", &self.splits)
             .finish()
     }
 }
 
+/// The split rule: from the shape only (`B`, `G` and `max_kv_len`; the work
+/// per position scales with `r` like the per-split costs, so `r` cancels).
+/// Returns (split length, splits per sequence).
+fn plan_splits(s: &Shape) -> (usize, usize) {
+    if s.max_kv_len == 0 {
+        return (usize::MAX, 1);
+    }
+    let bg = (s.batch * s.kv_heads).max(1);
+    let splits = TARGET_ITEMS
+        .div_ceil(bg)
+        .min(s.max_kv_len.div_ceil(MIN_SPLIT))
+        .max(1);
+    let split_len = s.max_kv_len.div_ceil(splits).div_ceil(CHUNK) * CHUNK;
+    (split_len, s.max_kv_len.div_ceil(split_len))
+}
+
 impl Plan {
-    /// Validates `shape` and `options` and picks the tier and kernel.
+    /// Validates `shape` and `options` and fixes the tier, the kernels, the
+    /// KV splits and (with more than one thread and the `rayon` feature) the
+    /// plan's own worker pool.
     pub fn new(shape: &Shape, options: &Options) -> Result<Plan> {
         shape.validate()?;
         let scale = match options.scale {
@@ -231,21 +287,52 @@ impl Plan {
             Some(t) => t.require()?,
             None => active_tier()?,
         };
-        let kernel = dispatch::select(
-            tier,
-            shape.k_dtype,
-            shape.v_dtype,
-            shape.head_dim_k,
-            shape.head_dim_v,
-            shape.rows(),
-        );
-        Ok(Plan {
+        let kernels = (1..=shape.q_len)
+            .map(|t| {
+                dispatch::select(
+                    tier,
+                    shape.k_dtype,
+                    shape.v_dtype,
+                    shape.head_dim_k,
+                    shape.head_dim_v,
+                    shape.group_size() * t,
+                )
+            })
+            .collect();
+        let (split_len, splits) = plan_splits(shape);
+        let threads = options.threads.max(1);
+        // The workspace must be addressable.
+        let plan = Plan {
             shape: *shape,
             scale,
             tier,
-            kernel,
-            threads: options.threads.max(1),
-        })
+            kernels,
+            threads,
+            split_len,
+            splits,
+            #[cfg(feature = "rayon")]
+            pool: None,
+        };
+        plan.checked_workspace_len()?;
+        #[cfg(feature = "rayon")]
+        let plan = {
+            let mut plan = plan;
+            if threads > 1 {
+                plan.pool = Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .thread_name(|i| format!("gqa-kernels-{i}"))
+                        .build()
+                        .map_err(|_| Error::InvalidDim {
+                            arg: "threads",
+                            value: threads,
+                            reason: "the worker pool could not be started",
+                        })?,
+                );
+            }
+            plan
+        };
+        Ok(plan)
     }
 
     /// The shape planned for.
@@ -260,74 +347,109 @@ impl Plan {
     pub fn tier(&self) -> Tier {
         self.tier
     }
-    /// The kernel instance the plan runs, e.g. `decode_f16_d128_r4__avx512`.
+    /// The kernel instance that runs full tiles (`r * q_len` rows), e.g.
+    /// `decode_f16_d128_r4__avx512`.
     pub fn kernel_name(&self) -> &'static str {
-        self.kernel.name
+        self.kernels[self.shape.q_len - 1].name
+    }
+    /// Every kernel instance the plan may run: `kernels()[t - 1]` serves
+    /// tiles of `t` query tokens (causal tails and ragged batches).
+    pub fn kernel_names(&self) -> Vec<&'static str> {
+        self.kernels.iter().map(|k| k.name).collect()
     }
     /// Worker threads used by [`Plan::run`].
     pub fn threads(&self) -> usize {
         self.threads
     }
+    /// Positions per KV split, or `None` when each sequence is one split.
+    pub fn split_len(&self) -> Option<usize> {
+        (self.split_len != usize::MAX).then_some(self.split_len)
+    }
+    /// Independent work items of a step: one per (sequence, KV split, KV
+    /// head), in that order.
+    pub fn work_items(&self) -> usize {
+        self.shape.batch * self.splits * self.shape.kv_heads
+    }
+
+    /// f32 of one item's state: `m` and `l` (padded), then `acc`.
+    pub(crate) fn state_len(&self) -> usize {
+        let rows = self.shape.rows();
+        2 * pad(rows) + rows * pad(self.shape.head_dim_v)
+    }
+
+    /// f32 of one worker's scratch: the query tile and the kernel scratch.
+    pub(crate) fn worker_len(&self) -> usize {
+        let s = &self.shape;
+        let rows = s.rows();
+        rows * pad(s.head_dim_k) + pad(scratch_len(rows, s.head_dim_k, s.head_dim_v))
+    }
+
+    fn checked_workspace_len(&self) -> Result<usize> {
+        let states = self
+            .work_items()
+            .checked_mul(self.state_len())
+            .ok_or(Error::Overflow {
+                arg: "workspace",
+                seq: 0,
+            })?;
+        self.threads
+            .checked_mul(self.worker_len())
+            .and_then(|w| w.checked_add(states))
+            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_add(ALIGN))
+            .ok_or(Error::Overflow {
+                arg: "workspace",
+                seq: 0,
+            })
+    }
+
+    /// Bytes of workspace [`Plan::run`] needs: the states of every work
+    /// item and one scratch area per thread, plus 64 bytes of alignment
+    /// slack (any byte buffer will do; its contents are ignored).
+    pub fn workspace_bytes(&self) -> usize {
+        ALIGN + 4 * (self.work_items() * self.state_len() + self.threads * self.worker_len())
+    }
+
+    /// Bytes of the states buffer [`Plan::begin`] needs (host-driven
+    /// threading), alignment slack included.
+    pub fn state_bytes(&self) -> usize {
+        ALIGN + 4 * self.work_items() * self.state_len()
+    }
+
+    /// Bytes of scratch each worker passes to [`crate::Part::run`],
+    /// alignment slack included.
+    pub fn scratch_bytes(&self) -> usize {
+        ALIGN + 4 * self.worker_len()
+    }
+
+    /// A zeroed workspace of [`Plan::workspace_bytes`] bytes.
+    pub fn alloc_workspace(&self) -> Vec<u8> {
+        vec![0; self.workspace_bytes()]
+    }
+
+    /// Tokens of sequence `b`, and its first token's index in `q`/`out`.
+    pub(crate) fn tokens(&self, batch: &Batch<'_>, b: usize) -> (usize, usize) {
+        match batch.q_offsets {
+            Some(o) => (o[b + 1] - o[b], o[b]),
+            None => (self.shape.q_len, b * self.shape.q_len),
+        }
+    }
 }
 
-/// Checks that `view` holds every element the kernels will read for
-/// `seq_lens` (`arg` names it in errors).
-pub(crate) fn check_view(
-    arg: &'static str,
-    view: &KvTensor<'_>,
-    expected: Dtype,
-    kv_heads: usize,
-    head_dim: usize,
-    seq_lens: &[usize],
-) -> Result<()> {
-    if view.dtype() != expected {
-        return Err(Error::DtypeMismatch {
-            arg,
-            expected,
-            actual: view.dtype(),
-        });
-    }
-    let len = view.data.len();
-    for (seq, &l) in seq_lens.iter().enumerate() {
-        if l == 0 {
-            continue;
-        }
-        let end = seq
-            .checked_mul(view.seq_stride)
-            .and_then(|x| {
-                (l - 1)
-                    .checked_mul(view.token_stride)
-                    .and_then(|y| x.checked_add(y))
-            })
-            .and_then(|x| {
-                (kv_heads - 1)
-                    .checked_mul(view.head_stride)
-                    .and_then(|y| x.checked_add(y))
-            })
-            .and_then(|x| x.checked_add(head_dim))
-            .ok_or(Error::Overflow { arg, seq })?;
-        if end > len {
-            return Err(Error::OutOfBounds {
-                arg,
-                seq,
-                needed: end,
-                len,
-            });
-        }
-    }
-    Ok(())
-}
+/// Alignment of the f32 regions carved out of caller byte buffers.
+pub(crate) const ALIGN: usize = 64;
 
-/// Checks every run argument against the shape.
-pub(crate) fn check_run_args(
+/// Checks a batch against the shape: lengths of `q`, `seq_lens`, the ragged
+/// offsets, `out`/`lse` lengths (when given), `q_len_b <= L_b <=
+/// max_kv_len` (an empty sequence, `L_b = 0`, is allowed with any token
+/// count: its rows see nothing), and the cache (types, extents, page indices). Returns the
+/// number of query tokens `T` of the batch.
+pub(crate) fn check_batch(
     shape: &Shape,
-    q: &[f32],
-    k: &KvTensor<'_>,
-    v: &KvTensor<'_>,
-    seq_lens: &[usize],
-    out_len: usize,
+    batch: &Batch<'_>,
+    out_len: Option<usize>,
     lse_len: Option<usize>,
-) -> Result<()> {
+) -> Result<usize> {
     let expect = |arg, expected: usize, actual: usize| {
         if expected == actual {
             Ok(())
@@ -339,27 +461,77 @@ pub(crate) fn check_run_args(
             })
         }
     };
-    expect("seq_lens", shape.batch, seq_lens.len())?;
-    expect("q", shape.q_elems(), q.len())?;
-    expect("out", shape.out_elems(), out_len)?;
-    if let Some(n) = lse_len {
-        expect("lse", shape.lse_elems(), n)?;
+    let nb = shape.batch;
+    expect("seq_lens", nb, batch.seq_lens.len())?;
+    let tokens = match batch.q_offsets {
+        None => {
+            for (seq, &l) in batch.seq_lens.iter().enumerate() {
+                if l > 0 && shape.q_len > l {
+                    return Err(Error::QLenExceedsKvLen {
+                        seq,
+                        q_len: shape.q_len,
+                        kv_len: l,
+                    });
+                }
+            }
+            nb * shape.q_len
+        }
+        Some(o) => {
+            expect("q_offsets", nb + 1, o.len())?;
+            if o[0] != 0 {
+                return Err(Error::InvalidQOffsets {
+                    index: 0,
+                    value: o[0],
+                    reason: "must start at 0",
+                });
+            }
+            for b in 0..nb {
+                if o[b + 1] < o[b] {
+                    return Err(Error::InvalidQOffsets {
+                        index: b + 1,
+                        value: o[b + 1],
+                        reason: "offsets must not decrease",
+                    });
+                }
+                let t = o[b + 1] - o[b];
+                if t > shape.q_len {
+                    return Err(Error::InvalidQOffsets {
+                        index: b + 1,
+                        value: o[b + 1],
+                        reason: "a sequence has more tokens than the plan's q_len",
+                    });
+                }
+                if batch.seq_lens[b] > 0 && t > batch.seq_lens[b] {
+                    return Err(Error::QLenExceedsKvLen {
+                        seq: b,
+                        q_len: t,
+                        kv_len: batch.seq_lens[b],
+                    });
+                }
+            }
+            o[nb]
+        }
+    };
+    if shape.max_kv_len > 0 {
+        for (seq, &l) in batch.seq_lens.iter().enumerate() {
+            if l > shape.max_kv_len {
+                return Err(Error::KvLenExceedsPlan {
+                    seq,
+                    kv_len: l,
+                    max_kv_len: shape.max_kv_len,
+                });
+            }
+        }
     }
-    check_view(
-        "k",
-        k,
-        shape.k_dtype,
-        shape.kv_heads,
-        shape.head_dim_k,
-        seq_lens,
-    )?;
-    check_view(
-        "v",
-        v,
-        shape.v_dtype,
-        shape.kv_heads,
-        shape.head_dim_v,
-        seq_lens,
-    )?;
-    Ok(())
+    // tokens <= B * q_len, whose products with H and D were checked by
+    // `Shape::validate`.
+    expect("q", tokens * shape.heads * shape.head_dim_k, batch.q.len())?;
+    if let Some(n) = out_len {
+        expect("out", tokens * shape.heads * shape.head_dim_v, n)?;
+    }
+    if let Some(n) = lse_len {
+        expect("lse", tokens * shape.heads, n)?;
+    }
+    check_cache(shape, &batch.cache, batch.seq_lens)?;
+    Ok(tokens)
 }

@@ -10,11 +10,12 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
-use crate::plan::{check_run_args, Shape};
-use crate::types::KvTensor;
+use crate::plan::{check_batch, Shape};
+use crate::types::{Batch, KvCache, KvTensor};
 
-/// Output of the reference: `out` as `[B, q_len, H, Dv]` and `lse` as
-/// `[B, q_len, H]` (natural log; `-inf` for a row that sees no position).
+/// Output of the reference: `out` as `[T, H, Dv]` and `lse` as `[T, H]`
+/// (natural log; `-inf` for a row that sees no position), `T` the query
+/// tokens of the batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reference {
     /// Attention output.
@@ -23,7 +24,8 @@ pub struct Reference {
     pub lse: Vec<f64>,
 }
 
-/// Decodes one step in f64. `scale = None` means `1 / sqrt(Dk)`.
+/// Decodes one step over strided K/V views, `q_len` tokens per sequence.
+/// `scale = None` means `1 / sqrt(Dk)`.
 pub fn decode(
     shape: &Shape,
     scale: Option<f32>,
@@ -32,8 +34,36 @@ pub fn decode(
     v: &KvTensor<'_>,
     seq_lens: &[usize],
 ) -> Result<Reference> {
+    decode_batch(shape, scale, &Batch::strided(q, *k, *v, seq_lens))
+}
+
+/// Index in its buffer of element 0 of the K (`v = false`) or V row of
+/// position `j` of sequence `b`, KV head `g`: the layouts' definitions,
+/// written out independently of the driver's walk.
+fn row_index(cache: &KvCache<'_>, v: bool, b: usize, g: usize, j: usize) -> usize {
+    match cache {
+        KvCache::Strided { k: kt, v: vt } => {
+            let t = if v { vt } else { kt };
+            b * t.seq_stride + j * t.token_stride + g * t.head_stride
+        }
+        KvCache::Ring(r) => {
+            let t = if v { &r.v } else { &r.k };
+            let slot = (r.first_pos[b] + j) % r.capacity;
+            b * t.seq_stride + slot * t.token_stride + g * t.head_stride
+        }
+        KvCache::Paged(p) => {
+            let pool = if v { &p.v } else { &p.k };
+            let page = p.block_table[b * p.blocks_per_seq + j / p.page_size] as usize;
+            page * pool.page_stride + (j % p.page_size) * pool.token_stride + g * pool.head_stride
+        }
+    }
+}
+
+/// Decodes one step of any batch (any layout, ragged query tokens).
+/// `scale = None` means `1 / sqrt(Dk)`.
+pub fn decode_batch(shape: &Shape, scale: Option<f32>, batch: &Batch<'_>) -> Result<Reference> {
     shape.validate()?;
-    check_run_args(shape, q, k, v, seq_lens, shape.out_elems(), None)?;
+    let tokens = check_batch(shape, batch, None, None)?;
     let scale = match scale {
         None => 1.0 / (shape.head_dim_k as f64).sqrt(),
         Some(s) if s.is_finite() && s > 0.0 => f64::from(s),
@@ -42,29 +72,37 @@ pub fn decode(
     let (h_count, g_count) = (shape.heads, shape.kv_heads);
     let r = h_count / g_count;
     let (dk, dv) = (shape.head_dim_k, shape.head_dim_v);
-    let mut out = vec![0.0; shape.out_elems()];
-    let mut lse = vec![f64::NEG_INFINITY; shape.lse_elems()];
+    let mut out = vec![0.0; tokens * h_count * dv];
+    let mut lse = vec![f64::NEG_INFINITY; tokens * h_count];
+    let (kdata, vdata) = match &batch.cache {
+        KvCache::Strided { k, v } => (k.data, v.data),
+        KvCache::Ring(rg) => (rg.k.data, rg.v.data),
+        KvCache::Paged(p) => (p.k.data, p.v.data),
+    };
+    let q = batch.q;
 
     for b in 0..shape.batch {
-        let len = seq_lens[b];
-        for t in 0..shape.q_len {
+        let len = batch.seq_lens[b];
+        let (q_len, tok0) = match batch.q_offsets {
+            Some(o) => (o[b + 1] - o[b], o[b]),
+            None => (shape.q_len, b * shape.q_len),
+        };
+        for t in 0..q_len {
             // Causal, bottom-right aligned: token t sees j <= len - q_len + t.
-            let visible = (len + t + 1).saturating_sub(shape.q_len).min(len);
+            let visible = (len + t + 1).saturating_sub(q_len).min(len);
             for h in 0..h_count {
                 let g = h / r;
-                let row = (b * shape.q_len + t) * h_count + h;
+                let row = (tok0 + t) * h_count + h;
                 let qrow = &q[row * dk..(row + 1) * dk];
                 if visible == 0 {
                     continue; // zeros and -inf
                 }
-                let kbase = b * k.seq_stride + g * k.head_stride;
-                let vbase = b * v.seq_stride + g * v.head_stride;
-
                 let mut scores = Vec::with_capacity(visible);
                 for j in 0..visible {
+                    let kbase = row_index(&batch.cache, false, b, g, j);
                     let mut dot = 0.0f64;
                     for d in 0..dk {
-                        dot += f64::from(qrow[d]) * k.data.get_f64(kbase + j * k.token_stride + d);
+                        dot += f64::from(qrow[d]) * kdata.get_f64(kbase + d);
                     }
                     scores.push(scale * dot);
                 }
@@ -73,8 +111,9 @@ pub fn decode(
                 let l: f64 = weights.iter().sum();
                 let o = &mut out[row * dv..(row + 1) * dv];
                 for (j, w) in weights.iter().enumerate() {
+                    let vbase = row_index(&batch.cache, true, b, g, j);
                     for d in 0..dv {
-                        o[d] += w * v.data.get_f64(vbase + j * v.token_stride + d);
+                        o[d] += w * vdata.get_f64(vbase + d);
                     }
                 }
                 for x in o.iter_mut() {

@@ -1,36 +1,106 @@
-//! Layer 2, part 2: walking a batch into microkernel calls.
+//! Layer 2, part 2: walking a batch into microkernel calls, and threading.
 //!
-//! A step is a list of independent work items, one per (sequence, KV head):
-//! each builds the prescaled query tile of the group, runs the kernel over
-//! the sequence's visible K/V rows, and leaves an online-softmax state
-//! `(m, l, acc)`; a final pass turns the states into `out` and `lse`. Items
-//! share nothing, so any split across threads gives bitwise the same result.
+//! A step is a fixed list of independent work items, one per (sequence,
+//! KV split, KV head). Each item builds the prescaled query tile of its
+//! group (`r × q_len_b` rows), runs the kernel over the split's visible K/V
+//! rows and leaves an online-softmax state `(m, l, acc)` in its own slice of
+//! the workspace. [`Step::finish`] then merges the splits of each sequence
+//! in split order and writes `out` and `lse`.
+//!
+//! Items share nothing, every kernel call is cut at the same positions
+//! whatever the walk order, and the merge order is fixed, so any assignment
+//! of items to threads gives bitwise the same result.
+//!
+//! Causal multi-token decode: token `t` of `q_len_b` sees positions
+//! `j <= L_b - q_len_b + t`. Positions below `L_b - q_len_b + 1` are seen by
+//! every token and run as one tile; each later position is seen by a suffix
+//! of the tokens, which are the last rows of the tile (rows are ordered
+//! token-major), and runs as a smaller tile over the same state rows.
 
-use crate::arch::{pad, scratch_len, ChunkArgs, BLOCK, PAD};
+use std::ops::Range;
+
+use crate::arch::{pad, ChunkArgs};
 use crate::dispatch::count_run;
-use crate::error::Result;
-use crate::plan::{check_run_args, Plan};
-use crate::types::KvTensor;
-
-const _: () = assert!(CHUNK.is_multiple_of(BLOCK));
+use crate::error::{Error, Result};
+use crate::layout::{for_runs, token_major, token_strides};
+use crate::plan::{check_batch, Plan, ALIGN, CHUNK};
+use crate::types::{Batch, KvCache, KvTensor};
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
+/// The 64-byte-aligned f32 view of `len` floats at the start of a caller
+/// byte buffer (`arg` names it in errors).
+fn carve<'w>(arg: &'static str, buf: &'w mut [u8], len: usize) -> Result<&'w mut [f32]> {
+    let needed = ALIGN + 4 * len;
+    if buf.len() < needed {
+        return Err(Error::BufferTooSmall {
+            arg,
+            needed,
+            len: buf.len(),
+        });
+    }
+    let off = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+    Ok(bytemuck::cast_slice_mut(&mut buf[off..off + 4 * len]))
+}
+
 impl Plan {
-    /// Runs one decode step.
+    /// Runs one step with the plan's threads, in the caller's workspace.
     ///
-    /// - `q`: `[B, q_len, H, Dk]` f32, contiguous;
-    /// - `k`, `v`: strided cache views (see [`KvTensor`]) of the plan's dtypes;
-    /// - `seq_lens`: `L_b` per sequence (0 allowed: that sequence's output
-    ///   is zeros and its `lse` is `-inf`);
-    /// - `out`: `[B, q_len, H, Dv]` f32, overwritten;
-    /// - `lse`: optional `[B, q_len, H]` f32, the natural-log log-sum-exp of
-    ///   each row's scaled scores.
+    /// - `batch`: queries `[T, H, Dk]`, the cache, `L_b` per sequence and
+    ///   optional ragged query offsets (see [`Batch`]);
+    /// - `out`: `[T, H, Dv]` f32, overwritten;
+    /// - `lse`: optional `[T, H]` f32, the natural-log log-sum-exp of each
+    ///   row's scaled visible scores (`-inf` when it sees no position);
+    /// - `workspace`: at least [`Plan::workspace_bytes`] bytes, any contents.
     ///
-    /// Every argument is checked against the plan before any memory is read.
-    /// Scratch is `O(B·H·Dv)` floats, independent of `L`.
+    /// Every argument is checked against the plan before any memory is read,
+    /// and nothing is allocated.
     pub fn run(
+        &self,
+        batch: &Batch<'_>,
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+        workspace: &mut [u8],
+    ) -> Result<()> {
+        check_batch(
+            &self.shape,
+            batch,
+            Some(out.len()),
+            lse.as_ref().map(|l| l.len()),
+        )?;
+        let n_states = self.work_items() * self.state_len();
+        let wl = self.worker_len();
+        let ws = carve("workspace", workspace, n_states + self.threads * wl)?;
+        let (states, scratch) = ws.split_at_mut(n_states);
+        count_run(self.tier);
+        self.init_states(states);
+        let parts = self.threads.min(self.work_items()).max(1);
+        let per = self.work_items().div_ceil(parts);
+        let job = Job {
+            plan: self,
+            batch: *batch,
+        };
+        if parts == 1 {
+            job.run_items(0, states, false, &mut scratch[..wl]);
+        } else {
+            let (st, sc) = (&mut *states, &mut *scratch);
+            let mut fork = move || job.fork(0, parts, per, 0, st, sc);
+            #[cfg(feature = "rayon")]
+            match &self.pool {
+                Some(pool) => pool.install(fork),
+                None => fork(),
+            }
+            #[cfg(not(feature = "rayon"))]
+            fork();
+        }
+        self.finish_states(batch, states, out, lse);
+        Ok(())
+    }
+
+    /// Convenience for a strided cache and `q_len` tokens per sequence:
+    /// [`Plan::run`] with a workspace allocated for this call.
+    pub fn decode(
         &self,
         q: &[f32],
         k: &KvTensor<'_>,
@@ -39,253 +109,429 @@ impl Plan {
         out: &mut [f32],
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
+        let batch = Batch::strided(q, *k, *v, seq_lens);
+        self.run(&batch, out, lse, &mut self.alloc_workspace())
+    }
+
+    /// Starts a host-driven step: validates `batch` against the plan, lays
+    /// the item states out in `states` ([`Plan::state_bytes`] bytes, any
+    /// contents) and returns the [`Step`] whose [`Step::parts`] any threads
+    /// may run before [`Step::finish`] writes the output.
+    pub fn begin<'s, 'a>(
+        &'s self,
+        batch: &Batch<'a>,
+        states: &'s mut [u8],
+    ) -> Result<Step<'s, 'a>> {
+        check_batch(&self.shape, batch, None, None)?;
+        let states = carve("states", states, self.work_items() * self.state_len())?;
+        count_run(self.tier);
+        self.init_states(states);
+        Ok(Step {
+            job: Job {
+                plan: self,
+                batch: *batch,
+            },
+            states,
+        })
+    }
+
+    fn init_states(&self, states: &mut [f32]) {
+        let rows = self.shape.rows();
+        for st in states.chunks_mut(self.state_len()) {
+            let (m, rest) = st.split_at_mut(pad(rows));
+            m.fill(f32::NEG_INFINITY);
+            rest.fill(0.0);
+        }
+    }
+
+    /// Merges the split states of every (sequence, KV head) in split order
+    /// and writes `out` and `lse` (lengths checked by the caller).
+    fn finish_states(
+        &self,
+        batch: &Batch<'_>,
+        states: &[f32],
+        out: &mut [f32],
+        mut lse: Option<&mut [f32]>,
+    ) {
         let s = &self.shape;
-        check_run_args(
-            s,
-            q,
-            k,
-            v,
-            seq_lens,
-            out.len(),
+        let (r, rows, dv, dvp) = (s.group_size(), s.rows(), s.head_dim_v, pad(s.head_dim_v));
+        let (nh, slen) = (s.kv_heads, self.state_len());
+        for b in 0..s.batch {
+            let (tq, tok0) = self.tokens(batch, b);
+            for g in 0..nh {
+                let state = |sp: usize| {
+                    let st = &states[((b * self.splits + sp) * nh + g) * slen..][..slen];
+                    let (m, rest) = st.split_at(pad(rows));
+                    let (l, acc) = rest.split_at(pad(rows));
+                    (m, l, acc)
+                };
+                for t in 0..tq {
+                    for i in 0..r {
+                        let row = t * r + i;
+                        let o = (tok0 + t) * s.heads + g * r + i;
+                        let dst = &mut out[o * dv..][..dv];
+                        // Largest running max of the splits that saw a
+                        // position (log2 domain).
+                        let mut mx = f32::NEG_INFINITY;
+                        for sp in 0..self.splits {
+                            let (m, l, _) = state(sp);
+                            if l[row] > 0.0 {
+                                mx = mx.max(m[row]);
+                            }
+                        }
+                        let mut total = 0f32;
+                        dst.fill(0.0);
+                        if mx > f32::NEG_INFINITY {
+                            for sp in 0..self.splits {
+                                let (m, l, acc) = state(sp);
+                                if l[row] > 0.0 {
+                                    let w = (m[row] - mx).exp2();
+                                    total += l[row] * w;
+                                    for (d, a) in dst.iter_mut().zip(&acc[row * dvp..][..dv]) {
+                                        *d += a * w;
+                                    }
+                                }
+                            }
+                            let inv = 1.0 / total;
+                            for d in dst.iter_mut() {
+                                *d *= inv;
+                            }
+                        }
+                        if let Some(lse) = lse.as_deref_mut() {
+                            lse[o] = if total > 0.0 {
+                                (mx + total.log2()) * std::f32::consts::LN_2
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A host-driven step: the item states of one batch, to be filled by
+/// [`Part::run`] on any threads and merged by [`Step::finish`].
+pub struct Step<'s, 'a> {
+    job: Job<'s, 'a>,
+    states: &'s mut [f32],
+}
+
+impl<'s, 'a> Step<'s, 'a> {
+    /// Cuts the work items into `n` contiguous parts (fewer when there are
+    /// fewer items), each runnable on its own thread with its own scratch.
+    /// Every part must run once before [`Step::finish`]; a part that does
+    /// not run contributes nothing to the output.
+    pub fn parts(&mut self, n: usize) -> impl Iterator<Item = Part<'_, 'a>> + '_ {
+        let items = self.job.plan.work_items();
+        let per = items.div_ceil(n.max(1)).max(1);
+        let slen = self.job.plan.state_len();
+        let job = self.job;
+        self.states
+            .chunks_mut(per * slen)
+            .enumerate()
+            .map(move |(i, states)| Part {
+                job,
+                first: i * per,
+                states,
+                reverse: i % 2 == 1,
+            })
+    }
+
+    /// Merges the item states into `out` (`[T, H, Dv]`) and `lse` (`[T, H]`).
+    pub fn finish(self, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        let plan = self.job.plan;
+        check_batch(
+            &plan.shape,
+            &self.job.batch,
+            Some(out.len()),
             lse.as_ref().map(|l| l.len()),
         )?;
-        count_run(self.tier);
-        let items = s.batch * s.kv_heads;
-        if items == 0 {
-            return Ok(());
-        }
-        let slen = self.state_len();
-        let mut states = vec![0f32; items * slen + PAD];
-        let off = states.as_ptr().align_offset(64).min(PAD);
-        let states = &mut states[off..off + items * slen];
-
-        let threads = self.threads.min(items);
-        let inputs = Inputs { q, k, v, seq_lens };
-        if threads <= 1 {
-            self.run_items(0, states, false, &inputs, &mut Workspace::new(self));
-        } else {
-            // Contiguous ranges of items per thread; each item writes only
-            // its own state, so the split cannot change any result. Odd
-            // threads walk their range backwards: with head-major caches,
-            // threads walking forwards in lockstep read streams a power of
-            // two apart, which measured slower than one thread (DRAM bank
-            // conflicts); walking in opposite directions avoids that.
-            let per = items.div_ceil(threads);
-            let inputs = &inputs;
-            std::thread::scope(|scope| {
-                for (t, chunk) in states.chunks_mut(per * slen).enumerate() {
-                    scope.spawn(move || {
-                        let mut ws = Workspace::new(self);
-                        self.run_items(t * per, chunk, t % 2 == 1, inputs, &mut ws);
-                    });
-                }
-            });
-        }
-        self.finalize(states, out, lse);
+        plan.finish_states(&self.job.batch, self.states, out, lse);
         Ok(())
     }
+}
 
-    /// f32 of one item's state: `m` and `l` (padded), then `acc`.
-    fn state_len(&self) -> usize {
-        let rows = self.shape.rows();
-        2 * pad(rows) + rows * pad(self.shape.head_dim_v)
+/// A contiguous range of work items with their states.
+pub struct Part<'p, 'a> {
+    job: Job<'p, 'a>,
+    first: usize,
+    states: &'p mut [f32],
+    reverse: bool,
+}
+
+impl Part<'_, '_> {
+    /// The work items of this part.
+    pub fn items(&self) -> Range<usize> {
+        self.first..self.first + self.states.len() / self.job.plan.state_len()
     }
 
-    /// Runs the items `first..` whose states are `states` (one per `slen`
-    /// floats), in reverse item order when `reverse`.
-    ///
-    /// Head-major caches (each head's rows apart from the other heads') run
-    /// item by item, one kernel call over the whole sequence. Token-major
-    /// caches (`head_stride < token_stride`: the heads of a position share
-    /// DRAM pages) run chunk-major: [`CHUNK`] positions of every item of the
-    /// range, then the next chunk, so each page is fetched once for all
-    /// heads instead of once per head. Chunks are a multiple of the kernel's
-    /// block, so both walks give bitwise the same result.
-    fn run_items(
+    /// Runs the part's items using `scratch` ([`Plan::scratch_bytes`]
+    /// bytes, any contents) as the worker's scratch.
+    pub fn run(self, scratch: &mut [u8]) -> Result<()> {
+        let scratch = carve("scratch", scratch, self.job.plan.worker_len())?;
+        self.states
+            .chunks_mut(self.job.plan.state_len())
+            .for_each(|st| {
+                let rows = self.job.plan.shape.rows();
+                let (m, rest) = st.split_at_mut(pad(rows));
+                m.fill(f32::NEG_INFINITY);
+                rest.fill(0.0);
+            });
+        self.job
+            .run_items(self.first, self.states, self.reverse, scratch);
+        Ok(())
+    }
+}
+
+/// A validated plan and batch: what every worker shares.
+#[derive(Clone, Copy)]
+struct Job<'p, 'a> {
+    plan: &'p Plan,
+    batch: Batch<'a>,
+}
+
+impl Job<'_, '_> {
+    /// Runs `parts` contiguous parts of `per` items from `first`, forking in
+    /// halves (no allocation: `join` keeps its jobs on the stack). Part `i`
+    /// walks backwards when `i` is odd: with head-major caches, threads
+    /// walking forwards in lockstep read streams a power of two apart, which
+    /// measured slower than one thread (DRAM bank conflicts).
+    fn fork(
         &self,
+        part0: usize,
+        parts: usize,
+        per: usize,
         first: usize,
         states: &mut [f32],
-        reverse: bool,
-        x: &Inputs<'_>,
-        ws: &mut Workspace,
+        scratch: &mut [f32],
     ) {
-        let slen = self.state_len();
-        let rows = self.shape.rows();
+        let (slen, wl) = (self.plan.state_len(), self.plan.worker_len());
+        if parts == 1 || states.len() <= per * slen {
+            self.run_items(first, states, part0 % 2 == 1, &mut scratch[..wl]);
+            return;
+        }
+        let left = parts / 2;
+        let n_left = (left * per).min(states.len() / slen);
+        let (sa, sb) = states.split_at_mut(n_left * slen);
+        let (ca, cb) = scratch.split_at_mut(left * wl);
+        join(
+            || self.fork(part0, left, per, first, sa, ca),
+            || self.fork(part0 + left, parts - left, per, first + n_left, sb, cb),
+        );
+    }
+
+    /// Runs items `first..` (one per `state_len` floats of `states`), in
+    /// reverse order when `reverse`.
+    ///
+    /// Head-major caches run item by item. Token-major caches (the heads of
+    /// a position share DRAM pages) run chunk-major: [`CHUNK`] positions of
+    /// every item of the range, then the next chunk, so each page is
+    /// fetched once for all heads instead of once per head. Kernel calls
+    /// are cut at the same positions either way.
+    fn run_items(&self, first: usize, states: &mut [f32], reverse: bool, scratch: &mut [f32]) {
+        let plan = self.plan;
+        let slen = plan.state_len();
         let n_items = states.len() / slen;
         let order = |i: usize| if reverse { n_items - 1 - i } else { i };
-        for st in states.chunks_mut(slen) {
-            let (m, rest) = st.split_at_mut(pad(rows));
-            let (l, acc) = rest.split_at_mut(pad(rows));
-            m.fill(f32::NEG_INFINITY);
-            l.fill(0.0);
-            acc.fill(0.0);
-        }
-        let token_major = x.k.head_stride < x.k.token_stride || x.v.head_stride < x.v.token_stride;
-        if !token_major || n_items == 1 {
+        let qlen = plan.shape.rows() * pad(plan.shape.head_dim_k);
+        let (qtile, kscratch) = scratch.split_at_mut(qlen);
+        if !token_major(&self.batch.cache) {
             for i in 0..n_items {
                 let i = order(i);
                 let item = first + i;
-                let len = x.seq_lens[item / self.shape.kv_heads];
-                self.run_chunk(item, 0, len, &mut states[i * slen..][..slen], x, ws);
+                if let Some(range) = self.item_range(item) {
+                    self.prep_q(item, qtile);
+                    let st = &mut states[i * slen..][..slen];
+                    let mut w = range.start;
+                    while w < range.end {
+                        let we = (w / CHUNK + 1) * CHUNK;
+                        self.run_window(item, w..we.min(range.end), st, qtile, kscratch);
+                        w = we;
+                    }
+                }
             }
         } else {
-            let max_len = (first..first + n_items)
-                .map(|item| x.seq_lens[item / self.shape.kv_heads])
-                .max()
-                .unwrap_or(0);
-            for start in (0..max_len).step_by(CHUNK) {
+            let split = plan
+                .split_len
+                .min(self.batch.seq_lens.iter().copied().max().unwrap_or(0));
+            let mut w = 0;
+            while w < split {
                 for i in 0..n_items {
                     let i = order(i);
                     let item = first + i;
-                    let len = x.seq_lens[item / self.shape.kv_heads];
-                    if start < len {
-                        let n = CHUNK.min(len - start);
-                        self.run_chunk(item, start, n, &mut states[i * slen..][..slen], x, ws);
+                    if let Some(range) = self.item_range(item) {
+                        let a = range.start + w;
+                        let e = (a + CHUNK).min(range.end);
+                        if a < e {
+                            self.prep_q(item, qtile);
+                            let st = &mut states[i * slen..][..slen];
+                            self.run_window(item, a..e, st, qtile, kscratch);
+                        }
                     }
                 }
+                w += CHUNK;
             }
         }
     }
 
-    /// One kernel call: positions `start..start + n` of `item`, folded into
-    /// its state.
-    fn run_chunk(
-        &self,
-        item: usize,
-        start: usize,
-        n: usize,
-        state: &mut [f32],
-        x: &Inputs<'_>,
-        ws: &mut Workspace,
-    ) {
-        if n == 0 {
-            return;
-        }
-        let s = &self.shape;
-        let (k, v) = (x.k, x.v);
-        let (b, g) = (item / s.kv_heads, item % s.kv_heads);
-        let (r, rows) = (s.group_size(), s.rows());
-        let (dk, dkp) = (s.head_dim_k, pad(s.head_dim_k));
-        let (mrows, rest) = state.split_at_mut(pad(rows));
-        let (lrows, acc) = rest.split_at_mut(pad(rows));
-        // Query tile: row t*r + i is token t, head g*r + i, times scale*log2(e).
-        let qs = self.scale * LOG2_E;
-        let (qtile, scratch) = ws.split(rows * dkp);
-        for t in 0..s.q_len {
+    /// (sequence, split, KV head) of an item.
+    fn coords(&self, item: usize) -> (usize, usize, usize) {
+        let g = self.plan.shape.kv_heads;
+        (
+            item / g / self.plan.splits,
+            item / g % self.plan.splits,
+            item % g,
+        )
+    }
+
+    /// Positions of the item's split, `None` when it has none or its
+    /// sequence has no query token.
+    fn item_range(&self, item: usize) -> Option<Range<usize>> {
+        let (b, sp, _) = self.coords(item);
+        let len = self.batch.seq_lens[b];
+        let (tq, _) = self.plan.tokens(&self.batch, b);
+        let a = sp.saturating_mul(self.plan.split_len);
+        let e = a.saturating_add(self.plan.split_len).min(len);
+        (tq > 0 && a < e).then_some(a..e)
+    }
+
+    /// The item's query tile: row `t * r + i` is token `t`, head `g*r + i`,
+    /// times `scale * log2(e)`, zero-padded to `pad(Dk)`.
+    fn prep_q(&self, item: usize, qtile: &mut [f32]) {
+        let s = &self.plan.shape;
+        let (b, _, g) = self.coords(item);
+        let (tq, tok0) = self.plan.tokens(&self.batch, b);
+        let (r, dk, dkp) = (s.group_size(), s.head_dim_k, pad(s.head_dim_k));
+        let qs = self.plan.scale * LOG2_E;
+        for t in 0..tq {
             for i in 0..r {
                 let h = g * r + i;
-                let src = &x.q[((b * s.q_len + t) * s.heads + h) * dk..][..dk];
+                let src = &self.batch.q[((tok0 + t) * s.heads + h) * dk..][..dk];
                 let dst = &mut qtile[(t * r + i) * dkp..][..dkp];
-                for (d, q) in dst
-                    .iter_mut()
-                    .zip(src.iter().chain(std::iter::repeat(&0.0)))
-                {
+                let (head, tail) = dst.split_at_mut(dk);
+                for (d, q) in head.iter_mut().zip(src) {
                     *d = q * qs;
                 }
+                tail.fill(0.0);
             }
         }
-        let (kesz, vesz) = (s.k_dtype.size(), s.v_dtype.size());
-        let args = ChunkArgs {
-            q: qtile.as_ptr(),
-            // Byte offsets of (b, g, start); `check_run_args` proved the whole
-            // extent up to the sequence's length lies inside each buffer, so
-            // these stay in bounds.
-            k: k.data.as_ptr().wrapping_add(
-                (b * k.seq_stride + g * k.head_stride + start * k.token_stride) * kesz,
-            ),
-            k_stride: k.token_stride,
-            v: v.data.as_ptr().wrapping_add(
-                (b * v.seq_stride + g * v.head_stride + start * v.token_stride) * vesz,
-            ),
-            v_stride: v.token_stride,
-            n,
-            rows,
-            dk,
-            dv: s.head_dim_v,
-            m: mrows.as_mut_ptr(),
-            l: lrows.as_mut_ptr(),
-            acc: acc.as_mut_ptr(),
-            scratch: scratch.as_mut_ptr(),
+    }
+
+    /// Folds positions `w` of the item into its state: the positions every
+    /// token sees as one tile, then each causal-tail position with the
+    /// tokens that see it.
+    fn run_window(
+        &self,
+        item: usize,
+        w: Range<usize>,
+        state: &mut [f32],
+        qtile: &[f32],
+        scratch: &mut [f32],
+    ) {
+        let (b, _, g) = self.coords(item);
+        let len = self.batch.seq_lens[b];
+        let (tq, _) = self.plan.tokens(&self.batch, b);
+        // Positions below `common` are visible to every token.
+        let common = len - tq + 1;
+        if w.start < common {
+            self.call(
+                b,
+                g,
+                w.start,
+                w.end.min(common),
+                0,
+                tq,
+                state,
+                qtile,
+                scratch,
+            );
+        }
+        for p in w.start.max(common)..w.end {
+            // Position p is seen by tokens t >= p - common + 1.
+            let t0 = p - common + 1;
+            self.call(b, g, p, p + 1, t0, tq, state, qtile, scratch);
+        }
+    }
+
+    /// Kernel calls over positions `a..e` for tokens `t0..tq` of the tile,
+    /// one per run of equally spaced rows.
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        b: usize,
+        g: usize,
+        a: usize,
+        e: usize,
+        t0: usize,
+        tq: usize,
+        state: &mut [f32],
+        qtile: &[f32],
+        scratch: &mut [f32],
+    ) {
+        let s = &self.plan.shape;
+        let kernel = self.plan.kernels[tq - t0 - 1];
+        let r = s.group_size();
+        let (rows, row0) = ((tq - t0) * r, t0 * r);
+        let all_rows = s.rows();
+        let (dkp, dvp) = (pad(s.head_dim_k), pad(s.head_dim_v));
+        let (mrows, rest) = state.split_at_mut(pad(all_rows));
+        let (lrows, acc) = rest.split_at_mut(pad(all_rows));
+        let (m, l) = (&mut mrows[row0..], &mut lrows[row0..]);
+        let acc = &mut acc[row0 * dvp..];
+        let q = &qtile[row0 * dkp..];
+        let (kdata, vdata) = match &self.batch.cache {
+            KvCache::Strided { k, v } => (k.data, v.data),
+            KvCache::Ring(rg) => (rg.k.data, rg.v.data),
+            KvCache::Paged(p) => (p.k.data, p.v.data),
         };
-        // SAFETY: `check_run_args` verified that for every position
-        // j < seq_lens[b] (and `start + n <= seq_lens[b]` here) the K row at
-        // `k + j*token_stride` holds `dk` elements (and V `dv`) inside their
-        // buffers, of the kernel's dtypes (the plan selected the kernel for
-        // these dtypes and the views were checked against them); `qtile`
-        // holds rows*pad(dk) floats, the state rows, rows and rows*pad(dv)
-        // floats, `scratch` scratch_len(rows, dk, dv) floats aligned to 64
-        // bytes, all disjoint; the tier was checked available when the plan
-        // was made.
-        unsafe { (self.kernel.f)(&args) };
-    }
-
-    /// Turns item states into `out` rows (`acc / l`) and `lse`.
-    fn finalize(&self, states: &[f32], out: &mut [f32], mut lse: Option<&mut [f32]>) {
-        let s = &self.shape;
-        let (r, rows, dv, dvp) = (s.group_size(), s.rows(), s.head_dim_v, pad(s.head_dim_v));
-        for (item, st) in states.chunks(self.state_len()).enumerate() {
-            let (b, g) = (item / s.kv_heads, item % s.kv_heads);
-            let (m, rest) = st.split_at(pad(rows));
-            let (l, acc) = rest.split_at(pad(rows));
-            for t in 0..s.q_len {
-                for i in 0..r {
-                    let row = t * r + i;
-                    let o = (b * s.q_len + t) * s.heads + g * r + i;
-                    let dst = &mut out[o * dv..][..dv];
-                    if l[row] > 0.0 {
-                        let inv = 1.0 / l[row];
-                        for (d, a) in dst.iter_mut().zip(&acc[row * dvp..][..dv]) {
-                            *d = a * inv;
-                        }
-                    } else {
-                        dst.fill(0.0);
-                    }
-                    if let Some(lse) = lse.as_deref_mut() {
-                        lse[o] = if l[row] > 0.0 {
-                            (m[row] + l[row].log2()) * std::f32::consts::LN_2
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                    }
-                }
-            }
-        }
+        let (kesz, vesz) = (s.k_dtype.size(), s.v_dtype.size());
+        let (k_stride, v_stride) = token_strides(&self.batch.cache);
+        for_runs(&self.batch.cache, b, g, a, e, |run| {
+            let args = ChunkArgs {
+                q: q.as_ptr(),
+                // `check_batch` proved every visible row of this sequence
+                // lies inside its buffer, so these offsets stay in bounds.
+                k: kdata.as_ptr().wrapping_add(run.k * kesz),
+                k_stride,
+                v: vdata.as_ptr().wrapping_add(run.v * vesz),
+                v_stride,
+                n: run.n,
+                rows,
+                dk: s.head_dim_k,
+                dv: s.head_dim_v,
+                m: m.as_mut_ptr(),
+                l: l.as_mut_ptr(),
+                acc: acc.as_mut_ptr(),
+                scratch: scratch.as_mut_ptr(),
+            };
+            // SAFETY: `check_batch` verified (with checked arithmetic) that
+            // for every position j < seq_lens[b] the K row `for_runs` maps
+            // it to holds `dk` elements (V: `dv`) inside its buffer, of the
+            // kernel's dtypes (the plan selected the kernel for these dtypes
+            // and the cache was checked against them); `run.n` positions
+            // `run.pos..` are below `e <= seq_lens[b]`. `q` holds
+            // `rows * pad(dk)` floats of this tile's rows, `m`/`l` at least
+            // `rows` and `acc` `rows * pad(dv)` floats of the item's own
+            // state, and `scratch` `scratch_len(all_rows, dk, dv)` floats
+            // (at least what `rows` needs), 64-byte aligned: all disjoint.
+            // The tier was checked available when the plan was made.
+            unsafe { (kernel.f)(&args) };
+        });
     }
 }
 
-/// The run's inputs, shared by every worker.
-struct Inputs<'a> {
-    q: &'a [f32],
-    k: &'a KvTensor<'a>,
-    v: &'a KvTensor<'a>,
-    seq_lens: &'a [usize],
-}
-
-/// Positions per kernel call in the chunk-major walk (a multiple of the
-/// kernel block; 256 positions of K and V for all heads of a Llama-3-8B
-/// layer is 1 MiB, which stays in L2/L3 until each head has used it).
-const CHUNK: usize = 256;
-
-/// Per-thread scratch: the query tile and the kernel's scratch, 64-byte
-/// aligned, zero-initialised once.
-struct Workspace {
-    buf: Vec<f32>,
-    off: usize,
-}
-
-impl Workspace {
-    fn new(plan: &Plan) -> Workspace {
-        let s = &plan.shape;
-        let rows = s.rows();
-        let n = rows * pad(s.head_dim_k) + scratch_len(rows, s.head_dim_k, s.head_dim_v);
-        let buf = vec![0f32; n + PAD];
-        let off = buf.as_ptr().align_offset(64).min(PAD);
-        Workspace { buf, off }
+/// Runs `a` and `b`, in parallel where a pool is available.
+fn join<A: FnOnce() + Send, B: FnOnce() + Send>(a: A, b: B) {
+    #[cfg(feature = "rayon")]
+    {
+        rayon::join(a, b);
     }
-
-    /// The query tile (`qlen` floats) and the rest, both 64-byte aligned
-    /// (`qlen` is a multiple of 16 floats).
-    fn split(&mut self, qlen: usize) -> (&mut [f32], &mut [f32]) {
-        self.buf[self.off..].split_at_mut(qlen)
-    }
+    #[cfg(not(feature = "rayon"))]
+    std::thread::scope(|s| {
+        let h = s.spawn(b);
+        a();
+        h.join().expect("worker panicked");
+    });
 }

@@ -176,3 +176,193 @@ impl<'a> KvTensor<'a> {
         self.data.dtype()
     }
 }
+
+/// One pool of cache pages (K or V) of a paged cache.
+///
+/// Element `d` of slot `s` (the position's offset inside its page) of KV
+/// head `g` in page `p` is
+/// `data[p * page_stride + s * token_stride + g * head_stride + d]`
+/// (strides in elements). [`KvPages::pgd`] lays each page out as
+/// `[page_size, G, D]` and [`KvPages::gpd`] as `[G, page_size, D]`; any
+/// other strides work too.
+#[derive(Clone, Copy, Debug)]
+pub struct KvPages<'a> {
+    /// The pool's elements.
+    pub data: KvData<'a>,
+    /// Elements between page `p` and `p + 1`.
+    pub page_stride: usize,
+    /// Elements between slot `s` and `s + 1` of a page.
+    pub token_stride: usize,
+    /// Elements between KV head `g` and `g + 1` of a page.
+    pub head_stride: usize,
+}
+
+impl<'a> KvPages<'a> {
+    /// A pool with explicit strides (in elements).
+    pub fn new(
+        data: impl Into<KvData<'a>>,
+        page_stride: usize,
+        token_stride: usize,
+        head_stride: usize,
+    ) -> Self {
+        KvPages {
+            data: data.into(),
+            page_stride,
+            token_stride,
+            head_stride,
+        }
+    }
+
+    /// Pages laid out `[page_size, G, D]` (token-major, as vLLM stores them).
+    pub fn pgd(
+        data: impl Into<KvData<'a>>,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let row = kv_heads.saturating_mul(head_dim);
+        Self::new(data, page_size.saturating_mul(row), row, head_dim)
+    }
+
+    /// Pages laid out `[G, page_size, D]` (head-major).
+    pub fn gpd(
+        data: impl Into<KvData<'a>>,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let head = page_size.saturating_mul(head_dim);
+        Self::new(data, kv_heads.saturating_mul(head), head_dim, head)
+    }
+}
+
+/// A paged KV cache: each sequence's positions live in fixed-size pages of
+/// a K pool and a V pool, found through its row of the block table.
+///
+/// Position `j` of sequence `b` is slot `j % page_size` of page
+/// `block_table[b * blocks_per_seq + j / page_size]` in both pools. A
+/// sequence may end mid-page; every page index a step will use is checked
+/// against the pools before any load.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedKv<'a> {
+    /// The K page pool.
+    pub k: KvPages<'a>,
+    /// The V page pool.
+    pub v: KvPages<'a>,
+    /// Positions per page (any value ≥ 1).
+    pub page_size: usize,
+    /// `B` rows of `blocks_per_seq` page indices.
+    pub block_table: &'a [u32],
+    /// Entries per row of the block table.
+    pub blocks_per_seq: usize,
+}
+
+/// A ring-buffer cache for sliding-window models: each sequence owns
+/// `capacity` slots, and absolute position `p` lives in slot
+/// `p % capacity` of its [`KvTensor`] (whose "position" index is the slot).
+///
+/// Sequence `b` attends to the `seq_lens[b]` positions starting at absolute
+/// position `first_pos[b]`, which must all be resident
+/// (`seq_lens[b] <= capacity`). The kernels read them in at most two
+/// contiguous pieces, without copying.
+#[derive(Clone, Copy, Debug)]
+pub struct RingKv<'a> {
+    /// K slots of every sequence.
+    pub k: KvTensor<'a>,
+    /// V slots of every sequence.
+    pub v: KvTensor<'a>,
+    /// Slots per sequence.
+    pub capacity: usize,
+    /// Absolute position of each sequence's first attended position.
+    pub first_pos: &'a [usize],
+}
+
+/// Where a step's K and V rows live.
+#[derive(Clone, Copy, Debug)]
+pub enum KvCache<'a> {
+    /// Strided views of contiguous per-sequence storage (`[B, L, G, D]`,
+    /// `[B, G, L, D]` or any strides).
+    Strided {
+        /// The K view.
+        k: KvTensor<'a>,
+        /// The V view.
+        v: KvTensor<'a>,
+    },
+    /// A paged cache (block tables into page pools).
+    Paged(PagedKv<'a>),
+    /// A ring buffer per sequence.
+    Ring(RingKv<'a>),
+}
+
+impl<'a> KvCache<'a> {
+    /// A strided cache.
+    pub fn strided(k: KvTensor<'a>, v: KvTensor<'a>) -> Self {
+        KvCache::Strided { k, v }
+    }
+
+    /// The K and V element types.
+    pub fn dtypes(&self) -> (Dtype, Dtype) {
+        match self {
+            KvCache::Strided { k, v } => (k.dtype(), v.dtype()),
+            KvCache::Paged(p) => (p.k.data.dtype(), p.v.data.dtype()),
+            KvCache::Ring(r) => (r.k.dtype(), r.v.dtype()),
+        }
+    }
+
+    /// The layout's name in reports (`strided`, `paged<page size>`, `ring`).
+    pub fn layout_name(&self) -> String {
+        match self {
+            KvCache::Strided { .. } => "strided".into(),
+            KvCache::Paged(p) => format!("paged{}", p.page_size),
+            KvCache::Ring(_) => "ring".into(),
+        }
+    }
+}
+
+/// The inputs of one step: queries, cache, lengths and (optionally) ragged
+/// query counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// Queries, `[T, H, Dk]` f32 where `T` is the number of query tokens of
+    /// the whole batch (`B * q_len` unless `q_offsets` is given), tokens of
+    /// sequence `b` before those of `b + 1`.
+    pub q: &'a [f32],
+    /// The K/V cache.
+    pub cache: KvCache<'a>,
+    /// `L_b` per sequence: cached positions, the step's new tokens included
+    /// (a sequence's `q_len_b` tokens are its last `q_len_b` positions).
+    pub seq_lens: &'a [usize],
+    /// Ragged query tokens (like `cu_seqlens`): `B + 1` non-decreasing
+    /// offsets from 0, sequence `b` owning tokens
+    /// `q_offsets[b]..q_offsets[b + 1]` (at most the plan's `q_len`). `None`
+    /// gives every sequence the plan's `q_len` tokens.
+    pub q_offsets: Option<&'a [usize]>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch over a strided cache, `q_len` tokens per sequence.
+    pub fn strided(q: &'a [f32], k: KvTensor<'a>, v: KvTensor<'a>, seq_lens: &'a [usize]) -> Self {
+        Batch {
+            q,
+            cache: KvCache::Strided { k, v },
+            seq_lens,
+            q_offsets: None,
+        }
+    }
+
+    /// A batch over any cache, `q_len` tokens per sequence.
+    pub fn new(q: &'a [f32], cache: KvCache<'a>, seq_lens: &'a [usize]) -> Self {
+        Batch {
+            q,
+            cache,
+            seq_lens,
+            q_offsets: None,
+        }
+    }
+
+    /// The same batch with ragged query tokens.
+    pub fn with_q_offsets(mut self, q_offsets: &'a [usize]) -> Self {
+        self.q_offsets = Some(q_offsets);
+        self
+    }
+}

@@ -156,7 +156,7 @@ fn all_equal_logits_average_v_exactly() {
         let plan = Plan::new(&sh, &Options::default().with_scale(1.0).with_tier(t)).unwrap();
         let mut out = vec![0f32; sh.out_elems()];
         let mut lse = vec![0f32; 2];
-        plan.run(&q, &kt, &vt, &[l], &mut out, Some(&mut lse))
+        plan.decode(&q, &kt, &vt, &[l], &mut out, Some(&mut lse))
             .unwrap();
         for x in &out {
             assert!(
@@ -213,7 +213,7 @@ fn zero_strides_alias_rows_as_documented() {
     for t in tiers() {
         let plan = Plan::new(&sh, &Options::default().with_tier(t)).unwrap();
         let mut out = vec![0f32; sh.out_elems()];
-        plan.run(&q, &kt, &vt, &[9], &mut out, None).unwrap();
+        plan.decode(&q, &kt, &vt, &[9], &mut out, None).unwrap();
         for (g, w) in out.iter().zip(&want.out) {
             assert!(
                 (f64::from(*g) - w).abs() < 1e-5,

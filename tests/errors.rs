@@ -86,22 +86,6 @@ fn unavailable_or_unknown_tiers() {
     }
 }
 
-#[test]
-fn multi_token_decode_is_reported_unsupported_for_now() {
-    let s = Shape {
-        q_len: 2,
-        ..Shape::new(1, 2, 1, 8, Dtype::F32)
-    };
-    assert!(matches!(
-        plan(s),
-        Err(Error::Unsupported {
-            arg: "q_len",
-            value: 2,
-            ..
-        })
-    ));
-}
-
 struct Bufs {
     q: Vec<f32>,
     k: Vec<f16>,
@@ -130,7 +114,7 @@ fn run_arguments_are_checked_against_the_plan() {
     let lens = [10, 3];
 
     let e = p
-        .run(&b.q[1..], &kt, &vt, &lens, &mut b.out, None)
+        .decode(&b.q[1..], &kt, &vt, &lens, &mut b.out, None)
         .unwrap_err();
     assert_eq!(
         e,
@@ -141,7 +125,7 @@ fn run_arguments_are_checked_against_the_plan() {
         }
     );
     let e = p
-        .run(&b.q, &kt, &vt, &lens[..1], &mut b.out, None)
+        .decode(&b.q, &kt, &vt, &lens[..1], &mut b.out, None)
         .unwrap_err();
     assert!(
         matches!(
@@ -155,14 +139,14 @@ fn run_arguments_are_checked_against_the_plan() {
     );
     let n = b.out.len();
     let e = p
-        .run(&b.q, &kt, &vt, &lens, &mut b.out[..n - 1], None)
+        .decode(&b.q, &kt, &vt, &lens, &mut b.out[..n - 1], None)
         .unwrap_err();
     assert!(
         matches!(e, Error::LengthMismatch { arg: "out", .. }),
         "{e:?}"
     );
     let e = p
-        .run(&b.q, &kt, &vt, &lens, &mut b.out, Some(&mut b.lse[1..]))
+        .decode(&b.q, &kt, &vt, &lens, &mut b.out, Some(&mut b.lse[1..]))
         .unwrap_err();
     assert!(
         matches!(e, Error::LengthMismatch { arg: "lse", .. }),
@@ -172,7 +156,7 @@ fn run_arguments_are_checked_against_the_plan() {
     // A length past the end of the buffer (for sequence 0, position 10 is
     // still inside the buffer: the view only promises in-bounds reads).
     let e = p
-        .run(&b.q, &kt, &vt, &[3, 11], &mut b.out, None)
+        .decode(&b.q, &kt, &vt, &[3, 11], &mut b.out, None)
         .unwrap_err();
     assert!(
         matches!(
@@ -189,7 +173,7 @@ fn run_arguments_are_checked_against_the_plan() {
     // V too short while K is fine.
     let vshort = KvTensor::blgd(&b.v[..b.v.len() - 1], 10, 2, 16);
     let e = p
-        .run(
+        .decode(
             &b.q,
             &kt,
             &vshort,
@@ -212,7 +196,9 @@ fn run_arguments_are_checked_against_the_plan() {
     // Wrong dtype.
     let f32s = vec![0f32; b.k.len()];
     let kf = KvTensor::blgd(&f32s[..], 10, 2, 16);
-    let e = p.run(&b.q, &kf, &vt, &lens, &mut b.out, None).unwrap_err();
+    let e = p
+        .decode(&b.q, &kf, &vt, &lens, &mut b.out, None)
+        .unwrap_err();
     assert_eq!(
         e,
         Error::DtypeMismatch {
@@ -224,12 +210,12 @@ fn run_arguments_are_checked_against_the_plan() {
     // Strides whose product overflows usize.
     let huge = KvTensor::new(&b.k[..], 1, usize::MAX / 2, 16);
     let e = p
-        .run(&b.q, &huge, &vt, &lens, &mut b.out, None)
+        .decode(&b.q, &huge, &vt, &lens, &mut b.out, None)
         .unwrap_err();
     assert!(matches!(e, Error::Overflow { arg: "k", seq: 0 }), "{e:?}");
     let huge = KvTensor::new(&b.k[..], usize::MAX, 16, 16);
     let e = p
-        .run(&b.q, &huge, &vt, &lens, &mut b.out, None)
+        .decode(&b.q, &huge, &vt, &lens, &mut b.out, None)
         .unwrap_err();
     assert!(matches!(e, Error::Overflow { arg: "k", seq: 1 }), "{e:?}");
     // Nothing was written by the failed calls.

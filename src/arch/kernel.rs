@@ -335,9 +335,19 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
                 }
                 let mut sums = [0f32; 16];
                 S::store(sums.as_mut_ptr(), S::transpose_sum(&v));
-                for (e, x) in sums.iter().enumerate().take(l.min(total - e0)) {
+                // The `np` dot products of a row are adjacent in `sums` and
+                // in `sbuf`: copy them a row at a time.
+                let n = l.min(total - e0);
+                let mut e = 0;
+                while e < n {
                     let idx = e0 + e;
-                    *sbuf.add((idx / np) * BLOCK + j + idx % np) = *x;
+                    let run = (np - idx % np).min(n - e);
+                    core::ptr::copy_nonoverlapping(
+                        sums.as_ptr().add(e),
+                        sbuf.add((idx / np) * BLOCK + j + idx % np),
+                        run,
+                    );
+                    e += run;
                 }
                 e0 += l;
             }

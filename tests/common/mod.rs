@@ -195,7 +195,7 @@ impl Case {
         }
         let mut out = vec![f32::NAN; self.shape.out_elems()];
         let mut lse = vec![f32::NAN; self.shape.lse_elems()];
-        plan.run(
+        plan.decode(
             &self.q,
             &self.k_view(),
             &self.v_view(),

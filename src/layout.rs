@@ -1,0 +1,280 @@
+//! Layer 2, part 1b: the cache layouts as the driver sees them.
+//!
+//! Two jobs: prove, before any load, that every row a step will read lies
+//! inside its buffer ([`check_cache`]), and cut a range of positions of one
+//! (sequence, KV head) into runs of rows that are equally spaced in memory
+//! ([`for_runs`]), each of which is one microkernel call. Strided caches are
+//! one run, ring buffers at most two (the wrap), paged caches one per page.
+
+use crate::error::{Error, Result};
+use crate::plan::Shape;
+use crate::types::{KvCache, KvData, KvTensor};
+
+/// Rows `pos..pos + n` of one (sequence, KV head), equally spaced: the K row
+/// of `pos` starts at element `k` (V at `v`), later rows one token stride on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub pos: usize,
+    pub n: usize,
+    pub k: usize,
+    pub v: usize,
+}
+
+/// Element strides between consecutive positions of a run, for K and V.
+pub(crate) fn token_strides(cache: &KvCache<'_>) -> (usize, usize) {
+    match cache {
+        KvCache::Strided { k, v } => (k.token_stride, v.token_stride),
+        KvCache::Ring(r) => (r.k.token_stride, r.v.token_stride),
+        KvCache::Paged(p) => (p.k.token_stride, p.v.token_stride),
+    }
+}
+
+/// Whether the heads of one position sit closer together than consecutive
+/// positions of one head (`[.., L, G, D]`-like): the driver then walks all
+/// heads of a range chunk by chunk so that each DRAM page is fetched once.
+pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
+    let tm = |hs: usize, ts: usize| hs < ts;
+    match cache {
+        KvCache::Strided { k, v } => {
+            tm(k.head_stride, k.token_stride) || tm(v.head_stride, v.token_stride)
+        }
+        KvCache::Ring(r) => {
+            tm(r.k.head_stride, r.k.token_stride) || tm(r.v.head_stride, r.v.token_stride)
+        }
+        KvCache::Paged(p) => {
+            tm(p.k.head_stride, p.k.token_stride) || tm(p.v.head_stride, p.v.token_stride)
+        }
+    }
+}
+
+/// Calls `f` for each run of positions `a..e` of sequence `b`, KV head `g`,
+/// in position order. The caller has validated the cache with
+/// [`check_cache`] and `e <= seq_lens[b]`, so no offset computed here can
+/// overflow or leave its buffer.
+#[inline]
+pub(crate) fn for_runs(
+    cache: &KvCache<'_>,
+    b: usize,
+    g: usize,
+    a: usize,
+    e: usize,
+    mut f: impl FnMut(Run),
+) {
+    match cache {
+        KvCache::Strided { k, v } => {
+            if a < e {
+                f(Run {
+                    pos: a,
+                    n: e - a,
+                    k: b * k.seq_stride + g * k.head_stride + a * k.token_stride,
+                    v: b * v.seq_stride + g * v.head_stride + a * v.token_stride,
+                });
+            }
+        }
+        KvCache::Ring(r) => {
+            let (k, v, cap) = (&r.k, &r.v, r.capacity);
+            let first = r.first_pos[b] % cap.max(1);
+            let mut j = a;
+            while j < e {
+                // first < cap and j < cap, so the sum cannot overflow.
+                let slot = (first + j) % cap;
+                let n = (e - j).min(cap - slot);
+                f(Run {
+                    pos: j,
+                    n,
+                    k: b * k.seq_stride + g * k.head_stride + slot * k.token_stride,
+                    v: b * v.seq_stride + g * v.head_stride + slot * v.token_stride,
+                });
+                j += n;
+            }
+        }
+        KvCache::Paged(p) => {
+            let ps = p.page_size;
+            let row = &p.block_table[b * p.blocks_per_seq..];
+            let mut j = a;
+            while j < e {
+                let (blk, slot) = (j / ps, j % ps);
+                let n = (e - j).min(ps - slot);
+                let page = row[blk] as usize;
+                f(Run {
+                    pos: j,
+                    n,
+                    k: page * p.k.page_stride + g * p.k.head_stride + slot * p.k.token_stride,
+                    v: page * p.v.page_stride + g * p.v.head_stride + slot * p.v.token_stride,
+                });
+                j += n;
+            }
+        }
+    }
+}
+
+/// One past the last element read from a row group: base `start`, `tokens`
+/// rows `token_stride` apart, heads `0..kv_heads`, `head_dim` elements each.
+/// `None` on overflow.
+fn extent(
+    start: usize,
+    tokens: usize,
+    token_stride: usize,
+    kv_heads: usize,
+    head_stride: usize,
+    head_dim: usize,
+) -> Option<usize> {
+    (tokens - 1)
+        .checked_mul(token_stride)
+        .and_then(|x| start.checked_add(x))
+        .and_then(|x| (kv_heads - 1).checked_mul(head_stride)?.checked_add(x))
+        .and_then(|x| x.checked_add(head_dim))
+}
+
+/// Checks that a strided view holds the first `tokens(b)` rows of every
+/// sequence `b` (`arg` names it in errors).
+fn check_view(
+    arg: &'static str,
+    view: &KvTensor<'_>,
+    kv_heads: usize,
+    head_dim: usize,
+    batch: usize,
+    tokens: impl Fn(usize) -> usize,
+) -> Result<()> {
+    let len = view.data.len();
+    for seq in 0..batch {
+        let t = tokens(seq);
+        if t == 0 {
+            continue;
+        }
+        let end = seq
+            .checked_mul(view.seq_stride)
+            .and_then(|s| {
+                extent(
+                    s,
+                    t,
+                    view.token_stride,
+                    kv_heads,
+                    view.head_stride,
+                    head_dim,
+                )
+            })
+            .ok_or(Error::Overflow { arg, seq })?;
+        if end > len {
+            return Err(Error::OutOfBounds {
+                arg,
+                seq,
+                needed: end,
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_dtype(arg: &'static str, data: &KvData<'_>, expected: crate::Dtype) -> Result<()> {
+    if data.dtype() != expected {
+        return Err(Error::DtypeMismatch {
+            arg,
+            expected,
+            actual: data.dtype(),
+        });
+    }
+    Ok(())
+}
+
+/// Validates `cache` for a step over `seq_lens` (already checked to have
+/// `B` entries): element types, and that every row of every visible
+/// position lies inside its buffer, with every index computation free of
+/// overflow.
+pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]) -> Result<()> {
+    let (g, dk, dv) = (shape.kv_heads, shape.head_dim_k, shape.head_dim_v);
+    let batch = seq_lens.len();
+    match cache {
+        KvCache::Strided { k, v } => {
+            check_dtype("k", &k.data, shape.k_dtype)?;
+            check_dtype("v", &v.data, shape.v_dtype)?;
+            check_view("k", k, g, dk, batch, |b| seq_lens[b])?;
+            check_view("v", v, g, dv, batch, |b| seq_lens[b])?;
+        }
+        KvCache::Ring(r) => {
+            check_dtype("k", &r.k.data, shape.k_dtype)?;
+            check_dtype("v", &r.v.data, shape.v_dtype)?;
+            if r.first_pos.len() != batch {
+                return Err(Error::LengthMismatch {
+                    arg: "first_pos",
+                    expected: batch,
+                    actual: r.first_pos.len(),
+                });
+            }
+            for (seq, &l) in seq_lens.iter().enumerate() {
+                if l > r.capacity {
+                    return Err(Error::RingTooSmall {
+                        seq,
+                        kv_len: l,
+                        capacity: r.capacity,
+                    });
+                }
+            }
+            // Slots read by sequence b: from first % cap, wrapping once.
+            let slots = |b: usize| {
+                let l = seq_lens[b];
+                if l == 0 {
+                    return 0;
+                }
+                let s = r.first_pos[b] % r.capacity;
+                if l <= r.capacity - s {
+                    s + l
+                } else {
+                    r.capacity
+                }
+            };
+            check_view("k", &r.k, g, dk, batch, slots)?;
+            check_view("v", &r.v, g, dv, batch, slots)?;
+        }
+        KvCache::Paged(p) => {
+            check_dtype("k_pages", &p.k.data, shape.k_dtype)?;
+            check_dtype("v_pages", &p.v.data, shape.v_dtype)?;
+            if p.page_size == 0 {
+                return Err(Error::InvalidDim {
+                    arg: "page_size",
+                    value: 0,
+                    reason: "must be at least 1",
+                });
+            }
+            for (seq, &l) in seq_lens.iter().enumerate() {
+                let needed = l.div_ceil(p.page_size);
+                if needed == 0 {
+                    continue;
+                }
+                let row_start = seq.checked_mul(p.blocks_per_seq);
+                let available = row_start
+                    .map(|s| p.block_table.len().saturating_sub(s))
+                    .unwrap_or(0)
+                    .min(p.blocks_per_seq);
+                if needed > available {
+                    return Err(Error::BlockTableTooShort {
+                        seq,
+                        needed,
+                        available,
+                    });
+                }
+                let row = &p.block_table[seq * p.blocks_per_seq..][..needed];
+                for (block, &page) in row.iter().enumerate() {
+                    let used = (l - block * p.page_size).min(p.page_size);
+                    for (arg, pool, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
+                        let len = pool.data.len();
+                        let end = (page as usize).checked_mul(pool.page_stride).and_then(|s| {
+                            extent(s, used, pool.token_stride, g, pool.head_stride, d)
+                        });
+                        if end.is_none_or(|e| e > len) {
+                            return Err(Error::PageOutOfRange {
+                                arg,
+                                seq,
+                                block,
+                                page,
+                                pages: len.checked_div(pool.page_stride).unwrap_or(0),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
