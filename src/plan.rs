@@ -221,7 +221,7 @@ const TARGET_ITEMS: usize = 64;
 
 /// Shortest KV split: long enough that the per-split costs (query tile,
 /// state, merge) stay below 1% of the split's work.
-const MIN_SPLIT: usize = 1024;
+const MIN_SPLIT: usize = 512;
 
 /// A validated decode step: shape, scale, tier, kernel instances, work
 /// items and KV splits fixed. Reusable for every layer and step of the same

@@ -1,6 +1,7 @@
-//! Property test: random shapes, strides, dtypes, lengths and values, on
-//! every tier this CPU has, through the public API, against the f64
-//! reference under the documented tolerance.
+//! Property test: random shapes, strides, layouts (strided, paged, ring),
+//! dtypes, lengths, query tokens (uniform and ragged) and values, on every
+//! tier this CPU has, through the public API, against the f64 reference
+//! under the documented tolerance.
 
 mod common;
 
@@ -25,7 +26,14 @@ fn group() -> impl Strategy<Value = usize> {
 }
 
 fn layout() -> impl Strategy<Value = Layout> {
-    prop_oneof![Just(Layout::Blgd), Just(Layout::Bgld), Just(Layout::Padded)]
+    prop_oneof![
+        Just(Layout::Blgd),
+        Just(Layout::Bgld),
+        Just(Layout::Padded),
+        (prop::sample::select(vec![1usize, 3, 16, 64]), any::<bool>())
+            .prop_map(|(page, head_major)| Layout::Paged { page, head_major }),
+        (0usize..5).prop_map(|extra| Layout::Ring { extra }),
+    ]
 }
 
 prop_compose! {
@@ -43,12 +51,33 @@ prop_compose! {
         scale in prop_oneof![Just(None), (0.01f32..2.0).prop_map(Some)],
         offset in 0usize..3,
         seed in any::<u64>(),
+        q_len in prop_oneof![3 => Just(1usize), 2 => 2usize..=4],
+        ragged in prop::collection::vec(0usize..=4, 3),
+        is_ragged in any::<bool>(),
+        max_kv_len in prop::sample::select(vec![0usize, 70, 5000]),
     ) -> Spec {
         let dv = if dv_same { dk } else { dv_other };
         let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
             .with_head_dims(dk, dv)
-            .with_dtypes(k_dtype, v_dtype);
-        let mut s = Spec::new(shape, lens[..batch].to_vec());
+            .with_dtypes(k_dtype, v_dtype)
+            .with_q_len(q_len)
+            .with_max_kv_len(max_kv_len);
+        // A sequence holds at least its query tokens (or is empty).
+        let lens: Vec<usize> = lens[..batch]
+            .iter()
+            .map(|&l| if l == 0 { 0 } else { l.max(q_len) })
+            .collect();
+        let mut s = Spec::new(shape, lens.clone());
+        if is_ragged {
+            s.q_tokens = Some(
+                (0..batch)
+                    .map(|b| {
+                        let t = ragged[b].min(q_len);
+                        if lens[b] == 0 { t } else { t.min(lens[b]) }
+                    })
+                    .collect(),
+            );
+        }
         s.layout = layout;
         s.scale = scale;
         s.offset = offset;

@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use gqa_kernels::reference::{self, tolerance};
-use gqa_kernels::{bf16, f16, Dtype, KvData, KvTensor, Options, Plan, Shape, Tier};
+use gqa_kernels::{
+    bf16, f16, Batch, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
+    Shape, Tier,
+};
 
 /// SplitMix64: a tiny deterministic generator for test data.
 pub struct Rng(pub u64);
@@ -66,6 +69,25 @@ pub enum Layout {
     Bgld,
     /// `[B, L, G, D]` with padding after every row, head and sequence.
     Padded,
+    /// A paged cache: pages of `page` positions, `[page, G, D]` inside a
+    /// page (or `[G, page, D]` when `head_major`), pages of the pool handed
+    /// out in shuffled order with spare pages between them.
+    Paged { page: usize, head_major: bool },
+    /// A ring buffer of `max_len + extra` slots per sequence, each
+    /// sequence starting at a random absolute position (so most wrap).
+    Ring { extra: usize },
+}
+
+impl Layout {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::Blgd => "blgd",
+            Layout::Bgld => "bgld",
+            Layout::Padded => "padded",
+            Layout::Paged { .. } => "paged",
+            Layout::Ring { .. } => "ring",
+        }
+    }
 }
 
 /// A complete decode problem with owned buffers.
@@ -74,26 +96,21 @@ pub struct Case {
     pub shape: Shape,
     pub scale: Option<f32>,
     pub seq_lens: Vec<usize>,
+    /// Ragged query offsets (`None`: `q_len` tokens per sequence).
+    pub q_offsets: Option<Vec<usize>>,
     pub q: Vec<f32>,
     pub k: Store,
     pub v: Store,
-    /// (seq, token, head) strides of K and V, and the element offset of
-    /// their base (misalignment).
+    pub layout: Layout,
+    /// Strides of K and V: (seq or page, token or slot, head).
     pub k_strides: (usize, usize, usize),
     pub v_strides: (usize, usize, usize),
+    /// Element offset of the buffers' base (misalignment).
     pub offset: usize,
-}
-
-fn strides(layout: Layout, max_len: usize, g: usize, d: usize) -> (usize, usize, usize) {
-    match layout {
-        Layout::Blgd => (max_len * g * d, g * d, d),
-        Layout::Bgld => (g * max_len * d, d, max_len * d),
-        Layout::Padded => {
-            let hs = d + 3;
-            let ts = g * hs + 5;
-            (max_len * ts + 7, ts, hs)
-        }
-    }
+    pub block_table: Vec<u32>,
+    pub blocks_per_seq: usize,
+    pub capacity: usize,
+    pub first_pos: Vec<usize>,
 }
 
 /// Everything needed to build a case.
@@ -101,6 +118,8 @@ fn strides(layout: Layout, max_len: usize, g: usize, d: usize) -> (usize, usize,
 pub struct Spec {
     pub shape: Shape,
     pub seq_lens: Vec<usize>,
+    /// Query tokens per sequence when ragged (each `<= shape.q_len`).
+    pub q_tokens: Option<Vec<usize>>,
     pub layout: Layout,
     pub scale: Option<f32>,
     pub offset: usize,
@@ -116,6 +135,7 @@ impl Spec {
         Spec {
             shape,
             seq_lens,
+            q_tokens: None,
             layout: Layout::Blgd,
             scale: None,
             offset: 0,
@@ -129,45 +149,127 @@ impl Spec {
         let s = self.shape;
         let mut rng = Rng(self.seed);
         let max_len = self.seq_lens.iter().copied().max().unwrap_or(0).max(1);
-        let ks = strides(self.layout, max_len, s.kv_heads, s.head_dim_k);
-        let vs = strides(self.layout, max_len, s.kv_heads, s.head_dim_v);
-        let fill_cache = |rng: &mut Rng, st: (usize, usize, usize), d: usize, range: f32| {
-            let n = self.offset + s.batch.max(1) * st.0 + 8;
+        let (g, dk, dv) = (s.kv_heads, s.head_dim_k, s.head_dim_v);
+        let mut c = Case {
+            shape: s,
+            scale: self.scale,
+            seq_lens: self.seq_lens.clone(),
+            q_offsets: None,
+            q: Vec::new(),
+            k: Store::F32(Vec::new()),
+            v: Store::F32(Vec::new()),
+            layout: self.layout,
+            k_strides: (0, 0, 0),
+            v_strides: (0, 0, 0),
+            offset: self.offset,
+            block_table: Vec::new(),
+            blocks_per_seq: 0,
+            capacity: 0,
+            first_pos: Vec::new(),
+        };
+        let strided = |max_len: usize, d: usize| match self.layout {
+            Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
+            Layout::Bgld => (g * max_len * d, d, max_len * d),
+            Layout::Padded => {
+                let hs = d + 3;
+                let ts = g * hs + 5;
+                (max_len * ts + 7, ts, hs)
+            }
+            Layout::Paged { page, head_major } => {
+                if head_major {
+                    (g * page * d, d, page * d)
+                } else {
+                    (page * g * d, g * d, d)
+                }
+            }
+        };
+        // Elements of each buffer (without the offset).
+        let n_units = match self.layout {
+            Layout::Paged { page, .. } => {
+                // Pages 0..n, handed out shuffled, with 3 spare pages.
+                let bps = max_len.div_ceil(page);
+                let pages = s.batch * bps + 3;
+                let mut ids: Vec<u32> = (0..pages as u32).collect();
+                for i in (1..ids.len()).rev() {
+                    ids.swap(i, rng.below(i + 1));
+                }
+                c.block_table = ids[..s.batch * bps].to_vec();
+                c.blocks_per_seq = bps;
+                pages
+            }
+            Layout::Ring { extra } => {
+                c.capacity = max_len + extra;
+                c.first_pos = (0..s.batch).map(|_| rng.below(1000)).collect();
+                s.batch
+            }
+            _ => s.batch,
+        };
+        let cap_or_len = if c.capacity > 0 { c.capacity } else { max_len };
+        c.k_strides = strided(cap_or_len, dk);
+        c.v_strides = strided(cap_or_len, dv);
+        let fill_cache = |c: &Case, rng: &mut Rng, v: bool, range: f32| {
+            let (st, d) = if v {
+                (c.v_strides, dv)
+            } else {
+                (c.k_strides, dk)
+            };
+            let n = self.offset + n_units.max(1) * st.0 + 8;
             // Unread slots hold `fill` (NaN by default): a kernel that reads
-            // past a row, a length or a sequence produces NaN and fails.
+            // past a row, a length, a page or a sequence produces NaN.
             let mut x = vec![self.fill; n];
             for b in 0..s.batch {
                 for j in 0..self.seq_lens[b] {
-                    for g in 0..s.kv_heads {
+                    for h in 0..g {
+                        let base = self.offset + c.row_index(v, b, h, j);
                         for e in 0..d {
-                            x[self.offset + b * st.0 + j * st.1 + g * st.2 + e] =
-                                rng.uniform(-range, range);
+                            x[base + e] = rng.uniform(-range, range);
                         }
                     }
                 }
             }
             x
         };
-        let k = fill_cache(&mut rng, ks, s.head_dim_k, self.qk_range);
-        let v = fill_cache(&mut rng, vs, s.head_dim_v, 1.0);
-        let q = (0..s.q_elems())
+        let k = fill_cache(&c, &mut rng, false, self.qk_range);
+        let v = fill_cache(&c, &mut rng, true, 1.0);
+        c.k = Store::from_f32(s.k_dtype, &k);
+        c.v = Store::from_f32(s.v_dtype, &v);
+        let tokens = match &self.q_tokens {
+            Some(t) => {
+                let mut o = vec![0];
+                for x in t {
+                    o.push(o.last().unwrap() + x);
+                }
+                let total = *o.last().unwrap();
+                c.q_offsets = Some(o);
+                total
+            }
+            None => s.batch * s.q_len,
+        };
+        c.q = (0..tokens * s.heads * dk)
             .map(|_| rng.uniform(-self.qk_range, self.qk_range))
             .collect();
-        Case {
-            shape: s,
-            scale: self.scale,
-            seq_lens: self.seq_lens.clone(),
-            q,
-            k: Store::from_f32(s.k_dtype, &k),
-            v: Store::from_f32(s.v_dtype, &v),
-            k_strides: ks,
-            v_strides: vs,
-            offset: self.offset,
-        }
+        c
     }
 }
 
 impl Case {
+    /// Element index (before `offset`) of the K or V row of position `j`
+    /// of sequence `b`, head `g`.
+    pub fn row_index(&self, v: bool, b: usize, g: usize, j: usize) -> usize {
+        let st = if v { self.v_strides } else { self.k_strides };
+        match self.layout {
+            Layout::Paged { page, .. } => {
+                let p = self.block_table[b * self.blocks_per_seq + j / page] as usize;
+                p * st.0 + (j % page) * st.1 + g * st.2
+            }
+            Layout::Ring { .. } => {
+                let slot = (self.first_pos[b] + j) % self.capacity;
+                b * st.0 + slot * st.1 + g * st.2
+            }
+            _ => b * st.0 + j * st.1 + g * st.2,
+        }
+    }
+
     pub fn k_view(&self) -> KvTensor<'_> {
         let (a, b, c) = self.k_strides;
         KvTensor::new(self.k.data(self.offset), a, b, c)
@@ -177,7 +279,49 @@ impl Case {
         KvTensor::new(self.v.data(self.offset), a, b, c)
     }
 
-    /// Runs the case on `tier` through the public API.
+    pub fn cache(&self) -> KvCache<'_> {
+        match self.layout {
+            Layout::Paged { page, .. } => {
+                let (ka, kb, kc) = self.k_strides;
+                let (va, vb, vc) = self.v_strides;
+                KvCache::Paged(PagedKv {
+                    k: KvPages::new(self.k.data(self.offset), ka, kb, kc),
+                    v: KvPages::new(self.v.data(self.offset), va, vb, vc),
+                    page_size: page,
+                    block_table: &self.block_table,
+                    blocks_per_seq: self.blocks_per_seq,
+                })
+            }
+            Layout::Ring { .. } => KvCache::Ring(RingKv {
+                k: self.k_view(),
+                v: self.v_view(),
+                capacity: self.capacity,
+                first_pos: &self.first_pos,
+            }),
+            _ => KvCache::strided(self.k_view(), self.v_view()),
+        }
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        let b = Batch::new(&self.q, self.cache(), &self.seq_lens);
+        match &self.q_offsets {
+            Some(o) => b.with_q_offsets(o),
+            None => b,
+        }
+    }
+
+    /// Query tokens of the batch.
+    pub fn tokens(&self) -> usize {
+        self.q.len() / (self.shape.heads * self.shape.head_dim_k)
+    }
+
+    pub fn reference(&self) -> reference::Reference {
+        reference::decode_batch(&self.shape, self.scale, &self.batch())
+            .expect("reference accepts the case")
+    }
+
+    /// Runs the case on `tier` with `threads` through the public API
+    /// (`Plan::run` in a caller workspace).
     pub fn run(
         &self,
         tier: Tier,
@@ -193,59 +337,67 @@ impl Case {
         if !name.ends_with(&format!("__{}", tier.name())) || plan.tier() != tier {
             return Err(format!("asked for {tier}, plan picked {name}"));
         }
-        let mut out = vec![f32::NAN; self.shape.out_elems()];
-        let mut lse = vec![f32::NAN; self.shape.lse_elems()];
-        plan.decode(
-            &self.q,
-            &self.k_view(),
-            &self.v_view(),
-            &self.seq_lens,
-            &mut out,
-            Some(&mut lse),
-        )
-        .map_err(|e| format!("{name}: run: {e}"))?;
+        let rows = self.tokens() * self.shape.heads;
+        let mut out = vec![f32::NAN; rows * self.shape.head_dim_v];
+        let mut lse = vec![f32::NAN; rows];
+        let mut ws = plan.alloc_workspace();
+        // Garbage in the workspace must not matter.
+        ws.fill(0xA5);
+        plan.run(&self.batch(), &mut out, Some(&mut lse), &mut ws)
+            .map_err(|e| format!("{name}: run: {e}"))?;
         Ok((out, lse, name))
     }
 
     /// Runs the case on `tier` and compares with the reference; the error
     /// names the kernel instance, the element and the case.
     pub fn check(&self, tier: Tier) -> Result<(), String> {
-        let want = reference::decode(
-            &self.shape,
-            self.scale,
-            &self.q,
-            &self.k_view(),
-            &self.v_view(),
-            &self.seq_lens,
-        )
-        .map_err(|e| format!("reference: {e}"))?;
-        self.check_against(tier, &want)
+        self.check_against(tier, &self.reference())
     }
 
     pub fn check_against(&self, tier: Tier, want: &reference::Reference) -> Result<(), String> {
         let (out, lse, name) = self.run(tier, 1)?;
+        self.compare(name, &out, &lse, want)
+    }
+
+    /// Compares a result with the reference under the documented tolerance.
+    pub fn compare(
+        &self,
+        name: &str,
+        out: &[f32],
+        lse: &[f32],
+        want: &reference::Reference,
+    ) -> Result<(), String> {
         let (tol_o, tol_l) = tolerance(self.shape.k_dtype, self.shape.v_dtype);
         let vmax = self.v_max();
         let s = &self.shape;
+        let ctx = || {
+            format!(
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}",
+                self.seq_lens, self.layout, self.q_offsets
+            )
+        };
+        if out.len() != want.out.len() || lse.len() != want.lse.len() {
+            return Err(format!("{name}: output lengths differ ({})", ctx()));
+        }
         for (i, (g, w)) in out.iter().zip(&want.out).enumerate() {
             if !tol_o.accepts(f64::from(*g), *w, vmax) {
                 let row = i / s.head_dim_v;
                 return Err(format!(
-                    "{name}: out[b={}, h={}, d={}] = {g}, reference {w} (shape {s:?}, lens {:?})",
+                    "{name}: out[token={}, h={}, d={}] = {g}, reference {w} ({})",
                     row / s.heads,
                     row % s.heads,
                     i % s.head_dim_v,
-                    self.seq_lens
+                    ctx()
                 ));
             }
         }
         for (i, (g, w)) in lse.iter().zip(&want.lse).enumerate() {
             if !tol_l.accepts(f64::from(*g), *w, 1.0) {
                 return Err(format!(
-                    "{name}: lse[b={}, h={}] = {g}, reference {w} (shape {s:?}, lens {:?})",
+                    "{name}: lse[token={}, h={}] = {g}, reference {w} ({})",
                     i / s.heads,
                     i % s.heads,
-                    self.seq_lens
+                    ctx()
                 ));
             }
         }
@@ -254,16 +406,14 @@ impl Case {
 
     /// Largest `|V|` element any sequence may read (1 for an empty cache).
     pub fn v_max(&self) -> f64 {
-        let v = self.v_view();
+        let data = self.v.data(self.offset);
         let mut m = 0.0f64;
         for b in 0..self.shape.batch {
             for j in 0..self.seq_lens[b] {
                 for g in 0..self.shape.kv_heads {
+                    let base = self.row_index(true, b, g, j);
                     for d in 0..self.shape.head_dim_v {
-                        let x = v
-                            .data
-                            .get_f64(b * v.seq_stride + j * v.token_stride + g * v.head_stride + d);
-                        m = m.max(x.abs());
+                        m = m.max(data.get_f64(base + d).abs());
                     }
                 }
             }
@@ -296,18 +446,34 @@ pub fn tiers() -> Vec<Tier> {
 
 /// Checks a case on every tier; panics with every failure.
 pub fn check_all(case: &Case) {
-    let want = reference::decode(
-        &case.shape,
-        case.scale,
-        &case.q,
-        &case.k_view(),
-        &case.v_view(),
-        &case.seq_lens,
-    )
-    .expect("reference accepts the case");
+    let want = case.reference();
     let errs: Vec<String> = tiers()
         .into_iter()
         .filter_map(|t| case.check_against(t, &want).err())
         .collect();
     assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+/// Checks that every tier gives bitwise the same result for each thread
+/// count as for one thread, and that the one-thread result matches the
+/// reference.
+pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
+    let want = case.reference();
+    for t in tiers() {
+        let (base, base_lse, name) = case.run(t, 1).unwrap();
+        case.compare(name, &base, &base_lse, &want)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &n in threads {
+            let (o, l, _) = case.run(t, n).unwrap();
+            let same = o.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits())
+                && l.iter()
+                    .zip(&base_lse)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name}: {n} threads differ from 1 (layout {:?}, shape {:?}, lens {:?})",
+                case.layout, case.shape, case.seq_lens
+            );
+        }
+    }
 }
