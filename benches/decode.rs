@@ -1,11 +1,14 @@
 //! Criterion benches of the decode step: one group per model shape, every
-//! tier this machine has, throughput in KV bytes read per step. Bench IDs
-//! carry the kernel instance name (e.g. `decode_f16_d128_r4__avx512`).
+//! tier this machine has, throughput in KV bytes read per step; then the
+//! serving surface (layouts, query tokens, threads). Bench IDs carry the
+//! kernel instance name (e.g. `decode_f16_d128_r4__avx512`).
 //!
 //! `cargo bench --bench decode` (set `GQA_BENCH_L` to change the KV length).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gqa_kernels::{f16, Dtype, KvTensor, Options, Plan, Shape, Tier};
+use gqa_kernels::{
+    f16, Batch, Dtype, KvCache, KvPages, KvTensor, Options, PagedKv, Plan, RingKv, Shape, Tier,
+};
 
 struct Model {
     name: &'static str,
@@ -70,16 +73,100 @@ fn decode(c: &mut Criterion) {
         group.sample_size(20);
         for tier in Tier::available() {
             let plan = Plan::new(&shape, &Options::default().with_tier(tier)).expect("plan");
+            let lens = [l];
+            let batch = Batch::strided(&q, kt, vt, &lens);
+            let mut ws = plan.alloc_workspace();
             group.bench_function(BenchmarkId::from_parameter(plan.kernel_name()), |b| {
-                b.iter(|| {
-                    plan.decode(&q, &kt, &vt, &[l], &mut out, None)
-                        .expect("run")
-                })
+                b.iter(|| plan.run(&batch, &mut out, None, &mut ws).expect("run"))
             });
         }
         group.finish();
     }
 }
 
-criterion_group!(benches, decode);
+/// The serving surface on Llama-3-8B, f16, best tier: strided vs paged
+/// (pages of 16 and 256, `[G, page, D]`, shuffled) vs ring, `q_len` 1 and
+/// 4, 1 thread and all cores.
+fn serving(c: &mut Criterion) {
+    let l: usize = std::env::var("GQA_BENCH_L")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8192);
+    let (h, g, d) = (32, 8, 128);
+    let n = g * l * d;
+    let data: Vec<f16> = (0..n)
+        .map(|i| f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
+        .collect();
+    let max_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = vec![1];
+    if max_threads > 1 {
+        threads.push(max_threads);
+    }
+    for page in [16usize, 256] {
+        assert_eq!(l % page, 0, "GQA_BENCH_L must be a multiple of 256");
+    }
+    // Shuffled block tables (deterministic).
+    let table = |page: usize| {
+        let mut t: Vec<u32> = (0..(l / page) as u32).collect();
+        let mut s = 0x9E37_79B9u64;
+        for i in (1..t.len()).rev() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t.swap(i, ((s >> 33) % (i as u64 + 1)) as usize);
+        }
+        t
+    };
+    let (t16, t256) = (table(16), table(256));
+    let first_pos = [l / 2];
+    let lens = [l];
+    let strided = KvTensor::bgld(&data[..], l, g, d);
+    fn paged<'a>(data: &'a [f16], t: &'a [u32], page: usize, g: usize, d: usize) -> KvCache<'a> {
+        KvCache::Paged(PagedKv {
+            k: KvPages::gpd(data, page, g, d),
+            v: KvPages::gpd(data, page, g, d),
+            page_size: page,
+            block_table: t,
+            blocks_per_seq: t.len(),
+        })
+    }
+    let layouts = [
+        ("strided", KvCache::strided(strided, strided)),
+        ("paged16", paged(&data, &t16, 16, g, d)),
+        ("paged256", paged(&data, &t256, 256, g, d)),
+        (
+            "ring",
+            KvCache::Ring(RingKv {
+                k: strided,
+                v: strided,
+                capacity: l,
+                first_pos: &first_pos,
+            }),
+        ),
+    ];
+    for q_len in [1, 4] {
+        let shape = Shape::new(1, h, g, d, Dtype::F16)
+            .with_q_len(q_len)
+            .with_max_kv_len(l);
+        let q = vec![0.01f32; shape.q_elems()];
+        let mut out = vec![0f32; shape.out_elems()];
+        let mut group = c.benchmark_group(format!("serving/Llama-3-8B/f16/L{l}/q{q_len}"));
+        group.throughput(Throughput::Bytes(shape.kv_bytes(&lens) as u64));
+        group.sample_size(20);
+        for &t in &threads {
+            let plan = Plan::new(&shape, &Options::default().with_threads(t)).expect("plan");
+            let mut ws = plan.alloc_workspace();
+            for (name, cache) in &layouts {
+                let batch = Batch::new(&q, *cache, &lens);
+                let id = BenchmarkId::new(format!("{name}/t{t}"), plan.kernel_name());
+                group.bench_function(id, |b| {
+                    b.iter(|| plan.run(&batch, &mut out, None, &mut ws).expect("run"))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, decode, serving);
 criterion_main!(benches);

@@ -23,7 +23,10 @@
 
 use std::time::Instant;
 
-use gqa_kernels::{probe, Dtype, KvData, KvTensor, Options, Plan, Shape, Tier};
+use gqa_kernels::{
+    probe, Batch, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv, Shape,
+    Tier,
+};
 use half::{bf16, f16};
 
 struct Args {
@@ -41,8 +44,11 @@ fn parse_args() -> Result<Args, String> {
         tier: None,
         threads: vec![1],
     };
-    if max_threads > 1 {
-        a.threads.push(max_threads);
+    // 1, 2 and all cores (deduplicated).
+    for t in [2, max_threads] {
+        if t <= max_threads && !a.threads.contains(&t) {
+            a.threads.push(t);
+        }
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -187,6 +193,8 @@ struct Row {
     dk: usize,
     dv: usize,
     l: usize,
+    q_len: usize,
+    layout: String,
     dtype: Dtype,
     tier: Tier,
     kernel: &'static str,
@@ -208,8 +216,34 @@ struct Job {
     dtype: Dtype,
     tier: Tier,
     threads: usize,
-    /// `[B, L, G, D]` instead of the default `[B, G, L, D]`.
-    token_major: bool,
+    layout: Layout,
+    q_len: usize,
+}
+
+/// How a job stores its cache.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// `[B, G, L, D]`, each head's rows contiguous (the default).
+    Bgld,
+    /// `[B, L, G, D]`, the heads of a position side by side.
+    Blgd,
+    /// Pages of this many positions, `[G, page, D]` inside a page, handed
+    /// out in shuffled order (a fragmented pool).
+    Paged(usize),
+    /// A ring of exactly `L` slots whose window starts mid-ring, so it is
+    /// read in two pieces.
+    Ring,
+}
+
+impl Layout {
+    /// The JSON `layout` value.
+    fn key(self) -> String {
+        match self {
+            Layout::Bgld | Layout::Blgd => "strided".into(),
+            Layout::Paged(p) => format!("paged{p}"),
+            Layout::Ring => "ring".into(),
+        }
+    }
 }
 
 fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
@@ -221,27 +255,62 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         dtype,
         tier,
         threads,
-        token_major,
+        layout,
+        q_len,
     } = job;
-    let shape = Shape::new(b, m.h, m.g, m.d, dtype);
-    let n = b * m.g * l * m.d;
+    let shape = Shape::new(b, m.h, m.g, m.d, dtype)
+        .with_q_len(q_len)
+        .with_max_kv_len(l);
+    let (ps, pages) = match layout {
+        Layout::Paged(p) => (p, b * l.div_ceil(p)),
+        _ => (0, 0),
+    };
+    let n = if ps > 0 {
+        pages * m.g * ps * m.d
+    } else {
+        b * m.g * l * m.d
+    };
     let k = Store::new(dtype, n, 1);
     let v = Store::new(dtype, n, 2);
-    let (kt, vt) = if token_major {
-        (
-            KvTensor::blgd(k.data(), l, m.g, m.d),
-            KvTensor::blgd(v.data(), l, m.g, m.d),
-        )
-    } else {
-        (
+    // A shuffled block table: consecutive blocks of a sequence are not
+    // neighbours in the pool.
+    let mut table: Vec<u32> = (0..pages as u32).collect();
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..table.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        table.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    let first_pos = vec![l / 2; b];
+    let cache = match layout {
+        Layout::Bgld => KvCache::strided(
             KvTensor::bgld(k.data(), l, m.g, m.d),
             KvTensor::bgld(v.data(), l, m.g, m.d),
-        )
+        ),
+        Layout::Blgd => KvCache::strided(
+            KvTensor::blgd(k.data(), l, m.g, m.d),
+            KvTensor::blgd(v.data(), l, m.g, m.d),
+        ),
+        Layout::Paged(p) => KvCache::Paged(PagedKv {
+            k: KvPages::gpd(k.data(), p, m.g, m.d),
+            v: KvPages::gpd(v.data(), p, m.g, m.d),
+            page_size: p,
+            block_table: &table,
+            blocks_per_seq: l.div_ceil(p),
+        }),
+        Layout::Ring => KvCache::Ring(RingKv {
+            k: KvTensor::bgld(k.data(), l, m.g, m.d),
+            v: KvTensor::bgld(v.data(), l, m.g, m.d),
+            capacity: l,
+            first_pos: &first_pos,
+        }),
     };
     let q: Vec<f32> = (0..shape.q_elems())
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     let lens = vec![l; b];
+    let batch = Batch::new(&q, cache, &lens);
     let mut out = vec![0f32; shape.out_elems()];
     let mut lse = vec![0f32; shape.lse_elems()];
     let plan = Plan::new(
@@ -253,12 +322,13 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         },
     )
     .unwrap_or_else(|e| panic!("plan {}: {e}", m.name));
+    let mut ws = plan.alloc_workspace();
     let mut times = Vec::new();
     let started = Instant::now();
     // One untimed run, then at least 5 timed ones and `min_secs` in all.
     for rep in 0.. {
         let t = Instant::now();
-        plan.decode(&q, &kt, &vt, &lens, &mut out, Some(&mut lse))
+        plan.run(&batch, &mut out, Some(&mut lse), &mut ws)
             .expect("run");
         let dt = t.elapsed().as_secs_f64();
         if rep > 0 {
@@ -279,7 +349,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     let bound = (kv_bytes as f64 / bw).max(shape.flops(&lens) / fma);
     Row {
         section,
-        model: if token_major {
+        model: if layout == Layout::Blgd {
             format!("{}/BLGD", m.name)
         } else {
             m.name.to_string()
@@ -290,6 +360,8 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         dk: m.d,
         dv: m.d,
         l,
+        q_len,
+        layout: layout.key(),
         dtype,
         tier,
         kernel: plan.kernel_name(),
@@ -305,7 +377,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8}",
             "model",
             "B",
             "H",
@@ -313,6 +385,8 @@ fn print_header(json: bool) {
             "Dk",
             "Dv",
             "L",
+            "q",
+            "layout",
             "kv",
             "tier",
             "thr",
@@ -328,12 +402,12 @@ fn print_row(r: &Row, json: bool) {
     let gbps = r.kv_bytes as f64 / r.seconds / 1e9;
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
         );
     } else {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3}",
             r.model,
             r.b,
             r.h,
@@ -341,6 +415,8 @@ fn print_row(r: &Row, json: bool) {
             r.dk,
             r.dv,
             r.l,
+            r.q_len,
+            r.layout,
             r.dtype.name(),
             r.tier.name(),
             r.threads,
@@ -408,62 +484,108 @@ fn main() {
         (
             vec![LLAMA3_8B, QWEN25_7B, PHI3_MINI, FALCON_7B, GEMMA2_9B],
             vec![1024, 8192, 32768],
-            vec![1, 4],
+            vec![1, 4, 16],
         )
+    };
+    let job = |section, m, b, l, dtype, tier, threads, layout, q_len| Job {
+        section,
+        m,
+        b,
+        l,
+        dtype,
+        tier,
+        threads,
+        layout,
+        q_len,
     };
     for &threads in &args.threads {
         for m in &models {
             for &l in &lens {
                 for &b in &batches {
+                    // Skip steps over 1.2 GB of KV (B = 16 at L = 32768):
+                    // they add minutes and nothing the B = 4 rows don't show.
+                    if b * l * m.g * m.d * 4 > 1_200_000_000 {
+                        continue;
+                    }
                     let dtypes: &[Dtype] = if m.name == LLAMA3_8B.name && !args.quick {
                         &Dtype::ALL
                     } else {
                         &[Dtype::F16]
                     };
                     for &dt in dtypes {
-                        jobs.push(Job {
-                            section: "table",
-                            m: *m,
-                            b,
-                            l,
-                            dtype: dt,
-                            tier,
-                            threads,
-                            token_major: false,
-                        });
+                        jobs.push(job("table", *m, b, l, dt, tier, threads, Layout::Bgld, 1));
                     }
                 }
             }
         }
     }
+    // A serving batch: many short sequences.
+    for &threads in &args.threads {
+        jobs.push(job(
+            "serving",
+            LLAMA3_8B,
+            16,
+            2048,
+            Dtype::F16,
+            tier,
+            threads,
+            Layout::Bgld,
+            1,
+        ));
+    }
     // Tier comparison on the memory-bound shape, one thread.
     for t in Tier::available() {
         if !(args.quick && t == Tier::Scalar) {
-            jobs.push(Job {
-                section: "tiers",
-                m: LLAMA3_8B,
-                b: 1,
-                l: 32768,
-                dtype: Dtype::F16,
-                tier: t,
-                threads: 1,
-                token_major: false,
-            });
+            jobs.push(job(
+                "tiers",
+                LLAMA3_8B,
+                1,
+                32768,
+                Dtype::F16,
+                t,
+                1,
+                Layout::Bgld,
+                1,
+            ));
         }
     }
-    // Cache layouts: head-major (default) vs token-major, 1 and N threads.
+    // Cache layouts and query tokens on the memory-bound shapes: Llama-3-8B
+    // (r = 4) and, for q_len, the MHA Phi-3-mini (r = 1), whose four query
+    // tokens still leave it memory-bound.
+    let layouts: Vec<(Model, usize, Layout, usize)> = if args.quick {
+        vec![
+            (LLAMA3_8B, 32768, Layout::Bgld, 1),
+            (LLAMA3_8B, 32768, Layout::Paged(16), 1),
+            (LLAMA3_8B, 32768, Layout::Ring, 1),
+            (PHI3_MINI, 16384, Layout::Bgld, 1),
+            (PHI3_MINI, 16384, Layout::Bgld, 4),
+        ]
+    } else {
+        vec![
+            (LLAMA3_8B, 32768, Layout::Bgld, 1),
+            (LLAMA3_8B, 32768, Layout::Blgd, 1),
+            (LLAMA3_8B, 32768, Layout::Paged(16), 1),
+            (LLAMA3_8B, 32768, Layout::Paged(256), 1),
+            (LLAMA3_8B, 32768, Layout::Ring, 1),
+            (LLAMA3_8B, 32768, Layout::Bgld, 4),
+            (PHI3_MINI, 16384, Layout::Bgld, 1),
+            (PHI3_MINI, 16384, Layout::Bgld, 4),
+            (PHI3_MINI, 16384, Layout::Paged(16), 4),
+        ]
+    };
     for &threads in &args.threads {
-        for token_major in [false, true] {
-            jobs.push(Job {
-                section: "layouts",
-                m: LLAMA3_8B,
-                b: 1,
-                l: 32768,
-                dtype: Dtype::F16,
+        for &(m, l, layout, q_len) in &layouts {
+            jobs.push(job(
+                "layouts",
+                m,
+                1,
+                l,
+                Dtype::F16,
                 tier,
                 threads,
-                token_major,
-            });
+                layout,
+                q_len,
+            ));
         }
     }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
@@ -484,7 +606,8 @@ fn main() {
             dtype: Dtype::F16,
             tier,
             threads: 1,
-            token_major: false,
+            layout: Layout::Bgld,
+            q_len: 1,
         });
     }
 
@@ -511,9 +634,12 @@ fn main() {
                 println!();
                 match sec {
                     "table" => println!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
+                    "serving" => println!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
                     "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
                     "layouts" => println!(
-                        "## Layouts: [B, G, L, D] vs [B, L, G, D] (/BLGD), Llama-3-8B, f16"
+                        "## Layouts and query tokens, f16, B = 1 (strided [B, G, L, D]; \
+                         /BLGD [B, L, G, D]; paged [G, page, D] pages in shuffled order; \
+                         ring read in two pieces)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }

@@ -6,8 +6,9 @@
 //! ([`for_runs`]), each of which is one microkernel call. Strided caches are
 //! one run, ring buffers at most two (the wrap), paged caches one per page.
 
+use crate::arch::BLOCK;
 use crate::error::{Error, Result};
-use crate::plan::Shape;
+use crate::plan::{Shape, CHUNK};
 use crate::types::{KvCache, KvData, KvTensor};
 
 /// Rows `pos..pos + n` of one (sequence, KV head), equally spaced: the K row
@@ -30,9 +31,8 @@ pub(crate) fn token_strides(cache: &KvCache<'_>) -> (usize, usize) {
 }
 
 /// Whether the heads of one position sit closer together than consecutive
-/// positions of one head (`[.., L, G, D]`-like): the driver then walks all
-/// heads of a range chunk by chunk so that each DRAM page is fetched once.
-pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
+/// positions of one head (`[.., L, G, D]`-like).
+fn token_major(cache: &KvCache<'_>) -> bool {
     let tm = |hs: usize, ts: usize| hs < ts;
     match cache {
         KvCache::Strided { k, v } => {
@@ -47,10 +47,28 @@ pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
     }
 }
 
+/// Positions per step of the walk across a range of items, or `None` to
+/// walk item by item.
+///
+/// Item by item suits head-major caches, where each head's rows are one
+/// stream. When the heads of a position share memory (`[.., L, G, D]`
+/// strides) or a page holds every head (paged caches), the driver walks all
+/// items of a range window by window, so each DRAM page (or cache page) is
+/// fetched once for all heads and read front to back: [`CHUNK`] positions
+/// for token-major strides, one cache page (at least one kernel block) for
+/// paged caches.
+pub(crate) fn walk_window(cache: &KvCache<'_>) -> Option<usize> {
+    match cache {
+        KvCache::Paged(p) => Some(p.page_size.clamp(BLOCK, CHUNK)),
+        _ if token_major(cache) => Some(CHUNK),
+        _ => None,
+    }
+}
+
 /// Calls `f` for each run of positions `a..e` of sequence `b`, KV head `g`,
-/// in position order. The caller has validated the cache with
-/// [`check_cache`] and `e <= seq_lens[b]`, so no offset computed here can
-/// overflow or leave its buffer.
+/// in position order. The caller has
+/// validated the cache with [`check_cache`] and `e <= seq_lens[b]`, so no
+/// offset computed here can overflow or leave its buffer.
 #[inline]
 pub(crate) fn for_runs(
     cache: &KvCache<'_>,

@@ -371,17 +371,18 @@ impl Plan {
         self.shape.batch * self.splits * self.shape.kv_heads
     }
 
-    /// f32 of one item's state: `m` and `l` (padded), then `acc`.
+    /// f32 of one item's state: `m` and `l` (padded), `acc`, then the
+    /// item's prescaled query tile.
     pub(crate) fn state_len(&self) -> usize {
-        let rows = self.shape.rows();
-        2 * pad(rows) + rows * pad(self.shape.head_dim_v)
-    }
-
-    /// f32 of one worker's scratch: the query tile and the kernel scratch.
-    pub(crate) fn worker_len(&self) -> usize {
         let s = &self.shape;
         let rows = s.rows();
-        rows * pad(s.head_dim_k) + pad(scratch_len(rows, s.head_dim_k, s.head_dim_v))
+        2 * pad(rows) + rows * pad(s.head_dim_v) + rows * pad(s.head_dim_k)
+    }
+
+    /// f32 of one worker's scratch: the kernel scratch.
+    pub(crate) fn worker_len(&self) -> usize {
+        let s = &self.shape;
+        pad(scratch_len(s.rows(), s.head_dim_k, s.head_dim_v))
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {
@@ -416,7 +417,8 @@ impl Plan {
         ALIGN + 4 * self.work_items() * self.state_len()
     }
 
-    /// Bytes of scratch each worker passes to [`crate::Part::run`],
+    /// Bytes of scratch each worker passes to [`crate::Part::run`]
+    /// (the microkernel's block buffers),
     /// alignment slack included.
     pub fn scratch_bytes(&self) -> usize {
         ALIGN + 4 * self.worker_len()

@@ -22,7 +22,7 @@ use std::ops::Range;
 use crate::arch::{pad, ChunkArgs};
 use crate::dispatch::count_run;
 use crate::error::{Error, Result};
-use crate::layout::{for_runs, token_major, token_strides};
+use crate::layout::{for_runs, token_strides, walk_window};
 use crate::plan::{check_batch, Plan, ALIGN, CHUNK};
 use crate::types::{Batch, KvCache, KvTensor};
 
@@ -323,55 +323,71 @@ impl Job<'_, '_> {
     }
 
     /// Runs items `first..` (one per `state_len` floats of `states`), in
-    /// reverse order when `reverse`.
-    ///
-    /// Head-major caches run item by item. Token-major caches (the heads of
-    /// a position share DRAM pages) run chunk-major: [`CHUNK`] positions of
-    /// every item of the range, then the next chunk, so each page is
-    /// fetched once for all heads instead of once per head. Kernel calls
-    /// are cut at the same positions either way.
+    /// reverse order when `reverse`, walking them as [`walk_window`] says.
+    /// Kernel calls are cut at the same positions whatever the order of the
+    /// walk and the split of items across parts.
     fn run_items(&self, first: usize, states: &mut [f32], reverse: bool, scratch: &mut [f32]) {
-        let plan = self.plan;
-        let slen = plan.state_len();
+        let slen = self.plan.state_len();
         let n_items = states.len() / slen;
         let order = |i: usize| if reverse { n_items - 1 - i } else { i };
-        let qlen = plan.shape.rows() * pad(plan.shape.head_dim_k);
-        let (qtile, kscratch) = scratch.split_at_mut(qlen);
-        if !token_major(&self.batch.cache) {
-            for i in 0..n_items {
-                let i = order(i);
-                let item = first + i;
-                if let Some(range) = self.item_range(item) {
-                    self.prep_q(item, qtile);
-                    let st = &mut states[i * slen..][..slen];
-                    let mut w = range.start;
-                    while w < range.end {
-                        let we = (w / CHUNK + 1) * CHUNK;
-                        self.run_window(item, w..we.min(range.end), st, qtile, kscratch);
-                        w = we;
-                    }
-                }
-            }
-        } else {
-            let split = plan
-                .split_len
-                .min(self.batch.seq_lens.iter().copied().max().unwrap_or(0));
-            let mut w = 0;
-            while w < split {
+        for (i, st) in states.chunks_mut(slen).enumerate() {
+            self.prep_q(first + i, st);
+        }
+        match walk_window(&self.batch.cache) {
+            None => {
                 for i in 0..n_items {
                     let i = order(i);
                     let item = first + i;
                     if let Some(range) = self.item_range(item) {
-                        let a = range.start + w;
-                        let e = (a + CHUNK).min(range.end);
-                        if a < e {
-                            self.prep_q(item, qtile);
-                            let st = &mut states[i * slen..][..slen];
-                            self.run_window(item, a..e, st, qtile, kscratch);
+                        let st = &mut states[i * slen..][..slen];
+                        let mut w = range.start;
+                        while w < range.end {
+                            let we = (w / CHUNK + 1) * CHUNK;
+                            self.run_window(item, w..we.min(range.end), st, scratch);
+                            w = we;
                         }
                     }
                 }
-                w += CHUNK;
+            }
+            Some(window) => {
+                // Window by window across the KV heads of one (sequence,
+                // split): those share memory pages. Different splits are
+                // different streams and run one after the other.
+                let heads = self.plan.shape.kv_heads;
+                let mut i0 = 0;
+                while i0 < n_items {
+                    let i1 = ((first + i0) / heads + 1) * heads - first;
+                    let group = i0..i1.min(n_items);
+                    let longest = group
+                        .clone()
+                        .filter_map(|i| self.item_range(first + i))
+                        .map(|r| r.len())
+                        .max()
+                        .unwrap_or(0);
+                    let mut w = 0;
+                    while w < longest {
+                        for i in group.clone() {
+                            let item = first + i;
+                            if let Some(range) = self.item_range(item) {
+                                let a = range.start + w;
+                                let e = (a + window).min(range.end);
+                                if a < e {
+                                    let st = &mut states[i * slen..][..slen];
+                                    // Cut at CHUNK boundaries too, as the
+                                    // item-by-item walk does.
+                                    let mut x = a;
+                                    while x < e {
+                                        let xe = ((x / CHUNK + 1) * CHUNK).min(e);
+                                        self.run_window(item, x..xe, st, scratch);
+                                        x = xe;
+                                    }
+                                }
+                            }
+                        }
+                        w += window;
+                    }
+                    i0 = group.end;
+                }
             }
         }
     }
@@ -397,10 +413,13 @@ impl Job<'_, '_> {
         (tq > 0 && a < e).then_some(a..e)
     }
 
-    /// The item's query tile: row `t * r + i` is token `t`, head `g*r + i`,
-    /// times `scale * log2(e)`, zero-padded to `pad(Dk)`.
-    fn prep_q(&self, item: usize, qtile: &mut [f32]) {
+    /// Writes the item's query tile into its state: row `t * r + i` is
+    /// token `t`, head `g*r + i`, times `scale * log2(e)`, zero-padded to
+    /// `pad(Dk)`.
+    fn prep_q(&self, item: usize, state: &mut [f32]) {
         let s = &self.plan.shape;
+        let rows = s.rows();
+        let qtile = &mut state[2 * pad(rows) + rows * pad(s.head_dim_v)..];
         let (b, _, g) = self.coords(item);
         let (tq, tok0) = self.plan.tokens(&self.batch, b);
         let (r, dk, dkp) = (s.group_size(), s.head_dim_k, pad(s.head_dim_k));
@@ -422,36 +441,19 @@ impl Job<'_, '_> {
     /// Folds positions `w` of the item into its state: the positions every
     /// token sees as one tile, then each causal-tail position with the
     /// tokens that see it.
-    fn run_window(
-        &self,
-        item: usize,
-        w: Range<usize>,
-        state: &mut [f32],
-        qtile: &[f32],
-        scratch: &mut [f32],
-    ) {
+    fn run_window(&self, item: usize, w: Range<usize>, state: &mut [f32], scratch: &mut [f32]) {
         let (b, _, g) = self.coords(item);
         let len = self.batch.seq_lens[b];
         let (tq, _) = self.plan.tokens(&self.batch, b);
         // Positions below `common` are visible to every token.
         let common = len - tq + 1;
         if w.start < common {
-            self.call(
-                b,
-                g,
-                w.start,
-                w.end.min(common),
-                0,
-                tq,
-                state,
-                qtile,
-                scratch,
-            );
+            self.call(b, g, w.start, w.end.min(common), 0, tq, state, scratch);
         }
         for p in w.start.max(common)..w.end {
             // Position p is seen by tokens t >= p - common + 1.
             let t0 = p - common + 1;
-            self.call(b, g, p, p + 1, t0, tq, state, qtile, scratch);
+            self.call(b, g, p, p + 1, t0, tq, state, scratch);
         }
     }
 
@@ -467,7 +469,6 @@ impl Job<'_, '_> {
         t0: usize,
         tq: usize,
         state: &mut [f32],
-        qtile: &[f32],
         scratch: &mut [f32],
     ) {
         let s = &self.plan.shape;
@@ -477,7 +478,8 @@ impl Job<'_, '_> {
         let all_rows = s.rows();
         let (dkp, dvp) = (pad(s.head_dim_k), pad(s.head_dim_v));
         let (mrows, rest) = state.split_at_mut(pad(all_rows));
-        let (lrows, acc) = rest.split_at_mut(pad(all_rows));
+        let (lrows, rest) = rest.split_at_mut(pad(all_rows));
+        let (acc, qtile) = rest.split_at_mut(all_rows * dvp);
         let (m, l) = (&mut mrows[row0..], &mut lrows[row0..]);
         let acc = &mut acc[row0 * dvp..];
         let q = &qtile[row0 * dkp..];
