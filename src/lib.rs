@@ -14,8 +14,10 @@
 //!    SIMD trait, instantiated for the `avx512`, `avx2`, `neon` and `scalar`
 //!    tiers; specialised instances are generated from `kernels/` by
 //!    `build.rs`.
-//! 2. **Driver** ([`Plan`]): validation, kernel choice, walking a batch into
-//!    kernel calls, threading.
+//! 2. **Driver** ([`Plan`]): validation, kernel choice, cache layouts
+//!    (strided, paged, ring; [`KvCache`]), causal multi-token decode, KV
+//!    splits and their merge, walking a batch into kernel calls, threading
+//!    (a plan-owned pool, or a host's own threads through [`Plan::begin`]).
 //! 3. **Front-ends**: this API, the examples, benches and tests.
 //!
 //! # Example
