@@ -428,6 +428,42 @@ fn print_row(r: &Row, json: bool) {
     }
 }
 
+/// What the memory system gives a plain read loop walking a paged cache in
+/// the kernel's order: K and V pools of `pages` pages of `heads` pieces of
+/// `piece` bytes, pages visited in a shuffled order, each page's pieces read
+/// head by head, K then V (one thread; best of `reps`). Paged rows of the
+/// report compare against this as well as against the streaming probe.
+fn paged_read_probe(pages: usize, heads: usize, piece: usize, reps: usize) -> f64 {
+    let words = piece / 8;
+    let n = pages * heads * words;
+    let k: Vec<u64> = (0..n as u64).collect();
+    let v: Vec<u64> = (0..n as u64).map(|x| x ^ 0x5555).collect();
+    let mut order: Vec<usize> = (0..pages).collect();
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..pages).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        order.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    let sum = |x: &[u64]| x.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    let mut best = 0f64;
+    for _ in 0..=reps {
+        let t = Instant::now();
+        let mut acc = 0u64;
+        for &p in &order {
+            for h in 0..heads {
+                let o = (p * heads + h) * words;
+                acc = acc.wrapping_add(sum(&k[o..o + words]));
+                acc = acc.wrapping_add(sum(&v[o..o + words]));
+            }
+        }
+        std::hint::black_box(acc);
+        best = best.max((2 * n * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("roofline: {e}");
@@ -457,6 +493,10 @@ fn main() {
             })
             .collect(),
     };
+    // Llama-3-8B f16 with pages of 16 positions: 8 heads of 4 KiB per page,
+    // 128 MiB per pool.
+    let paged = paged_read_probe(4096, 8, 16 * 128 * 2, 3);
+    let (bw1, _) = probes.get(1);
     if !args.json {
         println!(
             "# machine: {} threads available; best tier {}; reporting tier {}",
@@ -471,10 +511,19 @@ fn main() {
                 fma / 1e9
             );
         }
+        println!(
+            "# probe, 1 thread, read in paged order (pages of 8 × 4 KiB, shuffled): {:.2} GB/s ({:.2} of streaming)",
+            paged / 1e9,
+            paged / bw1
+        );
     } else {
         for (t, bw, fma) in &probes.at {
             println!("{{\"section\":\"probe\",\"threads\":{t},\"probe_gbps\":{:.3},\"probe_gflops\":{:.3}}}", bw / 1e9, fma / 1e9);
         }
+        println!(
+            "{{\"section\":\"probe_paged\",\"threads\":1,\"probe_gbps\":{:.3}}}",
+            paged / 1e9
+        );
     }
 
     let mut jobs: Vec<Job> = Vec::new();
