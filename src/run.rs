@@ -329,15 +329,29 @@ impl Job<'_, '_> {
     fn run_items(&self, first: usize, states: &mut [f32], reverse: bool, scratch: &mut [f32]) {
         let slen = self.plan.state_len();
         let n_items = states.len() / slen;
-        let order = |i: usize| if reverse { n_items - 1 - i } else { i };
         for (i, st) in states.chunks_mut(slen).enumerate() {
             self.prep_q(first + i, st);
         }
         match walk_window(&self.batch.cache) {
             None => {
-                for i in 0..n_items {
-                    let i = order(i);
-                    let item = first + i;
+                // Items are numbered (sequence, split, head); walk them as
+                // (sequence, head, split), so that the splits of one head,
+                // which are consecutive in memory, read as one stream.
+                let (heads, splits) = (self.plan.shape.kv_heads, self.plan.splits);
+                let per_seq = heads * splits;
+                // The sequences this part touches, walked whole; items of
+                // other parts are skipped.
+                let seq0 = first / per_seq;
+                let span = (first + n_items).div_ceil(per_seq) * per_seq - seq0 * per_seq;
+                for k in 0..span {
+                    let k = if reverse { span - 1 - k } else { k };
+                    let (b, rest) = (seq0 + k / per_seq, k % per_seq);
+                    let (g, sp) = (rest / splits, rest % splits);
+                    let item = (b * splits + sp) * heads + g;
+                    if item < first || item >= first + n_items {
+                        continue;
+                    }
+                    let i = item - first;
                     if let Some(range) = self.item_range(item) {
                         let st = &mut states[i * slen..][..slen];
                         let mut w = range.start;
