@@ -195,6 +195,7 @@ struct Row {
     l: usize,
     q_len: usize,
     layout: String,
+    variant: String,
     dtype: Dtype,
     tier: Tier,
     kernel: &'static str,
@@ -218,6 +219,29 @@ struct Job {
     threads: usize,
     layout: Layout,
     q_len: usize,
+    variant: Variant,
+}
+
+/// Which attention variant a job runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// Plain causal attention.
+    None,
+    /// A sliding window of this many positions.
+    Window(usize),
+    /// An attention-sink logit per head.
+    Sinks,
+}
+
+impl Variant {
+    /// The JSON `variant` value.
+    fn key(self) -> String {
+        match self {
+            Variant::None => "none".into(),
+            Variant::Window(w) => format!("window{w}"),
+            Variant::Sinks => "sinks".into(),
+        }
+    }
 }
 
 /// How a job stores its cache.
@@ -257,6 +281,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         threads,
         layout,
         q_len,
+        variant,
     } = job;
     let shape = Shape::new(b, m.h, m.g, m.d, dtype)
         .with_q_len(q_len)
@@ -319,8 +344,19 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
             scale: None,
             tier: Some(tier),
             threads,
+            window: match variant {
+                Variant::Window(w) => Some(w),
+                _ => None,
+            },
         },
     )
+    .and_then(|p| match variant {
+        Variant::Sinks => {
+            let sinks: Vec<f32> = (0..m.h).map(|h| 0.5 + 0.1 * (h % 4) as f32).collect();
+            p.with_sinks(&sinks)
+        }
+        _ => Ok(p),
+    })
     .unwrap_or_else(|e| panic!("plan {}: {e}", m.name));
     let mut ws = plan.alloc_workspace();
     let mut times = Vec::new();
@@ -344,9 +380,15 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     // fastest run is the one least disturbed. The median is reported too.
     let seconds = times[0];
     let median = times[times.len() / 2];
-    let kv_bytes = shape.kv_bytes(&lens);
+    // What the step must read: with a window, the last W + q_len - 1
+    // positions of each sequence.
+    let visible: Vec<usize> = match variant {
+        Variant::Window(w) => lens.iter().map(|&l| l.min(w + q_len - 1)).collect(),
+        _ => lens.clone(),
+    };
+    let kv_bytes = shape.kv_bytes(&visible);
     let (bw, fma) = probes.get(threads);
-    let bound = (kv_bytes as f64 / bw).max(shape.flops(&lens) / fma);
+    let bound = (kv_bytes as f64 / bw).max(shape.flops(&visible) / fma);
     Row {
         section,
         model: if layout == Layout::Blgd {
@@ -362,6 +404,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         l,
         q_len,
         layout: layout.key(),
+        variant: variant.key(),
         dtype,
         tier,
         kernel: plan.kernel_name(),
@@ -377,7 +420,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8}",
             "model",
             "B",
             "H",
@@ -387,6 +430,7 @@ fn print_header(json: bool) {
             "L",
             "q",
             "layout",
+            "variant",
             "kv",
             "tier",
             "thr",
@@ -402,12 +446,12 @@ fn print_row(r: &Row, json: bool) {
     let gbps = r.kv_bytes as f64 / r.seconds / 1e9;
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
         );
     } else {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3}",
             r.model,
             r.b,
             r.h,
@@ -417,6 +461,7 @@ fn print_row(r: &Row, json: bool) {
             r.l,
             r.q_len,
             r.layout,
+            r.variant,
             r.dtype.name(),
             r.tier.name(),
             r.threads,
@@ -546,6 +591,7 @@ fn main() {
         threads,
         layout,
         q_len,
+        variant: Variant::None,
     };
     for &threads in &args.threads {
         for m in &models {
@@ -637,6 +683,25 @@ fn main() {
             ));
         }
     }
+    // Attention variants on the memory-bound shape.
+    for &threads in &args.threads {
+        for variant in [Variant::None, Variant::Window(4096), Variant::Sinks] {
+            jobs.push(Job {
+                variant,
+                ..job(
+                    "variants",
+                    LLAMA3_8B,
+                    1,
+                    32768,
+                    Dtype::F16,
+                    tier,
+                    threads,
+                    Layout::Bgld,
+                    1,
+                )
+            });
+        }
+    }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
     // Three interleaved rounds; the summary keeps each G's fastest median, so
     // one disturbed measurement on a shared machine cannot skew the ratios.
@@ -657,6 +722,7 @@ fn main() {
             threads: 1,
             layout: Layout::Bgld,
             q_len: 1,
+            variant: Variant::None,
         });
     }
 
@@ -689,6 +755,10 @@ fn main() {
                         "## Layouts and query tokens, f16, B = 1 (strided [B, G, L, D]; \
                          /BLGD [B, L, G, D]; paged [G, page, D] pages in shuffled order; \
                          ring read in two pieces)"
+                    ),
+                    "variants" => println!(
+                        "## Attention variants, Llama-3-8B, f16, L = 32768, B = 1 \
+                         (window4096: sliding window of 4096 positions; sinks: a sink logit per head)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }

@@ -143,6 +143,15 @@ pub enum Error {
         /// Bytes given.
         len: usize,
     },
+    /// A parameter array holds a NaN or an infinity.
+    NonFinite {
+        /// The array (`sinks`, …).
+        arg: &'static str,
+        /// The index of the first offending element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
     /// A valid request this version does not implement yet.
     Unsupported {
         /// The argument.
@@ -214,6 +223,9 @@ impl std::fmt::Display for Error {
             ),
             Error::BufferTooSmall { arg, needed, len } => {
                 write!(f, "`{arg}` has {len} bytes, the plan needs {needed}")
+            }
+            Error::NonFinite { arg, index, value } => {
+                write!(f, "`{arg}[{index}]` = {value} is not finite")
             }
             Error::Unsupported { arg, value, reason } => {
                 write!(f, "unsupported `{arg}` = {value}: {reason}")

@@ -189,6 +189,12 @@ pub struct Options {
     /// Worker threads for [`Plan::run`] (0 or 1: the calling thread only).
     /// Results are bitwise identical for every value.
     pub threads: usize,
+    /// Sliding window `W` (Mistral, Gemma-2 local layers): the query at
+    /// position `p` sees positions `p − W + 1 ..= p`, exactly `W` positions
+    /// including its own (fewer near the start). `None` means no window;
+    /// `Some(0)` is rejected (it does not mean "everything"). Positions
+    /// outside every token's window are never loaded.
+    pub window: Option<usize>,
 }
 
 impl Options {
@@ -205,6 +211,11 @@ impl Options {
     /// Default options with `threads` workers.
     pub fn with_threads(mut self, threads: usize) -> Options {
         self.threads = threads;
+        self
+    }
+    /// Default options with a sliding window of `w` positions.
+    pub fn with_window(mut self, w: usize) -> Options {
+        self.window = Some(w);
         self
     }
 }
@@ -238,6 +249,10 @@ pub struct Plan {
     pub(crate) split_len: usize,
     /// Splits per sequence.
     pub(crate) splits: usize,
+    /// Sliding window (`usize::MAX`: none).
+    pub(crate) window: usize,
+    /// Attention-sink logit per query head (natural-log units), if any.
+    pub(crate) sinks: Option<Vec<f32>>,
     #[cfg(feature = "rayon")]
     pub(crate) pool: Option<rayon::ThreadPool>,
 }
@@ -252,24 +267,28 @@ impl std::fmt::Debug for Plan {
             .field("threads", &self.threads)
             .field("split_len", &self.split_len)
             .field("splits", &self.splits)
+            .field("window", &self.window())
+            .field("sinks", &self.sinks)
             .finish()
     }
 }
 
-/// The split rule: from the shape only (`B`, `G` and `max_kv_len`; the work
-/// per position scales with `r` like the per-split costs, so `r` cancels).
-/// Returns (split length, splits per sequence).
-fn plan_splits(s: &Shape) -> (usize, usize) {
+/// The split rule: from the shape only (`B`, `G`, `max_kv_len`, and with a
+/// sliding window the longest range a sequence can see, `W + q_len - 1`;
+/// the work per position scales with `r` like the per-split costs, so `r`
+/// cancels). Returns (split length, splits per sequence).
+fn plan_splits(s: &Shape, window: usize) -> (usize, usize) {
     if s.max_kv_len == 0 {
         return (usize::MAX, 1);
     }
+    let visible = s.max_kv_len.min(window.saturating_add(s.q_len - 1));
     let bg = (s.batch * s.kv_heads).max(1);
     let splits = TARGET_ITEMS
         .div_ceil(bg)
-        .min(s.max_kv_len.div_ceil(MIN_SPLIT))
+        .min(visible.div_ceil(MIN_SPLIT))
         .max(1);
-    let split_len = s.max_kv_len.div_ceil(splits).div_ceil(CHUNK) * CHUNK;
-    (split_len, s.max_kv_len.div_ceil(split_len))
+    let split_len = visible.div_ceil(splits).div_ceil(CHUNK) * CHUNK;
+    (split_len, visible.div_ceil(split_len))
 }
 
 impl Plan {
@@ -299,7 +318,18 @@ impl Plan {
                 )
             })
             .collect();
-        let (split_len, splits) = plan_splits(shape);
+        let window =
+            match options.window {
+                None => usize::MAX,
+                Some(0) => return Err(Error::InvalidDim {
+                    arg: "window",
+                    value: 0,
+                    reason:
+                        "a window holds at least the query's own position; use None for no window",
+                }),
+                Some(w) => w,
+            };
+        let (split_len, splits) = plan_splits(shape, window);
         let threads = options.threads.max(1);
         // The workspace must be addressable.
         let plan = Plan {
@@ -310,6 +340,8 @@ impl Plan {
             threads,
             split_len,
             splits,
+            window,
+            sinks: None,
             #[cfg(feature = "rayon")]
             pool: None,
         };
@@ -335,9 +367,42 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The same plan with attention sinks (gpt-oss style): one logit per
+    /// query head, in the units of the scaled scores, that joins every
+    /// row's softmax denominator and contributes nothing to the output.
+    /// It is counted exactly once per row, whatever the KV splits; `lse`
+    /// includes it, and a row that sees no position gets zeros and
+    /// `lse = sink`.
+    pub fn with_sinks(mut self, sinks: &[f32]) -> Result<Plan> {
+        if sinks.len() != self.shape.heads {
+            return Err(Error::LengthMismatch {
+                arg: "sinks",
+                expected: self.shape.heads,
+                actual: sinks.len(),
+            });
+        }
+        if let Some((index, &value)) = sinks.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                arg: "sinks",
+                index,
+                value,
+            });
+        }
+        self.sinks = Some(sinks.to_vec());
+        Ok(self)
+    }
+
     /// The shape planned for.
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+    /// The sliding window, if any.
+    pub fn window(&self) -> Option<usize> {
+        (self.window != usize::MAX).then_some(self.window)
+    }
+    /// The attention-sink logits, if any.
+    pub fn sinks(&self) -> Option<&[f32]> {
+        self.sinks.as_deref()
     }
     /// The score scale in use.
     pub fn scale(&self) -> f32 {

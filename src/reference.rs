@@ -62,7 +62,56 @@ fn row_index(cache: &KvCache<'_>, v: bool, b: usize, g: usize, j: usize) -> usiz
 /// Decodes one step of any batch (any layout, ragged query tokens).
 /// `scale = None` means `1 / sqrt(Dk)`.
 pub fn decode_batch(shape: &Shape, scale: Option<f32>, batch: &Batch<'_>) -> Result<Reference> {
+    decode_variant(
+        shape,
+        &Variant {
+            scale,
+            ..Variant::default()
+        },
+        batch,
+    )
+}
+
+/// The attention variants the reference applies, each in its most literal
+/// form (see [`decode_variant`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Variant<'a> {
+    /// Score scale; `None` means `1 / sqrt(Dk)`.
+    pub scale: Option<f32>,
+    /// Sliding window `W`: the query at position `p` sees `p - W + 1 ..= p`.
+    pub window: Option<usize>,
+    /// Attention-sink logit per query head.
+    pub sinks: Option<&'a [f32]>,
+}
+
+/// Decodes one step of any batch with attention variants: for the query at
+/// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
+/// the visible positions are `j <= p`, and `j >= p - W + 1` with a window;
+/// a sink logit `z` adds `exp(z)` to the softmax denominator and nothing
+/// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
+pub fn decode_variant(
+    shape: &Shape,
+    variant: &Variant<'_>,
+    batch: &Batch<'_>,
+) -> Result<Reference> {
+    let scale = variant.scale;
     shape.validate()?;
+    if variant.window == Some(0) {
+        return Err(Error::InvalidDim {
+            arg: "window",
+            value: 0,
+            reason: "a window holds at least the query's own position",
+        });
+    }
+    if let Some(s) = variant.sinks {
+        if s.len() != shape.heads {
+            return Err(Error::LengthMismatch {
+                arg: "sinks",
+                expected: shape.heads,
+                actual: s.len(),
+            });
+        }
+    }
     let tokens = check_batch(shape, batch, None, None)?;
     let scale = match scale {
         None => 1.0 / (shape.head_dim_k as f64).sqrt(),
@@ -90,15 +139,24 @@ pub fn decode_batch(shape: &Shape, scale: Option<f32>, batch: &Batch<'_>) -> Res
         for t in 0..q_len {
             // Causal, bottom-right aligned: token t sees j <= len - q_len + t.
             let visible = (len + t + 1).saturating_sub(q_len).min(len);
+            // With a window W, also j >= p - W + 1 where p = visible - 1.
+            let first = match variant.window {
+                Some(w) => visible.saturating_sub(w),
+                None => 0,
+            };
             for h in 0..h_count {
                 let g = h / r;
                 let row = (tok0 + t) * h_count + h;
                 let qrow = &q[row * dk..(row + 1) * dk];
-                if visible == 0 {
-                    continue; // zeros and -inf
+                let sink = variant.sinks.map(|s| f64::from(s[h]));
+                if visible == first {
+                    // No visible position: zeros, and lse = -inf (or the
+                    // sink's logit).
+                    lse[row] = sink.unwrap_or(f64::NEG_INFINITY);
+                    continue;
                 }
-                let mut scores = Vec::with_capacity(visible);
-                for j in 0..visible {
+                let mut scores = Vec::with_capacity(visible - first);
+                for j in first..visible {
                     let kbase = row_index(&batch.cache, false, b, g, j);
                     let mut dot = 0.0f64;
                     for d in 0..dk {
@@ -106,12 +164,16 @@ pub fn decode_batch(shape: &Shape, scale: Option<f32>, batch: &Batch<'_>) -> Res
                     }
                     scores.push(scale * dot);
                 }
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let m = scores
+                    .iter()
+                    .cloned()
+                    .chain(sink)
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let l: f64 = weights.iter().sum();
+                let l: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |z| (z - m).exp());
                 let o = &mut out[row * dv..(row + 1) * dv];
-                for (j, w) in weights.iter().enumerate() {
-                    let vbase = row_index(&batch.cache, true, b, g, j);
+                for (jj, w) in weights.iter().enumerate() {
+                    let vbase = row_index(&batch.cache, true, b, g, first + jj);
                     for d in 0..dv {
                         o[d] += w * vdata.get_f64(vbase + d);
                     }

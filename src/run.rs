@@ -172,14 +172,17 @@ impl Plan {
                         let dst = &mut out[o * dv..][..dv];
                         // Largest running max of the splits that saw a
                         // position (log2 domain).
-                        let mut mx = f32::NEG_INFINITY;
+                        // An attention sink joins once, as a state of
+                        // weight 1 at its logit and no value.
+                        let sink = self.sinks.as_ref().map(|sk| sk[g * r + i] * LOG2_E);
+                        let mut mx = sink.unwrap_or(f32::NEG_INFINITY);
                         for sp in 0..self.splits {
                             let (m, l, _) = state(sp);
                             if l[row] > 0.0 {
                                 mx = mx.max(m[row]);
                             }
                         }
-                        let mut total = 0f32;
+                        let mut total = sink.map_or(0.0, |sk| (sk - mx).exp2());
                         dst.fill(0.0);
                         if mx > f32::NEG_INFINITY {
                             for sp in 0..self.splits {
@@ -422,9 +425,32 @@ impl Job<'_, '_> {
         let (b, sp, _) = self.coords(item);
         let len = self.batch.seq_lens[b];
         let (tq, _) = self.plan.tokens(&self.batch, b);
-        let a = sp.saturating_mul(self.plan.split_len);
+        // Nothing before the first token's window is visible to any token;
+        // splits cut the visible range from there.
+        let lo = (len + 1)
+            .saturating_sub(tq)
+            .saturating_sub(self.plan.window);
+        let a = sp
+            .saturating_mul(self.plan.split_len)
+            .saturating_add(lo)
+            .min(len);
         let e = a.saturating_add(self.plan.split_len).min(len);
         (tq > 0 && a < e).then_some(a..e)
+    }
+
+    /// Tokens `t0..t1` of a sequence with `tq` tokens and `len` positions
+    /// that see position `p`: token `t`, at position `len - tq + t`, sees
+    /// `p` when `p <= len - tq + t` and (with a window `W`)
+    /// `p >= len - tq + t - W + 1`. Empty when `t0 >= t1`.
+    fn seen_by(&self, p: usize, len: usize, tq: usize) -> (usize, usize) {
+        let first = len - tq; // position of token 0
+        let t0 = p.saturating_sub(first);
+        // t <= p - first + W - 1, i.e. t < p + W - first.
+        let t1 = p
+            .saturating_add(self.plan.window)
+            .saturating_sub(first)
+            .min(tq);
+        (t0, t1)
     }
 
     /// Writes the item's query tile into its state: row `t * r + i` is
@@ -452,26 +478,34 @@ impl Job<'_, '_> {
         }
     }
 
-    /// Folds positions `w` of the item into its state: the positions every
-    /// token sees as one tile, then each causal-tail position with the
-    /// tokens that see it.
+    /// Folds positions `w` of the item into its state, one kernel tile per
+    /// run of positions seen by the same tokens: without a window, the
+    /// positions every token sees form one run and each causal-tail
+    /// position its own; a window adds runs at its left edge. The tokens
+    /// that see a position are consecutive, hence consecutive tile rows.
     fn run_window(&self, item: usize, w: Range<usize>, state: &mut [f32], scratch: &mut [f32]) {
         let (b, _, g) = self.coords(item);
         let len = self.batch.seq_lens[b];
         let (tq, _) = self.plan.tokens(&self.batch, b);
-        // Positions below `common` are visible to every token.
-        let common = len - tq + 1;
-        if w.start < common {
-            self.call(b, g, w.start, w.end.min(common), 0, tq, state, scratch);
-        }
-        for p in w.start.max(common)..w.end {
-            // Position p is seen by tokens t >= p - common + 1.
-            let t0 = p - common + 1;
-            self.call(b, g, p, p + 1, t0, tq, state, scratch);
+        let mut p = w.start;
+        while p < w.end {
+            let tokens = self.seen_by(p, len, tq);
+            // Only positions seen by every token share their tokens with a
+            // neighbour (both bounds move with `p` elsewhere); they end at
+            // token 0's own position.
+            let e = if tokens == (0, tq) {
+                w.end.min(len - tq + 1)
+            } else {
+                p + 1
+            };
+            if tokens.0 < tokens.1 {
+                self.call(b, g, p, e, tokens.0, tokens.1, state, scratch);
+            }
+            p = e;
         }
     }
 
-    /// Kernel calls over positions `a..e` for tokens `t0..tq` of the tile,
+    /// Kernel calls over positions `a..e` for tokens `t0..t1` of the tile,
     /// one per run of equally spaced rows.
     #[allow(clippy::too_many_arguments)]
     fn call(
@@ -481,14 +515,14 @@ impl Job<'_, '_> {
         a: usize,
         e: usize,
         t0: usize,
-        tq: usize,
+        t1: usize,
         state: &mut [f32],
         scratch: &mut [f32],
     ) {
         let s = &self.plan.shape;
-        let kernel = self.plan.kernels[tq - t0 - 1];
+        let kernel = self.plan.kernels[t1 - t0 - 1];
         let r = s.group_size();
-        let (rows, row0) = ((tq - t0) * r, t0 * r);
+        let (rows, row0) = ((t1 - t0) * r, t0 * r);
         let all_rows = s.rows();
         let (dkp, dvp) = (pad(s.head_dim_k), pad(s.head_dim_v));
         let (mrows, rest) = state.split_at_mut(pad(all_rows));

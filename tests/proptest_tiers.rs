@@ -1,5 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
-//! dtypes, lengths, query tokens (uniform and ragged) and values, on every
+//! dtypes, lengths, query tokens (uniform and ragged), sliding windows,
+//! attention sinks and values, on every
 //! tier this CPU has, through the public API, against the f64 reference
 //! under the documented tolerance.
 
@@ -55,6 +56,8 @@ prop_compose! {
         ragged in prop::collection::vec(0usize..=4, 3),
         is_ragged in any::<bool>(),
         max_kv_len in prop::sample::select(vec![0usize, 70, 5000]),
+        window in prop_oneof![2 => Just(None), 1 => (1usize..=80).prop_map(Some)],
+        sink in prop_oneof![2 => Just(None), 1 => (-3.0f32..3.0).prop_map(Some)],
     ) -> Spec {
         let dv = if dv_same { dk } else { dv_other };
         let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
@@ -68,6 +71,8 @@ prop_compose! {
             .map(|&l| if l == 0 { 0 } else { l.max(q_len) })
             .collect();
         let mut s = Spec::new(shape, lens.clone());
+        s.window = window;
+        s.sinks = sink.map(|z| (0..kv_heads * r).map(|h| z + 0.25 * (h % 5) as f32).collect());
         if is_ragged {
             s.q_tokens = Some(
                 (0..batch)

@@ -111,6 +111,10 @@ pub struct Case {
     pub blocks_per_seq: usize,
     pub capacity: usize,
     pub first_pos: Vec<usize>,
+    /// Sliding window.
+    pub window: Option<usize>,
+    /// Attention-sink logit per query head.
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// Everything needed to build a case.
@@ -128,6 +132,10 @@ pub struct Spec {
     pub qk_range: f32,
     /// Value stored in cache slots no sequence may read (beyond `L_b`).
     pub fill: f32,
+    /// Sliding window.
+    pub window: Option<usize>,
+    /// Attention-sink logit per query head.
+    pub sinks: Option<Vec<f32>>,
 }
 
 impl Spec {
@@ -142,6 +150,8 @@ impl Spec {
             seed: 1,
             qk_range: 1.0,
             fill: f32::NAN,
+            window: None,
+            sinks: None,
         }
     }
 
@@ -166,6 +176,8 @@ impl Spec {
             blocks_per_seq: 0,
             capacity: 0,
             first_pos: Vec::new(),
+            window: self.window,
+            sinks: self.sinks.clone(),
         };
         let strided = |max_len: usize, d: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
@@ -316,7 +328,12 @@ impl Case {
     }
 
     pub fn reference(&self) -> reference::Reference {
-        reference::decode_batch(&self.shape, self.scale, &self.batch())
+        let variant = reference::Variant {
+            scale: self.scale,
+            window: self.window,
+            sinks: self.sinks.as_deref(),
+        };
+        reference::decode_variant(&self.shape, &variant, &self.batch())
             .expect("reference accepts the case")
     }
 
@@ -331,8 +348,12 @@ impl Case {
             scale: self.scale,
             tier: Some(tier),
             threads,
+            window: self.window,
         };
-        let plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
+        let mut plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
+        if let Some(sk) = &self.sinks {
+            plan = plan.with_sinks(sk).map_err(|e| format!("sinks: {e}"))?;
+        }
         let name = plan.kernel_name();
         if !name.ends_with(&format!("__{}", tier.name())) || plan.tier() != tier {
             return Err(format!("asked for {tier}, plan picked {name}"));
@@ -372,8 +393,12 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}",
-                self.seq_lens, self.layout, self.q_offsets
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}",
+                self.seq_lens,
+                self.layout,
+                self.q_offsets,
+                self.window,
+                self.sinks.is_some()
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {

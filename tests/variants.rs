@@ -1,0 +1,186 @@
+//! Attention variants on every tier and layout: sliding windows (boundary,
+//! multi-token, ring, paged, KV splits) and attention sinks (counted once
+//! under KV splits), against the f64 reference.
+
+mod common;
+
+use common::{check_all, check_thread_invariance, tiers, Layout, Spec};
+use gqa_kernels::reference::{self, Variant};
+use gqa_kernels::{Batch, Dtype, Error, KvTensor, Options, Plan, Shape};
+
+#[test]
+fn window_boundary_hides_p_minus_w_and_shows_p_minus_w_plus_1() {
+    // One sequence of 50 positions, one query at p = 49, W = 10: position
+    // 39 is hidden, 40 visible. Both carry a dominant logit; V is 1000 at
+    // 39 and 7 at 40, and every row before 40 is NaN in K and V.
+    let (l, w, d) = (50usize, 10usize, 16usize);
+    let shape = Shape::new(1, 2, 1, d, Dtype::F32);
+    let mut k = vec![0.01f32; l * d];
+    let mut v = vec![1.0f32; l * d];
+    for j in 0..l - w {
+        k[j * d..][..d].fill(f32::NAN);
+        v[j * d..][..d].fill(f32::NAN);
+    }
+    k[39 * d..][..d].fill(50.0);
+    v[39 * d..][..d].fill(1000.0);
+    k[40 * d..][..d].fill(50.0);
+    v[40 * d..][..d].fill(7.0);
+    let q = vec![1.0f32; shape.q_elems()];
+    let kt = KvTensor::bgld(&k[..], l, 1, d);
+    let vt = KvTensor::bgld(&v[..], l, 1, d);
+    let lens = [l];
+    let batch = Batch::strided(&q, kt, vt, &lens);
+    let want = reference::decode_variant(
+        &shape,
+        &Variant {
+            window: Some(w),
+            ..Variant::default()
+        },
+        &batch,
+    )
+    .unwrap();
+    for t in tiers() {
+        let plan = Plan::new(&shape, &Options::default().with_tier(t).with_window(w)).unwrap();
+        let mut out = vec![0f32; shape.out_elems()];
+        let mut lse = vec![0f32; shape.lse_elems()];
+        plan.run(
+            &batch,
+            &mut out,
+            Some(&mut lse),
+            &mut plan.alloc_workspace(),
+        )
+        .unwrap();
+        for (o, r) in out.iter().zip(&want.out) {
+            assert!((f64::from(*o) - r).abs() < 1e-3, "{t}: {o} vs {r}");
+            assert!(
+                (o - 7.0).abs() < 1e-3,
+                "{t}: position 39 leaked or 40 missed: {o}"
+            );
+        }
+        assert!(lse.iter().all(|x| x.is_finite()));
+    }
+}
+
+#[test]
+fn windows_on_every_layout_with_splits_tokens_and_threads() {
+    let shape = Shape::new(3, 12, 3, 40, Dtype::F16)
+        .with_q_len(3)
+        .with_max_kv_len(1400);
+    for layout in [
+        Layout::Bgld,
+        Layout::Blgd,
+        Layout::Paged {
+            page: 16,
+            head_major: true,
+        },
+        Layout::Ring { extra: 2 },
+    ] {
+        for w in [1, 2, 5, 300, 1500] {
+            let mut s = Spec::new(shape, vec![1300, 4, 700]);
+            s.layout = layout;
+            s.window = Some(w);
+            s.seed = w as u64;
+            check_thread_invariance(&s.build(), &[2, 3]);
+        }
+    }
+}
+
+#[test]
+fn sinks_join_once_under_kv_splits() {
+    // 4 splits per sequence; sinks large enough to matter.
+    let shape = Shape::new(2, 8, 2, 32, Dtype::Bf16)
+        .with_q_len(2)
+        .with_max_kv_len(2048);
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    assert!(plan.split_len().unwrap() < 2000);
+    for layout in [
+        Layout::Bgld,
+        Layout::Paged {
+            page: 7,
+            head_major: false,
+        },
+    ] {
+        let mut s = Spec::new(shape, vec![2000, 3]);
+        s.layout = layout;
+        s.sinks = Some((0..8).map(|h| 1.5 - 0.5 * h as f32).collect());
+        check_thread_invariance(&s.build(), &[2]);
+        s.window = Some(64);
+        check_all(&s.build());
+    }
+}
+
+#[test]
+fn a_row_that_sees_nothing_gets_zeros_and_the_sink_as_lse() {
+    let shape = Shape::new(2, 4, 2, 8, Dtype::F32);
+    let mut s = Spec::new(shape, vec![0, 5]);
+    let sinks = vec![0.5f32, -1.0, 2.0, 0.0];
+    s.sinks = Some(sinks.clone());
+    let c = s.build();
+    check_all(&c);
+    for t in tiers() {
+        let (out, lse, name) = c.run(t, 1).unwrap();
+        assert!(out[..4 * 8].iter().all(|x| *x == 0.0), "{name}");
+        for h in 0..4 {
+            assert!(
+                (lse[h] - sinks[h]).abs() < 1e-6,
+                "{name}: lse {} vs sink {}",
+                lse[h],
+                sinks[h]
+            );
+        }
+    }
+    // Without sinks the same row has lse = -inf.
+    let mut s = Spec::new(shape, vec![0, 5]);
+    s.seed = 3;
+    let c = s.build();
+    for t in tiers() {
+        let (_, lse, name) = c.run(t, 1).unwrap();
+        assert!(lse[..4].iter().all(|x| *x == f32::NEG_INFINITY), "{name}");
+    }
+}
+
+#[test]
+fn bad_windows_and_sinks_are_typed_errors() {
+    let shape = Shape::new(1, 4, 2, 8, Dtype::F32);
+    let e = Plan::new(&shape, &Options::default().with_window(0)).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::InvalidDim {
+            arg: "window",
+            value: 0,
+            ..
+        }
+    ));
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let e = plan.with_sinks(&[0.0; 3]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::LengthMismatch {
+            arg: "sinks",
+            expected: 4,
+            actual: 3
+        }
+    );
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let e = plan.with_sinks(&[0.0, f32::NAN, 0.0, 0.0]).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::NonFinite {
+            arg: "sinks",
+            index: 1,
+            ..
+        }
+    ));
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let e = plan
+        .with_sinks(&[0.0, 0.0, f32::INFINITY, 0.0])
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::NonFinite {
+            arg: "sinks",
+            index: 2,
+            ..
+        }
+    ));
+}
