@@ -231,6 +231,8 @@ enum Variant {
     Window(usize),
     /// An attention-sink logit per head.
     Sinks,
+    /// A logit softcap of 50 (Gemma-2's attention cap).
+    Softcap,
 }
 
 impl Variant {
@@ -240,6 +242,7 @@ impl Variant {
             Variant::None => "none".into(),
             Variant::Window(w) => format!("window{w}"),
             Variant::Sinks => "sinks".into(),
+            Variant::Softcap => "softcap".into(),
         }
     }
 }
@@ -348,6 +351,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
                 Variant::Window(w) => Some(w),
                 _ => None,
             },
+            softcap: (variant == Variant::Softcap).then_some(50.0),
         },
     )
     .and_then(|p| match variant {
@@ -685,7 +689,12 @@ fn main() {
     }
     // Attention variants on the memory-bound shape.
     for &threads in &args.threads {
-        for variant in [Variant::None, Variant::Window(4096), Variant::Sinks] {
+        for variant in [
+            Variant::None,
+            Variant::Window(4096),
+            Variant::Softcap,
+            Variant::Sinks,
+        ] {
             jobs.push(Job {
                 variant,
                 ..job(
@@ -758,7 +767,7 @@ fn main() {
                     ),
                     "variants" => println!(
                         "## Attention variants, Llama-3-8B, f16, L = 32768, B = 1 \
-                         (window4096: sliding window of 4096 positions; sinks: a sink logit per head)"
+                         (window4096: sliding window of 4096 positions; softcap: cap 50; sinks: a sink logit per head)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }

@@ -143,6 +143,15 @@ pub enum Error {
         /// Bytes given.
         len: usize,
     },
+    /// A real-valued parameter is out of its domain.
+    InvalidParam {
+        /// The parameter (`softcap`, …).
+        arg: &'static str,
+        /// Its value.
+        value: f32,
+        /// Its domain.
+        reason: &'static str,
+    },
     /// A parameter array holds a NaN or an infinity.
     NonFinite {
         /// The array (`sinks`, …).
@@ -223,6 +232,9 @@ impl std::fmt::Display for Error {
             ),
             Error::BufferTooSmall { arg, needed, len } => {
                 write!(f, "`{arg}` has {len} bytes, the plan needs {needed}")
+            }
+            Error::InvalidParam { arg, value, reason } => {
+                write!(f, "invalid `{arg}` = {value}: {reason}")
             }
             Error::NonFinite { arg, index, value } => {
                 write!(f, "`{arg}[{index}]` = {value} is not finite")

@@ -195,6 +195,10 @@ pub struct Options {
     /// `Some(0)` is rejected (it does not mean "everything"). Positions
     /// outside every token's window are never loaded.
     pub window: Option<usize>,
+    /// Logit softcap `c` (Gemma-2, Grok): each scaled score `s` becomes
+    /// `c · tanh(s / c)`, before masking and before any bias. `None` means
+    /// none; `c` must be finite and > 0.
+    pub softcap: Option<f32>,
 }
 
 impl Options {
@@ -211,6 +215,11 @@ impl Options {
     /// Default options with `threads` workers.
     pub fn with_threads(mut self, threads: usize) -> Options {
         self.threads = threads;
+        self
+    }
+    /// Default options with a logit softcap `c`.
+    pub fn with_softcap(mut self, c: f32) -> Options {
+        self.softcap = Some(c);
         self
     }
     /// Default options with a sliding window of `w` positions.
@@ -251,6 +260,8 @@ pub struct Plan {
     pub(crate) splits: usize,
     /// Sliding window (`usize::MAX`: none).
     pub(crate) window: usize,
+    /// Logit softcap (0: none).
+    pub(crate) softcap: f32,
     /// Attention-sink logit per query head (natural-log units), if any.
     pub(crate) sinks: Option<Vec<f32>>,
     #[cfg(feature = "rayon")]
@@ -268,6 +279,7 @@ impl std::fmt::Debug for Plan {
             .field("split_len", &self.split_len)
             .field("splits", &self.splits)
             .field("window", &self.window())
+            .field("softcap", &self.softcap())
             .field("sinks", &self.sinks)
             .finish()
     }
@@ -330,6 +342,17 @@ impl Plan {
                 Some(w) => w,
             };
         let (split_len, splits) = plan_splits(shape, window);
+        let softcap = match options.softcap {
+            None => 0.0,
+            Some(c) if c.is_finite() && c > 0.0 => c,
+            Some(c) => {
+                return Err(Error::InvalidParam {
+                    arg: "softcap",
+                    value: c,
+                    reason: "must be finite and > 0",
+                })
+            }
+        };
         let threads = options.threads.max(1);
         // The workspace must be addressable.
         let plan = Plan {
@@ -341,6 +364,7 @@ impl Plan {
             split_len,
             splits,
             window,
+            softcap,
             sinks: None,
             #[cfg(feature = "rayon")]
             pool: None,
@@ -399,6 +423,10 @@ impl Plan {
     /// The sliding window, if any.
     pub fn window(&self) -> Option<usize> {
         (self.window != usize::MAX).then_some(self.window)
+    }
+    /// The logit softcap, if any.
+    pub fn softcap(&self) -> Option<f32> {
+        (self.softcap > 0.0).then_some(self.softcap)
     }
     /// The attention-sink logits, if any.
     pub fn sinks(&self) -> Option<&[f32]> {

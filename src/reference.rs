@@ -82,12 +82,15 @@ pub struct Variant<'a> {
     pub window: Option<usize>,
     /// Attention-sink logit per query head.
     pub sinks: Option<&'a [f32]>,
+    /// Logit softcap `c`: each scaled score `s` becomes `c tanh(s / c)`.
+    pub softcap: Option<f32>,
 }
 
 /// Decodes one step of any batch with attention variants: for the query at
 /// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
 /// the visible positions are `j <= p`, and `j >= p - W + 1` with a window;
-/// a sink logit `z` adds `exp(z)` to the softmax denominator and nothing
+/// a softcap `c` maps each scaled score `s` to `c tanh(s / c)`; a sink
+/// logit `z` adds `exp(z)` to the softmax denominator and nothing
 /// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
 pub fn decode_variant(
     shape: &Shape,
@@ -162,7 +165,11 @@ pub fn decode_variant(
                     for d in 0..dk {
                         dot += f64::from(qrow[d]) * kdata.get_f64(kbase + d);
                     }
-                    scores.push(scale * dot);
+                    let s = scale * dot;
+                    scores.push(match variant.softcap {
+                        Some(c) => f64::from(c) * (s / f64::from(c)).tanh(),
+                        None => s,
+                    });
                 }
                 let m = scores
                     .iter()

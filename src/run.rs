@@ -555,6 +555,7 @@ impl Job<'_, '_> {
                 l: l.as_mut_ptr(),
                 acc: acc.as_mut_ptr(),
                 scratch: scratch.as_mut_ptr(),
+                softcap: self.plan.softcap * LOG2_E,
             };
             // SAFETY: `check_batch` verified (with checked arithmetic) that
             // for every position j < seq_lens[b] the K row `for_runs` maps

@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes, lengths, query tokens (uniform and ragged), sliding windows,
-//! attention sinks and values, on every
+//! logit softcaps, attention sinks and values, on every
 //! tier this CPU has, through the public API, against the f64 reference
 //! under the documented tolerance.
 
@@ -58,6 +58,7 @@ prop_compose! {
         max_kv_len in prop::sample::select(vec![0usize, 70, 5000]),
         window in prop_oneof![2 => Just(None), 1 => (1usize..=80).prop_map(Some)],
         sink in prop_oneof![2 => Just(None), 1 => (-3.0f32..3.0).prop_map(Some)],
+        softcap in prop_oneof![2 => Just(None), 1 => (0.5f32..60.0).prop_map(Some)],
     ) -> Spec {
         let dv = if dv_same { dk } else { dv_other };
         let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
@@ -72,6 +73,7 @@ prop_compose! {
             .collect();
         let mut s = Spec::new(shape, lens.clone());
         s.window = window;
+        s.softcap = softcap;
         s.sinks = sink.map(|z| (0..kv_heads * r).map(|h| z + 0.25 * (h % 5) as f32).collect());
         if is_ragged {
             s.q_tokens = Some(

@@ -184,3 +184,75 @@ fn bad_windows_and_sinks_are_typed_errors() {
         }
     ));
 }
+
+#[test]
+fn softcap_before_masking_on_every_layout() {
+    // Lengths that leave most of a block as padding and a cap of 1: were
+    // the padding capped instead of masked, it would carry weight e^-1.
+    let shape = Shape::new(3, 8, 2, 24, Dtype::F16).with_q_len(2);
+    for layout in [
+        Layout::Bgld,
+        Layout::Paged {
+            page: 5,
+            head_major: false,
+        },
+        Layout::Ring { extra: 1 },
+    ] {
+        for cap in [1.0f32, 30.0] {
+            let mut s = Spec::new(shape, vec![3, 2, 19]);
+            s.layout = layout;
+            s.softcap = Some(cap);
+            s.qk_range = 3.0;
+            check_all(&s.build());
+        }
+    }
+}
+
+#[test]
+fn softcap_window_and_sinks_together_with_splits_and_threads() {
+    let shape = Shape::new(2, 12, 2, 64, Dtype::Bf16)
+        .with_q_len(2)
+        .with_max_kv_len(1500);
+    for layout in [
+        Layout::Blgd,
+        Layout::Paged {
+            page: 16,
+            head_major: true,
+        },
+    ] {
+        let mut s = Spec::new(shape, vec![1500, 37]);
+        s.layout = layout;
+        s.softcap = Some(20.0);
+        s.window = Some(700);
+        s.sinks = Some((0..12).map(|h| 0.1 * h as f32 - 0.5).collect());
+        check_thread_invariance(&s.build(), &[2, 3]);
+    }
+}
+
+#[test]
+fn softcap_keeps_huge_logits_finite() {
+    // Scores of magnitude ~1e4 (q, k uniform in ±25, D = 64) under a cap of
+    // 50: every output finite and equal to the reference.
+    let shape = Shape::new(1, 4, 1, 64, Dtype::F32);
+    let mut s = Spec::new(shape, vec![77]);
+    s.qk_range = 25.0;
+    s.softcap = Some(50.0);
+    let c = s.build();
+    check_all(&c);
+    for t in tiers() {
+        let (out, lse, name) = c.run(t, 1).unwrap();
+        assert!(out.iter().chain(&lse).all(|x| x.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn bad_softcaps_are_typed_errors() {
+    let shape = Shape::new(1, 4, 2, 8, Dtype::F32);
+    for c in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+        let e = Plan::new(&shape, &Options::default().with_softcap(c)).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidParam { arg: "softcap", .. }),
+            "{c}: {e:?}"
+        );
+    }
+}

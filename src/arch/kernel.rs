@@ -16,6 +16,8 @@
 //!    [`Simd::LANES`] at a time by a transpose-and-add tree
 //!    ([`Simd::transpose_sum`]) instead of one horizontal sum each, in
 //!    registers as soon as a tile holds `LANES` dot products.
+//!    With a logit softcap, each score becomes `cap · tanh(s / cap)` here,
+//!    before any masking.
 //! 3. **Online softmax** per row (log2 domain: Q was pre-multiplied by
 //!    `scale·log2 e`): block max, rescale the state only when the max grew,
 //!    `p = 2^(s - m)` with the vectorised [`exp2`].
@@ -31,7 +33,7 @@
 // take the kernel's raw pointers and sizes explicitly, hence the arity.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::{exp2, pad, ChunkArgs, Dims, Elem, Simd, BLOCK, MAX_ROW_TILE, PAD, SKEW};
+use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, BLOCK, MAX_ROW_TILE, PAD, SKEW};
 
 /// Columns of a register tile of `rt` rows when `acc` accumulators are
 /// available: positions in the score tile, vectors of `Dv` in the P·V tile.
@@ -144,6 +146,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
             };
             if direct {
                 scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
+                if a.softcap > 0.0 {
+                    softcap::<S>(rows, nb, sbuf, a.softcap);
+                }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
             } else {
@@ -154,6 +159,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     stride: dkp,
                 };
                 scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
+                if a.softcap > 0.0 {
+                    softcap::<S>(rows, nb, sbuf, a.softcap);
+                }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
                     base: vbuf,
@@ -357,6 +365,27 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
                     S::store(part.add((i * BLOCK + j + p) * l), acc[p][i]);
                 }
             }
+        }
+    }
+}
+
+/// Replaces each score `s` of the block by `cap · tanh(s / cap)` (before the
+/// softmax masks positions `>= nb`, so padding stays `-inf`).
+#[inline(always)]
+unsafe fn softcap<S: Simd>(rows: usize, nb: usize, sbuf: *mut f32, cap: f32) {
+    let lanes = S::LANES;
+    let used = nb.div_ceil(lanes) * lanes;
+    // SAFETY: register arithmetic under the tier's features.
+    let (c, inv) = unsafe { (S::splat(cap), S::splat(1.0 / cap)) };
+    for i in 0..rows {
+        let mut s = 0;
+        while s < used {
+            // SAFETY: row `i < rows` of `sbuf` holds BLOCK >= used floats.
+            unsafe {
+                let p = sbuf.add(i * BLOCK + s);
+                S::store(p, S::mul(c, tanh::<S>(S::mul(S::load(p), inv))));
+            }
+            s += lanes;
         }
     }
 }

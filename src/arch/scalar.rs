@@ -45,6 +45,10 @@ impl Simd for Scalar {
         a * b
     }
     #[inline(always)]
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
     unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
         // Not `mul_add`: without hardware FMA that is a slow libm call.
         a * b + c

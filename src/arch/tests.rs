@@ -1,6 +1,6 @@
 //! Unit tests of every tier's SIMD primitives against plain scalar code.
 
-use super::{exp2, Simd, SimdOp};
+use super::{exp2, tanh, Simd, SimdOp};
 use crate::dispatch::Tier;
 
 /// Runs `f::<S>()` on every available tier.
@@ -183,6 +183,61 @@ fn converting_loads_on_every_tier() {
                 assert_eq!(oh[i], wh, "{tier} f16 lane {i} valid {valid}");
                 assert_eq!(ob[i], wb, "{tier} bf16 lane {i} valid {valid}");
             }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TanhSweep(Vec<f32>);
+impl SimdOp for TanhSweep {
+    type Out = Vec<f32>;
+    unsafe fn run<S: Simd>(self) -> Vec<f32> {
+        let mut out = vec![0f32; self.0.len()];
+        for (i, chunk) in self.0.chunks(S::LANES).enumerate() {
+            let mut tmp = vec![0f32; S::LANES];
+            tmp[..chunk.len()].copy_from_slice(chunk);
+            let mut res = vec![0f32; S::LANES];
+            // SAFETY: `tmp` and `res` hold LANES floats.
+            unsafe { S::store(res.as_mut_ptr(), tanh::<S>(S::load(tmp.as_ptr()))) };
+            out[i * S::LANES..i * S::LANES + chunk.len()].copy_from_slice(&res[..chunk.len()]);
+        }
+        out
+    }
+}
+
+#[test]
+fn tanh_error_bound_on_every_tier() {
+    let mut xs: Vec<f32> = (0..=200_000)
+        .map(|i| -25.0 + 50.0 * i as f32 / 200_000.0)
+        .collect();
+    xs.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-8,
+        -1e-8,
+        1e-4,
+        0.3,
+        -0.7,
+        44.0,
+        -44.0,
+        100.0,
+        1e30,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ]);
+    for (tier, got) in each_tier(TanhSweep(xs.clone())) {
+        for (x, y) in xs.iter().zip(&got) {
+            let want = (*x as f64).tanh();
+            let e = (*y as f64 - want).abs();
+            assert!(
+                e <= 3e-7,
+                "{tier}: tanh({x}) = {y}, want {want} (error {e:e})"
+            );
+            // Odd, and never above 1 in magnitude.
+            assert!(y.abs() <= 1.0 && (y.signum() == x.signum() || *y == 0.0));
         }
     }
 }

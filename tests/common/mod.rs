@@ -115,6 +115,8 @@ pub struct Case {
     pub window: Option<usize>,
     /// Attention-sink logit per query head.
     pub sinks: Option<Vec<f32>>,
+    /// Logit softcap.
+    pub softcap: Option<f32>,
 }
 
 /// Everything needed to build a case.
@@ -136,6 +138,8 @@ pub struct Spec {
     pub window: Option<usize>,
     /// Attention-sink logit per query head.
     pub sinks: Option<Vec<f32>>,
+    /// Logit softcap.
+    pub softcap: Option<f32>,
 }
 
 impl Spec {
@@ -152,6 +156,7 @@ impl Spec {
             fill: f32::NAN,
             window: None,
             sinks: None,
+            softcap: None,
         }
     }
 
@@ -178,6 +183,7 @@ impl Spec {
             first_pos: Vec::new(),
             window: self.window,
             sinks: self.sinks.clone(),
+            softcap: self.softcap,
         };
         let strided = |max_len: usize, d: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
@@ -332,6 +338,7 @@ impl Case {
             scale: self.scale,
             window: self.window,
             sinks: self.sinks.as_deref(),
+            softcap: self.softcap,
         };
         reference::decode_variant(&self.shape, &variant, &self.batch())
             .expect("reference accepts the case")
@@ -349,6 +356,7 @@ impl Case {
             tier: Some(tier),
             threads,
             window: self.window,
+            softcap: self.softcap,
         };
         let mut plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
         if let Some(sk) = &self.sinks {
@@ -393,12 +401,13 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
                 self.window,
-                self.sinks.is_some()
+                self.sinks.is_some(),
+                self.softcap
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {

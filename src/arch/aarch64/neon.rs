@@ -73,6 +73,11 @@ impl Simd for Neon {
         unsafe { vmulq_f32(a, b) }
     }
     #[inline(always)]
+    unsafe fn div(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: register arithmetic.
+        unsafe { vdivq_f32(a, b) }
+    }
+    #[inline(always)]
     unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
         // SAFETY: register arithmetic; vfmaq(c, a, b) = c + a * b.
         unsafe { vfmaq_f32(c, a, b) }
