@@ -233,6 +233,8 @@ enum Variant {
     Sinks,
     /// A logit softcap of 50 (Gemma-2's attention cap).
     Softcap,
+    /// ALiBi with the standard slopes for `max_bias = 8`.
+    Alibi,
 }
 
 impl Variant {
@@ -243,6 +245,7 @@ impl Variant {
             Variant::Window(w) => format!("window{w}"),
             Variant::Sinks => "sinks".into(),
             Variant::Softcap => "softcap".into(),
+            Variant::Alibi => "alibi".into(),
         }
     }
 }
@@ -359,6 +362,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
             let sinks: Vec<f32> = (0..m.h).map(|h| 0.5 + 0.1 * (h % 4) as f32).collect();
             p.with_sinks(&sinks)
         }
+        Variant::Alibi => p.with_alibi_max_bias(8.0),
         _ => Ok(p),
     })
     .unwrap_or_else(|e| panic!("plan {}: {e}", m.name));
@@ -693,6 +697,7 @@ fn main() {
             Variant::None,
             Variant::Window(4096),
             Variant::Softcap,
+            Variant::Alibi,
             Variant::Sinks,
         ] {
             jobs.push(Job {
@@ -767,7 +772,7 @@ fn main() {
                     ),
                     "variants" => println!(
                         "## Attention variants, Llama-3-8B, f16, L = 32768, B = 1 \
-                         (window4096: sliding window of 4096 positions; softcap: cap 50; sinks: a sink logit per head)"
+                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; sinks: a sink logit per head)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }

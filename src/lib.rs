@@ -71,7 +71,7 @@ mod types;
 pub use dispatch::{active_tier, kernel_instances, KernelInfo, Tier};
 pub use error::{Error, Result};
 pub use merge::merge_states;
-pub use plan::{Options, Plan, Shape, MAX_HEADS, MAX_HEAD_DIM};
+pub use plan::{alibi_slopes, Options, Plan, Shape, MAX_HEADS, MAX_HEAD_DIM};
 pub use run::{Part, Step};
 pub use types::{Batch, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
 

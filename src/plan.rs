@@ -264,6 +264,8 @@ pub struct Plan {
     pub(crate) softcap: f32,
     /// Attention-sink logit per query head (natural-log units), if any.
     pub(crate) sinks: Option<Vec<f32>>,
+    /// ALiBi slope per query head (natural-log units), if any.
+    pub(crate) alibi: Option<Vec<f32>>,
     #[cfg(feature = "rayon")]
     pub(crate) pool: Option<rayon::ThreadPool>,
 }
@@ -280,6 +282,7 @@ impl std::fmt::Debug for Plan {
             .field("splits", &self.splits)
             .field("window", &self.window())
             .field("softcap", &self.softcap())
+            .field("alibi", &self.alibi)
             .field("sinks", &self.sinks)
             .finish()
     }
@@ -366,6 +369,7 @@ impl Plan {
             window,
             softcap,
             sinks: None,
+            alibi: None,
             #[cfg(feature = "rayon")]
             pool: None,
         };
@@ -414,6 +418,40 @@ impl Plan {
         }
         self.sinks = Some(sinks.to_vec());
         Ok(self)
+    }
+
+    /// The same plan with ALiBi (BLOOM, MPT): `slope_h · (j − p)` is added
+    /// to the scaled score of query head `h` at position `p` for KV position
+    /// `j` (after any softcap). One slope per query head.
+    pub fn with_alibi(mut self, slopes: &[f32]) -> Result<Plan> {
+        if slopes.len() != self.shape.heads {
+            return Err(Error::LengthMismatch {
+                arg: "alibi_slopes",
+                expected: self.shape.heads,
+                actual: slopes.len(),
+            });
+        }
+        if let Some((index, &value)) = slopes.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                arg: "alibi_slopes",
+                index,
+                value,
+            });
+        }
+        self.alibi = Some(slopes.to_vec());
+        Ok(self)
+    }
+
+    /// The same plan with ALiBi slopes derived from `max_bias` by the
+    /// standard formula (see [`alibi_slopes`]).
+    pub fn with_alibi_max_bias(self, max_bias: f32) -> Result<Plan> {
+        let slopes = alibi_slopes(self.shape.heads, max_bias)?;
+        self.with_alibi(&slopes)
+    }
+
+    /// The ALiBi slopes, if any.
+    pub fn alibi(&self) -> Option<&[f32]> {
+        self.alibi.as_deref()
     }
 
     /// The shape planned for.
@@ -475,7 +513,7 @@ impl Plan {
     /// f32 of one worker's scratch: the kernel scratch.
     pub(crate) fn worker_len(&self) -> usize {
         let s = &self.shape;
-        pad(scratch_len(s.rows(), s.head_dim_k, s.head_dim_v))
+        pad(scratch_len(s.rows(), s.head_dim_k, s.head_dim_v)) + 2 * pad(s.rows())
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {
@@ -529,6 +567,40 @@ impl Plan {
             None => (self.shape.q_len, b * self.shape.q_len),
         }
     }
+}
+
+/// ALiBi slopes for `heads` query heads from `max_bias` (Press et al.; the
+/// form llama.cpp and BLOOM use, for any head count): with
+/// `n = 2^floor(log2 heads)`, head `h < n` gets `2^(-max_bias (h + 1) / n)`
+/// and head `h >= n` gets `2^(-max_bias (2 (h - n) + 1) / (2 n))`. The
+/// classic `max_bias = 8` gives `2^-1, 2^-2, …, 2^-8` for 8 heads.
+pub fn alibi_slopes(heads: usize, max_bias: f32) -> Result<Vec<f32>> {
+    if !(max_bias.is_finite() && max_bias > 0.0) {
+        return Err(Error::InvalidParam {
+            arg: "max_bias",
+            value: max_bias,
+            reason: "must be finite and > 0",
+        });
+    }
+    if heads == 0 {
+        return Err(Error::InvalidDim {
+            arg: "heads",
+            value: 0,
+            reason: "must be at least 1",
+        });
+    }
+    let n = 1usize << heads.ilog2();
+    let m0 = (-f64::from(max_bias) / n as f64).exp2();
+    let m1 = (-f64::from(max_bias) / 2.0 / n as f64).exp2();
+    Ok((0..heads)
+        .map(|h| {
+            if h < n {
+                m0.powi(h as i32 + 1) as f32
+            } else {
+                m1.powi(2 * (h - n) as i32 + 1) as f32
+            }
+        })
+        .collect())
 }
 
 /// Alignment of the f32 regions carved out of caller byte buffers.

@@ -84,12 +84,16 @@ pub struct Variant<'a> {
     pub sinks: Option<&'a [f32]>,
     /// Logit softcap `c`: each scaled score `s` becomes `c tanh(s / c)`.
     pub softcap: Option<f32>,
+    /// ALiBi slope per query head: `slope_h (j - p)` is added after the
+    /// softcap.
+    pub alibi: Option<&'a [f32]>,
 }
 
 /// Decodes one step of any batch with attention variants: for the query at
 /// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
 /// the visible positions are `j <= p`, and `j >= p - W + 1` with a window;
-/// a softcap `c` maps each scaled score `s` to `c tanh(s / c)`; a sink
+/// a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
+/// adds `slope_h (j - p)`; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
 /// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
 pub fn decode_variant(
@@ -105,6 +109,15 @@ pub fn decode_variant(
             value: 0,
             reason: "a window holds at least the query's own position",
         });
+    }
+    if let Some(a) = variant.alibi {
+        if a.len() != shape.heads {
+            return Err(Error::LengthMismatch {
+                arg: "alibi_slopes",
+                expected: shape.heads,
+                actual: a.len(),
+            });
+        }
     }
     if let Some(s) = variant.sinks {
         if s.len() != shape.heads {
@@ -166,10 +179,15 @@ pub fn decode_variant(
                         dot += f64::from(qrow[d]) * kdata.get_f64(kbase + d);
                     }
                     let s = scale * dot;
-                    scores.push(match variant.softcap {
+                    let s = match variant.softcap {
                         Some(c) => f64::from(c) * (s / f64::from(c)).tanh(),
                         None => s,
+                    };
+                    // The query sits at position p = visible - 1.
+                    let bias = variant.alibi.map_or(0.0, |al| {
+                        f64::from(al[h]) * (j as f64 - (visible - 1) as f64)
                     });
+                    scores.push(s + bias);
                 }
                 let m = scores
                     .iter()

@@ -538,7 +538,29 @@ impl Job<'_, '_> {
         };
         let (kesz, vesz) = (s.k_dtype.size(), s.v_dtype.size());
         let (k_stride, v_stride) = token_strides(&self.batch.cache);
+        // The worker scratch ends with two rows' worth of ALiBi terms.
+        let split = scratch.len() - 2 * pad(all_rows);
+        let (scratch, alibi_buf) = scratch.split_at_mut(split);
+        let (slope, off) = alibi_buf.split_at_mut(pad(all_rows));
+        let first = self.batch.seq_lens[b] - self.plan.tokens(&self.batch, b).0;
+        if let Some(al) = &self.plan.alibi {
+            for t in t0..t1 {
+                for i in 0..r {
+                    slope[(t - t0) * r + i] = al[g * r + i] * LOG2_E;
+                }
+            }
+        }
         for_runs(&self.batch.cache, b, g, a, e, |run| {
+            let alibi = self.plan.alibi.is_some();
+            if alibi {
+                // Row (t, i) sits at position `first + t`.
+                for t in t0..t1 {
+                    for i in 0..r {
+                        let row = (t - t0) * r + i;
+                        off[row] = slope[row] * (run.pos as f32 - (first + t) as f32);
+                    }
+                }
+            }
             let args = ChunkArgs {
                 q: q.as_ptr(),
                 // `check_batch` proved every visible row of this sequence
@@ -556,6 +578,16 @@ impl Job<'_, '_> {
                 acc: acc.as_mut_ptr(),
                 scratch: scratch.as_mut_ptr(),
                 softcap: self.plan.softcap * LOG2_E,
+                alibi_slope: if alibi {
+                    slope.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                alibi_off: if alibi {
+                    off.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
             };
             // SAFETY: `check_batch` verified (with checked arithmetic) that
             // for every position j < seq_lens[b] the K row `for_runs` maps

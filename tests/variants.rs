@@ -256,3 +256,85 @@ fn bad_softcaps_are_typed_errors() {
         );
     }
 }
+
+#[test]
+fn alibi_slopes_follow_the_standard_formula() {
+    let s8 = gqa_kernels::alibi_slopes(8, 8.0).unwrap();
+    for (h, s) in s8.iter().enumerate() {
+        assert_eq!(*s, (-(h as f32 + 1.0)).exp2(), "head {h}");
+    }
+    // 12 heads (not a power of two): 8 from 2^(-8/8 (h+1)), then 4 from
+    // 2^(-4/8 (2 (h-8) + 1)).
+    let s12 = gqa_kernels::alibi_slopes(12, 8.0).unwrap();
+    assert_eq!(&s12[..8], &s8[..]);
+    for (k, s) in s12[8..].iter().enumerate() {
+        let want = (-0.5f64 * (2 * k + 1) as f64).exp2() as f32;
+        assert!(
+            (s - want).abs() <= f32::EPSILON * want,
+            "head {}: {s} vs {want}",
+            8 + k
+        );
+    }
+}
+
+#[test]
+fn alibi_on_every_layout_with_splits_tokens_windows_and_threads() {
+    let shape = Shape::new(2, 12, 3, 48, Dtype::F16)
+        .with_q_len(3)
+        .with_max_kv_len(1300);
+    for layout in [
+        Layout::Bgld,
+        Layout::Paged {
+            page: 16,
+            head_major: false,
+        },
+        Layout::Ring { extra: 4 },
+    ] {
+        let mut s = Spec::new(shape, vec![1300, 9]);
+        s.layout = layout;
+        s.alibi = Some(gqa_kernels::alibi_slopes(12, 8.0).unwrap());
+        check_thread_invariance(&s.build(), &[2, 3]);
+        // All variants together.
+        s.window = Some(500);
+        s.softcap = Some(30.0);
+        s.sinks = Some(vec![0.25; 12]);
+        check_thread_invariance(&s.build(), &[2]);
+    }
+}
+
+#[test]
+fn bad_alibi_is_a_typed_error() {
+    let shape = Shape::new(1, 4, 2, 8, Dtype::F32);
+    let plan = || Plan::new(&shape, &Options::default()).unwrap();
+    let e = plan().with_alibi(&[0.5; 5]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::LengthMismatch {
+            arg: "alibi_slopes",
+            expected: 4,
+            actual: 5
+        }
+    );
+    let e = plan().with_alibi(&[0.5, 0.5, f32::NAN, 0.5]).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::NonFinite {
+            arg: "alibi_slopes",
+            index: 2,
+            ..
+        }
+    ));
+    for m in [0.0f32, -2.0, f32::INFINITY, f32::NAN] {
+        let e = plan().with_alibi_max_bias(m).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidParam {
+                    arg: "max_bias",
+                    ..
+                }
+            ),
+            "{m}: {e:?}"
+        );
+    }
+}

@@ -149,6 +149,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 if a.softcap > 0.0 {
                     softcap::<S>(rows, nb, sbuf, a.softcap);
                 }
+                if !a.alibi_slope.is_null() {
+                    alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
+                }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
             } else {
@@ -161,6 +164,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
                 if a.softcap > 0.0 {
                     softcap::<S>(rows, nb, sbuf, a.softcap);
+                }
+                if !a.alibi_slope.is_null() {
+                    alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
@@ -386,6 +392,42 @@ unsafe fn softcap<S: Simd>(rows: usize, nb: usize, sbuf: *mut f32, cap: f32) {
                 S::store(p, S::mul(c, tanh::<S>(S::mul(S::load(p), inv))));
             }
             s += lanes;
+        }
+    }
+}
+
+/// `0, 1, 2, …` as f32, for position offsets inside a vector.
+static IOTA: [f32; 16] = [
+    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+];
+
+/// Adds the ALiBi bias `off[row] + slope[row] · (start + j)` to score `j`
+/// of each row of the block (`start`: the block's offset in the call).
+#[inline(always)]
+unsafe fn alibi<S: Simd>(
+    rows: usize,
+    nb: usize,
+    sbuf: *mut f32,
+    slope: *const f32,
+    off: *const f32,
+    start: usize,
+) {
+    let lanes = S::LANES;
+    let used = nb.div_ceil(lanes) * lanes;
+    for i in 0..rows {
+        // SAFETY: `slope` and `off` hold `rows` floats; row `i` of `sbuf`
+        // holds BLOCK >= used floats; IOTA holds 16 >= LANES floats.
+        unsafe {
+            let k = *slope.add(i);
+            let kv = S::splat(k);
+            let iota = S::load(IOTA.as_ptr());
+            let mut s = 0;
+            while s < used {
+                let p = sbuf.add(i * BLOCK + s);
+                let base = S::splat(*off.add(i) + k * (start + s) as f32);
+                S::store(p, S::add(S::load(p), S::fma(kv, iota, base)));
+                s += lanes;
+            }
         }
     }
 }

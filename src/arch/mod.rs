@@ -81,7 +81,9 @@ pub(crate) const SKEW: usize = 80;
 /// - `scratch` points to `scratch_len(rows, dk, dv)` f32 that the kernel may
 ///   overwrite, aligned to 64 bytes and initialised (any values);
 /// - none of these regions overlap, except `k` and `v` which are only read;
-/// - `softcap` is 0 or finite and positive.
+/// - `softcap` is 0 or finite and positive;
+/// - `alibi_slope` and `alibi_off` are both null or both point to `rows`
+///   f32.
 pub(crate) struct ChunkArgs {
     pub q: *const f32,
     pub k: *const u8,
@@ -99,6 +101,12 @@ pub(crate) struct ChunkArgs {
     /// Logit softcap in the log2 domain (`cap · log2 e`), or 0 for none:
     /// each score `s` becomes `cap · tanh(s / cap)` before masking.
     pub softcap: f32,
+    /// ALiBi, or null for none: per row, the slope in the log2 domain
+    /// (`alibi_slope`) and the bias of the call's first position
+    /// (`alibi_off`, `slope · (pos0 − p_row)`); position `pos0 + j` gets
+    /// `alibi_off + slope · j` added to its score, after the softcap.
+    pub alibi_slope: *const f32,
+    pub alibi_off: *const f32,
 }
 
 /// The type of every microkernel in the dispatch table.

@@ -117,6 +117,8 @@ pub struct Case {
     pub sinks: Option<Vec<f32>>,
     /// Logit softcap.
     pub softcap: Option<f32>,
+    /// ALiBi slope per query head.
+    pub alibi: Option<Vec<f32>>,
 }
 
 /// Everything needed to build a case.
@@ -140,6 +142,8 @@ pub struct Spec {
     pub sinks: Option<Vec<f32>>,
     /// Logit softcap.
     pub softcap: Option<f32>,
+    /// ALiBi slope per query head.
+    pub alibi: Option<Vec<f32>>,
 }
 
 impl Spec {
@@ -157,6 +161,7 @@ impl Spec {
             window: None,
             sinks: None,
             softcap: None,
+            alibi: None,
         }
     }
 
@@ -184,6 +189,7 @@ impl Spec {
             window: self.window,
             sinks: self.sinks.clone(),
             softcap: self.softcap,
+            alibi: self.alibi.clone(),
         };
         let strided = |max_len: usize, d: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
@@ -339,6 +345,7 @@ impl Case {
             window: self.window,
             sinks: self.sinks.as_deref(),
             softcap: self.softcap,
+            alibi: self.alibi.as_deref(),
         };
         reference::decode_variant(&self.shape, &variant, &self.batch())
             .expect("reference accepts the case")
@@ -361,6 +368,9 @@ impl Case {
         let mut plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
         if let Some(sk) = &self.sinks {
             plan = plan.with_sinks(sk).map_err(|e| format!("sinks: {e}"))?;
+        }
+        if let Some(al) = &self.alibi {
+            plan = plan.with_alibi(al).map_err(|e| format!("alibi: {e}"))?;
         }
         let name = plan.kernel_name();
         if !name.ends_with(&format!("__{}", tier.name())) || plan.tier() != tier {
@@ -401,13 +411,14 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
                 self.window,
                 self.sinks.is_some(),
-                self.softcap
+                self.softcap,
+                self.alibi.is_some()
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {
