@@ -24,8 +24,8 @@
 use std::time::Instant;
 
 use gqa_kernels::{
-    probe, Batch, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv, Shape,
-    Tier,
+    probe, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
+    Shape, Tier,
 };
 use half::{bf16, f16};
 
@@ -235,6 +235,8 @@ enum Variant {
     Softcap,
     /// ALiBi with the standard slopes for `max_bias = 8`.
     Alibi,
+    /// An additive bias per (token, position), broadcast over heads.
+    Bias,
 }
 
 impl Variant {
@@ -246,6 +248,7 @@ impl Variant {
             Variant::Sinks => "sinks".into(),
             Variant::Softcap => "softcap".into(),
             Variant::Alibi => "alibi".into(),
+            Variant::Bias => "bias".into(),
         }
     }
 }
@@ -341,7 +344,20 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     let lens = vec![l; b];
-    let batch = Batch::new(&q, cache, &lens);
+    let bias_data: Vec<f32> = if variant == Variant::Bias {
+        (0..b * q_len * l).map(|i| (i % 7) as f32 * 0.1).collect()
+    } else {
+        Vec::new()
+    };
+    let mut batch = Batch::new(&q, cache, &lens);
+    if variant == Variant::Bias {
+        batch = batch.with_bias(Bias {
+            data: &bias_data,
+            seq_stride: q_len * l,
+            token_stride: l,
+            head_stride: 0,
+        });
+    }
     let mut out = vec![0f32; shape.out_elems()];
     let mut lse = vec![0f32; shape.lse_elems()];
     let plan = Plan::new(
@@ -698,6 +714,7 @@ fn main() {
             Variant::Window(4096),
             Variant::Softcap,
             Variant::Alibi,
+            Variant::Bias,
             Variant::Sinks,
         ] {
             jobs.push(Job {
@@ -772,7 +789,7 @@ fn main() {
                     ),
                     "variants" => println!(
                         "## Attention variants, Llama-3-8B, f16, L = 32768, B = 1 \
-                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; sinks: a sink logit per head)"
+                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }

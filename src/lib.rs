@@ -73,7 +73,7 @@ pub use error::{Error, Result};
 pub use merge::merge_states;
 pub use plan::{alibi_slopes, Options, Plan, Shape, MAX_HEADS, MAX_HEAD_DIM};
 pub use run::{Part, Step};
-pub use types::{Batch, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
+pub use types::{Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].
 pub use half::{bf16, f16};

@@ -699,6 +699,36 @@ pub(crate) fn check_batch(
     if let Some(n) = lse_len {
         expect("lse", tokens * shape.heads, n)?;
     }
+    if let Some(bias) = &batch.bias {
+        for seq in 0..nb {
+            let l = batch.seq_lens[seq];
+            let t = match batch.q_offsets {
+                Some(o) => o[seq + 1] - o[seq],
+                None => shape.q_len,
+            };
+            if l == 0 || t == 0 {
+                continue;
+            }
+            let end = seq
+                .checked_mul(bias.seq_stride)
+                .and_then(|x| (t - 1).checked_mul(bias.token_stride)?.checked_add(x))
+                .and_then(|x| {
+                    (shape.heads - 1)
+                        .checked_mul(bias.head_stride)?
+                        .checked_add(x)
+                })
+                .and_then(|x| x.checked_add(l))
+                .ok_or(Error::Overflow { arg: "bias", seq })?;
+            if end > bias.data.len() {
+                return Err(Error::OutOfBounds {
+                    arg: "bias",
+                    seq,
+                    needed: end,
+                    len: bias.data.len(),
+                });
+            }
+        }
+    }
     check_cache(shape, &batch.cache, batch.seq_lens)?;
     Ok(tokens)
 }

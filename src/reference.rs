@@ -93,7 +93,7 @@ pub struct Variant<'a> {
 /// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
 /// the visible positions are `j <= p`, and `j >= p - W + 1` with a window;
 /// a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
-/// adds `slope_h (j - p)`; a sink
+/// adds `slope_h (j - p)` and the batch's bias its value; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
 /// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
 pub fn decode_variant(
@@ -187,7 +187,13 @@ pub fn decode_variant(
                     let bias = variant.alibi.map_or(0.0, |al| {
                         f64::from(al[h]) * (j as f64 - (visible - 1) as f64)
                     });
-                    scores.push(s + bias);
+                    let add = batch.bias.map_or(0.0, |bi| {
+                        f64::from(
+                            bi.data
+                                [b * bi.seq_stride + t * bi.token_stride + h * bi.head_stride + j],
+                        )
+                    });
+                    scores.push(s + bias + add);
                 }
                 let m = scores
                     .iter()

@@ -588,6 +588,17 @@ impl Job<'_, '_> {
                 } else {
                     std::ptr::null()
                 },
+                // Row 0 of the tile is token t0, head g*r, at run.pos;
+                // `check_batch` proved every (token, head, position) of
+                // this sequence lies inside the bias buffer.
+                bias: self.batch.bias.map_or(std::ptr::null(), |bi| {
+                    bi.data.as_ptr().wrapping_add(
+                        b * bi.seq_stride + t0 * bi.token_stride + g * r * bi.head_stride + run.pos,
+                    )
+                }),
+                bias_r: r,
+                bias_token_stride: self.batch.bias.map_or(0, |bi| bi.token_stride),
+                bias_head_stride: self.batch.bias.map_or(0, |bi| bi.head_stride),
             };
             // SAFETY: `check_batch` verified (with checked arithmetic) that
             // for every position j < seq_lens[b] the K row `for_runs` maps
@@ -599,7 +610,11 @@ impl Job<'_, '_> {
             // `rows` and `acc` `rows * pad(dv)` floats of the item's own
             // state, and `scratch` `scratch_len(all_rows, dk, dv)` floats
             // (at least what `rows` needs), 64-byte aligned: all disjoint.
-            // The tier was checked available when the plan was made.
+            // With a bias, `check_batch` proved that every (token, head,
+            // position < seq_lens[b]) of this sequence is inside the bias
+            // buffer, which covers the rows and `run.n` positions the
+            // kernel reads. The tier was checked available when the plan
+            // was made.
             unsafe { (kernel.f)(&args) };
         });
     }

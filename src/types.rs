@@ -319,8 +319,26 @@ impl<'a> KvCache<'a> {
     }
 }
 
+/// An additive attention bias (natural-log units, added to the scaled
+/// score after softcap and ALiBi): the bias of sequence `b`, query token
+/// `t` (of that sequence), query head `h` for KV position `j` is
+/// `data[b * seq_stride + t * token_stride + h * head_stride + j]`.
+/// `head_stride = 0` broadcasts one bias row over the heads. Every element a
+/// step reads is checked against `data.len()` first.
+#[derive(Clone, Copy, Debug)]
+pub struct Bias<'a> {
+    /// The bias values.
+    pub data: &'a [f32],
+    /// Elements between sequences.
+    pub seq_stride: usize,
+    /// Elements between query tokens of a sequence.
+    pub token_stride: usize,
+    /// Elements between query heads (0: the same bias for every head).
+    pub head_stride: usize,
+}
+
 /// The inputs of one step: queries, cache, lengths and (optionally) ragged
-/// query counts.
+/// query counts and an additive bias.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
     /// Queries, `[T, H, Dk]` f32 where `T` is the number of query tokens of
@@ -337,6 +355,8 @@ pub struct Batch<'a> {
     /// `q_offsets[b]..q_offsets[b + 1]` (at most the plan's `q_len`). `None`
     /// gives every sequence the plan's `q_len` tokens.
     pub q_offsets: Option<&'a [usize]>,
+    /// Optional additive bias per (sequence, token, [head,] position).
+    pub bias: Option<Bias<'a>>,
 }
 
 impl<'a> Batch<'a> {
@@ -347,6 +367,7 @@ impl<'a> Batch<'a> {
             cache: KvCache::Strided { k, v },
             seq_lens,
             q_offsets: None,
+            bias: None,
         }
     }
 
@@ -357,12 +378,19 @@ impl<'a> Batch<'a> {
             cache,
             seq_lens,
             q_offsets: None,
+            bias: None,
         }
     }
 
     /// The same batch with ragged query tokens.
     pub fn with_q_offsets(mut self, q_offsets: &'a [usize]) -> Self {
         self.q_offsets = Some(q_offsets);
+        self
+    }
+
+    /// The same batch with an additive bias.
+    pub fn with_bias(mut self, bias: Bias<'a>) -> Self {
+        self.bias = Some(bias);
         self
     }
 }

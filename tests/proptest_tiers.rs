@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes, lengths, query tokens (uniform and ragged), sliding windows,
-//! logit softcaps, ALiBi, attention sinks and values, on every
+//! logit softcaps, ALiBi, additive biases, attention sinks and values, on every
 //! tier this CPU has, through the public API, against the f64 reference
 //! under the documented tolerance.
 
@@ -60,6 +60,7 @@ prop_compose! {
         sink in prop_oneof![2 => Just(None), 1 => (-3.0f32..3.0).prop_map(Some)],
         softcap in prop_oneof![2 => Just(None), 1 => (0.5f32..60.0).prop_map(Some)],
         max_bias in prop_oneof![2 => Just(None), 1 => (0.5f32..16.0).prop_map(Some)],
+        bias in prop_oneof![2 => Just(None), 1 => any::<bool>().prop_map(Some)],
     ) -> Spec {
         let dv = if dv_same { dk } else { dv_other };
         let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
@@ -75,6 +76,7 @@ prop_compose! {
         let mut s = Spec::new(shape, lens.clone());
         s.window = window;
         s.softcap = softcap;
+        s.bias = bias;
         s.alibi = max_bias.map(|m| gqa_kernels::alibi_slopes(kv_heads * r, m).unwrap());
         s.sinks = sink.map(|z| (0..kv_heads * r).map(|h| z + 0.25 * (h % 5) as f32).collect());
         if is_ragged {

@@ -338,3 +338,101 @@ fn bad_alibi_is_a_typed_error() {
         );
     }
 }
+
+#[test]
+fn additive_bias_per_head_and_broadcast_on_every_layout() {
+    let shape = Shape::new(3, 8, 2, 32, Dtype::F16)
+        .with_q_len(2)
+        .with_max_kv_len(1200);
+    for layout in [
+        Layout::Bgld,
+        Layout::Paged {
+            page: 16,
+            head_major: true,
+        },
+        Layout::Ring { extra: 3 },
+    ] {
+        for per_head in [false, true] {
+            let mut s = Spec::new(shape, vec![1100, 2, 0]);
+            s.layout = layout;
+            s.bias = Some(per_head);
+            check_thread_invariance(&s.build(), &[2, 3]);
+            // With every other variant.
+            s.window = Some(400);
+            s.softcap = Some(25.0);
+            s.alibi = Some(gqa_kernels::alibi_slopes(8, 8.0).unwrap());
+            s.sinks = Some(vec![0.5; 8]);
+            check_all(&s.build());
+        }
+    }
+}
+
+#[test]
+fn logits_near_1e30_after_bias_stay_finite() {
+    // Biases of ±1e30 (a mask written as a bias) on top of ordinary scores.
+    let shape = Shape::new(2, 4, 1, 16, Dtype::F32).with_q_len(2);
+    let mut s = Spec::new(shape, vec![40, 17]);
+    s.bias = Some(true);
+    s.bias_range = 1e30;
+    let c = s.build();
+    check_all(&c);
+    for t in tiers() {
+        let (out, lse, name) = c.run(t, 1).unwrap();
+        assert!(out.iter().chain(&lse).all(|x| x.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn a_bias_too_short_is_a_typed_error() {
+    use gqa_kernels::Bias;
+    let shape = Shape::new(2, 4, 2, 8, Dtype::F32);
+    let c = Spec::new(shape, vec![6, 3]).build();
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let data = vec![0f32; 4 * 6 + 4 * 6 - 1];
+    // Per head, L = 6 positions: sequence b reads up to
+    // b * seq_stride + 3 * 6 + L_b; with 47 elements seq_stride 24 fits
+    // (24 + 18 + 3 = 45) and 30 does not (51).
+    let bias = |ss| Bias {
+        data: &data,
+        seq_stride: ss,
+        token_stride: 0,
+        head_stride: 6,
+    };
+    let mut out = vec![0f32; shape.out_elems()];
+    let mut ws = plan.alloc_workspace();
+    assert!(plan
+        .run(&c.batch().with_bias(bias(24)), &mut out, None, &mut ws)
+        .is_ok());
+    let e = plan
+        .run(&c.batch().with_bias(bias(30)), &mut out, None, &mut ws)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::OutOfBounds {
+                arg: "bias",
+                seq: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = plan
+        .run(
+            &c.batch().with_bias(bias(usize::MAX)),
+            &mut out,
+            None,
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Overflow {
+                arg: "bias",
+                seq: 1
+            }
+        ),
+        "{e:?}"
+    );
+}

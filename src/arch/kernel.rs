@@ -152,6 +152,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 if !a.alibi_slope.is_null() {
                     alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
                 }
+                if !a.bias.is_null() {
+                    add_bias::<S>(a, nb, sbuf, start);
+                }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
             } else {
@@ -167,6 +170,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 }
                 if !a.alibi_slope.is_null() {
                     alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
+                }
+                if !a.bias.is_null() {
+                    add_bias::<S>(a, nb, sbuf, start);
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
@@ -426,6 +432,31 @@ unsafe fn alibi<S: Simd>(
                 let p = sbuf.add(i * BLOCK + s);
                 let base = S::splat(*off.add(i) + k * (start + s) as f32);
                 S::store(p, S::add(S::load(p), S::fma(kv, iota, base)));
+                s += lanes;
+            }
+        }
+    }
+}
+
+/// Adds the caller's bias (times `log2 e`) to the block's scores; reads
+/// only the `nb` valid positions of each row.
+#[inline(always)]
+unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32, start: usize) {
+    let lanes = S::LANES;
+    for i in 0..a.rows {
+        // SAFETY: per `ChunkArgs`, row `i`'s bias is valid for positions
+        // `start..start + nb` (< n); the partial load reads `nb - s` of
+        // them at most; row `i` of `sbuf` holds BLOCK floats.
+        unsafe {
+            let row = a.bias.add(
+                (i / a.bias_r) * a.bias_token_stride + (i % a.bias_r) * a.bias_head_stride + start,
+            );
+            let l2e = S::splat(std::f32::consts::LOG2_E);
+            let mut s = 0;
+            while s < nb {
+                let p = sbuf.add(i * BLOCK + s);
+                let b = <f32 as Elem>::load::<S>(row.add(s), nb - s);
+                S::store(p, S::fma(b, l2e, S::load(p)));
                 s += lanes;
             }
         }

@@ -83,7 +83,9 @@ pub(crate) const SKEW: usize = 80;
 /// - none of these regions overlap, except `k` and `v` which are only read;
 /// - `softcap` is 0 or finite and positive;
 /// - `alibi_slope` and `alibi_off` are both null or both point to `rows`
-///   f32.
+///   f32;
+/// - `bias` is null, or for every row `i < rows` the `n` floats from its
+///   row address above are valid for reads.
 pub(crate) struct ChunkArgs {
     pub q: *const f32,
     pub k: *const u8,
@@ -107,6 +109,14 @@ pub(crate) struct ChunkArgs {
     /// `alibi_off + slope · j` added to its score, after the softcap.
     pub alibi_slope: *const f32,
     pub alibi_off: *const f32,
+    /// Additive bias, or null for none: row `i` of the tile reads its bias
+    /// for the call's position `j` at
+    /// `bias + (i / bias_r) * bias_token_stride + (i % bias_r) * bias_head_stride + j`
+    /// (natural-log units; added after ALiBi).
+    pub bias: *const f32,
+    pub bias_r: usize,
+    pub bias_token_stride: usize,
+    pub bias_head_stride: usize,
 }
 
 /// The type of every microkernel in the dispatch table.

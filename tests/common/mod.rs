@@ -4,8 +4,8 @@
 
 use gqa_kernels::reference::{self, tolerance};
 use gqa_kernels::{
-    bf16, f16, Batch, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
-    Shape, Tier,
+    bf16, f16, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan,
+    RingKv, Shape, Tier,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.
@@ -119,6 +119,8 @@ pub struct Case {
     pub softcap: Option<f32>,
     /// ALiBi slope per query head.
     pub alibi: Option<Vec<f32>>,
+    /// Additive bias values and their (seq, token, head) strides.
+    pub bias: Option<(Vec<f32>, (usize, usize, usize))>,
 }
 
 /// Everything needed to build a case.
@@ -144,6 +146,9 @@ pub struct Spec {
     pub softcap: Option<f32>,
     /// ALiBi slope per query head.
     pub alibi: Option<Vec<f32>>,
+    /// Additive bias: `Some(per_head)`, values uniform in `±bias_range`.
+    pub bias: Option<bool>,
+    pub bias_range: f32,
 }
 
 impl Spec {
@@ -162,6 +167,8 @@ impl Spec {
             sinks: None,
             softcap: None,
             alibi: None,
+            bias: None,
+            bias_range: 2.0,
         }
     }
 
@@ -190,6 +197,7 @@ impl Spec {
             sinks: self.sinks.clone(),
             softcap: self.softcap,
             alibi: self.alibi.clone(),
+            bias: None,
         };
         let strided = |max_len: usize, d: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
@@ -272,6 +280,18 @@ impl Spec {
         c.q = (0..tokens * s.heads * dk)
             .map(|_| rng.uniform(-self.qk_range, self.qk_range))
             .collect();
+        if let Some(per_head) = self.bias {
+            let hs = if per_head { max_len + 1 } else { 0 };
+            let ts = if per_head {
+                s.heads * hs + 2
+            } else {
+                max_len + 3
+            };
+            let ss = s.q_len.max(1) * ts + 5;
+            let r = self.bias_range;
+            let data = (0..s.batch * ss + 7).map(|_| rng.uniform(-r, r)).collect();
+            c.bias = Some((data, (ss, ts, hs)));
+        }
         c
     }
 }
@@ -327,7 +347,15 @@ impl Case {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        let b = Batch::new(&self.q, self.cache(), &self.seq_lens);
+        let mut b = Batch::new(&self.q, self.cache(), &self.seq_lens);
+        if let Some((data, (ss, ts, hs))) = &self.bias {
+            b = b.with_bias(Bias {
+                data,
+                seq_stride: *ss,
+                token_stride: *ts,
+                head_stride: *hs,
+            });
+        }
         match &self.q_offsets {
             Some(o) => b.with_q_offsets(o),
             None => b,
@@ -411,14 +439,15 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
                 self.window,
                 self.sinks.is_some(),
                 self.softcap,
-                self.alibi.is_some()
+                self.alibi.is_some(),
+                self.bias.is_some()
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {
