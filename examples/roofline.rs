@@ -237,6 +237,8 @@ enum Variant {
     Alibi,
     /// An additive bias per (token, position), broadcast over heads.
     Bias,
+    /// Gemma-2's local layers: softcap 50 and a window of 4096.
+    SoftcapWindow,
 }
 
 impl Variant {
@@ -249,6 +251,7 @@ impl Variant {
             Variant::Softcap => "softcap".into(),
             Variant::Alibi => "alibi".into(),
             Variant::Bias => "bias".into(),
+            Variant::SoftcapWindow => "softcap+window4096".into(),
         }
     }
 }
@@ -368,9 +371,10 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
             threads,
             window: match variant {
                 Variant::Window(w) => Some(w),
+                Variant::SoftcapWindow => Some(4096),
                 _ => None,
             },
-            softcap: (variant == Variant::Softcap).then_some(50.0),
+            softcap: matches!(variant, Variant::Softcap | Variant::SoftcapWindow).then_some(50.0),
         },
     )
     .and_then(|p| match variant {
@@ -408,6 +412,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     // positions of each sequence.
     let visible: Vec<usize> = match variant {
         Variant::Window(w) => lens.iter().map(|&l| l.min(w + q_len - 1)).collect(),
+        Variant::SoftcapWindow => lens.iter().map(|&l| l.min(4096 + q_len - 1)).collect(),
         _ => lens.clone(),
     };
     let kv_bytes = shape.kv_bytes(&visible);
@@ -732,6 +737,23 @@ fn main() {
                 )
             });
         }
+        // Gemma-2-9B local attention: plain, then softcap + window 4096.
+        for variant in [Variant::None, Variant::SoftcapWindow] {
+            jobs.push(Job {
+                variant,
+                ..job(
+                    "variants",
+                    GEMMA2_9B,
+                    1,
+                    32768,
+                    Dtype::F16,
+                    tier,
+                    threads,
+                    Layout::Bgld,
+                    1,
+                )
+            });
+        }
     }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
     // Three interleaved rounds; the summary keeps each G's fastest median, so
@@ -788,7 +810,7 @@ fn main() {
                          ring read in two pieces)"
                     ),
                     "variants" => println!(
-                        "## Attention variants, Llama-3-8B, f16, L = 32768, B = 1 \
+                        "## Attention variants, f16, L = 32768, B = 1 \
                          (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
