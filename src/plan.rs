@@ -402,43 +402,31 @@ impl Plan {
     /// includes it, and a row that sees no position gets zeros and
     /// `lse = sink`.
     pub fn with_sinks(mut self, sinks: &[f32]) -> Result<Plan> {
-        if sinks.len() != self.shape.heads {
-            return Err(Error::LengthMismatch {
-                arg: "sinks",
-                expected: self.shape.heads,
-                actual: sinks.len(),
-            });
-        }
-        if let Some((index, &value)) = sinks.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(Error::NonFinite {
-                arg: "sinks",
-                index,
-                value,
-            });
-        }
-        self.sinks = Some(sinks.to_vec());
+        self.sinks = Some(self.per_head("sinks", sinks)?);
         Ok(self)
+    }
+
+    /// Checks a per-query-head parameter array (one finite value per head)
+    /// and copies it.
+    fn per_head(&self, arg: &'static str, values: &[f32]) -> Result<Vec<f32>> {
+        if values.len() != self.shape.heads {
+            return Err(Error::LengthMismatch {
+                arg,
+                expected: self.shape.heads,
+                actual: values.len(),
+            });
+        }
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::NonFinite { arg, index, value });
+        }
+        Ok(values.to_vec())
     }
 
     /// The same plan with ALiBi (BLOOM, MPT): `slope_h · (j − p)` is added
     /// to the scaled score of query head `h` at position `p` for KV position
     /// `j` (after any softcap). One slope per query head.
     pub fn with_alibi(mut self, slopes: &[f32]) -> Result<Plan> {
-        if slopes.len() != self.shape.heads {
-            return Err(Error::LengthMismatch {
-                arg: "alibi_slopes",
-                expected: self.shape.heads,
-                actual: slopes.len(),
-            });
-        }
-        if let Some((index, &value)) = slopes.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(Error::NonFinite {
-                arg: "alibi_slopes",
-                index,
-                value,
-            });
-        }
-        self.alibi = Some(slopes.to_vec());
+        self.alibi = Some(self.per_head("alibi_slopes", slopes)?);
         Ok(self)
     }
 
