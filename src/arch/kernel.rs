@@ -35,8 +35,29 @@
 
 use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, BLOCK, MAX_ROW_TILE, PAD, SKEW};
 
-/// Columns of a register tile of `rt` rows when `acc` accumulators are
-/// available: positions in the score tile, vectors of `Dv` in the P·V tile.
+/// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
+/// accumulators are available: as many as fit, up to 16. Every column tile is one pass over the block's V rows;
+/// with wide heads (`Dv = 256` is 16 AVX-512 vectors) and few rows, capping
+/// it at 4 made four strided passes over each V row, and the later passes
+/// waited on memory the first had not brought in (a 256-wide head ran at
+/// a third of the bandwidth of a 128-wide one).
+const fn acc_cols(acc: usize, rt: usize) -> usize {
+    let c = acc / rt;
+    if c >= 16 {
+        16
+    } else if c >= 8 {
+        8
+    } else if c >= 4 {
+        4
+    } else if c < 1 {
+        1
+    } else {
+        c
+    }
+}
+
+/// Positions in a score register tile of `rt` rows when `acc` accumulators
+/// are available (at most 4).
 const fn tile_cols(acc: usize, rt: usize) -> usize {
     let c = acc / rt;
     if c > 4 {
@@ -126,6 +147,10 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     // stall on store-to-load forwarding (a 512-bit load is not forwarded
     // from two 256-bit halves on some cores).
     let direct = rows <= S::ROW_TILE;
+    // The score transforms run out of line (`Simd::transform_scores`): the
+    // plain loop keeps the code and register allocation it has without
+    // them, and a transformed call pays one call per block.
+    let transformed = a.softcap > 0.0 || !a.alibi_slope.is_null() || !a.bias.is_null();
 
     let mut start = 0;
     while start < a.n {
@@ -146,14 +171,8 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
             };
             if direct {
                 scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
-                if a.softcap > 0.0 {
-                    softcap::<S>(rows, nb, sbuf, a.softcap);
-                }
-                if !a.alibi_slope.is_null() {
-                    alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
-                }
-                if !a.bias.is_null() {
-                    add_bias::<S>(a, nb, sbuf, start);
+                if transformed {
+                    S::transform_scores(a, rows, nb, sbuf, start);
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
@@ -165,14 +184,8 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     stride: dkp,
                 };
                 scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
-                if a.softcap > 0.0 {
-                    softcap::<S>(rows, nb, sbuf, a.softcap);
-                }
-                if !a.alibi_slope.is_null() {
-                    alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
-                }
-                if !a.bias.is_null() {
-                    add_bias::<S>(a, nb, sbuf, start);
+                if transformed {
+                    S::transform_scores(a, rows, nb, sbuf, start);
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
@@ -438,6 +451,33 @@ unsafe fn alibi<S: Simd>(
     }
 }
 
+/// The score transforms of a block, in the contract's order: softcap,
+/// then ALiBi, then the additive bias. Each tier compiles it once, out of
+/// line, as its `Simd::transform_scores`.
+#[inline(always)]
+pub(crate) unsafe fn transform<S: Simd>(
+    a: &ChunkArgs,
+    rows: usize,
+    nb: usize,
+    sbuf: *mut f32,
+    start: usize,
+) {
+    // SAFETY: forwarded from the kernel: `sbuf` holds `rows` rows of BLOCK
+    // floats, `start + nb <= n`, and the ALiBi / bias pointers are valid as
+    // `ChunkArgs` states.
+    unsafe {
+        if a.softcap > 0.0 {
+            softcap::<S>(rows, nb, sbuf, a.softcap);
+        }
+        if !a.alibi_slope.is_null() {
+            alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
+        }
+        if !a.bias.is_null() {
+            add_bias::<S>(a, nb, sbuf, start);
+        }
+    }
+}
+
 /// Adds the caller's bias (times `log2 e`) to the block's scores; reads
 /// only the `nb` valid positions of each row.
 #[inline(always)]
@@ -583,8 +623,36 @@ unsafe fn accumulate_rows<S: Simd, R: RowSource<S>, const RT: usize>(
     vc: usize,
     acc: *mut f32,
 ) {
+    let ct = acc_cols(S::ACC, RT);
     let mut c0 = 0;
-    let ct = tile_cols(S::ACC, RT);
+    if ct > 4 {
+        // Few rows: the widest column tile that fits the registers and what
+        // is left of the row (`Dv = 256` on AVX-512 with one row: one
+        // 16-wide pass; `Dv = 128` with two rows: one 8-wide pass).
+        while c0 < vc {
+            let rem = vc - c0;
+            let w = if ct >= 16 && rem >= 16 {
+                16
+            } else if ct >= 8 && rem >= 8 {
+                8
+            } else if rem >= 4 {
+                4
+            } else {
+                1
+            };
+            // SAFETY: vectors `c0..c0 + w` lie inside each row (`w <= rem`).
+            unsafe {
+                match w {
+                    16 => accumulate_tile::<S, R, RT, 16>(nb, pbuf, vrows, dvp, c0, acc),
+                    8 => accumulate_tile::<S, R, RT, 8>(nb, pbuf, vrows, dvp, c0, acc),
+                    4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc),
+                    _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc),
+                }
+            }
+            c0 += w;
+        }
+        return;
+    }
     while c0 + ct <= vc {
         // SAFETY: vectors `c0..c0 + ct` lie inside each row.
         unsafe {

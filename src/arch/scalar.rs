@@ -128,6 +128,17 @@ impl Simd for Scalar {
             0.0
         }
     }
+    #[inline(always)]
+    unsafe fn transform_scores(
+        a: &ChunkArgs,
+        rows: usize,
+        nb: usize,
+        sbuf: *mut f32,
+        start: usize,
+    ) {
+        // SAFETY: forwarded preconditions (tier available, kernel's block).
+        unsafe { transform(a, rows, nb, sbuf, start) }
+    }
 }
 
 /// Entry point of every scalar kernel instance.
@@ -146,4 +157,15 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
     // SAFETY: the tier's features are enabled on this function.
     unsafe { op.run::<Scalar>() }
+}
+
+/// The score transforms of one block, compiled once for this tier and kept
+/// out of the kernels' block loops.
+///
+/// # Safety
+/// The CPU supports this tier; the kernel's preconditions hold.
+#[inline(never)]
+unsafe fn transform(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize) {
+    // SAFETY: features enabled on this function; forwarded preconditions.
+    unsafe { kernel::transform::<Scalar>(a, rows, nb, sbuf, start) }
 }

@@ -206,6 +206,17 @@ impl Simd for Avx2 {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
         }
     }
+    #[inline(always)]
+    unsafe fn transform_scores(
+        a: &ChunkArgs,
+        rows: usize,
+        nb: usize,
+        sbuf: *mut f32,
+        start: usize,
+    ) {
+        // SAFETY: forwarded preconditions (tier available, kernel's block).
+        unsafe { transform(a, rows, nb, sbuf, start) }
+    }
 }
 
 /// Entry point of every avx2 kernel instance.
@@ -226,4 +237,16 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
     // SAFETY: the tier's features are enabled on this function.
     unsafe { op.run::<Avx2>() }
+}
+
+/// The score transforms of one block, compiled once for this tier and kept
+/// out of the kernels' block loops.
+///
+/// # Safety
+/// The CPU supports this tier; the kernel's preconditions hold.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transform(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize) {
+    // SAFETY: features enabled on this function; forwarded preconditions.
+    unsafe { kernel::transform::<Avx2>(a, rows, nb, sbuf, start) }
 }
