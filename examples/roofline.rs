@@ -282,19 +282,19 @@ impl Layout {
     }
 }
 
-fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
+/// Measures `jobs`, which differ in their variant only: one cache, one
+/// plan per job, and the jobs' runs interleaved run by run, so a disturbed
+/// stretch of a shared machine falls on all of them alike.
+fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     let Job {
-        section,
         m,
         b,
         l,
         dtype,
-        tier,
-        threads,
         layout,
         q_len,
-        variant,
-    } = job;
+        ..
+    } = jobs[0];
     let shape = Shape::new(b, m.h, m.g, m.d, dtype)
         .with_q_len(q_len)
         .with_max_kv_len(l);
@@ -347,24 +347,63 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     let lens = vec![l; b];
-    let bias_data: Vec<f32> = if variant == Variant::Bias {
+    let bias_data: Vec<f32> = if jobs.iter().any(|j| j.variant == Variant::Bias) {
         (0..b * q_len * l).map(|i| (i % 7) as f32 * 0.1).collect()
     } else {
         Vec::new()
     };
-    let mut batch = Batch::new(&q, cache, &lens);
-    if variant == Variant::Bias {
-        batch = batch.with_bias(Bias {
-            data: &bias_data,
-            seq_stride: q_len * l,
-            token_stride: l,
-            head_stride: 0,
-        });
-    }
+    let plain = Batch::new(&q, cache, &lens);
+    let biased = plain.with_bias(Bias {
+        data: &bias_data,
+        seq_stride: q_len * l,
+        token_stride: l,
+        head_stride: 0,
+    });
     let mut out = vec![0f32; shape.out_elems()];
     let mut lse = vec![0f32; shape.lse_elems()];
-    let plan = Plan::new(
-        &shape,
+    let plans: Vec<Plan> = jobs.iter().map(|j| make_plan(j, &shape)).collect();
+    let mut ws: Vec<Vec<u8>> = plans.iter().map(|p| p.alloc_workspace()).collect();
+    let mut times = vec![Vec::new(); jobs.len()];
+    let started = Instant::now();
+    // Bursts of runs, job after job: the first runs of a burst are untimed
+    // (they wake the plan's thread pool while the previous job's pool goes
+    // to sleep); `min_secs` per job in all.
+    let (burst, untimed) = if jobs[0].threads > 1 { (8, 2) } else { (4, 1) };
+    for round in 0.. {
+        for (i, job) in jobs.iter().enumerate() {
+            let batch = if job.variant == Variant::Bias {
+                &biased
+            } else {
+                &plain
+            };
+            for rep in 0..burst {
+                let t = Instant::now();
+                plans[i]
+                    .run(batch, &mut out, Some(&mut lse), &mut ws[i])
+                    .expect("run");
+                let dt = t.elapsed().as_secs_f64();
+                if rep >= untimed {
+                    times[i].push(dt);
+                }
+            }
+            assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
+        }
+        if round >= 1 && started.elapsed().as_secs_f64() >= min_secs * jobs.len() as f64 {
+            break;
+        }
+    }
+    jobs.iter()
+        .zip(&plans)
+        .zip(&mut times)
+        .map(|((job, plan), times)| row(job, &shape, plan, times, &lens, probes))
+        .collect()
+}
+
+/// The plan of `job`'s variant.
+fn make_plan(job: &Job, shape: &Shape) -> Plan {
+    let (m, tier, threads, variant) = (job.m, job.tier, job.threads, job.variant);
+    Plan::new(
+        shape,
         &Options {
             scale: None,
             tier: Some(tier),
@@ -385,24 +424,30 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
         Variant::Alibi => p.with_alibi_max_bias(8.0),
         _ => Ok(p),
     })
-    .unwrap_or_else(|e| panic!("plan {}: {e}", m.name));
-    let mut ws = plan.alloc_workspace();
-    let mut times = Vec::new();
-    let started = Instant::now();
-    // One untimed run, then at least 5 timed ones and `min_secs` in all.
-    for rep in 0.. {
-        let t = Instant::now();
-        plan.run(&batch, &mut out, Some(&mut lse), &mut ws)
-            .expect("run");
-        let dt = t.elapsed().as_secs_f64();
-        if rep > 0 {
-            times.push(dt);
-        }
-        if times.len() >= 5 && started.elapsed().as_secs_f64() >= min_secs {
-            break;
-        }
-    }
-    assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
+    .unwrap_or_else(|e| panic!("plan {}: {e}", m.name))
+}
+
+/// The report row of `job` from its run times.
+fn row(
+    job: &Job,
+    shape: &Shape,
+    plan: &Plan,
+    times: &mut [f64],
+    lens: &[usize],
+    probes: &Probes,
+) -> Row {
+    let Job {
+        section,
+        m,
+        b,
+        l,
+        dtype,
+        tier,
+        threads,
+        layout,
+        q_len,
+        variant,
+    } = *job;
     times.sort_by(f64::total_cmp);
     // Best run, as the probes keep their best pass: on a shared machine the
     // fastest run is the one least disturbed. The median is reported too.
@@ -413,7 +458,7 @@ fn measure(job: Job, probes: &Probes, min_secs: f64) -> Row {
     let visible: Vec<usize> = match variant {
         Variant::Window(w) => lens.iter().map(|&l| l.min(w + q_len - 1)).collect(),
         Variant::SoftcapWindow => lens.iter().map(|&l| l.min(4096 + q_len - 1)).collect(),
-        _ => lens.clone(),
+        _ => lens.to_vec(),
     };
     let kv_bytes = shape.kv_bytes(&visible);
     let (bw, fma) = probes.get(threads);
@@ -712,7 +757,10 @@ fn main() {
             ));
         }
     }
-    // Attention variants on the memory-bound shape.
+    // Attention variants on the memory-bound shape. Consecutive variant
+    // jobs of one model and thread count are measured together, their runs
+    // interleaved (see `measure`), and the summary compares each variant's
+    // best run with plain decode's.
     for &threads in &args.threads {
         for variant in [
             Variant::None,
@@ -782,12 +830,20 @@ fn main() {
     let min_secs = if args.quick { 0.15 } else { 0.4 };
     let mut rows: Vec<Row> = Vec::new();
     let mut section = "";
-    for (i, job) in jobs.iter().copied().enumerate() {
-        let sec = job.section;
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = jobs[i];
+        // A variants job takes the following jobs that differ from it in
+        // the variant only into one interleaved measurement.
+        let mut end = i + 1;
+        while job.section == "variants" && end < jobs.len() && same_but_variant(&job, &jobs[end]) {
+            end += 1;
+        }
         eprintln!(
-            "[{}/{}] {sec}: {} B={} L={} {} {} threads={}",
-            i + 1,
+            "[{}/{}] {}: {} B={} L={} {} {} threads={}",
+            end,
             jobs.len(),
+            job.section,
             job.m.name,
             job.b,
             job.l,
@@ -795,12 +851,15 @@ fn main() {
             job.tier,
             job.threads
         );
-        let row = measure(job, &probes, min_secs);
-        if sec != section {
-            section = sec;
-            if !args.json {
-                println!();
-                match sec {
+        let group = measure(&jobs[i..end], &probes, min_secs);
+        i = end;
+        for row in group {
+            let sec = row.section;
+            if sec != section {
+                section = sec;
+                if !args.json {
+                    println!();
+                    match sec {
                     "table" => println!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
                     "serving" => println!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
                     "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
@@ -815,11 +874,12 @@ fn main() {
                     ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }
-                print_header(false);
+                    print_header(false);
+                }
             }
+            print_row(&row, args.json);
+            rows.push(row);
         }
-        print_row(&row, args.json);
-        rows.push(row);
     }
 
     let mut sweep: Vec<&Row> = Vec::new();
@@ -836,6 +896,12 @@ fn main() {
         .map(|r| r.seconds)
         .unwrap_or(f64::NAN);
     if args.json {
+        for (r, ratio) in variant_summary(&rows) {
+            println!(
+                "{{\"section\":\"variant_ratio\",\"variant\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_none\":{:.3}}}",
+                r.variant, r.threads, r.seconds, ratio
+            );
+        }
         for r in &sweep {
             println!("{{\"section\":\"g_sweep_ratio\",\"g\":{},\"seconds\":{:.6e},\"t_g32_over_t_g\":{:.3}}}", r.g, r.seconds, t32 / r.seconds);
         }
@@ -855,6 +921,23 @@ fn main() {
                 t32 / r.seconds
             );
         }
+        let variants = variant_summary(&rows);
+        if !variants.is_empty() {
+            println!();
+            println!(
+                "## Attention variants: step time over plain decode, Llama-3-8B, best runs, runs interleaved"
+            );
+            println!(
+                "{:<12} {:>3} {:>10} {:>10}",
+                "variant", "thr", "seconds", "/ none"
+            );
+            for (r, ratio) in &variants {
+                println!(
+                    "{:<12} {:>3} {:>10.6} {:>10.3}",
+                    r.variant, r.threads, r.seconds, ratio
+                );
+            }
+        }
         let tiers: Vec<&Row> = rows.iter().filter(|r| r.section == "tiers").collect();
         if let (Some(a), Some(b)) = (
             tiers.iter().find(|r| r.tier == Tier::Avx512),
@@ -867,4 +950,42 @@ fn main() {
             );
         }
     }
+}
+
+/// The best Llama-3-8B variant row per (variant, threads), with its time
+/// over the best plain row of the same thread count.
+fn variant_summary(rows: &[Row]) -> Vec<(&Row, f64)> {
+    let mut best: Vec<&Row> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.section == "variants" && r.model == LLAMA3_8B.name)
+    {
+        match best
+            .iter_mut()
+            .find(|b| b.variant == r.variant && b.threads == r.threads)
+        {
+            Some(b) if r.seconds < b.seconds => *b = r,
+            Some(_) => {}
+            None => best.push(r),
+        }
+    }
+    best.iter()
+        .map(|r| {
+            let none = best
+                .iter()
+                .find(|b| b.variant == "none" && b.threads == r.threads)
+                .map_or(f64::NAN, |b| b.seconds);
+            (*r, r.seconds / none)
+        })
+        .collect()
+}
+
+/// Whether `a` and `b` are the same measurement but for the variant.
+fn same_but_variant(a: &Job, b: &Job) -> bool {
+    a.section == b.section
+        && a.m.name == b.m.name
+        && (a.b, a.l, a.threads, a.q_len) == (b.b, b.l, b.threads, b.q_len)
+        && a.dtype == b.dtype
+        && a.tier == b.tier
+        && a.layout == b.layout
 }

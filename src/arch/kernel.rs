@@ -547,9 +547,13 @@ unsafe fn softmax_update<S: Simd>(
             if S::any_gt(mx, m_old) {
                 let m_new = S::reduce_max(mx);
                 // First block: m_old = -inf, alpha = 0 and the state is zero.
-                let alpha = (m_old - m_new).exp2();
+                // The vector exp2, not libm's: a call here would clobber
+                // every vector register of the block loop, and with ALiBi
+                // (scores rising towards the query) the max grows in
+                // almost every block.
+                let av = exp2::<S>(S::splat(m_old - m_new));
+                let alpha = S::reduce_max(av);
                 *l.add(i) *= alpha;
-                let av = S::splat(alpha);
                 S::store(ls, S::mul(S::load(ls), av));
                 let ar = acc.add(i * dvp);
                 for c in 0..vc {
