@@ -503,9 +503,18 @@ unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32, start: usi
     }
 }
 
-/// Folds the block's scores into each row's running max and sum, rescales
-/// the row's accumulator when the max grew, and replaces the scores in
-/// `sbuf` by the weights `p = 2^(s - m)` (0 for positions `>= nb`).
+/// How far (log2 units) a score may rise above a row's reference max `m`
+/// before the row is rescaled: weights `p = 2^(s - m)` stay below `2^8`,
+/// far from overflow, and rows whose max creeps up block after block (ALiBi
+/// scores rise towards the query) rescale a few times per call instead of
+/// every block. `m` is then a reference point, not always the exact max;
+/// `m + log2 l` (the lse) and the merges are the same either way.
+const RESCALE_SLACK: f32 = 8.0;
+
+/// Folds the block's scores into each row's running reference max and sum,
+/// rescales the row's accumulator when a score exceeds the reference by more
+/// than [`RESCALE_SLACK`], and replaces the scores in `sbuf` by the weights
+/// `p = 2^(s - m)` (0 for positions `>= nb`).
 ///
 /// The running sum of the call is kept lane-wise in `lsum` (`PAD` floats per
 /// row) and reduced once by [`fold_sums`]; the block max is reduced to a
@@ -544,7 +553,7 @@ unsafe fn softmax_update<S: Simd>(
                 s += lanes;
             }
             let m_old = *m.add(i);
-            if S::any_gt(mx, m_old) {
+            if S::any_gt(mx, m_old + RESCALE_SLACK) {
                 let m_new = S::reduce_max(mx);
                 // First block: m_old = -inf, alpha = 0 and the state is zero.
                 // The vector exp2, not libm's: a call here would clobber
