@@ -1,13 +1,16 @@
 //! Criterion benches of the decode step: one group per model shape, every
 //! tier this machine has, throughput in KV bytes read per step; then the
-//! serving surface (layouts, query tokens, threads). Bench IDs carry the
+//! serving surface (layouts, query tokens, threads); then KV append (one
+//! token into each of 32 layer caches, throughput in bytes written). Bench
+//! IDs carry the
 //! kernel instance name (e.g. `decode_f16_d128_r4__avx512`).
 //!
 //! `cargo bench --bench decode` (set `GQA_BENCH_L` to change the KV length).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gqa_kernels::{
-    f16, Batch, Dtype, KvCache, KvPages, KvTensor, Options, PagedKv, Plan, RingKv, Shape, Tier,
+    append, bf16, f16, Batch, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
+    KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
 
 struct Model {
@@ -168,5 +171,68 @@ fn serving(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decode, serving);
+/// One token (f16 source) appended to each of Llama-3-8B's 32 layer caches
+/// of 8192 + 1 positions, per target type, strided and paged (pages of 16).
+fn append_kv(c: &mut Criterion) {
+    const LAYERS: usize = 32;
+    let (g, d, l, page) = (8usize, 128usize, 8192usize, 16usize);
+    let row = g * d;
+    let src: Vec<f16> = (0..row).map(|i| f16::from_f32(i as f32 * 1e-3)).collect();
+    let offsets = [0usize, 1];
+    let new = NewKv {
+        k: KvData::F16(&src),
+        v: KvData::F16(&src),
+        offsets: &offsets,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+    };
+    let table: Vec<u32> = (0..(l + 1).div_ceil(page) as u32).rev().collect();
+    let mut group = c.benchmark_group(format!("append/Llama-3-8B/{LAYERS}-layers/L{l}"));
+    for dtype in Dtype::ALL {
+        group.throughput(criterion::Throughput::Bytes(
+            (LAYERS * 2 * row * dtype.size()) as u64,
+        ));
+        let n = table.len() * page * row;
+        // f32 storage, viewed as the target type (room for `n` of any).
+        let mut layers: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS)
+            .map(|_| (vec![0f32; n], vec![0f32; n]))
+            .collect();
+        fn view(x: &mut [f32], dtype: Dtype) -> KvDataMut<'_> {
+            match dtype {
+                Dtype::F32 => KvDataMut::F32(x),
+                Dtype::F16 => KvDataMut::F16(bytemuck::cast_slice_mut::<f32, f16>(x)),
+                Dtype::Bf16 => KvDataMut::Bf16(bytemuck::cast_slice_mut::<f32, bf16>(x)),
+            }
+        }
+        for paged in [false, true] {
+            let name = if paged { "paged16" } else { "strided" };
+            group.bench_function(BenchmarkId::new(name, dtype), |b| {
+                b.iter(|| {
+                    for (k, v) in layers.iter_mut() {
+                        let mut cache = if paged {
+                            KvCacheMut::Paged {
+                                k: KvPagesMut::gpd(view(k, dtype), page, g, d),
+                                v: KvPagesMut::gpd(view(v, dtype), page, g, d),
+                                page_size: page,
+                                block_table: &table,
+                                blocks_per_seq: table.len(),
+                            }
+                        } else {
+                            KvCacheMut::Strided {
+                                k: KvTensorMut::bgld(view(k, dtype), l + 1, g, d),
+                                v: KvTensorMut::bgld(view(v, dtype), l + 1, g, d),
+                                capacity: l + 1,
+                            }
+                        };
+                        append(&mut cache, &new, &[l]).expect("append");
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, serving, append_kv);
 criterion_main!(benches);

@@ -24,8 +24,8 @@
 use std::time::Instant;
 
 use gqa_kernels::{
-    probe, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
-    Shape, Tier,
+    append, probe, Batch, Bias, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvTensor,
+    KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
 use half::{bf16, f16};
 
@@ -113,6 +113,21 @@ impl Store {
                 &block.iter().map(|x| bf16::from_f32(*x)).collect::<Vec<_>>(),
                 n,
             )),
+        }
+    }
+    /// `n` zeros (allocated zeroed: the pages are mapped when written).
+    fn zeroed(dtype: Dtype, n: usize) -> Store {
+        match dtype {
+            Dtype::F32 => Store::F32(vec![0.0; n]),
+            Dtype::F16 => Store::F16(vec![f16::ZERO; n]),
+            Dtype::Bf16 => Store::Bf16(vec![bf16::ZERO; n]),
+        }
+    }
+    fn data_mut(&mut self) -> KvDataMut<'_> {
+        match self {
+            Store::F32(v) => KvDataMut::F32(v),
+            Store::F16(v) => KvDataMut::F16(v),
+            Store::Bf16(v) => KvDataMut::Bf16(v),
         }
     }
     fn data(&self) -> KvData<'_> {
@@ -882,6 +897,8 @@ fn main() {
         }
     }
 
+    append_report(tier, args.json, min_secs);
+
     let mut sweep: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.section == "g_sweep") {
         match sweep.iter_mut().find(|s| s.g == r.g) {
@@ -988,4 +1005,106 @@ fn same_but_variant(a: &Job, b: &Job) -> bool {
         && a.dtype == b.dtype
         && a.tier == b.tier
         && a.layout == b.layout
+}
+
+/// KV append against the decode step it belongs to: one new token (f16
+/// source) written into each of Llama-3-8B's 32 layer caches at L = 8192,
+/// for each target type, next to one decode step over all 32 layers (one
+/// layer's step measured, times 32) in the same run.
+fn append_report(tier: Tier, json: bool, min_secs: f64) {
+    const LAYERS: usize = 32;
+    let (m, l) = (LLAMA3_8B, 8192);
+    let row = m.g * m.d;
+    // One decode step of one layer.
+    let step = measure(
+        &[Job {
+            section: "append",
+            m,
+            b: 1,
+            l,
+            dtype: Dtype::F16,
+            tier,
+            threads: 1,
+            layout: Layout::Bgld,
+            q_len: 1,
+            variant: Variant::None,
+        }],
+        &Probes {
+            at: vec![(1, 1.0, 1.0)],
+        },
+        min_secs,
+    )[0]
+    .seconds;
+    let src: Vec<f16> = (0..row)
+        .map(|i| f16::from_f32((i % 17) as f32 * 0.01))
+        .collect();
+    let offsets = [0usize, 1];
+    let new = NewKv {
+        k: KvData::F16(&src),
+        v: KvData::F16(&src),
+        offsets: &offsets,
+        kv_heads: m.g,
+        head_dim_k: m.d,
+        head_dim_v: m.d,
+    };
+    if !json {
+        println!();
+        println!(
+            "## KV append: one token (f16 source) into each of {LAYERS} Llama-3-8B layer caches ([B, G, L, D], L = {l}) vs one decode step over the {LAYERS} layers (f16, 1 thread: {:.3} ms)",
+            step * LAYERS as f64 * 1e3
+        );
+        println!(
+            "{:<8} {:>12} {:>14} {:>12} {:>16}",
+            "target", "seconds", "tokens/s", "GB/s written", "append / step"
+        );
+    }
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        // 32 layer caches of room for L + 1 positions; the token goes to
+        // position L. Zeroed allocations are mapped lazily, so only the
+        // rows written are ever touched.
+        let n = (l + 1) * row;
+        let mut caches: Vec<(Store, Store)> = (0..LAYERS)
+            .map(|_| (Store::zeroed(dtype, n), Store::zeroed(dtype, n)))
+            .collect();
+        let mut best = f64::INFINITY;
+        let started = Instant::now();
+        for rep in 0.. {
+            let t = Instant::now();
+            for (k, v) in caches.iter_mut() {
+                let mut cache = KvCacheMut::Strided {
+                    k: KvTensorMut::bgld(k.data_mut(), l + 1, m.g, m.d),
+                    v: KvTensorMut::bgld(v.data_mut(), l + 1, m.g, m.d),
+                    capacity: l + 1,
+                };
+                append(&mut cache, &new, &[l]).expect("append");
+            }
+            let dt = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                best = best.min(dt);
+            }
+            if rep >= 100 && started.elapsed().as_secs_f64() >= min_secs {
+                break;
+            }
+        }
+        let tokens = 1.0 / best; // every layer's K and V for one token
+        let bytes = (LAYERS * 2 * row * dtype.size()) as f64;
+        let ratio = best / (step * LAYERS as f64);
+        if json {
+            println!(
+                "{{\"section\":\"append\",\"model\":\"{}\",\"layers\":{LAYERS},\"l\":{l},\"src_dtype\":\"f16\",\"kv_dtype\":\"{dtype}\",\"seconds\":{best:.6e},\"tokens_per_s\":{tokens:.1},\"bytes_per_s\":{:.4e},\"decode_step_seconds\":{:.6e},\"append_over_step\":{ratio:.5}}}",
+                m.name,
+                bytes / best,
+                step * LAYERS as f64
+            );
+        } else {
+            println!(
+                "{:<8} {:>12.3e} {:>14.0} {:>12.2} {:>16.5}",
+                dtype.name(),
+                best,
+                tokens,
+                bytes / best / 1e9,
+                ratio
+            );
+        }
+    }
 }

@@ -170,6 +170,19 @@ pub enum Error {
         /// What is missing.
         reason: &'static str,
     },
+    /// [`append`](crate::append) of `new_tokens` tokens at `position` would
+    /// pass sequence `seq`'s capacity (positions of a strided cache, block
+    /// table row of a paged one, slots of a ring).
+    AppendBeyondCapacity {
+        /// The sequence.
+        seq: usize,
+        /// Its first new position.
+        position: usize,
+        /// Its new tokens.
+        new_tokens: usize,
+        /// Its capacity.
+        capacity: usize,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -242,6 +255,15 @@ impl std::fmt::Display for Error {
             Error::Unsupported { arg, value, reason } => {
                 write!(f, "unsupported `{arg}` = {value}: {reason}")
             }
+            Error::AppendBeyondCapacity {
+                seq,
+                position,
+                new_tokens,
+                capacity,
+            } => write!(
+                f,
+                "appending {new_tokens} tokens at `positions[{seq}]` = {position} passes the sequence's capacity of {capacity}"
+            ),
         }
     }
 }

@@ -57,6 +57,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod append;
 mod arch;
 pub mod dispatch;
 mod error;
@@ -68,6 +69,7 @@ pub mod reference;
 mod run;
 mod types;
 
+pub use append::{append, KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
 pub use dispatch::{active_tier, kernel_instances, KernelInfo, Tier};
 pub use error::{Error, Result};
 pub use merge::merge_states;

@@ -1,0 +1,543 @@
+//! Writing new tokens' K and V into a cache, in place: [`append`].
+//!
+//! A decode step reads the cache; the runtime must also write it, one or a
+//! few tokens per sequence per step. [`append`] converts the new rows from
+//! f32, f16 or bf16 into the cache's element type and writes them where the
+//! cache's layout puts their positions (strided, paged or ring), touching
+//! nothing else: its time is proportional to the new tokens only, and it
+//! allocates nothing. Every destination is checked before the first write,
+//! so a rejected call leaves the cache untouched.
+//!
+//! The mutable views mirror the read-only ones ([`KvTensorMut`] for
+//! [`KvTensor`], [`KvPagesMut`] for [`KvPages`], [`KvCacheMut`] for
+//! [`KvCache`]) and lend them out for the step with [`KvCacheMut::as_cache`].
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::types::{Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
+
+/// A mutably borrowed buffer of cache elements of one dtype.
+#[derive(Debug)]
+pub enum KvDataMut<'a> {
+    /// f32 elements.
+    F32(&'a mut [f32]),
+    /// f16 elements.
+    F16(&'a mut [f16]),
+    /// bf16 elements.
+    Bf16(&'a mut [bf16]),
+}
+
+impl KvDataMut<'_> {
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            KvDataMut::F32(_) => Dtype::F32,
+            KvDataMut::F16(_) => Dtype::F16,
+            KvDataMut::Bf16(_) => Dtype::Bf16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            KvDataMut::F32(s) => s.len(),
+            KvDataMut::F16(s) => s.len(),
+            KvDataMut::Bf16(s) => s.len(),
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same buffer, read-only.
+    pub fn as_data(&self) -> KvData<'_> {
+        match self {
+            KvDataMut::F32(s) => KvData::F32(s),
+            KvDataMut::F16(s) => KvData::F16(s),
+            KvDataMut::Bf16(s) => KvData::Bf16(s),
+        }
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for KvDataMut<'a> {
+    fn from(s: &'a mut [f32]) -> Self {
+        KvDataMut::F32(s)
+    }
+}
+impl<'a> From<&'a mut [f16]> for KvDataMut<'a> {
+    fn from(s: &'a mut [f16]) -> Self {
+        KvDataMut::F16(s)
+    }
+}
+impl<'a> From<&'a mut [bf16]> for KvDataMut<'a> {
+    fn from(s: &'a mut [bf16]) -> Self {
+        KvDataMut::Bf16(s)
+    }
+}
+
+/// A writable strided view, with the strides of [`KvTensor`].
+#[derive(Debug)]
+pub struct KvTensorMut<'a> {
+    /// The elements.
+    pub data: KvDataMut<'a>,
+    /// Elements between sequence `b` and `b + 1`.
+    pub seq_stride: usize,
+    /// Elements between position (or ring slot) `j` and `j + 1`.
+    pub token_stride: usize,
+    /// Elements between KV head `g` and `g + 1`.
+    pub head_stride: usize,
+}
+
+impl<'a> KvTensorMut<'a> {
+    /// A `[B, max_len, G, D]` (token-major) cache.
+    pub fn blgd(
+        data: impl Into<KvDataMut<'a>>,
+        max_len: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let row = kv_heads.saturating_mul(head_dim);
+        KvTensorMut {
+            data: data.into(),
+            seq_stride: max_len.saturating_mul(row),
+            token_stride: row,
+            head_stride: head_dim,
+        }
+    }
+
+    /// A `[B, G, max_len, D]` (head-major) cache.
+    pub fn bgld(
+        data: impl Into<KvDataMut<'a>>,
+        max_len: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let head = max_len.saturating_mul(head_dim);
+        KvTensorMut {
+            data: data.into(),
+            seq_stride: kv_heads.saturating_mul(head),
+            token_stride: head_dim,
+            head_stride: head,
+        }
+    }
+
+    /// The same view, read-only.
+    pub fn as_tensor(&self) -> KvTensor<'_> {
+        KvTensor::new(
+            self.data.as_data(),
+            self.seq_stride,
+            self.token_stride,
+            self.head_stride,
+        )
+    }
+}
+
+/// A writable page pool, with the strides of [`KvPages`].
+#[derive(Debug)]
+pub struct KvPagesMut<'a> {
+    /// The pool's elements.
+    pub data: KvDataMut<'a>,
+    /// Elements between page `p` and `p + 1`.
+    pub page_stride: usize,
+    /// Elements between slot `s` and `s + 1` of a page.
+    pub token_stride: usize,
+    /// Elements between KV head `g` and `g + 1` of a page.
+    pub head_stride: usize,
+}
+
+impl<'a> KvPagesMut<'a> {
+    /// Pages laid out `[page_size, G, D]`.
+    pub fn pgd(
+        data: impl Into<KvDataMut<'a>>,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let row = kv_heads.saturating_mul(head_dim);
+        KvPagesMut {
+            data: data.into(),
+            page_stride: page_size.saturating_mul(row),
+            token_stride: row,
+            head_stride: head_dim,
+        }
+    }
+
+    /// Pages laid out `[G, page_size, D]`.
+    pub fn gpd(
+        data: impl Into<KvDataMut<'a>>,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let head = page_size.saturating_mul(head_dim);
+        KvPagesMut {
+            data: data.into(),
+            page_stride: kv_heads.saturating_mul(head),
+            token_stride: head_dim,
+            head_stride: head,
+        }
+    }
+
+    /// The same pool, read-only.
+    pub fn as_pages(&self) -> KvPages<'_> {
+        KvPages::new(
+            self.data.as_data(),
+            self.page_stride,
+            self.token_stride,
+            self.head_stride,
+        )
+    }
+}
+
+/// A writable cache: the layouts of [`KvCache`] over mutable buffers.
+#[derive(Debug)]
+pub enum KvCacheMut<'a> {
+    /// Strided storage of at most `capacity` positions per sequence.
+    Strided {
+        /// The K view.
+        k: KvTensorMut<'a>,
+        /// The V view.
+        v: KvTensorMut<'a>,
+        /// Positions each sequence has room for.
+        capacity: usize,
+    },
+    /// A paged cache: position `j` of sequence `b` is slot `j % page_size`
+    /// of page `block_table[b * blocks_per_seq + j / page_size]`.
+    Paged {
+        /// The K page pool.
+        k: KvPagesMut<'a>,
+        /// The V page pool.
+        v: KvPagesMut<'a>,
+        /// Positions per page.
+        page_size: usize,
+        /// `B` rows of `blocks_per_seq` page indices (the host allocates
+        /// the pages; `append` only writes into them).
+        block_table: &'a [u32],
+        /// Entries per row of the block table.
+        blocks_per_seq: usize,
+    },
+    /// A ring of `capacity` slots per sequence: absolute position `p` is
+    /// slot `p % capacity`, overwriting position `p - capacity`.
+    Ring {
+        /// K slots.
+        k: KvTensorMut<'a>,
+        /// V slots.
+        v: KvTensorMut<'a>,
+        /// Slots per sequence.
+        capacity: usize,
+    },
+}
+
+impl KvCacheMut<'_> {
+    /// The cache, read-only, for a decode step. A ring needs each
+    /// sequence's first attended absolute position (see [`RingKv`]).
+    pub fn as_cache<'s>(&'s self, ring_first_pos: &'s [usize]) -> KvCache<'s> {
+        match self {
+            KvCacheMut::Strided { k, v, .. } => KvCache::strided(k.as_tensor(), v.as_tensor()),
+            KvCacheMut::Paged {
+                k,
+                v,
+                page_size,
+                block_table,
+                blocks_per_seq,
+            } => KvCache::Paged(PagedKv {
+                k: k.as_pages(),
+                v: v.as_pages(),
+                page_size: *page_size,
+                block_table,
+                blocks_per_seq: *blocks_per_seq,
+            }),
+            KvCacheMut::Ring { k, v, capacity } => KvCache::Ring(RingKv {
+                k: k.as_tensor(),
+                v: v.as_tensor(),
+                capacity: *capacity,
+                first_pos: ring_first_pos,
+            }),
+        }
+    }
+}
+
+/// The new tokens' K and V rows: `[T, G, D]` (token-major, rows of `D`
+/// contiguous elements), the tokens of sequence `b` being
+/// `offsets[b]..offsets[b + 1]` (cu_seqlens style, `B + 1` entries from 0
+/// to `T`).
+#[derive(Clone, Copy, Debug)]
+pub struct NewKv<'a> {
+    /// New K rows, `T · G · Dk` elements of f32, f16 or bf16.
+    pub k: KvData<'a>,
+    /// New V rows, `T · G · Dv` elements.
+    pub v: KvData<'a>,
+    /// Token ranges per sequence, `B + 1` non-decreasing entries.
+    pub offsets: &'a [usize],
+    /// KV heads `G`.
+    pub kv_heads: usize,
+    /// K head dim `Dk`.
+    pub head_dim_k: usize,
+    /// V head dim `Dv`.
+    pub head_dim_v: usize,
+}
+
+/// Writes the new tokens of every sequence into `cache`: token `i` of
+/// sequence `b` goes to position `positions[b] + i` (for a strided or paged
+/// cache `positions[b]` is the sequence's length before the append; for a
+/// ring it is the absolute position of its first new token).
+///
+/// Values are converted to the cache's type with round-to-nearest-even (a
+/// value beyond the f16 range becomes ±inf, as IEEE conversion gives; NaN
+/// stays NaN); same-type rows are copied bit for bit. Rejected, before
+/// anything is written: mismatched lengths or dims, bad `offsets`, a
+/// sequence whose new positions pass its capacity (`capacity`, the block
+/// table row's `blocks_per_seq · page_size`, or, for a ring, more new tokens
+/// than slots), a block-table entry outside the pool, and any row that
+/// would fall outside its buffer.
+pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> Result<()> {
+    let b = positions.len();
+    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
+    for (arg, value) in [("kv_heads", g), ("head_dim_k", dk), ("head_dim_v", dv)] {
+        if value == 0 {
+            return Err(Error::InvalidDim {
+                arg,
+                value,
+                reason: "must be at least 1",
+            });
+        }
+    }
+    if let KvCacheMut::Paged { page_size: 0, .. } = cache {
+        return Err(Error::InvalidDim {
+            arg: "page_size",
+            value: 0,
+            reason: "must be at least 1",
+        });
+    }
+    check_offsets(new.offsets, b)?;
+    let t = new.offsets[b];
+    for (arg, data, d) in [("new.k", &new.k, dk), ("new.v", &new.v, dv)] {
+        let expected = t
+            .checked_mul(g)
+            .and_then(|x| x.checked_mul(d))
+            .ok_or(Error::Overflow { arg, seq: 0 })?;
+        if data.len() != expected {
+            return Err(Error::LengthMismatch {
+                arg,
+                expected,
+                actual: data.len(),
+            });
+        }
+    }
+    // Pass 1: every destination row is inside its buffer (and the new
+    // positions inside the sequence's capacity) before anything is written.
+    for (seq, &start) in positions.iter().enumerate() {
+        let n = new.offsets[seq + 1] - new.offsets[seq];
+        if n == 0 {
+            continue;
+        }
+        let capacity = match cache {
+            KvCacheMut::Strided { capacity, .. } => Some(*capacity),
+            KvCacheMut::Paged {
+                page_size,
+                blocks_per_seq,
+                ..
+            } => Some(page_size.saturating_mul(*blocks_per_seq)),
+            KvCacheMut::Ring { capacity, .. } => {
+                if n > *capacity {
+                    return Err(Error::AppendBeyondCapacity {
+                        seq,
+                        position: start,
+                        new_tokens: n,
+                        capacity: *capacity,
+                    });
+                }
+                None
+            }
+        };
+        let end = start.checked_add(n).ok_or(Error::Overflow {
+            arg: "positions",
+            seq,
+        })?;
+        if let Some(capacity) = capacity {
+            if end > capacity {
+                return Err(Error::AppendBeyondCapacity {
+                    seq,
+                    position: start,
+                    new_tokens: n,
+                    capacity,
+                });
+            }
+        }
+        for j in start..end {
+            row_offsets(cache, seq, j, g, dk, dv)?;
+        }
+    }
+    // Pass 2: convert and write.
+    for (seq, &start) in positions.iter().enumerate() {
+        for (i, tok) in (new.offsets[seq]..new.offsets[seq + 1]).enumerate() {
+            let j = start + i;
+            let (ko, vo, kh, vh) = row_offsets(cache, seq, j, g, dk, dv)?;
+            let (kd, vd) = match cache {
+                KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
+                    (&mut k.data, &mut v.data)
+                }
+                KvCacheMut::Paged { k, v, .. } => (&mut k.data, &mut v.data),
+            };
+            for h in 0..g {
+                write_row(kd, ko + h * kh, &new.k, (tok * g + h) * dk, dk);
+                write_row(vd, vo + h * vh, &new.v, (tok * g + h) * dv, dv);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `offsets` has `b + 1` non-decreasing entries starting at 0.
+fn check_offsets(offsets: &[usize], b: usize) -> Result<()> {
+    if offsets.len() != b + 1 {
+        return Err(Error::LengthMismatch {
+            arg: "new.offsets",
+            expected: b + 1,
+            actual: offsets.len(),
+        });
+    }
+    if offsets[0] != 0 {
+        return Err(Error::InvalidQOffsets {
+            index: 0,
+            value: offsets[0],
+            reason: "the first offset must be 0",
+        });
+    }
+    for i in 1..=b {
+        if offsets[i] < offsets[i - 1] {
+            return Err(Error::InvalidQOffsets {
+                index: i,
+                value: offsets[i],
+                reason: "offsets must not decrease",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Element offsets of head 0 of position `j` of sequence `seq` in the K and
+/// V buffers, and their head strides, checked (with checked arithmetic) so
+/// that all `g` heads' rows lie inside the buffers.
+fn row_offsets(
+    cache: &KvCacheMut<'_>,
+    seq: usize,
+    j: usize,
+    g: usize,
+    dk: usize,
+    dv: usize,
+) -> Result<(usize, usize, usize, usize)> {
+    let overflow = |arg| Error::Overflow { arg, seq };
+    // Offset of head 0's row and the head stride, for one pool or view.
+    let place = |arg: &'static str, base: Option<usize>, head: usize, d: usize, len: usize| {
+        let base = base.ok_or(overflow(arg))?;
+        let needed = (g - 1)
+            .checked_mul(head)
+            .and_then(|x| x.checked_add(base))
+            .and_then(|x| x.checked_add(d))
+            .ok_or(overflow(arg))?;
+        if needed > len {
+            return Err(Error::OutOfBounds {
+                arg,
+                seq,
+                needed,
+                len,
+            });
+        }
+        Ok((base, head))
+    };
+    let strided = |t: &KvTensorMut<'_>, slot: usize| {
+        seq.checked_mul(t.seq_stride)
+            .and_then(|x| slot.checked_mul(t.token_stride)?.checked_add(x))
+    };
+    let (k, v) = match cache {
+        KvCacheMut::Strided { k, v, .. } => (
+            place("k", strided(k, j), k.head_stride, dk, k.data.len())?,
+            place("v", strided(v, j), v.head_stride, dv, v.data.len())?,
+        ),
+        KvCacheMut::Ring { k, v, capacity } => {
+            let slot = j % capacity;
+            (
+                place("k", strided(k, slot), k.head_stride, dk, k.data.len())?,
+                place("v", strided(v, slot), v.head_stride, dv, v.data.len())?,
+            )
+        }
+        KvCacheMut::Paged {
+            k,
+            v,
+            page_size,
+            block_table,
+            blocks_per_seq,
+        } => {
+            let block = j / page_size;
+            let entry = seq
+                .checked_mul(*blocks_per_seq)
+                .and_then(|x| x.checked_add(block))
+                .ok_or(overflow("block_table"))?;
+            let page = *block_table.get(entry).ok_or(Error::BlockTableTooShort {
+                seq,
+                needed: entry + 1,
+                available: block_table.len(),
+            })?;
+            let slot = j % page_size;
+            let at = |p: &KvPagesMut<'_>, arg: &'static str, d: usize| {
+                // A zero page stride aliases every page onto the first.
+                let pages = p
+                    .data
+                    .len()
+                    .checked_div(p.page_stride)
+                    .unwrap_or(usize::MAX);
+                if page as usize >= pages {
+                    return Err(Error::PageOutOfRange {
+                        arg,
+                        seq,
+                        block,
+                        page,
+                        pages,
+                    });
+                }
+                let base = (page as usize)
+                    .checked_mul(p.page_stride)
+                    .and_then(|x| slot.checked_mul(p.token_stride)?.checked_add(x));
+                place(arg, base, p.head_stride, d, p.data.len())
+            };
+            (at(k, "k", dk)?, at(v, "v", dv)?)
+        }
+    };
+    Ok((k.0, v.0, k.1, v.1))
+}
+
+/// Converts `d` source elements from `src[so..]` into `dst[o..]`.
+fn write_row(dst: &mut KvDataMut<'_>, o: usize, src: &KvData<'_>, so: usize, d: usize) {
+    match (dst, src) {
+        (KvDataMut::F32(x), KvData::F32(s)) => x[o..o + d].copy_from_slice(&s[so..so + d]),
+        (KvDataMut::F16(x), KvData::F16(s)) => x[o..o + d].copy_from_slice(&s[so..so + d]),
+        (KvDataMut::Bf16(x), KvData::Bf16(s)) => x[o..o + d].copy_from_slice(&s[so..so + d]),
+        (KvDataMut::F16(x), KvData::F32(s)) => x[o..o + d].convert_from_f32_slice(&s[so..so + d]),
+        (KvDataMut::Bf16(x), KvData::F32(s)) => x[o..o + d].convert_from_f32_slice(&s[so..so + d]),
+        (KvDataMut::F32(x), KvData::F16(s)) => s[so..so + d].convert_to_f32_slice(&mut x[o..o + d]),
+        (KvDataMut::F32(x), KvData::Bf16(s)) => {
+            s[so..so + d].convert_to_f32_slice(&mut x[o..o + d])
+        }
+        // Between the two 16-bit types: through f32 (exact), a stack chunk
+        // at a time, with the vectorised slice conversions.
+        (KvDataMut::F16(x), KvData::Bf16(s)) => {
+            let mut tmp = [0f32; 64];
+            for (y, v) in x[o..o + d].chunks_mut(64).zip(s[so..so + d].chunks(64)) {
+                v.convert_to_f32_slice(&mut tmp[..v.len()]);
+                y.convert_from_f32_slice(&tmp[..v.len()]);
+            }
+        }
+        (KvDataMut::Bf16(x), KvData::F16(s)) => {
+            let mut tmp = [0f32; 64];
+            for (y, v) in x[o..o + d].chunks_mut(64).zip(s[so..so + d].chunks(64)) {
+                v.convert_to_f32_slice(&mut tmp[..v.len()]);
+                y.convert_from_f32_slice(&tmp[..v.len()]);
+            }
+        }
+    }
+}

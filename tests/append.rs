@@ -1,0 +1,594 @@
+//! `append`: new K/V rows land exactly where each layout's definition puts
+//! their positions, converted exactly as `half` converts, and nowhere else;
+//! bad input is rejected before anything is written.
+
+use gqa_kernels::{
+    append, bf16, f16, reference, Batch, Dtype, Error, KvCacheMut, KvData, KvDataMut, KvPagesMut,
+    KvTensor, KvTensorMut, NewKv, Options, Plan, Shape,
+};
+use proptest::prelude::*;
+
+/// A small xorshift generator: the cases are drawn from proptest's seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn value(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+    }
+}
+
+/// An owned buffer of one dtype, filled with NaN (the "never written" mark).
+#[derive(Clone, Debug, PartialEq)]
+enum Buf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Buf {
+    fn nan(dtype: Dtype, n: usize) -> Buf {
+        match dtype {
+            Dtype::F32 => Buf::F32(vec![f32::NAN; n]),
+            Dtype::F16 => Buf::F16(vec![f16::NAN; n]),
+            Dtype::Bf16 => Buf::Bf16(vec![bf16::NAN; n]),
+        }
+    }
+    fn from_f32(dtype: Dtype, x: &[f32]) -> Buf {
+        match dtype {
+            Dtype::F32 => Buf::F32(x.to_vec()),
+            Dtype::F16 => Buf::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+            Dtype::Bf16 => Buf::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+    fn data(&self) -> KvData<'_> {
+        match self {
+            Buf::F32(v) => KvData::F32(v),
+            Buf::F16(v) => KvData::F16(v),
+            Buf::Bf16(v) => KvData::Bf16(v),
+        }
+    }
+    fn data_mut(&mut self) -> KvDataMut<'_> {
+        match self {
+            Buf::F32(v) => KvDataMut::F32(v),
+            Buf::F16(v) => KvDataMut::F16(v),
+            Buf::Bf16(v) => KvDataMut::Bf16(v),
+        }
+    }
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Buf::F32(v) => v[i],
+            Buf::F16(v) => v[i].to_f32(),
+            Buf::Bf16(v) => v[i].to_f32(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+}
+
+/// What `append` must store for source value `x` (already of the source
+/// type, given as f32): IEEE round-to-nearest-even into the target type.
+fn convert(x: f32, to: Dtype) -> f32 {
+    match to {
+        Dtype::F32 => x,
+        Dtype::F16 => f16::from_f32(x).to_f32(),
+        Dtype::Bf16 => bf16::from_f32(x).to_f32(),
+    }
+}
+
+const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    Bgld,
+    Blgd,
+    /// Paged, `[page, G, D]` pages when `token_major`, else `[G, page, D]`.
+    Paged {
+        page: usize,
+        token_major: bool,
+    },
+    Ring {
+        capacity: usize,
+    },
+}
+
+/// The layouts' definitions, written out here independently of the
+/// library: element 0 of the row of (sequence, position, head).
+#[allow(clippy::too_many_arguments)]
+fn index(
+    layout: Layout,
+    table: &[u32],
+    bps: usize,
+    cap: usize,
+    g_count: usize,
+    d: usize,
+    b: usize,
+    j: usize,
+    g: usize,
+) -> usize {
+    match layout {
+        Layout::Bgld => ((b * g_count + g) * cap + j) * d,
+        Layout::Blgd => ((b * cap + j) * g_count + g) * d,
+        Layout::Paged { page, token_major } => {
+            let p = table[b * bps + j / page] as usize;
+            let s = j % page;
+            if token_major {
+                ((p * page + s) * g_count + g) * d
+            } else {
+                ((p * g_count + g) * page + s) * d
+            }
+        }
+        Layout::Ring { capacity } => ((b * g_count + g) * capacity + j % capacity) * d,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn target<'a>(
+    layout: Layout,
+    k: &'a mut Buf,
+    v: &'a mut Buf,
+    table: &'a [u32],
+    bps: usize,
+    cap: usize,
+    g: usize,
+    dk: usize,
+    dv: usize,
+) -> KvCacheMut<'a> {
+    match layout {
+        Layout::Bgld => KvCacheMut::Strided {
+            k: KvTensorMut::bgld(k.data_mut(), cap, g, dk),
+            v: KvTensorMut::bgld(v.data_mut(), cap, g, dv),
+            capacity: cap,
+        },
+        Layout::Blgd => KvCacheMut::Strided {
+            k: KvTensorMut::blgd(k.data_mut(), cap, g, dk),
+            v: KvTensorMut::blgd(v.data_mut(), cap, g, dv),
+            capacity: cap,
+        },
+        Layout::Paged { page, token_major } => {
+            let pool = |data, d| {
+                if token_major {
+                    KvPagesMut::pgd(data, page, g, d)
+                } else {
+                    KvPagesMut::gpd(data, page, g, d)
+                }
+            };
+            KvCacheMut::Paged {
+                k: pool(k.data_mut(), dk),
+                v: pool(v.data_mut(), dv),
+                page_size: page,
+                block_table: table,
+                blocks_per_seq: bps,
+            }
+        }
+        Layout::Ring { capacity } => KvCacheMut::Ring {
+            k: KvTensorMut::bgld(k.data_mut(), capacity, g, dk),
+            v: KvTensorMut::bgld(v.data_mut(), capacity, g, dv),
+            capacity,
+        },
+    }
+}
+
+/// Appends random ragged chunks until every sequence reaches its length,
+/// then checks every resident row bit for bit and that nothing else was
+/// written.
+fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
+    let mut rng = Rng(seed | 1);
+    let b = 1 + rng.below(3);
+    let g = 1 + rng.below(3);
+    let dk = 1 + rng.below(9);
+    let dv = 1 + rng.below(9);
+    let cap = 12;
+    let lens: Vec<usize> = (0..b)
+        .map(|_| match layout {
+            Layout::Ring { .. } => rng.below(30),
+            _ => rng.below(cap + 1),
+        })
+        .collect();
+    // Block tables: a shuffled pool with a spare page nobody owns.
+    let (bps, pages) = match layout {
+        Layout::Paged { page, .. } => (cap.div_ceil(page), b * cap.div_ceil(page) + 1),
+        _ => (0, 0),
+    };
+    let mut table: Vec<u32> = (0..pages as u32).collect();
+    for i in (1..table.len()).rev() {
+        let j = rng.below(i + 1);
+        table.swap(i, j);
+    }
+    let (k_len, v_len) = match layout {
+        Layout::Paged { page, .. } => (pages * page * g * dk, pages * page * g * dv),
+        Layout::Ring { capacity } => (b * capacity * g * dk, b * capacity * g * dv),
+        _ => (b * cap * g * dk, b * cap * g * dv),
+    };
+    let mut kc = Buf::nan(dst, k_len);
+    let mut vc = Buf::nan(dst, v_len);
+    // Source values per (b, position, g, d), as the source type holds them.
+    let mut truth_k = vec![vec![0f32; 30 * g * dk]; b];
+    let mut truth_v = vec![vec![0f32; 30 * g * dv]; b];
+    let mut done = vec![0usize; b];
+    while done != lens {
+        let counts: Vec<usize> = (0..b)
+            .map(|s| rng.below(4).min(lens[s] - done[s]))
+            .collect();
+        let mut offsets = vec![0usize];
+        for c in &counts {
+            offsets.push(offsets.last().unwrap() + c);
+        }
+        let t = *offsets.last().unwrap();
+        let mut nk = vec![0f32; t * g * dk];
+        let mut nv = vec![0f32; t * g * dv];
+        for x in nk.iter_mut().chain(nv.iter_mut()) {
+            *x = convert(rng.value(), src);
+        }
+        for s in 0..b {
+            for i in 0..counts[s] {
+                let tok = offsets[s] + i;
+                let pos = done[s] + i;
+                truth_k[s][pos * g * dk..(pos + 1) * g * dk]
+                    .copy_from_slice(&nk[tok * g * dk..(tok + 1) * g * dk]);
+                truth_v[s][pos * g * dv..(pos + 1) * g * dv]
+                    .copy_from_slice(&nv[tok * g * dv..(tok + 1) * g * dv]);
+            }
+        }
+        let (sk, sv) = (Buf::from_f32(src, &nk), Buf::from_f32(src, &nv));
+        let new = NewKv {
+            k: sk.data(),
+            v: sv.data(),
+            offsets: &offsets,
+            kv_heads: g,
+            head_dim_k: dk,
+            head_dim_v: dv,
+        };
+        let mut cache = target(layout, &mut kc, &mut vc, &table, bps, cap, g, dk, dv);
+        append(&mut cache, &new, &done).unwrap();
+        for s in 0..b {
+            done[s] += counts[s];
+        }
+    }
+    // Every resident row holds the converted source; count the rest.
+    let mut written_k = 0;
+    let mut written_v = 0;
+    for s in 0..b {
+        let first = match layout {
+            Layout::Ring { capacity } => lens[s].saturating_sub(capacity),
+            _ => 0,
+        };
+        for j in first..lens[s] {
+            for h in 0..g {
+                for (buf, truth, d, count) in [
+                    (&kc, &truth_k[s], dk, &mut written_k),
+                    (&vc, &truth_v[s], dv, &mut written_v),
+                ] {
+                    let at = index(layout, &table, bps, cap, g, d, s, j, h);
+                    for e in 0..d {
+                        let want = convert(truth[(j * g + h) * d + e], dst);
+                        let got = buf.get(at + e);
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{layout:?} {src}->{dst} seq {s} pos {j} head {h} elem {e}"
+                        );
+                    }
+                    *count += d;
+                }
+            }
+        }
+    }
+    let non_nan = |buf: &Buf| (0..buf.len()).filter(|&i| !buf.get(i).is_nan()).count();
+    assert_eq!(non_nan(&kc), written_k, "{layout:?}: stray K writes");
+    assert_eq!(non_nan(&vc), written_v, "{layout:?}: stray V writes");
+}
+
+const LAYOUTS: [Layout; 7] = [
+    Layout::Bgld,
+    Layout::Blgd,
+    Layout::Paged {
+        page: 1,
+        token_major: true,
+    },
+    Layout::Paged {
+        page: 3,
+        token_major: false,
+    },
+    Layout::Paged {
+        page: 5,
+        token_major: true,
+    },
+    Layout::Ring { capacity: 7 },
+    Layout::Ring { capacity: 12 },
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn appended_rows_land_where_the_layout_says(seed in any::<u64>()) {
+        for layout in LAYOUTS {
+            for src in DTYPES {
+                for dst in DTYPES {
+                    roundtrip(seed, layout, src, dst);
+                }
+            }
+        }
+    }
+}
+
+/// The runtime's loop: append each step's token into a paged f16 cache and
+/// decode; the output matches the reference over a dense cache of the same
+/// values.
+#[test]
+fn append_then_decode_matches_a_dense_cache() {
+    let (b, h, g, d, page, steps) = (2usize, 8, 2, 64, 16usize, 40usize);
+    let bps = steps.div_ceil(page);
+    let pages = b * bps;
+    let mut table: Vec<u32> = (0..pages as u32).rev().collect();
+    table.swap(0, 3);
+    let mut kc = Buf::nan(Dtype::F16, pages * page * g * d);
+    let mut vc = Buf::nan(Dtype::F16, pages * page * g * d);
+    let mut dense_k = vec![0f32; b * g * steps * d];
+    let mut dense_v = vec![0f32; b * g * steps * d];
+    let mut rng = Rng(7);
+    let shape = Shape::new(b, h, g, d, Dtype::F16);
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let mut ws = plan.alloc_workspace();
+    for step in 0..steps {
+        let nk: Vec<f32> = (0..b * g * d).map(|_| rng.value()).collect();
+        let nv: Vec<f32> = (0..b * g * d).map(|_| rng.value()).collect();
+        for s in 0..b {
+            for kh in 0..g {
+                let at = ((s * g + kh) * steps + step) * d;
+                let from = (s * g + kh) * d;
+                dense_k[at..at + d].copy_from_slice(&nk[from..from + d]);
+                dense_v[at..at + d].copy_from_slice(&nv[from..from + d]);
+            }
+        }
+        let offsets: Vec<usize> = (0..=b).collect();
+        let positions = vec![step; b];
+        let mut cache = KvCacheMut::Paged {
+            k: KvPagesMut::gpd(kc.data_mut(), page, g, d),
+            v: KvPagesMut::gpd(vc.data_mut(), page, g, d),
+            page_size: page,
+            block_table: &table,
+            blocks_per_seq: bps,
+        };
+        let new = NewKv {
+            k: KvData::F32(&nk),
+            v: KvData::F32(&nv),
+            offsets: &offsets,
+            kv_heads: g,
+            head_dim_k: d,
+            head_dim_v: d,
+        };
+        append(&mut cache, &new, &positions).unwrap();
+        let lens = vec![step + 1; b];
+        let q: Vec<f32> = (0..b * h * d).map(|_| rng.value()).collect();
+        let mut out = vec![0f32; b * h * d];
+        let batch = Batch::new(&q, cache.as_cache(&[]), &lens);
+        plan.run(&batch, &mut out, None, &mut ws).unwrap();
+        // The dense cache holds the same values rounded to f16.
+        let dk16: Vec<f16> = dense_k.iter().map(|&x| f16::from_f32(x)).collect();
+        let dv16: Vec<f16> = dense_v.iter().map(|&x| f16::from_f32(x)).collect();
+        let want = reference::decode(
+            &shape,
+            None,
+            &q,
+            &KvTensor::bgld(&dk16[..], steps, g, d),
+            &KvTensor::bgld(&dv16[..], steps, g, d),
+            &lens,
+        )
+        .unwrap();
+        let (tol, _) = reference::tolerance(Dtype::F16, Dtype::F16);
+        for (i, (&got, &w)) in out.iter().zip(&want.out).enumerate() {
+            assert!(
+                tol.accepts(f64::from(got), w, 2.0),
+                "step {step} elem {i}: {got} vs {w}"
+            );
+        }
+    }
+}
+
+/// A small strided target and a one-token source for the error tests.
+fn setup() -> (Vec<f16>, Vec<f16>, Vec<f32>) {
+    (
+        vec![f16::NAN; 2 * 4 * 2 * 8],
+        vec![f16::NAN; 2 * 4 * 2 * 8],
+        vec![1.0f32; 2 * 2 * 8],
+    )
+}
+
+#[test]
+fn bad_input_is_rejected_before_any_write() {
+    let (mut k, mut v, src) = setup();
+    // NaN marks never-written slots; compare bits (NaN != NaN).
+    let bits = |x: &[f16]| x.iter().map(|e| e.to_bits()).collect::<Vec<u16>>();
+    let before = (bits(&k), bits(&v));
+    let offsets = [0usize, 1, 2];
+    let new = NewKv {
+        k: KvData::F32(&src),
+        v: KvData::F32(&src),
+        offsets: &offsets,
+        kv_heads: 2,
+        head_dim_k: 8,
+        head_dim_v: 8,
+    };
+    fn strided<'a>(
+        k: &'a mut [f16],
+        v: &'a mut [f16],
+        capacity: usize,
+    ) -> impl FnMut(&NewKv<'_>, &[usize]) -> Result<(), Error> + 'a {
+        let mut c = KvCacheMut::Strided {
+            k: KvTensorMut::bgld(k, 4, 2, 8),
+            v: KvTensorMut::bgld(v, 4, 2, 8),
+            capacity,
+        };
+        move |new: &NewKv<'_>, pos: &[usize]| append(&mut c, new, pos)
+    }
+    // Sequence 1 would write position 4 of 4.
+    let err = strided(&mut k, &mut v, 4)(&new, &[0, 4]).unwrap_err();
+    assert_eq!(
+        err,
+        Error::AppendBeyondCapacity {
+            seq: 1,
+            position: 4,
+            new_tokens: 1,
+            capacity: 4
+        }
+    );
+    // A capacity the buffer does not have: rows outside it.
+    let err = strided(&mut k, &mut v, 9)(&new, &[0, 5]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutOfBounds {
+                arg: "k",
+                seq: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Sources of the wrong length, offsets that do not start at 0 or that
+    // decrease, a zero head dim.
+    let short = NewKv {
+        k: KvData::F32(&src[1..]),
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut k, &mut v, 4)(&short, &[0, 0]).unwrap_err(),
+        Error::LengthMismatch { arg: "new.k", .. }
+    ));
+    let bad = [1usize, 1, 2];
+    let shifted = NewKv {
+        offsets: &bad,
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut k, &mut v, 4)(&shifted, &[0, 0]).unwrap_err(),
+        Error::InvalidQOffsets { index: 0, .. }
+    ));
+    let down = [0usize, 2, 1];
+    let decreasing = NewKv {
+        offsets: &down,
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut k, &mut v, 4)(&decreasing, &[0, 0]).unwrap_err(),
+        Error::InvalidQOffsets { index: 2, .. }
+    ));
+    let zero = NewKv {
+        head_dim_v: 0,
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut k, &mut v, 4)(&zero, &[0, 0]).unwrap_err(),
+        Error::InvalidDim {
+            arg: "head_dim_v",
+            ..
+        }
+    ));
+    // Offsets for a different number of sequences than positions.
+    assert!(matches!(
+        strided(&mut k, &mut v, 4)(&new, &[0]).unwrap_err(),
+        Error::LengthMismatch {
+            arg: "new.offsets",
+            ..
+        }
+    ));
+    assert_eq!((bits(&k), bits(&v)), before, "a rejected append wrote");
+
+    // Paged: a page outside the pool, a short block table, page size 0.
+    let table = [0u32, 9];
+    let paged = |k: &mut Vec<f16>, v: &mut Vec<f16>, table: &[u32], page: usize| {
+        let (kp, vp): (&mut [f16], &mut [f16]) = (k, v);
+        let mut c = KvCacheMut::Paged {
+            k: KvPagesMut::gpd(kp, 4, 2, 8),
+            v: KvPagesMut::gpd(vp, 4, 2, 8),
+            page_size: page,
+            block_table: table,
+            blocks_per_seq: 1,
+        };
+        append(&mut c, &new, &[0, 0])
+    };
+    assert!(matches!(
+        paged(&mut k, &mut v, &table, 4).unwrap_err(),
+        Error::PageOutOfRange {
+            arg: "k",
+            seq: 1,
+            page: 9,
+            pages: 2,
+            ..
+        }
+    ));
+    assert!(matches!(
+        paged(&mut k, &mut v, &table[..1], 4).unwrap_err(),
+        Error::BlockTableTooShort { seq: 1, .. }
+    ));
+    assert!(matches!(
+        paged(&mut k, &mut v, &table, 0).unwrap_err(),
+        Error::InvalidDim {
+            arg: "page_size",
+            ..
+        }
+    ));
+    // Ring: more new tokens than slots.
+    let two = [0usize, 0, 2];
+    let src2 = vec![1.0f32; 2 * 2 * 8];
+    let ring_new = NewKv {
+        k: KvData::F32(&src2),
+        v: KvData::F32(&src2),
+        offsets: &two,
+        ..new
+    };
+    let mut c = KvCacheMut::Ring {
+        k: KvTensorMut::bgld(&mut k[..], 1, 2, 8),
+        v: KvTensorMut::bgld(&mut v[..], 1, 2, 8),
+        capacity: 1,
+    };
+    assert_eq!(
+        append(&mut c, &ring_new, &[0, 100]).unwrap_err(),
+        Error::AppendBeyondCapacity {
+            seq: 1,
+            position: 100,
+            new_tokens: 2,
+            capacity: 1
+        }
+    );
+    assert_eq!((bits(&k), bits(&v)), before, "a rejected append wrote");
+}
+
+/// Values beyond f16's range become ±inf and NaN stays NaN (IEEE
+/// conversion), as documented.
+#[test]
+fn out_of_range_values_convert_as_ieee() {
+    let mut k = [f16::ZERO; 4];
+    let mut v = [f16::ZERO; 4];
+    let src = [1e6f32, -1e6, f32::NAN, 65504.0];
+    let offsets = [0usize, 1];
+    let mut c = KvCacheMut::Strided {
+        k: KvTensorMut::bgld(&mut k[..], 1, 1, 4),
+        v: KvTensorMut::bgld(&mut v[..], 1, 1, 4),
+        capacity: 1,
+    };
+    let new = NewKv {
+        k: KvData::F32(&src),
+        v: KvData::F32(&src),
+        offsets: &offsets,
+        kv_heads: 1,
+        head_dim_k: 4,
+        head_dim_v: 4,
+    };
+    append(&mut c, &new, &[0]).unwrap();
+    assert_eq!(k[0], f16::INFINITY);
+    assert_eq!(k[1], f16::NEG_INFINITY);
+    assert!(k[2].is_nan());
+    assert_eq!(k[3], f16::MAX);
+}
