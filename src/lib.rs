@@ -65,6 +65,7 @@ mod layout;
 mod merge;
 mod plan;
 pub mod probe;
+pub mod quant;
 pub mod reference;
 mod run;
 mod types;

@@ -1,0 +1,197 @@
+//! Quantized KV formats and their literal scalar encoders and decoders.
+//!
+//! A decode step is bound by the bytes of K and V it reads, so a smaller
+//! cache is a faster step. These are the formats the quantized caches use,
+//! each with a stated round-trip error and a decided behaviour for values
+//! that do not fit:
+//!
+//! | format | storage | scale | round-trip error per element |
+//! |---|---|---|---|
+//! | `int8` | `i8` per element | one f32 per (token, KV head) row, `absmax / 127` | `<= scale / 2` |
+//! | `q8_0` | [`BlockQ8_0`]: 32 `i8` + one f16 scale (llama.cpp / GGUF layout, 34 bytes) | `absmax / 127` per 32 elements, stored as f16 | `<= d / 2 + absmax · 2^-10` (`d` the stored f16 scale; the f16 rounding of `d` adds the second term) |
+//! | `fp8e4m3` | OCP E4M3FN byte (no infinities, max 448) | one f32 per KV head (divides before encoding) | `<= 2^-4 · |x|` for `|x| / scale >= 2^-6`, else `<= 2^-10 · scale` |
+//! | `fp8e5m2` | OCP E5M2 byte (max finite 57344) | one f32 per KV head | `<= 2^-3 · |x|` for `|x| / scale >= 2^-14`, else `<= 2^-17 · scale` |
+//!
+//! Values that do not fit: NaN or ±Inf in the input is rejected with
+//! [`Error::NonFinite`] by every encoder (a NaN would poison the scale of its
+//! whole row, or the softmax of every query that reads it). Finite values
+//! beyond an fp8 format's range saturate to its largest finite value, with
+//! their sign; int8 and q8_0 cannot overflow (their scale comes from the
+//! row's or block's own maximum). Rounding is to nearest, ties to even,
+//! everywhere.
+//!
+//! The fp8 conversions are the `float8` crate's (saturating, round to
+//! nearest even); the decoders here are the reference's literal
+//! dequantization.
+
+use bytemuck::{Pod, Zeroable};
+use float8::{F8E4M3, F8E5M2};
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// Elements per [`BlockQ8_0`].
+pub const QK8_0: usize = 32;
+
+/// A `q8_0` block, bit-compatible with llama.cpp's `block_q8_0` (GGUF type
+/// 8): the f16 scale `d`, then 32 signed values; element `i` is
+/// `d · qs[i]`. 34 bytes, 2-byte aligned, no padding, so a host can point
+/// at a GGUF-style buffer directly ([`bytemuck::cast_slice`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    /// The block's scale.
+    pub d: f16,
+    /// The quantized values.
+    pub qs: [i8; QK8_0],
+}
+
+/// The two OCP 8-bit float formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8 {
+    /// E4M3FN: 4 exponent bits, 3 mantissa bits, no infinities, max 448.
+    E4M3,
+    /// E5M2: 5 exponent bits, 2 mantissa bits, max finite 57344.
+    E5M2,
+}
+
+impl Fp8 {
+    /// The largest finite value.
+    pub fn max(self) -> f32 {
+        match self {
+            Fp8::E4M3 => 448.0,
+            Fp8::E5M2 => 57344.0,
+        }
+    }
+
+    /// Encodes one value (already divided by its scale): round to nearest
+    /// even, finite values beyond the range saturate.
+    pub fn encode(self, x: f32) -> u8 {
+        match self {
+            Fp8::E4M3 => F8E4M3::from_f32(x).to_bits(),
+            Fp8::E5M2 => F8E5M2::from_f32(x).to_bits(),
+        }
+    }
+
+    /// Decodes one byte (exact).
+    pub fn decode(self, b: u8) -> f32 {
+        match self {
+            Fp8::E4M3 => F8E4M3::from_bits(b).to_f32(),
+            Fp8::E5M2 => F8E5M2::from_bits(b).to_f32(),
+        }
+    }
+}
+
+/// The first non-finite element of `src`, as an error.
+fn check_finite(src: &[f32]) -> Result<()> {
+    match src.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            arg: "src",
+            index,
+            value: src[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_len(arg: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected != actual {
+        return Err(Error::LengthMismatch {
+            arg,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Symmetric int8 quantization of one row: returns the row's scale
+/// `absmax / 127` (0 for an all-zero row) and writes
+/// `round(x / scale)` (in `-127..=127`) to `dst`.
+pub fn quantize_int8_row(src: &[f32], dst: &mut [i8]) -> Result<f32> {
+    check_len("dst", src.len(), dst.len())?;
+    check_finite(src)?;
+    let absmax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = absmax / 127.0;
+    if scale == 0.0 {
+        dst.fill(0);
+        return Ok(0.0);
+    }
+    let inv = 1.0 / scale;
+    for (q, &x) in dst.iter_mut().zip(src) {
+        *q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    Ok(scale)
+}
+
+/// `dst[i] = scale · src[i]`.
+pub fn dequantize_int8_row(src: &[i8], scale: f32, dst: &mut [f32]) -> Result<()> {
+    check_len("dst", src.len(), dst.len())?;
+    for (y, &q) in dst.iter_mut().zip(src) {
+        *y = scale * f32::from(q);
+    }
+    Ok(())
+}
+
+/// Quantizes `src` (a multiple of 32 elements, e.g. one head's row) into
+/// `src.len() / 32` q8_0 blocks. The scale of a block is its
+/// `absmax / 127` rounded to f16, and the values are rounded against the
+/// stored (rounded) scale, so decoding reproduces them as closely as the
+/// format allows.
+pub fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) -> Result<()> {
+    if !src.len().is_multiple_of(QK8_0) {
+        return Err(Error::InvalidDim {
+            arg: "head_dim",
+            value: src.len(),
+            reason: "q8_0 stores blocks of 32 elements: the head dim must be a multiple of 32",
+        });
+    }
+    check_len("dst", src.len() / QK8_0, dst.len())?;
+    check_finite(src)?;
+    for (block, xs) in dst.iter_mut().zip(src.chunks_exact(QK8_0)) {
+        let absmax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = f16::from_f32(absmax / 127.0);
+        block.d = d;
+        let d = d.to_f32();
+        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+        for (q, &x) in block.qs.iter_mut().zip(xs) {
+            *q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes q8_0 blocks: element `i` of block `b` is `d_b · qs_b[i]`.
+pub fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) -> Result<()> {
+    check_len("dst", src.len() * QK8_0, dst.len())?;
+    for (block, ys) in src.iter().zip(dst.chunks_exact_mut(QK8_0)) {
+        let d = block.d.to_f32();
+        for (y, &q) in ys.iter_mut().zip(&block.qs) {
+            *y = d * f32::from(q);
+        }
+    }
+    Ok(())
+}
+
+/// Encodes `src / scale` as fp8 bytes (`scale`: finite and positive, one
+/// per KV head, or per tensor).
+pub fn quantize_fp8(src: &[f32], scale: f32, format: Fp8, dst: &mut [u8]) -> Result<()> {
+    check_len("dst", src.len(), dst.len())?;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::InvalidScale { value: scale });
+    }
+    check_finite(src)?;
+    for (b, &x) in dst.iter_mut().zip(src) {
+        *b = format.encode(x / scale);
+    }
+    Ok(())
+}
+
+/// `dst[i] = scale · decode(src[i])`.
+pub fn dequantize_fp8(src: &[u8], scale: f32, format: Fp8, dst: &mut [f32]) -> Result<()> {
+    check_len("dst", src.len(), dst.len())?;
+    for (y, &b) in dst.iter_mut().zip(src) {
+        *y = scale * format.decode(b);
+    }
+    Ok(())
+}
