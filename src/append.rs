@@ -16,7 +16,10 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::types::{Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
+use crate::types::{
+    head_major_strides, token_major_strides, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv,
+    RingKv,
+};
 
 /// A mutably borrowed buffer of cache elements of one dtype.
 #[derive(Debug)]
@@ -100,12 +103,13 @@ impl<'a> KvTensorMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let row = kv_heads.saturating_mul(head_dim);
+        let [seq_stride, token_stride, head_stride] =
+            token_major_strides(max_len, kv_heads, head_dim);
         KvTensorMut {
             data: data.into(),
-            seq_stride: max_len.saturating_mul(row),
-            token_stride: row,
-            head_stride: head_dim,
+            seq_stride,
+            token_stride,
+            head_stride,
         }
     }
 
@@ -116,12 +120,13 @@ impl<'a> KvTensorMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let head = max_len.saturating_mul(head_dim);
+        let [seq_stride, token_stride, head_stride] =
+            head_major_strides(max_len, kv_heads, head_dim);
         KvTensorMut {
             data: data.into(),
-            seq_stride: kv_heads.saturating_mul(head),
-            token_stride: head_dim,
-            head_stride: head,
+            seq_stride,
+            token_stride,
+            head_stride,
         }
     }
 
@@ -157,12 +162,13 @@ impl<'a> KvPagesMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let row = kv_heads.saturating_mul(head_dim);
+        let [page_stride, token_stride, head_stride] =
+            token_major_strides(page_size, kv_heads, head_dim);
         KvPagesMut {
             data: data.into(),
-            page_stride: page_size.saturating_mul(row),
-            token_stride: row,
-            head_stride: head_dim,
+            page_stride,
+            token_stride,
+            head_stride,
         }
     }
 
@@ -173,12 +179,13 @@ impl<'a> KvPagesMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let head = page_size.saturating_mul(head_dim);
+        let [page_stride, token_stride, head_stride] =
+            head_major_strides(page_size, kv_heads, head_dim);
         KvPagesMut {
             data: data.into(),
-            page_stride: kv_heads.saturating_mul(head),
-            token_stride: head_dim,
-            head_stride: head,
+            page_stride,
+            token_stride,
+            head_stride,
         }
     }
 

@@ -111,6 +111,20 @@ impl<'a> From<&'a [bf16]> for KvData<'a> {
     }
 }
 
+/// `(outer, token, head)` strides of `[outer, len, G, D]` storage (token
+/// major: `[B, L, G, D]` caches, `[page, G, D]` pages).
+pub(crate) fn token_major_strides(len: usize, kv_heads: usize, head_dim: usize) -> [usize; 3] {
+    let row = kv_heads.saturating_mul(head_dim);
+    [len.saturating_mul(row), row, head_dim]
+}
+
+/// `(outer, token, head)` strides of `[outer, G, len, D]` storage (head
+/// major: `[B, G, L, D]` caches, `[G, page, D]` pages).
+pub(crate) fn head_major_strides(len: usize, kv_heads: usize, head_dim: usize) -> [usize; 3] {
+    let head = len.saturating_mul(head_dim);
+    [kv_heads.saturating_mul(head), head_dim, head]
+}
+
 /// A strided view of a K or V cache for a whole batch.
 ///
 /// Element `d` of position `j` of KV head `g` of sequence `b` is
@@ -156,8 +170,8 @@ impl<'a> KvTensor<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let row = kv_heads.saturating_mul(head_dim);
-        Self::new(data, max_len.saturating_mul(row), row, head_dim)
+        let [outer, token, head] = token_major_strides(max_len, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// A `[B, G, max_len, D]` (head-major) cache.
@@ -167,8 +181,8 @@ impl<'a> KvTensor<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let head = max_len.saturating_mul(head_dim);
-        Self::new(data, kv_heads.saturating_mul(head), head_dim, head)
+        let [outer, token, head] = head_major_strides(max_len, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// The element type.
@@ -220,8 +234,8 @@ impl<'a> KvPages<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let row = kv_heads.saturating_mul(head_dim);
-        Self::new(data, page_size.saturating_mul(row), row, head_dim)
+        let [outer, token, head] = token_major_strides(page_size, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// Pages laid out `[G, page_size, D]` (head-major).
@@ -231,8 +245,8 @@ impl<'a> KvPages<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let head = page_size.saturating_mul(head_dim);
-        Self::new(data, kv_heads.saturating_mul(head), head_dim, head)
+        let [outer, token, head] = head_major_strides(page_size, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 }
 
