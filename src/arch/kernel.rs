@@ -33,7 +33,7 @@
 // take the kernel's raw pointers and sizes explicitly, hence the arity.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, BLOCK, MAX_ROW_TILE, PAD, SKEW};
+use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, SimdOp, BLOCK, MAX_ROW_TILE, PAD, SKEW};
 
 /// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
 /// accumulators are available: as many as fit, up to 16. Every column tile is one pass over the block's V rows;
@@ -147,7 +147,7 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     // stall on store-to-load forwarding (a 512-bit load is not forwarded
     // from two 256-bit halves on some cores).
     let direct = rows <= S::ROW_TILE;
-    // The score transforms run out of line (`Simd::transform_scores`): the
+    // The score transforms run out of line (`Simd::out_of_line`): the
     // plain loop keeps the code and register allocation it has without
     // them, and a transformed call pays one call per block.
     let transformed = a.softcap > 0.0 || !a.alibi_slope.is_null() || !a.bias.is_null();
@@ -172,7 +172,13 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
             if direct {
                 scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
                 if transformed {
-                    S::transform_scores(a, rows, nb, sbuf, start);
+                    S::out_of_line(Transform {
+                        a,
+                        rows,
+                        nb,
+                        sbuf,
+                        start,
+                    });
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
@@ -185,7 +191,13 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 };
                 scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
                 if transformed {
-                    S::transform_scores(a, rows, nb, sbuf, start);
+                    S::out_of_line(Transform {
+                        a,
+                        rows,
+                        nb,
+                        sbuf,
+                        start,
+                    });
                 }
                 softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
                 let vs = ScratchRows {
@@ -452,28 +464,42 @@ unsafe fn alibi<S: Simd>(
 }
 
 /// The score transforms of a block, in the contract's order: softcap,
-/// then ALiBi, then the additive bias. Each tier compiles it once, out of
-/// line, as its `Simd::transform_scores`.
-#[inline(always)]
-pub(crate) unsafe fn transform<S: Simd>(
-    a: &ChunkArgs,
+/// then ALiBi, then the additive bias; run out of line through
+/// [`Simd::out_of_line`].
+///
+/// Precondition of `run`: `sbuf` holds `rows` rows of BLOCK floats,
+/// `start + nb <= a.n`, and `a`'s ALiBi / bias pointers are valid as
+/// `ChunkArgs` states.
+struct Transform<'a> {
+    a: &'a ChunkArgs,
     rows: usize,
     nb: usize,
     sbuf: *mut f32,
     start: usize,
-) {
-    // SAFETY: forwarded from the kernel: `sbuf` holds `rows` rows of BLOCK
-    // floats, `start + nb <= n`, and the ALiBi / bias pointers are valid as
-    // `ChunkArgs` states.
-    unsafe {
-        if a.softcap > 0.0 {
-            softcap::<S>(rows, nb, sbuf, a.softcap);
-        }
-        if !a.alibi_slope.is_null() {
-            alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
-        }
-        if !a.bias.is_null() {
-            add_bias::<S>(a, nb, sbuf, start);
+}
+
+impl SimdOp for Transform<'_> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Transform {
+            a,
+            rows,
+            nb,
+            sbuf,
+            start,
+        } = self;
+        // SAFETY: the struct's precondition, forwarded from the kernel.
+        unsafe {
+            if a.softcap > 0.0 {
+                softcap::<S>(rows, nb, sbuf, a.softcap);
+            }
+            if !a.alibi_slope.is_null() {
+                alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
+            }
+            if !a.bias.is_null() {
+                add_bias::<S>(a, nb, sbuf, start);
+            }
         }
     }
 }

@@ -178,20 +178,18 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn load_f16(p: *const u16, valid: usize) -> Self::V;
     /// As [`Simd::load_f32`] for bfloat16 bits, widened exactly to f32.
     unsafe fn load_bf16(p: *const u16, valid: usize) -> Self::V;
-    /// Applies the chunk's score transforms (softcap, ALiBi, bias) to a
-    /// block of `nb` scores of `rows` rows in `sbuf` (row stride `BLOCK`),
-    /// the block starting at position `start` of the call: the tier's
-    /// out-of-line copy of `kernel::transform`, kept out of the block loop.
+    /// Runs `op` on this tier through the tier module's `with`: a separate
+    /// function that is never inlined, so rare work called from a kernel's
+    /// block loop (the score transforms) stays out of the loop's code.
     ///
     /// # Safety
-    /// The CPU supports the tier; the kernel's preconditions hold for the
-    /// block.
-    unsafe fn transform_scores(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize);
+    /// The CPU supports the tier; `op`'s own preconditions hold.
+    unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out;
 }
 
 /// An operation written once over [`Simd`], run on a tier through the tier
-/// module's `with` (its `#[target_feature]` boundary), like pulp's
-/// `WithSimd`.
+/// module's `with` (its `#[target_feature]` boundary, never inlined), like
+/// pulp's `WithSimd`.
 pub(crate) trait SimdOp {
     type Out;
     /// # Safety

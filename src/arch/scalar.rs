@@ -129,15 +129,9 @@ impl Simd for Scalar {
         }
     }
     #[inline(always)]
-    unsafe fn transform_scores(
-        a: &ChunkArgs,
-        rows: usize,
-        nb: usize,
-        sbuf: *mut f32,
-        start: usize,
-    ) {
-        // SAFETY: forwarded preconditions (tier available, kernel's block).
-        unsafe { transform(a, rows, nb, sbuf, start) }
+    unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
+        // SAFETY: forwarded preconditions (tier available, `op`'s own).
+        unsafe { with(op) }
     }
 }
 
@@ -154,18 +148,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 ///
 /// # Safety
 /// None beyond the caller's own (the scalar tier needs no CPU feature).
+#[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
     // SAFETY: the tier's features are enabled on this function.
     unsafe { op.run::<Scalar>() }
-}
-
-/// The score transforms of one block, compiled once for this tier and kept
-/// out of the kernels' block loops.
-///
-/// # Safety
-/// The CPU supports this tier; the kernel's preconditions hold.
-#[inline(never)]
-unsafe fn transform(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize) {
-    // SAFETY: features enabled on this function; forwarded preconditions.
-    unsafe { kernel::transform::<Scalar>(a, rows, nb, sbuf, start) }
 }

@@ -162,15 +162,9 @@ impl Simd for Neon {
         unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(load_u16x4(p, valid))) }
     }
     #[inline(always)]
-    unsafe fn transform_scores(
-        a: &ChunkArgs,
-        rows: usize,
-        nb: usize,
-        sbuf: *mut f32,
-        start: usize,
-    ) {
-        // SAFETY: forwarded preconditions (tier available, kernel's block).
-        unsafe { transform(a, rows, nb, sbuf, start) }
+    unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
+        // SAFETY: forwarded preconditions (tier available, `op`'s own).
+        unsafe { with(op) }
     }
 }
 
@@ -189,19 +183,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 /// # Safety
 /// The CPU supports [`FEATURES`].
 #[target_feature(enable = "neon")]
+#[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
     // SAFETY: the tier's features are enabled on this function.
     unsafe { op.run::<Neon>() }
-}
-
-/// The score transforms of one block, compiled once for this tier and kept
-/// out of the kernels' block loops.
-///
-/// # Safety
-/// The CPU supports this tier; the kernel's preconditions hold.
-#[inline(never)]
-#[target_feature(enable = "neon")]
-unsafe fn transform(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize) {
-    // SAFETY: features enabled on this function; forwarded preconditions.
-    unsafe { kernel::transform::<Neon>(a, rows, nb, sbuf, start) }
 }

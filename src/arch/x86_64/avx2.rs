@@ -207,15 +207,9 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
-    unsafe fn transform_scores(
-        a: &ChunkArgs,
-        rows: usize,
-        nb: usize,
-        sbuf: *mut f32,
-        start: usize,
-    ) {
-        // SAFETY: forwarded preconditions (tier available, kernel's block).
-        unsafe { transform(a, rows, nb, sbuf, start) }
+    unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
+        // SAFETY: forwarded preconditions (tier available, `op`'s own).
+        unsafe { with(op) }
     }
 }
 
@@ -234,19 +228,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 /// # Safety
 /// The CPU supports [`FEATURES`].
 #[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
     // SAFETY: the tier's features are enabled on this function.
     unsafe { op.run::<Avx2>() }
-}
-
-/// The score transforms of one block, compiled once for this tier and kept
-/// out of the kernels' block loops.
-///
-/// # Safety
-/// The CPU supports this tier; the kernel's preconditions hold.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transform(a: &ChunkArgs, rows: usize, nb: usize, sbuf: *mut f32, start: usize) {
-    // SAFETY: features enabled on this function; forwarded preconditions.
-    unsafe { kernel::transform::<Avx2>(a, rows, nb, sbuf, start) }
 }
