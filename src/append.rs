@@ -96,6 +96,21 @@ pub struct KvTensorMut<'a> {
 }
 
 impl<'a> KvTensorMut<'a> {
+    /// A view with explicit strides (in elements).
+    pub fn new(
+        data: impl Into<KvDataMut<'a>>,
+        seq_stride: usize,
+        token_stride: usize,
+        head_stride: usize,
+    ) -> Self {
+        KvTensorMut {
+            data: data.into(),
+            seq_stride,
+            token_stride,
+            head_stride,
+        }
+    }
+
     /// A `[B, max_len, G, D]` (token-major) cache.
     pub fn blgd(
         data: impl Into<KvDataMut<'a>>,
@@ -103,14 +118,8 @@ impl<'a> KvTensorMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let [seq_stride, token_stride, head_stride] =
-            token_major_strides(max_len, kv_heads, head_dim);
-        KvTensorMut {
-            data: data.into(),
-            seq_stride,
-            token_stride,
-            head_stride,
-        }
+        let [outer, token, head] = token_major_strides(max_len, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// A `[B, G, max_len, D]` (head-major) cache.
@@ -120,14 +129,8 @@ impl<'a> KvTensorMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let [seq_stride, token_stride, head_stride] =
-            head_major_strides(max_len, kv_heads, head_dim);
-        KvTensorMut {
-            data: data.into(),
-            seq_stride,
-            token_stride,
-            head_stride,
-        }
+        let [outer, token, head] = head_major_strides(max_len, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// The same view, read-only.
@@ -155,6 +158,21 @@ pub struct KvPagesMut<'a> {
 }
 
 impl<'a> KvPagesMut<'a> {
+    /// A pool with explicit strides (in elements).
+    pub fn new(
+        data: impl Into<KvDataMut<'a>>,
+        page_stride: usize,
+        token_stride: usize,
+        head_stride: usize,
+    ) -> Self {
+        KvPagesMut {
+            data: data.into(),
+            page_stride,
+            token_stride,
+            head_stride,
+        }
+    }
+
     /// Pages laid out `[page_size, G, D]`.
     pub fn pgd(
         data: impl Into<KvDataMut<'a>>,
@@ -162,14 +180,8 @@ impl<'a> KvPagesMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let [page_stride, token_stride, head_stride] =
-            token_major_strides(page_size, kv_heads, head_dim);
-        KvPagesMut {
-            data: data.into(),
-            page_stride,
-            token_stride,
-            head_stride,
-        }
+        let [outer, token, head] = token_major_strides(page_size, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// Pages laid out `[G, page_size, D]`.
@@ -179,14 +191,8 @@ impl<'a> KvPagesMut<'a> {
         kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let [page_stride, token_stride, head_stride] =
-            head_major_strides(page_size, kv_heads, head_dim);
-        KvPagesMut {
-            data: data.into(),
-            page_stride,
-            token_stride,
-            head_stride,
-        }
+        let [outer, token, head] = head_major_strides(page_size, kv_heads, head_dim);
+        Self::new(data, outer, token, head)
     }
 
     /// The same pool, read-only.
