@@ -10,7 +10,7 @@ use std::path::Path;
 
 const SPEC: &str = "kernels/decode.kernels";
 const TIERS: [&str; 4] = ["avx512", "avx2", "neon", "scalar"];
-const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+const DTYPES: [&str; 7] = ["f32", "f16", "bf16", "int8", "q8_0", "fp8e4m3", "fp8e5m2"];
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Instance {
@@ -87,6 +87,14 @@ fn parse(text: &str) -> Vec<Instance> {
                     for &dk in &dks {
                         for &dv in dvs.as_deref().unwrap_or(&[dk]) {
                             for &r in &rows {
+                                for (t, d) in [(k, dk), (v, dv)] {
+                                    if t == "q8_0" && d % 32 != 0 {
+                                        fail(
+                                            line,
+                                            format!("q8_0 head dim {d} is not a multiple of 32"),
+                                        );
+                                    }
+                                }
                                 let inst = Instance {
                                     tier,
                                     k,
@@ -136,7 +144,11 @@ fn rust_dtype(d: &str) -> (&'static str, &'static str) {
     match d {
         "f32" => ("f32", "Dtype::F32"),
         "f16" => ("half::f16", "Dtype::F16"),
-        _ => ("half::bf16", "Dtype::Bf16"),
+        "bf16" => ("half::bf16", "Dtype::Bf16"),
+        "int8" => ("i8", "Dtype::Int8"),
+        "q8_0" => ("crate::quant::BlockQ8_0", "Dtype::Q8_0"),
+        "fp8e4m3" => ("crate::arch::E4M3", "Dtype::Fp8E4M3"),
+        _ => ("crate::arch::E5M2", "Dtype::Fp8E5M2"),
     }
 }
 

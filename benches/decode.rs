@@ -8,6 +8,7 @@
 //! `cargo bench --bench decode` (set `GQA_BENCH_L` to change the KV length).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gqa_kernels::quant::{BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
     append, bf16, f16, Batch, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
     KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
@@ -191,19 +192,14 @@ fn append_kv(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("append/Llama-3-8B/{LAYERS}-layers/L{l}"));
     for dtype in Dtype::ALL {
         group.throughput(criterion::Throughput::Bytes(
-            (LAYERS * 2 * row * dtype.size()) as u64,
+            (LAYERS * 2 * g * dtype.row_bytes(d)) as u64,
         ));
         let n = table.len() * page * row;
-        // f32 storage, viewed as the target type (room for `n` of any).
-        let mut layers: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS)
-            .map(|_| (vec![0f32; n], vec![0f32; n]))
+        let mut layers: Vec<(Owned, Owned)> = (0..LAYERS)
+            .map(|_| (Owned::new(dtype, n, d, g), Owned::new(dtype, n, d, g)))
             .collect();
-        fn view(x: &mut [f32], dtype: Dtype) -> KvDataMut<'_> {
-            match dtype {
-                Dtype::F32 => KvDataMut::F32(x),
-                Dtype::F16 => KvDataMut::F16(bytemuck::cast_slice_mut::<f32, f16>(x)),
-                Dtype::Bf16 => KvDataMut::Bf16(bytemuck::cast_slice_mut::<f32, bf16>(x)),
-            }
+        fn view(x: &mut Owned, _: Dtype) -> KvDataMut<'_> {
+            x.view()
         }
         for paged in [false, true] {
             let name = if paged { "paged16" } else { "strided" };
@@ -232,6 +228,40 @@ fn append_kv(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Owned cache storage of any type, zero-filled (fp8: unit scales).
+enum Owned {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    Int8(Vec<i8>, Vec<f32>),
+    Q8_0(Vec<BlockQ8_0>),
+    Fp8(Fp8, Vec<u8>, Vec<f32>),
+}
+
+impl Owned {
+    fn new(dtype: Dtype, n: usize, d: usize, g: usize) -> Owned {
+        match dtype {
+            Dtype::F32 => Owned::F32(vec![0.0; n]),
+            Dtype::F16 => Owned::F16(vec![f16::ZERO; n]),
+            Dtype::Bf16 => Owned::Bf16(vec![bf16::ZERO; n]),
+            Dtype::Int8 => Owned::Int8(vec![0; n], vec![0.0; n / d]),
+            Dtype::Q8_0 => Owned::Q8_0(vec![BlockQ8_0::default(); n / QK8_0]),
+            Dtype::Fp8E4M3 => Owned::Fp8(Fp8::E4M3, vec![0; n], vec![0.01; g]),
+            Dtype::Fp8E5M2 => Owned::Fp8(Fp8::E5M2, vec![0; n], vec![0.01; g]),
+        }
+    }
+    fn view(&mut self) -> KvDataMut<'_> {
+        match self {
+            Owned::F32(x) => KvDataMut::F32(x),
+            Owned::F16(x) => KvDataMut::F16(x),
+            Owned::Bf16(x) => KvDataMut::Bf16(x),
+            Owned::Int8(x, s) => KvDataMut::int8(x, s),
+            Owned::Q8_0(b) => KvDataMut::Q8_0(b),
+            Owned::Fp8(f, x, s) => KvDataMut::fp8(*f, x, s),
+        }
+    }
 }
 
 criterion_group!(benches, decode, serving, append_kv);

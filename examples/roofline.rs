@@ -23,6 +23,7 @@
 
 use std::time::Instant;
 
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
     append, probe, Batch, Bias, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvTensor,
     KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
@@ -85,14 +86,20 @@ enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
+    /// Values and one scale per row of `head_dim`.
+    Int8(Vec<i8>, Vec<f32>),
+    Q8_0(Vec<BlockQ8_0>),
+    /// Values and one per-tensor scale.
+    Fp8(Fp8, Vec<u8>, Vec<f32>),
 }
 
 impl Store {
-    /// `n` elements uniform in [-1, 1): a random 64 Ki block repeated (the
-    /// values do not change the speed; generating 1 GB of them would).
-    fn new(dtype: Dtype, n: usize, seed: u64) -> Store {
+    /// `n` elements uniform in [-1, 1) (rows of `d`): a random block of
+    /// 512 rows repeated (the values do not change the speed; generating
+    /// 1 GB of them would), quantized by the crate's encoders.
+    fn new(dtype: Dtype, n: usize, d: usize, seed: u64) -> Store {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let block: Vec<f32> = (0..65536)
+        let block: Vec<f32> = (0..512 * d)
             .map(|_| {
                 s ^= s << 13;
                 s ^= s >> 7;
@@ -113,14 +120,44 @@ impl Store {
                 &block.iter().map(|x| bf16::from_f32(*x)).collect::<Vec<_>>(),
                 n,
             )),
+            Dtype::Int8 => {
+                let mut q = vec![0i8; block.len()];
+                let scales: Vec<f32> = block
+                    .chunks_exact(d)
+                    .zip(q.chunks_exact_mut(d))
+                    .map(|(x, y)| quant::quantize_int8_row(x, y).expect("finite"))
+                    .collect();
+                Store::Int8(repeat(&q, n), repeat(&scales, n.div_ceil(d)))
+            }
+            Dtype::Q8_0 => {
+                let mut b = vec![BlockQ8_0::default(); block.len() / QK8_0];
+                quant::quantize_q8_0(&block, &mut b).expect("d is a multiple of 32");
+                Store::Q8_0(repeat(&b, n / QK8_0))
+            }
+            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
+                let f = if dtype == Dtype::Fp8E4M3 {
+                    Fp8::E4M3
+                } else {
+                    Fp8::E5M2
+                };
+                let scale = 4.0 / f.max();
+                let mut q = vec![0u8; block.len()];
+                quant::quantize_fp8(&block, scale, f, &mut q).expect("finite");
+                Store::Fp8(f, repeat(&q, n), vec![scale])
+            }
         }
     }
-    /// `n` zeros (allocated zeroed: the pages are mapped when written).
-    fn zeroed(dtype: Dtype, n: usize) -> Store {
+    /// `n` zeros (allocated zeroed: the pages are mapped when written);
+    /// rows of `d`.
+    fn zeroed(dtype: Dtype, n: usize, d: usize) -> Store {
         match dtype {
             Dtype::F32 => Store::F32(vec![0.0; n]),
             Dtype::F16 => Store::F16(vec![f16::ZERO; n]),
             Dtype::Bf16 => Store::Bf16(vec![bf16::ZERO; n]),
+            Dtype::Int8 => Store::Int8(vec![0; n], vec![0.0; n.div_ceil(d)]),
+            Dtype::Q8_0 => Store::Q8_0(vec![BlockQ8_0::default(); n / QK8_0]),
+            Dtype::Fp8E4M3 => Store::Fp8(Fp8::E4M3, vec![0; n], vec![4.0 / 448.0]),
+            Dtype::Fp8E5M2 => Store::Fp8(Fp8::E5M2, vec![0; n], vec![4.0 / 57344.0]),
         }
     }
     fn data_mut(&mut self) -> KvDataMut<'_> {
@@ -128,6 +165,9 @@ impl Store {
             Store::F32(v) => KvDataMut::F32(v),
             Store::F16(v) => KvDataMut::F16(v),
             Store::Bf16(v) => KvDataMut::Bf16(v),
+            Store::Int8(v, s) => KvDataMut::int8(v, s),
+            Store::Q8_0(b) => KvDataMut::Q8_0(b),
+            Store::Fp8(f, v, s) => KvDataMut::fp8(*f, v, s),
         }
     }
     fn data(&self) -> KvData<'_> {
@@ -135,6 +175,9 @@ impl Store {
             Store::F32(v) => KvData::F32(v),
             Store::F16(v) => KvData::F16(v),
             Store::Bf16(v) => KvData::Bf16(v),
+            Store::Int8(v, s) => KvData::int8(v, s),
+            Store::Q8_0(b) => KvData::Q8_0(b),
+            Store::Fp8(f, v, s) => KvData::fp8(*f, v, s),
         }
     }
 }
@@ -322,8 +365,8 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     } else {
         b * m.g * l * m.d
     };
-    let k = Store::new(dtype, n, 1);
-    let v = Store::new(dtype, n, 2);
+    let k = Store::new(dtype, n, m.d, 1);
+    let v = Store::new(dtype, n, m.d, 2);
     // A shuffled block table: consecutive blocks of a sequence are not
     // neighbours in the pool.
     let mut table: Vec<u32> = (0..pages as u32).collect();
@@ -1058,13 +1101,13 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             "target", "seconds", "tokens/s", "GB/s written", "append / step"
         );
     }
-    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+    for dtype in Dtype::ALL {
         // 32 layer caches of room for L + 1 positions; the token goes to
         // position L. Zeroed allocations are mapped lazily, so only the
         // rows written are ever touched.
         let n = (l + 1) * row;
         let mut caches: Vec<(Store, Store)> = (0..LAYERS)
-            .map(|_| (Store::zeroed(dtype, n), Store::zeroed(dtype, n)))
+            .map(|_| (Store::zeroed(dtype, n, m.d), Store::zeroed(dtype, n, m.d)))
             .collect();
         let mut best = f64::INFINITY;
         let started = Instant::now();
@@ -1087,7 +1130,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             }
         }
         let tokens = 1.0 / best; // every layer's K and V for one token
-        let bytes = (LAYERS * 2 * row * dtype.size()) as f64;
+        let bytes = (LAYERS * 2 * m.g * dtype.row_bytes(m.d)) as f64;
         let ratio = best / (step * LAYERS as f64);
         if json {
             println!(

@@ -16,12 +16,17 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
+use crate::layout::check_quant;
+use crate::plan::MAX_HEAD_DIM;
+use crate::quant::{quantize_fp8, quantize_int8_row, quantize_q8_0, BlockQ8_0, Fp8, QK8_0};
 use crate::types::{
     head_major_strides, token_major_strides, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv,
     RingKv,
 };
 
-/// A mutably borrowed buffer of cache elements of one dtype.
+/// A mutably borrowed buffer of cache elements of one dtype, with the
+/// layout rules of [`KvData`] (offsets in values; int8 scales per row,
+/// q8_0 blocks of 32, fp8 scales per KV head).
 #[derive(Debug)]
 pub enum KvDataMut<'a> {
     /// f32 elements.
@@ -30,25 +35,54 @@ pub enum KvDataMut<'a> {
     F16(&'a mut [f16]),
     /// bf16 elements.
     Bf16(&'a mut [bf16]),
+    /// int8 values and their per-row scales, both written by [`append`].
+    Int8 {
+        /// The values.
+        values: &'a mut [i8],
+        /// One scale per row of `head_dim` values.
+        scales: &'a mut [f32],
+    },
+    /// q8_0 blocks (values and block scales written by [`append`]).
+    Q8_0(&'a mut [BlockQ8_0]),
+    /// fp8 E4M3FN bytes; the per-head scales are the host's (calibrated
+    /// beforehand) and only read.
+    Fp8E4M3 {
+        /// The encoded values.
+        values: &'a mut [u8],
+        /// One scale per KV head, or one for the tensor.
+        scales: &'a [f32],
+    },
+    /// fp8 E5M2 bytes, as `Fp8E4M3`.
+    Fp8E5M2 {
+        /// The encoded values.
+        values: &'a mut [u8],
+        /// One scale per KV head, or one for the tensor.
+        scales: &'a [f32],
+    },
 }
 
-impl KvDataMut<'_> {
-    /// The element type.
-    pub fn dtype(&self) -> Dtype {
-        match self {
-            KvDataMut::F32(_) => Dtype::F32,
-            KvDataMut::F16(_) => Dtype::F16,
-            KvDataMut::Bf16(_) => Dtype::Bf16,
+impl<'a> KvDataMut<'a> {
+    /// int8 values and their per-row scales.
+    pub fn int8(values: &'a mut [i8], scales: &'a mut [f32]) -> Self {
+        KvDataMut::Int8 { values, scales }
+    }
+
+    /// fp8 values of `format` and their per-head (or per-tensor) scales.
+    pub fn fp8(format: Fp8, values: &'a mut [u8], scales: &'a [f32]) -> Self {
+        match format {
+            Fp8::E4M3 => KvDataMut::Fp8E4M3 { values, scales },
+            Fp8::E5M2 => KvDataMut::Fp8E5M2 { values, scales },
         }
     }
 
-    /// Number of elements.
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        self.as_data().dtype()
+    }
+
+    /// Number of values.
     pub fn len(&self) -> usize {
-        match self {
-            KvDataMut::F32(s) => s.len(),
-            KvDataMut::F16(s) => s.len(),
-            KvDataMut::Bf16(s) => s.len(),
-        }
+        self.as_data().len()
     }
 
     /// Whether the buffer is empty.
@@ -62,6 +96,10 @@ impl KvDataMut<'_> {
             KvDataMut::F32(s) => KvData::F32(s),
             KvDataMut::F16(s) => KvData::F16(s),
             KvDataMut::Bf16(s) => KvData::Bf16(s),
+            KvDataMut::Int8 { values, scales } => KvData::Int8 { values, scales },
+            KvDataMut::Q8_0(b) => KvData::Q8_0(b),
+            KvDataMut::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 { values, scales },
+            KvDataMut::Fp8E5M2 { values, scales } => KvData::Fp8E5M2 { values, scales },
         }
     }
 }
@@ -79,6 +117,11 @@ impl<'a> From<&'a mut [f16]> for KvDataMut<'a> {
 impl<'a> From<&'a mut [bf16]> for KvDataMut<'a> {
     fn from(s: &'a mut [bf16]) -> Self {
         KvDataMut::Bf16(s)
+    }
+}
+impl<'a> From<&'a mut [BlockQ8_0]> for KvDataMut<'a> {
+    fn from(s: &'a mut [BlockQ8_0]) -> Self {
+        KvDataMut::Q8_0(s)
     }
 }
 
@@ -301,8 +344,16 @@ pub struct NewKv<'a> {
 ///
 /// Values are converted to the cache's type with round-to-nearest-even (a
 /// value beyond the f16 range becomes ±inf, as IEEE conversion gives; NaN
-/// stays NaN); same-type rows are copied bit for bit. Rejected, before
-/// anything is written: mismatched lengths or dims, bad `offsets`, a
+/// stays NaN); same-type rows are copied bit for bit. Into a quantized
+/// cache the rows are quantized on write with the encoders of
+/// [`crate::quant`]: int8 computes each (token, KV head) row's scale and
+/// writes it next to the row, q8_0 each block's, fp8 divides by the
+/// cache's per-head scale (finite values beyond the format saturate). A NaN
+/// or infinity in a row bound for a quantized cache is rejected
+/// ([`Error::NonFinite`], naming `new.k` or `new.v` and the index).
+/// Rejected, before anything is written: new rows of a quantized type,
+/// mismatched lengths or dims, bad `offsets`, a quantized cache whose
+/// strides or scales do not fit its type (as a step would reject), a
 /// sequence whose new positions pass its capacity (`capacity`, the block
 /// table row's `blocks_per_seq · page_size`, or, for a ring, more new tokens
 /// than slots), a block-table entry outside the pool, and any row that
@@ -327,6 +378,16 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
         });
     }
     check_offsets(new.offsets, b)?;
+    for (arg, data) in [("new.k", &new.k), ("new.v", &new.v)] {
+        if data.dtype().is_quantized() {
+            return Err(Error::UnsupportedDtype {
+                arg,
+                dtype: data.dtype(),
+                reason: "new rows are given as f32, f16 or bf16 and quantized on write",
+            });
+        }
+    }
+    check_destination(cache, g, dk, dv)?;
     let t = new.offsets[b];
     for (arg, data, d) in [("new.k", &new.k, dk), ("new.v", &new.v, dv)] {
         let expected = t
@@ -339,6 +400,19 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
                 expected,
                 actual: data.len(),
             });
+        }
+    }
+    // Rows bound for a quantized cache must be finite (a NaN would poison
+    // its row's or block's scale).
+    let (kq, vq) = match cache {
+        KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
+            (k.data.dtype(), v.data.dtype())
+        }
+        KvCacheMut::Paged { k, v, .. } => (k.data.dtype(), v.data.dtype()),
+    };
+    for (arg, data, q) in [("new.k", &new.k, kq), ("new.v", &new.v, vq)] {
+        if q.is_quantized() {
+            check_finite(arg, data)?;
         }
     }
     // Pass 1: every destination row is inside its buffer (and the new
@@ -385,7 +459,9 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
             row_offsets(cache, seq, j, g, dk, dv)?;
         }
     }
-    // Pass 2: convert and write.
+    // Pass 2: convert and write (quantized rows go through one f32 row
+    // buffer, zeroed once per call).
+    let mut buf = [0f32; MAX_HEAD_DIM];
     for (seq, &start) in positions.iter().enumerate() {
         for (i, tok) in (new.offsets[seq]..new.offsets[seq + 1]).enumerate() {
             let j = start + i;
@@ -397,8 +473,8 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
                 KvCacheMut::Paged { k, v, .. } => (&mut k.data, &mut v.data),
             };
             for h in 0..g {
-                write_row(kd, ko + h * kh, &new.k, (tok * g + h) * dk, dk);
-                write_row(vd, vo + h * vh, &new.v, (tok * g + h) * dv, dv);
+                write_row(kd, ko + h * kh, h, &new.k, (tok * g + h) * dk, dk, &mut buf);
+                write_row(vd, vo + h * vh, h, &new.v, (tok * g + h) * dv, dv, &mut buf);
             }
         }
     }
@@ -524,8 +600,132 @@ fn row_offsets(
     Ok((k.0, v.0, k.1, v.1))
 }
 
-/// Converts `d` source elements from `src[so..]` into `dst[o..]`.
-fn write_row(dst: &mut KvDataMut<'_>, o: usize, src: &KvData<'_>, so: usize, d: usize) {
+/// The first non-finite element of a new-rows buffer, as an error.
+fn check_finite(arg: &'static str, data: &KvData<'_>) -> Result<()> {
+    let bad = |index: usize, value: f32| Err(Error::NonFinite { arg, index, value });
+    match data {
+        KvData::F32(s) => match s.iter().position(|x| !x.is_finite()) {
+            Some(i) => bad(i, s[i]),
+            None => Ok(()),
+        },
+        KvData::F16(s) => match s.iter().position(|x| !x.is_finite()) {
+            Some(i) => bad(i, s[i].to_f32()),
+            None => Ok(()),
+        },
+        KvData::Bf16(s) => match s.iter().position(|x| !x.is_finite()) {
+            Some(i) => bad(i, s[i].to_f32()),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// What a quantized destination needs beyond its extent (checked once per
+/// call): the strides and scale lengths a step would demand, fp8 scales
+/// finite and positive, and head dims a stack row buffer holds.
+fn check_destination(cache: &KvCacheMut<'_>, g: usize, dk: usize, dv: usize) -> Result<()> {
+    let pools: [(&'static str, KvData<'_>, [usize; 3], usize); 2] = match cache {
+        KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => [
+            (
+                "k",
+                k.data.as_data(),
+                [k.seq_stride, k.token_stride, k.head_stride],
+                dk,
+            ),
+            (
+                "v",
+                v.data.as_data(),
+                [v.seq_stride, v.token_stride, v.head_stride],
+                dv,
+            ),
+        ],
+        KvCacheMut::Paged { k, v, .. } => [
+            (
+                "k_pages",
+                k.data.as_data(),
+                [k.page_stride, k.token_stride, k.head_stride],
+                dk,
+            ),
+            (
+                "v_pages",
+                v.data.as_data(),
+                [v.page_stride, v.token_stride, v.head_stride],
+                dv,
+            ),
+        ],
+    };
+    for (arg, data, strides, d) in pools {
+        if !data.dtype().is_quantized() {
+            continue;
+        }
+        let dim_arg = if arg.starts_with('k') {
+            "head_dim_k"
+        } else {
+            "head_dim_v"
+        };
+        if d > MAX_HEAD_DIM {
+            return Err(Error::InvalidDim {
+                arg: dim_arg,
+                value: d,
+                reason: "exceeds the supported maximum",
+            });
+        }
+        if data.dtype() == Dtype::Q8_0 && !d.is_multiple_of(QK8_0) {
+            return Err(Error::InvalidDim {
+                arg: dim_arg,
+                value: d,
+                reason: "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+            });
+        }
+        check_quant(arg, &data, strides, g, d)?;
+        if let KvData::Fp8E4M3 { scales, .. } | KvData::Fp8E5M2 { scales, .. } = data {
+            if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                return Err(Error::InvalidScale { value: bad });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts `d` source values from `src[so..]` into `dst[o..]` (KV head
+/// `head`, for an fp8 cache's per-head scale). Quantized destinations were
+/// checked by [`check_destination`] and their rows by [`check_finite`], so
+/// the encoders cannot fail here.
+fn write_row(
+    dst: &mut KvDataMut<'_>,
+    o: usize,
+    head: usize,
+    src: &KvData<'_>,
+    so: usize,
+    d: usize,
+    buf: &mut [f32; MAX_HEAD_DIM],
+) {
+    if dst.dtype().is_quantized() {
+        let row = &mut buf[..d];
+        match src {
+            KvData::F32(s) => row.copy_from_slice(&s[so..so + d]),
+            KvData::F16(s) => s[so..so + d].convert_to_f32_slice(row),
+            KvData::Bf16(s) => s[so..so + d].convert_to_f32_slice(row),
+            _ => unreachable!("quantized sources are rejected before any write"),
+        }
+        let done = match dst {
+            KvDataMut::Int8 { values, scales } => {
+                quantize_int8_row(row, &mut values[o..o + d]).map(|sc| scales[o / d] = sc)
+            }
+            KvDataMut::Q8_0(blocks) => quantize_q8_0(row, &mut blocks[o / QK8_0..(o + d) / QK8_0]),
+            KvDataMut::Fp8E4M3 { values, scales } => {
+                let sc = scales[if scales.len() == 1 { 0 } else { head }];
+                quantize_fp8(row, sc, Fp8::E4M3, &mut values[o..o + d])
+            }
+            KvDataMut::Fp8E5M2 { values, scales } => {
+                let sc = scales[if scales.len() == 1 { 0 } else { head }];
+                quantize_fp8(row, sc, Fp8::E5M2, &mut values[o..o + d])
+            }
+            _ => Ok(()),
+        };
+        debug_assert!(done.is_ok(), "append pre-checks every quantized write");
+        return;
+    }
     match (dst, src) {
         (KvDataMut::F32(x), KvData::F32(s)) => x[o..o + d].copy_from_slice(&s[so..so + d]),
         (KvDataMut::F16(x), KvData::F16(s)) => x[o..o + d].copy_from_slice(&s[so..so + d]),
@@ -552,5 +752,6 @@ fn write_row(dst: &mut KvDataMut<'_>, o: usize, src: &KvData<'_>, so: usize, d: 
                 y.convert_from_f32_slice(&tmp[..v.len()]);
             }
         }
+        _ => unreachable!("quantized sources are rejected before any write"),
     }
 }

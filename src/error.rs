@@ -170,6 +170,16 @@ pub enum Error {
         /// What is missing.
         reason: &'static str,
     },
+    /// An argument of a type the call does not take (new rows for
+    /// [`append`](crate::append) must be f32, f16 or bf16).
+    UnsupportedDtype {
+        /// The argument.
+        arg: &'static str,
+        /// Its type.
+        dtype: Dtype,
+        /// What the call takes.
+        reason: &'static str,
+    },
     /// [`append`](crate::append) of `new_tokens` tokens at `position` would
     /// pass sequence `seq`'s capacity (positions of a strided cache, block
     /// table row of a paged one, slots of a ring).
@@ -254,6 +264,9 @@ impl std::fmt::Display for Error {
             }
             Error::Unsupported { arg, value, reason } => {
                 write!(f, "unsupported `{arg}` = {value}: {reason}")
+            }
+            Error::UnsupportedDtype { arg, dtype, reason } => {
+                write!(f, "`{arg}` is {dtype}: {reason}")
             }
             Error::AppendBeyondCapacity {
                 seq,

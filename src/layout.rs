@@ -196,6 +196,89 @@ fn check_dtype(arg: &'static str, data: &KvData<'_>, expected: crate::Dtype) -> 
     Ok(())
 }
 
+/// Checks what a quantized type needs of a view beyond its extent: strides
+/// that are whole rows (int8: multiples of the head dim, so each row's
+/// scale is `scales[offset / head_dim]`) or whole blocks (q8_0: multiples
+/// of 32), and scale arrays of the right length (int8: one per row of the
+/// buffer; fp8: one per KV head, or one).
+pub(crate) fn check_quant(
+    arg: &'static str,
+    data: &KvData<'_>,
+    strides: [usize; 3],
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    let (names, scales_arg): ([&'static str; 3], &'static str) = match arg {
+        "k" => (
+            ["k.seq_stride", "k.token_stride", "k.head_stride"],
+            "k_scales",
+        ),
+        "v" => (
+            ["v.seq_stride", "v.token_stride", "v.head_stride"],
+            "v_scales",
+        ),
+        "k_pages" => (
+            [
+                "k_pages.page_stride",
+                "k_pages.token_stride",
+                "k_pages.head_stride",
+            ],
+            "k_scales",
+        ),
+        _ => (
+            [
+                "v_pages.page_stride",
+                "v_pages.token_stride",
+                "v_pages.head_stride",
+            ],
+            "v_scales",
+        ),
+    };
+    let multiple = |unit: usize, reason: &'static str| {
+        for (name, &stride) in names.iter().zip(&strides) {
+            if !stride.is_multiple_of(unit) {
+                return Err(Error::InvalidDim {
+                    arg: name,
+                    value: stride,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    };
+    let scales_len = |expected: usize, actual: usize| {
+        if expected != actual {
+            return Err(Error::LengthMismatch {
+                arg: scales_arg,
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    };
+    match data {
+        KvData::Int8 { values, scales } => {
+            multiple(
+                head_dim,
+                "int8 rows carry one scale per head_dim values: strides must be multiples of the head dim",
+            )?;
+            scales_len(values.len().div_ceil(head_dim), scales.len())
+        }
+        KvData::Q8_0(_) => multiple(
+            crate::quant::QK8_0,
+            "q8_0 stores blocks of 32 values: strides must be multiples of 32",
+        ),
+        KvData::Fp8E4M3 { scales, .. } | KvData::Fp8E5M2 { scales, .. } => {
+            if scales.len() == 1 {
+                Ok(())
+            } else {
+                scales_len(kv_heads, scales.len())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Validates `cache` for a step over `seq_lens` (already checked to have
 /// `B` entries): element types, and that every row of every visible
 /// position lies inside its buffer, with every index computation free of
@@ -207,12 +290,35 @@ pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]
         KvCache::Strided { k, v } => {
             check_dtype("k", &k.data, shape.k_dtype)?;
             check_dtype("v", &v.data, shape.v_dtype)?;
+            check_quant(
+                "k",
+                &k.data,
+                [k.seq_stride, k.token_stride, k.head_stride],
+                g,
+                dk,
+            )?;
+            check_quant(
+                "v",
+                &v.data,
+                [v.seq_stride, v.token_stride, v.head_stride],
+                g,
+                dv,
+            )?;
             check_view("k", k, g, dk, batch, |b| seq_lens[b])?;
             check_view("v", v, g, dv, batch, |b| seq_lens[b])?;
         }
         KvCache::Ring(r) => {
             check_dtype("k", &r.k.data, shape.k_dtype)?;
             check_dtype("v", &r.v.data, shape.v_dtype)?;
+            for (arg, t, d) in [("k", &r.k, dk), ("v", &r.v, dv)] {
+                check_quant(
+                    arg,
+                    &t.data,
+                    [t.seq_stride, t.token_stride, t.head_stride],
+                    g,
+                    d,
+                )?;
+            }
             if r.first_pos.len() != batch {
                 return Err(Error::LengthMismatch {
                     arg: "first_pos",
@@ -248,6 +354,15 @@ pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]
         KvCache::Paged(p) => {
             check_dtype("k_pages", &p.k.data, shape.k_dtype)?;
             check_dtype("v_pages", &p.v.data, shape.v_dtype)?;
+            for (arg, t, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
+                check_quant(
+                    arg,
+                    &t.data,
+                    [t.page_stride, t.token_stride, t.head_stride],
+                    g,
+                    d,
+                )?;
+            }
             if p.page_size == 0 {
                 return Err(Error::InvalidDim {
                     arg: "page_size",

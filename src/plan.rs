@@ -116,11 +116,12 @@ impl Shape {
         self.batch * self.q_len * self.heads
     }
 
-    /// Bytes of K and V a step over `seq_lens` must read (what the
-    /// bandwidth report divides by the probe's bandwidth).
+    /// Bytes of K and V a step over `seq_lens` must read, values and
+    /// per-row or per-block scales ([`Dtype::row_bytes`]): what the
+    /// bandwidth report divides by the probe's bandwidth.
     pub fn kv_bytes(&self, seq_lens: &[usize]) -> usize {
         let per_pos = self.kv_heads
-            * (self.head_dim_k * self.k_dtype.size() + self.head_dim_v * self.v_dtype.size());
+            * (self.k_dtype.row_bytes(self.head_dim_k) + self.v_dtype.row_bytes(self.head_dim_v));
         seq_lens.iter().sum::<usize>() * per_pos
     }
 
@@ -156,6 +157,19 @@ impl Shape {
         dim("head_dim_k", self.head_dim_k, MAX_HEAD_DIM)?;
         dim("head_dim_v", self.head_dim_v, MAX_HEAD_DIM)?;
         dim("q_len", self.q_len, MAX_HEADS)?;
+        for (arg, dtype, d) in [
+            ("head_dim_k", self.k_dtype, self.head_dim_k),
+            ("head_dim_v", self.v_dtype, self.head_dim_v),
+        ] {
+            if dtype == Dtype::Q8_0 && !d.is_multiple_of(crate::quant::QK8_0) {
+                return Err(Error::InvalidDim {
+                    arg,
+                    value: d,
+                    reason:
+                        "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+                });
+            }
+        }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadsNotDivisible {
                 heads: self.heads,

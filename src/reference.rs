@@ -176,7 +176,7 @@ pub fn decode_variant(
                     let kbase = row_index(&batch.cache, false, b, g, j);
                     let mut dot = 0.0f64;
                     for d in 0..dk {
-                        dot += f64::from(qrow[d]) * kdata.get_f64(kbase + d);
+                        dot += f64::from(qrow[d]) * kdata.value_f64(kbase + d, g, dk);
                     }
                     let s = scale * dot;
                     let s = match variant.softcap {
@@ -206,7 +206,7 @@ pub fn decode_variant(
                 for (jj, w) in weights.iter().enumerate() {
                     let vbase = row_index(&batch.cache, true, b, g, first + jj);
                     for d in 0..dv {
-                        o[d] += w * vdata.get_f64(vbase + d);
+                        o[d] += w * vdata.value_f64(vbase + d, g, dv);
                     }
                 }
                 for x in o.iter_mut() {

@@ -24,7 +24,7 @@ use crate::dispatch::count_run;
 use crate::error::{Error, Result};
 use crate::layout::{for_runs, token_strides, walk_window};
 use crate::plan::{check_batch, Plan, ALIGN, CHUNK};
-use crate::types::{Batch, KvCache, KvTensor};
+use crate::types::{Batch, KvTensor};
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -156,9 +156,12 @@ impl Plan {
         let s = &self.shape;
         let (r, rows, dv, dvp) = (s.group_size(), s.rows(), s.head_dim_v, pad(s.head_dim_v));
         let (nh, slen) = (s.kv_heads, self.state_len());
+        let vdata = batch.cache.data().1;
         for b in 0..s.batch {
             let (tq, tok0) = self.tokens(batch, b);
             for g in 0..nh {
+                // fp8 V: the per-head scale is applied to the output here.
+                let vf = vdata.head_factor(g);
                 let state = |sp: usize| {
                     let st = &states[((b * self.splits + sp) * nh + g) * slen..][..slen];
                     let (m, rest) = st.split_at(pad(rows));
@@ -195,7 +198,7 @@ impl Plan {
                                     }
                                 }
                             }
-                            let inv = 1.0 / total;
+                            let inv = vf / total;
                             for d in dst.iter_mut() {
                                 *d *= inv;
                             }
@@ -463,7 +466,8 @@ impl Job<'_, '_> {
         let (b, _, g) = self.coords(item);
         let (tq, tok0) = self.plan.tokens(&self.batch, b);
         let (r, dk, dkp) = (s.group_size(), s.head_dim_k, pad(s.head_dim_k));
-        let qs = self.plan.scale * LOG2_E;
+        // fp8 K: the per-head scale is folded into the query here.
+        let qs = self.plan.scale * LOG2_E * self.batch.cache.data().0.head_factor(g);
         for t in 0..tq {
             for i in 0..r {
                 let h = g * r + i;
@@ -531,12 +535,7 @@ impl Job<'_, '_> {
         let (m, l) = (&mut mrows[row0..], &mut lrows[row0..]);
         let acc = &mut acc[row0 * dvp..];
         let q = &qtile[row0 * dkp..];
-        let (kdata, vdata) = match &self.batch.cache {
-            KvCache::Strided { k, v } => (k.data, v.data),
-            KvCache::Ring(rg) => (rg.k.data, rg.v.data),
-            KvCache::Paged(p) => (p.k.data, p.v.data),
-        };
-        let (kesz, vesz) = (s.k_dtype.size(), s.v_dtype.size());
+        let (kdata, vdata) = self.batch.cache.data();
         let (k_stride, v_stride) = token_strides(&self.batch.cache);
         // The worker scratch ends with two rows' worth of ALiBi terms.
         let split = scratch.len() - 2 * pad(all_rows);
@@ -561,14 +560,20 @@ impl Job<'_, '_> {
                     }
                 }
             }
+            // `check_batch` proved every visible row of this sequence (and
+            // its scale) lies inside its buffers, so these stay in bounds.
+            let kr = kdata.kernel_rows(run.k, k_stride, s.head_dim_k);
+            let vr = vdata.kernel_rows(run.v, v_stride, s.head_dim_v);
             let args = ChunkArgs {
                 q: q.as_ptr(),
-                // `check_batch` proved every visible row of this sequence
-                // lies inside its buffer, so these offsets stay in bounds.
-                k: kdata.as_ptr().wrapping_add(run.k * kesz),
-                k_stride,
-                v: vdata.as_ptr().wrapping_add(run.v * vesz),
-                v_stride,
+                k: kr.ptr,
+                k_stride: kr.stride,
+                v: vr.ptr,
+                v_stride: vr.stride,
+                k_scale: kr.scale,
+                k_scale_stride: kr.scale_stride,
+                v_scale: vr.scale,
+                v_scale_stride: vr.scale_stride,
                 n: run.n,
                 rows,
                 dk: s.head_dim_k,

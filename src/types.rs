@@ -2,7 +2,13 @@
 
 use half::{bf16, f16};
 
+use crate::quant::{BlockQ8_0, Fp8};
+
 /// The element type of a K or V cache.
+///
+/// The quantized types (see [`crate::quant`] for their formats, error
+/// bounds and encoders) are read by every tier's microkernel directly,
+/// dequantized once per row per group of query heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dtype {
     /// IEEE binary32.
@@ -11,26 +17,58 @@ pub enum Dtype {
     F16,
     /// bfloat16 (the high half of a binary32).
     Bf16,
+    /// Symmetric int8 with one f32 scale per (token, KV head) row.
+    Int8,
+    /// llama.cpp / GGUF `q8_0` blocks: 32 int8 values and one f16 scale
+    /// ([`crate::quant::BlockQ8_0`]); head dims must be multiples of 32.
+    Q8_0,
+    /// OCP fp8 E4M3FN with one f32 scale per KV head (or per tensor).
+    Fp8E4M3,
+    /// OCP fp8 E5M2 with one f32 scale per KV head (or per tensor).
+    Fp8E5M2,
 }
 
 impl Dtype {
     /// Every dtype, in table order.
-    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+    pub const ALL: [Dtype; 7] = [
+        Dtype::F32,
+        Dtype::F16,
+        Dtype::Bf16,
+        Dtype::Int8,
+        Dtype::Q8_0,
+        Dtype::Fp8E4M3,
+        Dtype::Fp8E5M2,
+    ];
 
-    /// The name used in kernel names, reports and errors (`f32`, `f16`, `bf16`).
+    /// The name used in kernel names, reports and errors (`f32`, `f16`,
+    /// `bf16`, `int8`, `q8_0`, `fp8e4m3`, `fp8e5m2`).
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16",
             Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+            Dtype::Q8_0 => "q8_0",
+            Dtype::Fp8E4M3 => "fp8e4m3",
+            Dtype::Fp8E5M2 => "fp8e5m2",
         }
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Whether the type stores quantized values (with scales).
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
+    }
+
+    /// Bytes a step reads for one row of `head_dim` values: the values and
+    /// the scales stored with them (int8: one f32 per row; q8_0: one f16
+    /// per 32 values; fp8's per-head scale is not counted).
+    pub fn row_bytes(self, head_dim: usize) -> usize {
         match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::F32 => 4 * head_dim,
+            Dtype::F16 | Dtype::Bf16 => 2 * head_dim,
+            Dtype::Int8 => head_dim + 4,
+            Dtype::Q8_0 => head_dim.div_ceil(crate::quant::QK8_0) * 34,
+            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => head_dim,
         }
     }
 }
@@ -42,6 +80,19 @@ impl std::fmt::Display for Dtype {
 }
 
 /// A borrowed buffer of cache elements of one dtype.
+///
+/// Views over it ([`KvTensor`], [`KvPages`]) count strides and offsets in
+/// **values** whatever the type, so a layout reads the same for every
+/// dtype. The quantized variants carry their scales:
+///
+/// - `Int8`: the value at offset `o` belongs to the row `o / head_dim`,
+///   whose scale is `scales[o / head_dim]` (so the scales of a
+///   `[B, L, G, D]` cache are a `[B, L, G]` array, and every stride must be
+///   a multiple of the head dim);
+/// - `Q8_0`: the value at offset `o` is value `o % 32` of block `o / 32`
+///   (every stride and the head dim must be multiples of 32);
+/// - `Fp8E4M3` / `Fp8E5M2`: `scales` holds one f32 per KV head (`G`
+///   entries) or one for the whole tensor.
 #[derive(Clone, Copy, Debug)]
 pub enum KvData<'a> {
     /// f32 elements.
@@ -50,24 +101,77 @@ pub enum KvData<'a> {
     F16(&'a [f16]),
     /// bf16 elements.
     Bf16(&'a [bf16]),
+    /// int8 values with one f32 scale per row of `head_dim` values.
+    Int8 {
+        /// The values.
+        values: &'a [i8],
+        /// One scale per row (`values.len() / head_dim` entries).
+        scales: &'a [f32],
+    },
+    /// q8_0 blocks of 32 values.
+    Q8_0(&'a [BlockQ8_0]),
+    /// fp8 E4M3FN bytes.
+    Fp8E4M3 {
+        /// The encoded values.
+        values: &'a [u8],
+        /// One scale per KV head, or one for the tensor.
+        scales: &'a [f32],
+    },
+    /// fp8 E5M2 bytes.
+    Fp8E5M2 {
+        /// The encoded values.
+        values: &'a [u8],
+        /// One scale per KV head, or one for the tensor.
+        scales: &'a [f32],
+    },
+}
+
+/// Where the microkernel reads one run of rows: the first row's values, the
+/// row stride in the kernel's element units, and the per-row scales (int8).
+#[derive(Clone, Copy)]
+pub(crate) struct KernelRows {
+    pub ptr: *const u8,
+    pub stride: usize,
+    pub scale: *const f32,
+    pub scale_stride: usize,
 }
 
 impl<'a> KvData<'a> {
+    /// int8 values and their per-row scales.
+    pub fn int8(values: &'a [i8], scales: &'a [f32]) -> Self {
+        KvData::Int8 { values, scales }
+    }
+
+    /// fp8 values of `format` and their per-head (or per-tensor) scales.
+    pub fn fp8(format: Fp8, values: &'a [u8], scales: &'a [f32]) -> Self {
+        match format {
+            Fp8::E4M3 => KvData::Fp8E4M3 { values, scales },
+            Fp8::E5M2 => KvData::Fp8E5M2 { values, scales },
+        }
+    }
+
     /// The element type.
     pub fn dtype(&self) -> Dtype {
         match self {
             KvData::F32(_) => Dtype::F32,
             KvData::F16(_) => Dtype::F16,
             KvData::Bf16(_) => Dtype::Bf16,
+            KvData::Int8 { .. } => Dtype::Int8,
+            KvData::Q8_0(_) => Dtype::Q8_0,
+            KvData::Fp8E4M3 { .. } => Dtype::Fp8E4M3,
+            KvData::Fp8E5M2 { .. } => Dtype::Fp8E5M2,
         }
     }
 
-    /// Number of elements.
+    /// Number of values (for q8_0, 32 per block).
     pub fn len(&self) -> usize {
         match self {
             KvData::F32(s) => s.len(),
             KvData::F16(s) => s.len(),
             KvData::Bf16(s) => s.len(),
+            KvData::Int8 { values, .. } => values.len(),
+            KvData::Q8_0(b) => b.len() * crate::quant::QK8_0,
+            KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => values.len(),
         }
     }
 
@@ -76,21 +180,74 @@ impl<'a> KvData<'a> {
         self.len() == 0
     }
 
-    /// Element `i` widened to f64 (panics when out of range; used by the
-    /// reference, never on the hot path).
-    pub fn get_f64(&self, i: usize) -> f64 {
+    /// The value at offset `i`, of KV head `kv_head` in a cache of head
+    /// dim `head_dim`, dequantized to f64 by the literal scalar decoders of
+    /// [`crate::quant`] (the reference's reading; never on the hot path).
+    /// Panics when out of range.
+    pub fn value_f64(&self, i: usize, kv_head: usize, head_dim: usize) -> f64 {
+        let head_scale =
+            |scales: &[f32]| f64::from(scales[if scales.len() == 1 { 0 } else { kv_head }]);
         match self {
             KvData::F32(s) => f64::from(s[i]),
             KvData::F16(s) => f64::from(s[i]),
             KvData::Bf16(s) => f64::from(s[i]),
+            KvData::Int8 { values, scales } => {
+                f64::from(scales[i / head_dim]) * f64::from(values[i])
+            }
+            KvData::Q8_0(b) => {
+                let blk = &b[i / crate::quant::QK8_0];
+                f64::from(blk.d) * f64::from(blk.qs[i % crate::quant::QK8_0])
+            }
+            KvData::Fp8E4M3 { values, scales } => {
+                head_scale(scales) * f64::from(Fp8::E4M3.decode(values[i]))
+            }
+            KvData::Fp8E5M2 { values, scales } => {
+                head_scale(scales) * f64::from(Fp8::E5M2.decode(values[i]))
+            }
         }
     }
 
-    pub(crate) fn as_ptr(&self) -> *const u8 {
+    /// The kernel's view of rows starting at value offset `o`, `stride`
+    /// values apart (the caller validated both, and that they are
+    /// multiples of what the type needs).
+    pub(crate) fn kernel_rows(&self, o: usize, stride: usize, head_dim: usize) -> KernelRows {
+        let plain = |p: *const u8, size: usize| KernelRows {
+            ptr: p.wrapping_add(o * size),
+            stride,
+            scale: std::ptr::null(),
+            scale_stride: 0,
+        };
         match self {
-            KvData::F32(s) => s.as_ptr().cast(),
-            KvData::F16(s) => s.as_ptr().cast(),
-            KvData::Bf16(s) => s.as_ptr().cast(),
+            KvData::F32(s) => plain(s.as_ptr().cast(), 4),
+            KvData::F16(s) => plain(s.as_ptr().cast(), 2),
+            KvData::Bf16(s) => plain(s.as_ptr().cast(), 2),
+            KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
+                plain(values.as_ptr(), 1)
+            }
+            KvData::Int8 { values, scales } => KernelRows {
+                ptr: values.as_ptr().cast::<u8>().wrapping_add(o),
+                stride,
+                scale: scales.as_ptr().wrapping_add(o / head_dim),
+                scale_stride: stride / head_dim,
+            },
+            KvData::Q8_0(b) => KernelRows {
+                ptr: b.as_ptr().wrapping_add(o / crate::quant::QK8_0).cast(),
+                stride: stride / crate::quant::QK8_0,
+                scale: std::ptr::null(),
+                scale_stride: 0,
+            },
+        }
+    }
+
+    /// The factor the driver applies per KV head outside the kernel: the
+    /// fp8 per-head scale (times `2^8` for E4M3, which the kernel reads as
+    /// `x · 2^-8`), 1 for every other type.
+    pub(crate) fn head_factor(&self, kv_head: usize) -> f32 {
+        let pick = |scales: &[f32]| scales[if scales.len() == 1 { 0 } else { kv_head }];
+        match self {
+            KvData::Fp8E4M3 { scales, .. } => pick(scales) * 256.0,
+            KvData::Fp8E5M2 { scales, .. } => pick(scales),
+            _ => 1.0,
         }
     }
 }
@@ -108,6 +265,11 @@ impl<'a> From<&'a [f16]> for KvData<'a> {
 impl<'a> From<&'a [bf16]> for KvData<'a> {
     fn from(s: &'a [bf16]) -> Self {
         KvData::Bf16(s)
+    }
+}
+impl<'a> From<&'a [BlockQ8_0]> for KvData<'a> {
+    fn from(s: &'a [BlockQ8_0]) -> Self {
+        KvData::Q8_0(s)
     }
 }
 
@@ -320,6 +482,15 @@ impl<'a> KvCache<'a> {
             KvCache::Strided { k, v } => (k.dtype(), v.dtype()),
             KvCache::Paged(p) => (p.k.data.dtype(), p.v.data.dtype()),
             KvCache::Ring(r) => (r.k.dtype(), r.v.dtype()),
+        }
+    }
+
+    /// The K and V buffers.
+    pub(crate) fn data(&self) -> (KvData<'a>, KvData<'a>) {
+        match self {
+            KvCache::Strided { k, v } => (k.data, v.data),
+            KvCache::Paged(p) => (p.k.data, p.v.data),
+            KvCache::Ring(r) => (r.k.data, r.v.data),
         }
     }
 

@@ -40,6 +40,7 @@ impl Buf {
             Dtype::F32 => Buf::F32(vec![f32::NAN; n]),
             Dtype::F16 => Buf::F16(vec![f16::NAN; n]),
             Dtype::Bf16 => Buf::Bf16(vec![bf16::NAN; n]),
+            _ => unreachable!("plain types only"),
         }
     }
     fn from_f32(dtype: Dtype, x: &[f32]) -> Buf {
@@ -47,6 +48,7 @@ impl Buf {
             Dtype::F32 => Buf::F32(x.to_vec()),
             Dtype::F16 => Buf::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
             Dtype::Bf16 => Buf::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+            _ => unreachable!("plain types only"),
         }
     }
     fn data(&self) -> KvData<'_> {
@@ -82,6 +84,7 @@ fn convert(x: f32, to: Dtype) -> f32 {
         Dtype::F32 => x,
         Dtype::F16 => f16::from_f32(x).to_f32(),
         Dtype::Bf16 => bf16::from_f32(x).to_f32(),
+        _ => unreachable!("plain types only"),
     }
 }
 

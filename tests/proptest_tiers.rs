@@ -1,5 +1,5 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
-//! dtypes, lengths, query tokens (uniform and ragged), sliding windows,
+//! dtypes (plain and quantized, K and V independent), lengths, query tokens (uniform and ragged), sliding windows,
 //! logit softcaps, ALiBi, additive biases, attention sinks and values, on every
 //! tier this CPU has, through the public API, against the f64 reference
 //! under the documented tolerance.
@@ -11,7 +11,16 @@ use gqa_kernels::{Dtype, Shape};
 use proptest::prelude::*;
 
 fn dtype() -> impl Strategy<Value = Dtype> {
-    prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)]
+    prop::sample::select(Dtype::ALL.to_vec())
+}
+
+/// `d` rounded up to what `dt` takes (q8_0: whole blocks of 32).
+fn fit(dt: Dtype, d: usize) -> usize {
+    if dt == Dtype::Q8_0 {
+        d.next_multiple_of(32)
+    } else {
+        d
+    }
 }
 
 fn head_dim() -> impl Strategy<Value = usize> {
@@ -62,7 +71,7 @@ prop_compose! {
         max_bias in prop_oneof![2 => Just(None), 1 => (0.5f32..16.0).prop_map(Some)],
         bias in prop_oneof![2 => Just(None), 1 => any::<bool>().prop_map(Some)],
     ) -> Spec {
-        let dv = if dv_same { dk } else { dv_other };
+        let (dk, dv) = (fit(k_dtype, dk), fit(v_dtype, if dv_same { dk } else { dv_other }));
         let shape = Shape::new(batch, kv_heads * r, kv_heads, dk, k_dtype)
             .with_head_dims(dk, dv)
             .with_dtypes(k_dtype, v_dtype)

@@ -72,27 +72,36 @@ const fn tile_cols(acc: usize, rt: usize) -> usize {
 /// Where a microkernel phase reads K or V rows from: the cache itself
 /// (widening on the fly, masked on the last vector of a row) or the f32
 /// scratch copy made once per block.
-trait RowSource<S: Simd>: Copy {
+trait RowSource: Copy {
     /// Vector `c` of row `j` of the current block, as f32.
-    unsafe fn load(self, j: usize, c: usize) -> S::V;
+    unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V;
 }
 
-/// Rows read straight from the cache: `d` elements of type `E` per row.
+/// Rows read straight from the cache: `d` values of type `E` per row, and
+/// (for [`Elem::ROW_SCALE`] types) one f32 scale per row.
 #[derive(Clone, Copy)]
 struct CacheRows<E> {
     base: *const E,
     stride: usize,
     d: usize,
+    scale: *const f32,
+    scale_stride: usize,
 }
 
-impl<S: Simd, E: Elem> RowSource<S> for CacheRows<E> {
+impl<E: Elem> RowSource for CacheRows<E> {
     #[inline(always)]
-    unsafe fn load(self, j: usize, c: usize) -> S::V {
-        let off = c * S::LANES;
+    unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V {
         // SAFETY: the caller only asks for rows `j < nb` of the block (valid
-        // for `d` elements) and vectors `c < d.div_ceil(LANES)`, so `d - off`
-        // is at least 1 and the load reads only inside the row.
-        unsafe { E::load::<S>(self.base.add(j * self.stride + off), self.d - off) }
+        // for `d` values, and with a scale when `ROW_SCALE`) and vectors
+        // `c < d.div_ceil(LANES)`, so the load reads only inside the row.
+        unsafe {
+            let scale = if E::ROW_SCALE {
+                S::splat(*self.scale.add(j * self.scale_stride))
+            } else {
+                S::zero()
+            };
+            E::load::<S>(self.base.add(j * self.stride), c, self.d, scale)
+        }
     }
 }
 
@@ -103,9 +112,9 @@ struct ScratchRows {
     stride: usize,
 }
 
-impl<S: Simd> RowSource<S> for ScratchRows {
+impl RowSource for ScratchRows {
     #[inline(always)]
-    unsafe fn load(self, j: usize, c: usize) -> S::V {
+    unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V {
         // SAFETY: rows `j < BLOCK` and vectors `c < pad(d) / LANES` lie in
         // the scratch block.
         unsafe { S::load(self.base.add(j * self.stride + c * S::LANES)) }
@@ -163,14 +172,27 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 base: k.add(start * a.k_stride),
                 stride: a.k_stride,
                 d: dk,
+                scale: a.k_scale.wrapping_add(start * a.k_scale_stride),
+                scale_stride: a.k_scale_stride,
             };
             let vc_rows = CacheRows {
                 base: v.add(start * a.v_stride),
                 stride: a.v_stride,
                 d: dv,
+                scale: a.v_scale.wrapping_add(start * a.v_scale_stride),
+                scale_stride: a.v_scale_stride,
             };
             if direct {
-                scores::<S, _>(a.q, rows, dkp, kc, kc_rows, nb, part, sbuf);
+                phase::<S, D, _>(Scores {
+                    q: a.q,
+                    rows,
+                    dkp,
+                    kc,
+                    krows: kc_rows,
+                    nb,
+                    part,
+                    sbuf,
+                });
                 if transformed {
                     S::out_of_line(Transform {
                         a,
@@ -180,16 +202,53 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                         start,
                     });
                 }
-                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
-                accumulate::<S, _>(rows, nb, sbuf, vc_rows, dvp, vc, a.acc);
+                phase::<S, D, _>(Softmax {
+                    a,
+                    rows,
+                    nb,
+                    sbuf,
+                    lsum,
+                    dvp,
+                    vc,
+                });
+                phase::<S, D, _>(Accumulate {
+                    rows,
+                    nb,
+                    pbuf: sbuf,
+                    vrows: vc_rows,
+                    dvp,
+                    vc,
+                    acc: a.acc,
+                });
             } else {
-                convert_rows::<S, K>(kc_rows, nb, kc, kbuf, dkp);
-                convert_rows::<S, V>(vc_rows, nb, vc, vbuf, dvp);
+                phase::<S, D, _>(Convert {
+                    src: kc_rows,
+                    nb,
+                    chunks: kc,
+                    dst: kbuf,
+                    dp: dkp,
+                });
+                phase::<S, D, _>(Convert {
+                    src: vc_rows,
+                    nb,
+                    chunks: vc,
+                    dst: vbuf,
+                    dp: dvp,
+                });
                 let ks = ScratchRows {
                     base: kbuf,
                     stride: dkp,
                 };
-                scores::<S, _>(a.q, rows, dkp, kc, ks, nb, part, sbuf);
+                phase::<S, D, _>(Scores {
+                    q: a.q,
+                    rows,
+                    dkp,
+                    kc,
+                    krows: ks,
+                    nb,
+                    part,
+                    sbuf,
+                });
                 if transformed {
                     S::out_of_line(Transform {
                         a,
@@ -199,18 +258,164 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                         start,
                     });
                 }
-                softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc);
+                phase::<S, D, _>(Softmax {
+                    a,
+                    rows,
+                    nb,
+                    sbuf,
+                    lsum,
+                    dvp,
+                    vc,
+                });
                 let vs = ScratchRows {
                     base: vbuf,
                     stride: dvp,
                 };
-                accumulate::<S, _>(rows, nb, sbuf, vs, dvp, vc, a.acc);
+                phase::<S, D, _>(Accumulate {
+                    rows,
+                    nb,
+                    pbuf: sbuf,
+                    vrows: vs,
+                    dvp,
+                    vc,
+                    acc: a.acc,
+                });
             }
         }
         start += nb;
     }
     // SAFETY: `a.l` has `rows` floats; `lsum` was set up above.
     unsafe { fold_sums::<S>(rows, a.l, lsum) };
+}
+
+/// Runs one phase of the block loop: inline in the specialised instances
+/// (compile-time dims), and out of line in the generic ones, through the
+/// tier's never-inlined `with`. A phase depends on one element type at
+/// most (scores on K, accumulate on V), so out of line it is compiled once
+/// per type and tier instead of once per (K, V) pair: with seven types
+/// that keeps the 49 generic kernels of a tier from multiplying its build
+/// time, at the price of a call per phase per block of 16 positions.
+///
+/// # Safety
+/// The phase's own preconditions (stated on each struct).
+#[inline(always)]
+unsafe fn phase<S: Simd, D: Dims, O: SimdOp<Out = ()>>(op: O) {
+    // SAFETY: forwarded preconditions; `out_of_line` runs under the same
+    // tier's features.
+    unsafe {
+        if D::FIXED {
+            op.run::<S>()
+        } else {
+            S::out_of_line(op)
+        }
+    }
+}
+
+/// [`scores`] as a phase (its preconditions).
+struct Scores<R> {
+    q: *const f32,
+    rows: usize,
+    dkp: usize,
+    kc: usize,
+    krows: R,
+    nb: usize,
+    part: *mut f32,
+    sbuf: *mut f32,
+}
+
+impl<R: RowSource> SimdOp for Scores<R> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Scores {
+            q,
+            rows,
+            dkp,
+            kc,
+            krows,
+            nb,
+            part,
+            sbuf,
+        } = self;
+        // SAFETY: forwarded preconditions of `scores`.
+        unsafe { scores::<S, R>(q, rows, dkp, kc, krows, nb, part, sbuf) }
+    }
+}
+
+/// [`softmax_update`] as a phase, on the state of `a` (its preconditions).
+struct Softmax<'a> {
+    a: &'a ChunkArgs,
+    rows: usize,
+    nb: usize,
+    sbuf: *mut f32,
+    lsum: *mut f32,
+    dvp: usize,
+    vc: usize,
+}
+
+impl SimdOp for Softmax<'_> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Softmax {
+            a,
+            rows,
+            nb,
+            sbuf,
+            lsum,
+            dvp,
+            vc,
+        } = self;
+        // SAFETY: forwarded preconditions of `softmax_update`.
+        unsafe { softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc) }
+    }
+}
+
+/// [`accumulate`] as a phase (its preconditions).
+struct Accumulate<R> {
+    rows: usize,
+    nb: usize,
+    pbuf: *const f32,
+    vrows: R,
+    dvp: usize,
+    vc: usize,
+    acc: *mut f32,
+}
+
+impl<R: RowSource> SimdOp for Accumulate<R> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Accumulate {
+            rows,
+            nb,
+            pbuf,
+            vrows,
+            dvp,
+            vc,
+            acc,
+        } = self;
+        // SAFETY: forwarded preconditions of `accumulate`.
+        unsafe { accumulate::<S, R>(rows, nb, pbuf, vrows, dvp, vc, acc) }
+    }
+}
+
+/// [`convert_rows`] as a phase (its preconditions).
+struct Convert<E> {
+    src: CacheRows<E>,
+    nb: usize,
+    chunks: usize,
+    dst: *mut f32,
+    dp: usize,
+}
+
+impl<E: Elem> SimdOp for Convert<E> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        // SAFETY: forwarded preconditions of `convert_rows`.
+        unsafe { convert_rows::<S, E>(self.src, self.nb, self.chunks, self.dst, self.dp) }
+    }
 }
 
 /// Widens the block's `nb` rows into `dst` (row stride `dp`), `chunks`
@@ -227,12 +432,7 @@ unsafe fn convert_rows<S: Simd, E: Elem>(
         for c in 0..chunks {
             // SAFETY: row `j < nb` of the block, vector `c < chunks`; `dst`
             // has `BLOCK * dp` floats and `(c + 1) * LANES <= dp`.
-            unsafe {
-                S::store(
-                    dst.add(j * dp + c * S::LANES),
-                    RowSource::<S>::load(src, j, c),
-                )
-            };
+            unsafe { S::store(dst.add(j * dp + c * S::LANES), src.load::<S>(j, c)) };
         }
     }
 }
@@ -241,7 +441,7 @@ unsafe fn convert_rows<S: Simd, E: Elem>(
 /// block, written to `sbuf[row * BLOCK + j]`; entries `j >= nb` are
 /// unspecified.
 #[inline(always)]
-unsafe fn scores<S: Simd, R: RowSource<S>>(
+unsafe fn scores<S: Simd, R: RowSource>(
     q: *const f32,
     rows: usize,
     dkp: usize,
@@ -274,7 +474,7 @@ unsafe fn scores<S: Simd, R: RowSource<S>>(
 }
 
 #[inline(always)]
-unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
+unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     q: *const f32,
     dkp: usize,
     kc: usize,
@@ -329,7 +529,7 @@ unsafe fn score_tile<S: Simd, R: RowSource<S>, const RT: usize>(
 /// reduced in registers and written to `sbuf[i * BLOCK + j + p]` when
 /// `in_regs`, else stored unreduced as vectors `part[i * BLOCK + j + p]`.
 #[inline(always)]
-unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
+unsafe fn score_group<S: Simd, R: RowSource, const RT: usize>(
     q: *const f32,
     dkp: usize,
     kc: usize,
@@ -349,7 +549,7 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
         let mut acc = [[S::zero(); RT]; 4];
         let mut kv = [S::zero(); 4];
         for p in 0..np {
-            kv[p] = krows.load(j + p, 0);
+            kv[p] = krows.load::<S>(j + p, 0);
         }
         for i in 0..RT {
             let qv = S::load(q.add(i * dkp));
@@ -359,7 +559,7 @@ unsafe fn score_group<S: Simd, R: RowSource<S>, const RT: usize>(
         }
         for c in 1..kc {
             for p in 0..np {
-                kv[p] = krows.load(j + p, c);
+                kv[p] = krows.load::<S>(j + p, c);
             }
             for i in 0..RT {
                 let qv = S::load(q.add(i * dkp + c * l));
@@ -521,7 +721,7 @@ unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32, start: usi
             let mut s = 0;
             while s < nb {
                 let p = sbuf.add(i * BLOCK + s);
-                let b = <f32 as Elem>::load::<S>(row.add(s), nb - s);
+                let b = S::load_f32(row.add(s), nb - s);
                 S::store(p, S::fma(b, l2e, S::load(p)));
                 s += lanes;
             }
@@ -622,7 +822,7 @@ unsafe fn fold_sums<S: Simd>(rows: usize, l: *mut f32, lsum: *const f32) {
 
 /// `acc[row] += sum_j p[row][j] * V[j]` for `j < nb`.
 #[inline(always)]
-unsafe fn accumulate<S: Simd, R: RowSource<S>>(
+unsafe fn accumulate<S: Simd, R: RowSource>(
     rows: usize,
     nb: usize,
     pbuf: *const f32,
@@ -654,7 +854,7 @@ unsafe fn accumulate<S: Simd, R: RowSource<S>>(
 }
 
 #[inline(always)]
-unsafe fn accumulate_rows<S: Simd, R: RowSource<S>, const RT: usize>(
+unsafe fn accumulate_rows<S: Simd, R: RowSource, const RT: usize>(
     nb: usize,
     pbuf: *const f32,
     vrows: R,
@@ -712,7 +912,7 @@ unsafe fn accumulate_rows<S: Simd, R: RowSource<S>, const RT: usize>(
 }
 
 #[inline(always)]
-unsafe fn accumulate_tile<S: Simd, R: RowSource<S>, const RT: usize, const CT: usize>(
+unsafe fn accumulate_tile<S: Simd, R: RowSource, const RT: usize, const CT: usize>(
     nb: usize,
     pbuf: *const f32,
     vrows: R,
@@ -734,7 +934,7 @@ unsafe fn accumulate_tile<S: Simd, R: RowSource<S>, const RT: usize, const CT: u
         for j in 0..nb {
             let mut vv = [S::zero(); CT];
             for c in 0..CT {
-                vv[c] = vrows.load(j, c0 + c);
+                vv[c] = vrows.load::<S>(j, c0 + c);
             }
             for i in 0..RT {
                 let p = S::splat(*pbuf.add(i * BLOCK + j));

@@ -80,7 +80,11 @@ pub(crate) const SKEW: usize = 80;
 ///   unnormalised output), initialised by the driver to `-inf`, 0, 0;
 /// - `scratch` points to `scratch_len(rows, dk, dv)` f32 that the kernel may
 ///   overwrite, aligned to 64 bytes and initialised (any values);
-/// - none of these regions overlap, except `k` and `v` which are only read;
+/// - for a K type with a per-row scale ([`Elem::ROW_SCALE`], int8), the
+///   scale of row `j < n` is the f32 at `k_scale + j * k_scale_stride`
+///   (likewise `v_scale`); for other types these are ignored (null);
+/// - none of these regions overlap, except `k`, `v` and their scales, which
+///   are only read;
 /// - `softcap` is 0 or finite and positive;
 /// - `alibi_slope` and `alibi_off` are both null or both point to `rows`
 ///   f32;
@@ -92,6 +96,10 @@ pub(crate) struct ChunkArgs {
     pub k_stride: usize,
     pub v: *const u8,
     pub v_stride: usize,
+    pub k_scale: *const f32,
+    pub k_scale_stride: usize,
+    pub v_scale: *const f32,
+    pub v_scale_stride: usize,
     pub n: usize,
     pub rows: usize,
     pub dk: usize,
@@ -178,6 +186,21 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn load_f16(p: *const u16, valid: usize) -> Self::V;
     /// As [`Simd::load_f32`] for bfloat16 bits, widened exactly to f32.
     unsafe fn load_bf16(p: *const u16, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for signed bytes, widened exactly to f32.
+    unsafe fn load_i8(p: *const i8, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for OCP fp8 E5M2 bytes, widened exactly: an
+    /// E5M2 byte is the high byte of the binary16 of the same value, so
+    /// the tiers shift it into place and use their f16 widening.
+    unsafe fn load_e5m2(p: *const u8, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for OCP fp8 E4M3FN bytes, widened exactly to
+    /// **`x · 2^-8`**: sign to bit 15 and the 7 exponent-and-mantissa bits
+    /// to bits 7..=13 make the binary16 of `x / 256` for every finite byte
+    /// (normal and subnormal; E4M3's bias is 7, binary16's 15). The caller
+    /// folds the `2^8` into a per-head scale. The NaN bytes `0x7F`/`0xFF`
+    /// read as `±480 · 2^-8` (no encoder here produces them).
+    unsafe fn load_e4m3(p: *const u8, valid: usize) -> Self::V;
+    /// Every lane the binary16 `bits` widened to f32.
+    unsafe fn splat_f16(bits: u16) -> Self::V;
     /// Runs `op` on this tier through the tier module's `with`: a separate
     /// function that is never inlined, so rare work called from a kernel's
     /// block loop (the score transforms) stays out of the loop's code.
@@ -197,33 +220,106 @@ pub(crate) trait SimdOp {
     unsafe fn run<S: Simd>(self) -> Self::Out;
 }
 
-/// A KV element type the microkernels can read.
+/// A KV element type the microkernels can read: one row of `d` values is
+/// read as `d.div_ceil(LANES)` f32 vectors, each dequantized on load, so a
+/// row is dequantized once per kernel call (once per group of query heads),
+/// never per query head.
 pub(crate) trait Elem: Copy + 'static {
-    /// Loads `min(valid, S::LANES)` elements at `p` widened to f32.
-    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V;
+    /// Whether each row carries its own f32 scale (int8), which the kernel
+    /// reads once per row ([`ChunkArgs::k_scale`]) and passes to `load`.
+    const ROW_SCALE: bool = false;
+    /// Vector `c` of the row of `d` values at `row` (values
+    /// `c * LANES..min((c + 1) * LANES, d)`, zero in the other lanes),
+    /// dequantized; `scale` is the row's scale splat when
+    /// [`Elem::ROW_SCALE`], else unspecified. Reads only inside the row.
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, scale: S::V) -> S::V;
 }
 
 impl Elem for f32 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
-        // SAFETY: forwarded precondition: `p` is valid for `valid` elements.
-        unsafe { S::load_f32(p, valid) }
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
+        // SAFETY: forwarded precondition: the row holds `d > o` values.
+        unsafe { S::load_f32(row.add(o), d - o) }
     }
 }
 
 impl Elem for half::f16 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
         // SAFETY: `f16` is `repr(transparent)` over `u16`; forwarded bounds.
-        unsafe { S::load_f16(p.cast::<u16>(), valid) }
+        unsafe { S::load_f16(row.add(o).cast::<u16>(), d - o) }
     }
 }
 
 impl Elem for half::bf16 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(p: *const Self, valid: usize) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
         // SAFETY: `bf16` is `repr(transparent)` over `u16`; forwarded bounds.
-        unsafe { S::load_bf16(p.cast::<u16>(), valid) }
+        unsafe { S::load_bf16(row.add(o).cast::<u16>(), d - o) }
+    }
+}
+
+/// int8 with one f32 scale per row.
+impl Elem for i8 {
+    const ROW_SCALE: bool = true;
+    #[inline(always)]
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, scale: S::V) -> S::V {
+        let o = c * S::LANES;
+        // SAFETY: forwarded bounds; register arithmetic.
+        unsafe { S::mul(S::load_i8(row.add(o), d - o), scale) }
+    }
+}
+
+/// q8_0: rows of `d / 32` blocks (the driver guarantees `d % 32 == 0`), so
+/// a vector (at most 16 lanes, and 32 is a multiple of every tier's lane
+/// count) never straddles two blocks.
+impl Elem for crate::quant::BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
+        let (blk, i) = (o / crate::quant::QK8_0, o % crate::quant::QK8_0);
+        // SAFETY: the row holds `d / 32` blocks and `o < d`, so block `blk`
+        // exists; its 32 values from `i` hold `min(d - o, 32 - i)` readable
+        // bytes. Blocks are 2-byte aligned (`repr(C)` of f16 and bytes).
+        unsafe {
+            let b = row.add(blk);
+            let q = core::ptr::addr_of!((*b).qs).cast::<i8>().add(i);
+            let scale = S::splat_f16(core::ptr::addr_of!((*b).d).read().to_bits());
+            S::mul(S::load_i8(q, (d - o).min(crate::quant::QK8_0 - i)), scale)
+        }
+    }
+}
+
+/// An fp8 E4M3FN byte as a kernel element type. The kernel reads it as
+/// `x · 2^-8` ([`Simd::load_e4m3`]); the driver folds `2^8` into the
+/// per-head scale.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct E4M3(#[allow(dead_code)] u8);
+
+/// An fp8 E5M2 byte as a kernel element type.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct E5M2(#[allow(dead_code)] u8);
+
+impl Elem for E4M3 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
+        // SAFETY: `E4M3` is `repr(transparent)` over `u8`; forwarded bounds.
+        unsafe { S::load_e4m3(row.add(o).cast::<u8>(), d - o) }
+    }
+}
+
+impl Elem for E5M2 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+        let o = c * S::LANES;
+        // SAFETY: `E5M2` is `repr(transparent)` over `u8`; forwarded bounds.
+        unsafe { S::load_e5m2(row.add(o).cast::<u8>(), d - o) }
     }
 }
 
@@ -231,6 +327,9 @@ impl Elem for half::bf16 {
 /// time ([`Fixed`], the specialised instances listed in `kernels/`) or read
 /// from the arguments at run time ([`Dynamic`], the generic kernel of a tier).
 pub(crate) trait Dims: Copy + 'static {
+    /// Whether the dims are compile-time constants (a specialised
+    /// instance, whose phases are inlined into one loop).
+    const FIXED: bool;
     fn rows(a: &ChunkArgs) -> usize;
     fn dk(a: &ChunkArgs) -> usize;
     fn dv(a: &ChunkArgs) -> usize;
@@ -241,6 +340,7 @@ pub(crate) trait Dims: Copy + 'static {
 pub(crate) struct Fixed<const R: usize, const DK: usize, const DV: usize>;
 
 impl<const R: usize, const DK: usize, const DV: usize> Dims for Fixed<R, DK, DV> {
+    const FIXED: bool = true;
     #[inline(always)]
     fn rows(_: &ChunkArgs) -> usize {
         R
@@ -260,6 +360,7 @@ impl<const R: usize, const DK: usize, const DV: usize> Dims for Fixed<R, DK, DV>
 pub(crate) struct Dynamic;
 
 impl Dims for Dynamic {
+    const FIXED: bool = false;
     #[inline(always)]
     fn rows(a: &ChunkArgs) -> usize {
         a.rows

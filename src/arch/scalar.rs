@@ -129,6 +129,40 @@ impl Simd for Scalar {
         }
     }
     #[inline(always)]
+    unsafe fn load_i8(p: *const i8, valid: usize) -> f32 {
+        if valid >= 1 {
+            // SAFETY: `valid >= 1` elements are readable at `p`.
+            f32::from(unsafe { p.read() })
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e5m2(p: *const u8, valid: usize) -> f32 {
+        if valid >= 1 {
+            // SAFETY: `valid >= 1` elements are readable at `p`.
+            half::f16::from_bits(u16::from(unsafe { p.read() }) << 8).to_f32()
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e4m3(p: *const u8, valid: usize) -> f32 {
+        if valid >= 1 {
+            // SAFETY: `valid >= 1` elements are readable at `p`.
+            let b = unsafe { p.read() } as i8;
+            // Sign-extend, shift the 7 magnitude bits to 7..=13 and keep
+            // the sign in bit 15 (bit 14 holds a copy of it: cleared).
+            half::f16::from_bits(((i16::from(b) << 7) as u16) & 0xBF80).to_f32()
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat_f16(bits: u16) -> f32 {
+        half::f16::from_bits(bits).to_f32()
+    }
+    #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
         // SAFETY: forwarded preconditions (tier available, `op`'s own).
         unsafe { with(op) }

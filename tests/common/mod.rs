@@ -2,6 +2,7 @@
 //! a tier's output with the f64 reference under the documented tolerance.
 #![allow(dead_code)]
 
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::reference::{self, tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan,
@@ -33,30 +34,118 @@ pub enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
+    /// Values and one scale per row of `d`.
+    Int8 {
+        values: Vec<i8>,
+        scales: Vec<f32>,
+        d: usize,
+    },
+    Q8_0(Vec<BlockQ8_0>),
+    /// Values and one scale per KV head (or one).
+    Fp8 {
+        format: Fp8,
+        values: Vec<u8>,
+        scales: Vec<f32>,
+    },
+}
+
+/// Values a quantized buffer's offsets and strides must be multiples of.
+pub fn unit(dtype: Dtype, d: usize) -> usize {
+    match dtype {
+        Dtype::Int8 => d,
+        Dtype::Q8_0 => QK8_0,
+        _ => 1,
+    }
 }
 
 impl Store {
-    pub fn from_f32(dtype: Dtype, x: &[f32]) -> Store {
+    /// `x` stored as `dtype`. Quantized types quantize each row (int8, `d`
+    /// values), block (q8_0) or value (fp8, with `head_scales[head[i]]`)
+    /// with the crate's encoders; non-finite entries (the `fill` of slots
+    /// no step may read) become NaN scales (int8, q8_0) or NaN bytes (fp8),
+    /// so reading one shows in the output.
+    pub fn quantize(dtype: Dtype, x: &[f32], d: usize, head: &[u32], head_scales: &[f32]) -> Store {
         match dtype {
             Dtype::F32 => Store::F32(x.to_vec()),
             Dtype::F16 => Store::F16(x.iter().map(|v| f16::from_f32(*v)).collect()),
             Dtype::Bf16 => Store::Bf16(x.iter().map(|v| bf16::from_f32(*v)).collect()),
+            Dtype::Int8 => {
+                assert_eq!(x.len() % d, 0);
+                let mut values = vec![0i8; x.len()];
+                let scales = x
+                    .chunks_exact(d)
+                    .zip(values.chunks_exact_mut(d))
+                    .map(|(row, q)| {
+                        quant::quantize_int8_row(row, q).unwrap_or_else(|_| {
+                            q.fill(100);
+                            f32::NAN
+                        })
+                    })
+                    .collect();
+                Store::Int8 { values, scales, d }
+            }
+            Dtype::Q8_0 => {
+                assert_eq!(x.len() % QK8_0, 0);
+                let mut blocks = vec![BlockQ8_0::default(); x.len() / QK8_0];
+                for (b, xs) in blocks.iter_mut().zip(x.chunks_exact(QK8_0)) {
+                    if quant::quantize_q8_0(xs, std::slice::from_mut(b)).is_err() {
+                        b.d = f16::NAN;
+                        b.qs = [100; QK8_0];
+                    }
+                }
+                Store::Q8_0(blocks)
+            }
+            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
+                let format = if dtype == Dtype::Fp8E4M3 {
+                    Fp8::E4M3
+                } else {
+                    Fp8::E5M2
+                };
+                let values = x
+                    .iter()
+                    .zip(head)
+                    .map(|(&v, &h)| {
+                        if v.is_finite() {
+                            let sc = head_scales[if head_scales.len() == 1 {
+                                0
+                            } else {
+                                h as usize
+                            }];
+                            format.encode(v / sc)
+                        } else {
+                            0x7F // NaN in both formats
+                        }
+                    })
+                    .collect();
+                Store::Fp8 {
+                    format,
+                    values,
+                    scales: head_scales.to_vec(),
+                }
+            }
         }
     }
-    /// The elements starting at `offset` (to test misaligned base pointers).
+
+    /// The elements starting at `offset` (to test misaligned base
+    /// pointers; a multiple of [`unit`] for quantized types).
     pub fn data(&self, offset: usize) -> KvData<'_> {
         match self {
             Store::F32(v) => KvData::F32(&v[offset..]),
             Store::F16(v) => KvData::F16(&v[offset..]),
             Store::Bf16(v) => KvData::Bf16(&v[offset..]),
+            Store::Int8 { values, scales, d } => {
+                KvData::int8(&values[offset..], &scales[offset / d..])
+            }
+            Store::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
+            Store::Fp8 {
+                format,
+                values,
+                scales,
+            } => KvData::fp8(*format, &values[offset..], scales),
         }
     }
     pub fn len(&self) -> usize {
-        match self {
-            Store::F32(v) => v.len(),
-            Store::F16(v) => v.len(),
-            Store::Bf16(v) => v.len(),
-        }
+        self.data(0).len()
     }
 }
 
@@ -105,8 +194,12 @@ pub struct Case {
     /// Strides of K and V: (seq or page, token or slot, head).
     pub k_strides: (usize, usize, usize),
     pub v_strides: (usize, usize, usize),
-    /// Element offset of the buffers' base (misalignment).
+    /// Element offset of the buffers' base (misalignment), in units of
+    /// [`unit`] of each buffer's type.
     pub offset: usize,
+    /// The offsets in values, of K and V.
+    pub k_off: usize,
+    pub v_off: usize,
     pub block_table: Vec<u32>,
     pub blocks_per_seq: usize,
     pub capacity: usize,
@@ -189,6 +282,8 @@ impl Spec {
             k_strides: (0, 0, 0),
             v_strides: (0, 0, 0),
             offset: self.offset,
+            k_off: self.offset * unit(s.k_dtype, dk),
+            v_off: self.offset * unit(s.v_dtype, dv),
             block_table: Vec::new(),
             blocks_per_seq: 0,
             capacity: 0,
@@ -199,13 +294,15 @@ impl Spec {
             alibi: self.alibi.clone(),
             bias: None,
         };
-        let strided = |max_len: usize, d: usize| match self.layout {
+        let strided = |max_len: usize, d: usize, u: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
             Layout::Bgld => (g * max_len * d, d, max_len * d),
             Layout::Padded => {
-                let hs = d + 3;
-                let ts = g * hs + 5;
-                (max_len * ts + 7, ts, hs)
+                // Quantized types need strides in whole rows or blocks.
+                let (p1, p2, p3) = if u == 1 { (3, 5, 7) } else { (u, u, u) };
+                let hs = d + p1;
+                let ts = g * hs + p2;
+                (max_len * ts + p3, ts, hs)
             }
             Layout::Paged { page, head_major } => {
                 if head_major {
@@ -237,34 +334,50 @@ impl Spec {
             _ => s.batch,
         };
         let cap_or_len = if c.capacity > 0 { c.capacity } else { max_len };
-        c.k_strides = strided(cap_or_len, dk);
-        c.v_strides = strided(cap_or_len, dv);
+        let (uk, uv) = (unit(s.k_dtype, dk), unit(s.v_dtype, dv));
+        c.k_strides = strided(cap_or_len, dk, uk);
+        c.v_strides = strided(cap_or_len, dv, uv);
         let fill_cache = |c: &Case, rng: &mut Rng, v: bool, range: f32| {
-            let (st, d) = if v {
-                (c.v_strides, dv)
+            let (st, d, off, u) = if v {
+                (c.v_strides, dv, c.v_off, uv)
             } else {
-                (c.k_strides, dk)
+                (c.k_strides, dk, c.k_off, uk)
             };
-            let n = self.offset + n_units.max(1) * st.0 + 8;
+            let n = (off + n_units.max(1) * st.0 + 8).div_ceil(u) * u;
             // Unread slots hold `fill` (NaN by default): a kernel that reads
             // past a row, a length, a page or a sequence produces NaN.
             let mut x = vec![self.fill; n];
+            let mut head = vec![u32::MAX; n];
             for b in 0..s.batch {
                 for j in 0..self.seq_lens[b] {
                     for h in 0..g {
-                        let base = self.offset + c.row_index(v, b, h, j);
+                        let base = off + c.row_index(v, b, h, j);
                         for e in 0..d {
                             x[base + e] = rng.uniform(-range, range);
+                            head[base + e] = h as u32;
                         }
                     }
                 }
             }
-            x
+            let dtype = if v { s.v_dtype } else { s.k_dtype };
+            // fp8: a scale per KV head that maps the range to about a
+            // quarter of the format's maximum (different per head), or
+            // one for the tensor.
+            let fmax = match dtype {
+                Dtype::Fp8E5M2 => 57344.0,
+                _ => 448.0,
+            };
+            let scales: Vec<f32> = if rng.below(3) == 0 {
+                vec![range / (fmax / 4.0)]
+            } else {
+                (0..g)
+                    .map(|h| range * (1.0 + 0.5 * h as f32) / (fmax / 4.0))
+                    .collect()
+            };
+            Store::quantize(dtype, &x, d, &head, &scales)
         };
-        let k = fill_cache(&c, &mut rng, false, self.qk_range);
-        let v = fill_cache(&c, &mut rng, true, 1.0);
-        c.k = Store::from_f32(s.k_dtype, &k);
-        c.v = Store::from_f32(s.v_dtype, &v);
+        c.k = fill_cache(&c, &mut rng, false, self.qk_range);
+        c.v = fill_cache(&c, &mut rng, true, 1.0);
         let tokens = match &self.q_tokens {
             Some(t) => {
                 let mut o = vec![0];
@@ -316,11 +429,11 @@ impl Case {
 
     pub fn k_view(&self) -> KvTensor<'_> {
         let (a, b, c) = self.k_strides;
-        KvTensor::new(self.k.data(self.offset), a, b, c)
+        KvTensor::new(self.k.data(self.k_off), a, b, c)
     }
     pub fn v_view(&self) -> KvTensor<'_> {
         let (a, b, c) = self.v_strides;
-        KvTensor::new(self.v.data(self.offset), a, b, c)
+        KvTensor::new(self.v.data(self.v_off), a, b, c)
     }
 
     pub fn cache(&self) -> KvCache<'_> {
@@ -329,8 +442,8 @@ impl Case {
                 let (ka, kb, kc) = self.k_strides;
                 let (va, vb, vc) = self.v_strides;
                 KvCache::Paged(PagedKv {
-                    k: KvPages::new(self.k.data(self.offset), ka, kb, kc),
-                    v: KvPages::new(self.v.data(self.offset), va, vb, vc),
+                    k: KvPages::new(self.k.data(self.k_off), ka, kb, kc),
+                    v: KvPages::new(self.v.data(self.v_off), va, vb, vc),
                     page_size: page,
                     block_table: &self.block_table,
                     blocks_per_seq: self.blocks_per_seq,
@@ -480,14 +593,14 @@ impl Case {
 
     /// Largest `|V|` element any sequence may read (1 for an empty cache).
     pub fn v_max(&self) -> f64 {
-        let data = self.v.data(self.offset);
+        let data = self.v.data(self.v_off);
         let mut m = 0.0f64;
         for b in 0..self.shape.batch {
             for j in 0..self.seq_lens[b] {
                 for g in 0..self.shape.kv_heads {
                     let base = self.row_index(true, b, g, j);
                     for d in 0..self.shape.head_dim_v {
-                        m = m.max(data.get_f64(base + d).abs());
+                        m = m.max(data.value_f64(base + d, g, self.shape.head_dim_v).abs());
                     }
                 }
             }

@@ -31,6 +31,24 @@ unsafe fn load_u16x4(p: *const u16, valid: usize) -> uint16x4_t {
     }
 }
 
+/// Loads 4 bytes at `p`, or only the first `valid` of them (zero
+/// elsewhere), into the low lanes of a vector.
+#[inline(always)]
+unsafe fn load_u8x4(p: *const u8, valid: usize) -> uint8x8_t {
+    let mut tmp = [0u8; 4];
+    if valid >= 4 {
+        // SAFETY: the caller guarantees 4 readable bytes at `p`.
+        tmp = unsafe { p.cast::<[u8; 4]>().read_unaligned() };
+    } else {
+        for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+            // SAFETY: `i < valid` elements are readable at `p`.
+            *t = unsafe { p.add(i).read() };
+        }
+    }
+    // SAFETY: register construction under neon.
+    unsafe { vcreate_u8(u64::from(u32::from_le_bytes(tmp))) }
+}
+
 impl Simd for Neon {
     const LANES: usize = 4;
     const ROW_TILE: usize = 8;
@@ -160,6 +178,43 @@ impl Simd for Neon {
     unsafe fn load_bf16(p: *const u16, valid: usize) -> float32x4_t {
         // SAFETY: as `load_f16`; bf16 widens by a 16-bit left shift.
         unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(load_u16x4(p, valid))) }
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8, valid: usize) -> float32x4_t {
+        // SAFETY: `load_u8x4` reads only `min(valid, 4)` bytes; sign
+        // extension and int-to-float are exact.
+        unsafe {
+            let b = vreinterpret_s8_u8(load_u8x4(p.cast(), valid));
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e5m2(p: *const u8, valid: usize) -> float32x4_t {
+        // SAFETY: as `load_i8`; the byte shifted to the high half is the
+        // binary16 of the same value, widened by `fcvtl`.
+        unsafe {
+            let h = vget_low_u16(vshll_n_u8::<8>(load_u8x4(p, valid)));
+            vcvt_f32_f16(vreinterpret_f16_u16(h))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e4m3(p: *const u8, valid: usize) -> float32x4_t {
+        // SAFETY: as `load_i8`. Sign-extended and shifted by 7, the
+        // magnitude lands in bits 7..=13, the sign in 14 and 15; clearing
+        // 14 leaves the binary16 of `x / 256`.
+        unsafe {
+            let w = vmovl_s8(vreinterpret_s8_u8(load_u8x4(p, valid)));
+            let h = vandq_u16(
+                vreinterpretq_u16_s16(vshlq_n_s16::<7>(w)),
+                vdupq_n_u16(0xBF80),
+            );
+            vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat_f16(bits: u16) -> float32x4_t {
+        // SAFETY: register conversion under neon.
+        unsafe { vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(bits))) }
     }
     #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {

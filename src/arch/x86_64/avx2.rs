@@ -30,6 +30,24 @@ unsafe fn load_u16x8(p: *const u16, valid: usize) -> __m128i {
     }
 }
 
+/// Loads 8 bytes at `p`, or only the first `valid` of them (zero elsewhere),
+/// into the low half of a vector.
+#[inline(always)]
+unsafe fn load_u8x8(p: *const u8, valid: usize) -> __m128i {
+    if valid >= 8 {
+        // SAFETY: the caller guarantees 8 readable bytes at `p`.
+        unsafe { _mm_loadl_epi64(p.cast()) }
+    } else {
+        let mut tmp = [0u8; 16];
+        for (i, t) in tmp.iter_mut().enumerate().take(valid) {
+            // SAFETY: `i < valid` elements are readable at `p`.
+            *t = unsafe { p.add(i).read() };
+        }
+        // SAFETY: `tmp` is 16 readable bytes.
+        unsafe { _mm_loadu_si128(tmp.as_ptr().cast()) }
+    }
+}
+
 #[inline(always)]
 unsafe fn lane_mask(valid: usize) -> __m256i {
     // SAFETY: register arithmetic under avx2.
@@ -205,6 +223,33 @@ impl Simd for Avx2 {
             let w = _mm256_cvtepu16_epi32(load_u16x8(p, valid));
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
         }
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8, valid: usize) -> __m256 {
+        // SAFETY: `load_u8x8` reads only `min(valid, 8)` bytes; sign
+        // extension and int-to-float are exact.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load_u8x8(p.cast(), valid))) }
+    }
+    #[inline(always)]
+    unsafe fn load_e5m2(p: *const u8, valid: usize) -> __m256 {
+        // SAFETY: as `load_i8`; the byte shifted to the high half is the
+        // binary16 of the same value.
+        unsafe { _mm256_cvtph_ps(_mm_slli_epi16::<8>(_mm_cvtepu8_epi16(load_u8x8(p, valid)))) }
+    }
+    #[inline(always)]
+    unsafe fn load_e4m3(p: *const u8, valid: usize) -> __m256 {
+        // SAFETY: as `load_i8`. Sign-extended and shifted by 7, the
+        // magnitude lands in bits 7..=13, the sign in 14 and 15; clearing
+        // 14 leaves the binary16 of `x / 256`.
+        unsafe {
+            let h = _mm_slli_epi16::<7>(_mm_cvtepi8_epi16(load_u8x8(p, valid)));
+            _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(0xBF80u16 as i16)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat_f16(bits: u16) -> __m256 {
+        // SAFETY: register conversion under f16c.
+        unsafe { _mm256_cvtph_ps(_mm_set1_epi16(bits as i16)) }
     }
     #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {

@@ -182,6 +182,41 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn load_i8(p: *const i8, valid: usize) -> __m512 {
+        // SAFETY: masked byte load (avx512bw+vl) reads only the valid
+        // elements; sign extension and int-to-float are exact.
+        unsafe {
+            let b = _mm_maskz_loadu_epi8(tail_mask(valid), p);
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e5m2(p: *const u8, valid: usize) -> __m512 {
+        // SAFETY: masked byte load reads only the valid elements; the byte
+        // shifted to the high half is the binary16 of the same value.
+        unsafe {
+            let b = _mm_maskz_loadu_epi8(tail_mask(valid), p.cast());
+            _mm512_cvtph_ps(_mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(b)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_e4m3(p: *const u8, valid: usize) -> __m512 {
+        // SAFETY: masked byte load reads only the valid elements.
+        // Sign-extended and shifted by 7, the byte's magnitude lands in
+        // bits 7..=13 and its sign in 14 and 15; clearing 14 leaves the
+        // binary16 of `x / 256`.
+        unsafe {
+            let b = _mm_maskz_loadu_epi8(tail_mask(valid), p.cast());
+            let h = _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(b));
+            _mm512_cvtph_ps(_mm256_and_si256(h, _mm256_set1_epi16(0xBF80u16 as i16)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat_f16(bits: u16) -> __m512 {
+        // SAFETY: register conversion under f16c/avx512f.
+        unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16)) }
+    }
+    #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
         // SAFETY: forwarded preconditions (tier available, `op`'s own).
         unsafe { with(op) }
