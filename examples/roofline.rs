@@ -221,6 +221,20 @@ const GEMMA2_9B: Model = Model {
     d: 256,
 };
 
+/// The (K, V) types of the KV-types section: f16 (the baseline), every
+/// type, and an int8 or fp8 K with an f16 V.
+const KV_TYPES: [(Dtype, Dtype); 9] = [
+    (Dtype::F16, Dtype::F16),
+    (Dtype::F32, Dtype::F32),
+    (Dtype::Bf16, Dtype::Bf16),
+    (Dtype::Int8, Dtype::Int8),
+    (Dtype::Q8_0, Dtype::Q8_0),
+    (Dtype::Fp8E4M3, Dtype::Fp8E4M3),
+    (Dtype::Fp8E5M2, Dtype::Fp8E5M2),
+    (Dtype::Int8, Dtype::F16),
+    (Dtype::Fp8E4M3, Dtype::F16),
+];
+
 /// Timed passes of the bandwidth probe (its best is kept).
 const PROBE_PASSES: usize = 10;
 
@@ -254,7 +268,9 @@ struct Row {
     q_len: usize,
     layout: String,
     variant: String,
+    /// K and V element types.
     dtype: Dtype,
+    v_dtype: Dtype,
     tier: Tier,
     kernel: &'static str,
     threads: usize,
@@ -272,7 +288,10 @@ struct Job {
     m: Model,
     b: usize,
     l: usize,
+    /// K element type.
     dtype: Dtype,
+    /// V element type.
+    v_dtype: Dtype,
     tier: Tier,
     threads: usize,
     layout: Layout,
@@ -348,14 +367,17 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         m,
         b,
         l,
-        dtype,
         layout,
         q_len,
         ..
     } = jobs[0];
-    let shape = Shape::new(b, m.h, m.g, m.d, dtype)
-        .with_q_len(q_len)
-        .with_max_kv_len(l);
+    let shape_of = |j: &Job| {
+        Shape::new(b, m.h, m.g, m.d, j.dtype)
+            .with_dtypes(j.dtype, j.v_dtype)
+            .with_q_len(q_len)
+            .with_max_kv_len(l)
+    };
+    let shape = shape_of(&jobs[0]);
     let (ps, pages) = match layout {
         Layout::Paged(p) => (p, b * l.div_ceil(p)),
         _ => (0, 0),
@@ -365,8 +387,20 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     } else {
         b * m.g * l * m.d
     };
-    let k = Store::new(dtype, n, m.d, 1);
-    let v = Store::new(dtype, n, m.d, 2);
+    // One K and one V store per element type the jobs use.
+    let mut k_stores: Vec<(Dtype, Store)> = Vec::new();
+    let mut v_stores: Vec<(Dtype, Store)> = Vec::new();
+    for j in jobs {
+        if !k_stores.iter().any(|(d, _)| *d == j.dtype) {
+            k_stores.push((j.dtype, Store::new(j.dtype, n, m.d, 1)));
+        }
+        if !v_stores.iter().any(|(d, _)| *d == j.v_dtype) {
+            v_stores.push((j.v_dtype, Store::new(j.v_dtype, n, m.d, 2)));
+        }
+    }
+    let store = |stores: &[(Dtype, Store)], d: Dtype| -> usize {
+        stores.iter().position(|(x, _)| *x == d).expect("store")
+    };
     // A shuffled block table: consecutive blocks of a sequence are not
     // neighbours in the pool.
     let mut table: Vec<u32> = (0..pages as u32).collect();
@@ -378,25 +412,25 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         table.swap(i, (s % (i as u64 + 1)) as usize);
     }
     let first_pos = vec![l / 2; b];
-    let cache = match layout {
+    let make_cache = |k, v| match layout {
         Layout::Bgld => KvCache::strided(
-            KvTensor::bgld(k.data(), l, m.g, m.d),
-            KvTensor::bgld(v.data(), l, m.g, m.d),
+            KvTensor::bgld(k, l, m.g, m.d),
+            KvTensor::bgld(v, l, m.g, m.d),
         ),
         Layout::Blgd => KvCache::strided(
-            KvTensor::blgd(k.data(), l, m.g, m.d),
-            KvTensor::blgd(v.data(), l, m.g, m.d),
+            KvTensor::blgd(k, l, m.g, m.d),
+            KvTensor::blgd(v, l, m.g, m.d),
         ),
         Layout::Paged(p) => KvCache::Paged(PagedKv {
-            k: KvPages::gpd(k.data(), p, m.g, m.d),
-            v: KvPages::gpd(v.data(), p, m.g, m.d),
+            k: KvPages::gpd(k, p, m.g, m.d),
+            v: KvPages::gpd(v, p, m.g, m.d),
             page_size: p,
             block_table: &table,
             blocks_per_seq: l.div_ceil(p),
         }),
         Layout::Ring => KvCache::Ring(RingKv {
-            k: KvTensor::bgld(k.data(), l, m.g, m.d),
-            v: KvTensor::bgld(v.data(), l, m.g, m.d),
+            k: KvTensor::bgld(k, l, m.g, m.d),
+            v: KvTensor::bgld(v, l, m.g, m.d),
             capacity: l,
             first_pos: &first_pos,
         }),
@@ -410,16 +444,33 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     } else {
         Vec::new()
     };
-    let plain = Batch::new(&q, cache, &lens);
-    let biased = plain.with_bias(Bias {
+    let bias = Bias {
         data: &bias_data,
         seq_stride: q_len * l,
         token_stride: l,
         head_stride: 0,
-    });
+    };
+    let batches: Vec<Batch<'_>> = jobs
+        .iter()
+        .map(|j| {
+            let k = k_stores[store(&k_stores, j.dtype)].1.data();
+            let v = v_stores[store(&v_stores, j.v_dtype)].1.data();
+            let batch = Batch::new(&q, make_cache(k, v), &lens);
+            if j.variant == Variant::Bias {
+                batch.with_bias(bias)
+            } else {
+                batch
+            }
+        })
+        .collect();
     let mut out = vec![0f32; shape.out_elems()];
     let mut lse = vec![0f32; shape.lse_elems()];
-    let plans: Vec<Plan> = jobs.iter().map(|j| make_plan(j, &shape)).collect();
+    let shapes: Vec<Shape> = jobs.iter().map(shape_of).collect();
+    let plans: Vec<Plan> = jobs
+        .iter()
+        .zip(&shapes)
+        .map(|(j, sh)| make_plan(j, sh))
+        .collect();
     let mut ws: Vec<Vec<u8>> = plans.iter().map(|p| p.alloc_workspace()).collect();
     let mut times = vec![Vec::new(); jobs.len()];
     let started = Instant::now();
@@ -428,12 +479,7 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     // to sleep); `min_secs` per job in all.
     let (burst, untimed) = if jobs[0].threads > 1 { (8, 2) } else { (4, 1) };
     for round in 0.. {
-        for (i, job) in jobs.iter().enumerate() {
-            let batch = if job.variant == Variant::Bias {
-                &biased
-            } else {
-                &plain
-            };
+        for (i, batch) in batches.iter().enumerate() {
             for rep in 0..burst {
                 let t = Instant::now();
                 plans[i]
@@ -453,7 +499,8 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     jobs.iter()
         .zip(&plans)
         .zip(&mut times)
-        .map(|((job, plan), times)| row(job, &shape, plan, times, &lens, probes))
+        .zip(&shapes)
+        .map(|(((job, plan), times), shape)| row(job, shape, plan, times, &lens, probes))
         .collect()
 }
 
@@ -500,6 +547,7 @@ fn row(
         b,
         l,
         dtype,
+        v_dtype,
         tier,
         threads,
         layout,
@@ -538,6 +586,7 @@ fn row(
         layout: layout.key(),
         variant: variant.key(),
         dtype,
+        v_dtype,
         tier,
         kernel: plan.kernel_name(),
         threads,
@@ -574,12 +623,22 @@ fn print_header(json: bool) {
     }
 }
 
+/// The `kv_dtype` of a row: the type, or `k<K>_v<V>` when K and V differ.
+fn kv_name(k: Dtype, v: Dtype) -> String {
+    if k == v {
+        k.name().to_string()
+    } else {
+        format!("k{k}_v{v}")
+    }
+}
+
 fn print_row(r: &Row, json: bool) {
     let gbps = r.kv_bytes as f64 / r.seconds / 1e9;
+    let kv = kv_name(r.dtype, r.v_dtype);
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, r.dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
         );
     } else {
         println!(
@@ -594,7 +653,7 @@ fn print_row(r: &Row, json: bool) {
             r.q_len,
             r.layout,
             r.variant,
-            r.dtype.name(),
+            kv,
             r.tier.name(),
             r.threads,
             r.seconds,
@@ -719,6 +778,7 @@ fn main() {
         b,
         l,
         dtype,
+        v_dtype: dtype,
         tier,
         threads,
         layout,
@@ -861,6 +921,27 @@ fn main() {
             });
         }
     }
+    // KV element types: Llama-3-8B at L = 32768, B = 1, every type and the
+    // usual mixed pairs, measured together (runs interleaved, like the
+    // variants), each type's step time over f16's in the summary.
+    for &threads in &args.threads {
+        for (k, v) in KV_TYPES {
+            jobs.push(Job {
+                v_dtype: v,
+                ..job(
+                    "kv_types",
+                    LLAMA3_8B,
+                    1,
+                    32768,
+                    k,
+                    tier,
+                    threads,
+                    Layout::Bgld,
+                    1,
+                )
+            });
+        }
+    }
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
     // Three interleaved rounds; the summary keeps each G's fastest median, so
     // one disturbed measurement on a shared machine cannot skew the ratios.
@@ -877,6 +958,7 @@ fn main() {
             b: 1,
             l: 16384,
             dtype: Dtype::F16,
+            v_dtype: Dtype::F16,
             tier,
             threads: 1,
             layout: Layout::Bgld,
@@ -894,7 +976,10 @@ fn main() {
         // A variants job takes the following jobs that differ from it in
         // the variant only into one interleaved measurement.
         let mut end = i + 1;
-        while job.section == "variants" && end < jobs.len() && same_but_variant(&job, &jobs[end]) {
+        while end < jobs.len()
+            && (job.section == "variants" && same_but_variant(&job, &jobs[end])
+                || job.section == "kv_types" && same_but_dtype(&job, &jobs[end]))
+        {
             end += 1;
         }
         eprintln!(
@@ -930,6 +1015,10 @@ fn main() {
                         "## Attention variants, f16, L = 32768, B = 1 \
                          (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
                     ),
+                    "kv_types" => println!(
+                        "## KV element types, Llama-3-8B, L = 32768, B = 1 \
+                         (KV bytes: values and their scales; kint8_vf16: int8 K, f16 V)"
+                    ),
                     _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
                 }
                     print_header(false);
@@ -960,6 +1049,12 @@ fn main() {
             println!(
                 "{{\"section\":\"variant_ratio\",\"variant\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_none\":{:.3}}}",
                 r.variant, r.threads, r.seconds, ratio
+            );
+        }
+        for (r, ratio) in kv_type_summary(&rows) {
+            println!(
+                "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4}}}",
+                kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction
             );
         }
         for r in &sweep {
@@ -995,6 +1090,28 @@ fn main() {
                 println!(
                     "{:<12} {:>3} {:>10.6} {:>10.3}",
                     r.variant, r.threads, r.seconds, ratio
+                );
+            }
+        }
+        let kv_types = kv_type_summary(&rows);
+        if !kv_types.is_empty() {
+            println!();
+            println!(
+                "## KV types: step time over f16, Llama-3-8B, L = 32768, best runs, runs interleaved"
+            );
+            println!(
+                "{:<15} {:>3} {:>10} {:>8} {:>10} {:>9}",
+                "kv", "thr", "seconds", "KV GB/s", "/ f16", "roofline"
+            );
+            for (r, ratio) in &kv_types {
+                println!(
+                    "{:<15} {:>3} {:>10.6} {:>8.2} {:>10.3} {:>9.3}",
+                    kv_name(r.dtype, r.v_dtype),
+                    r.threads,
+                    r.seconds,
+                    r.kv_bytes as f64 / r.seconds / 1e9,
+                    ratio,
+                    r.fraction
                 );
             }
         }
@@ -1040,12 +1157,39 @@ fn variant_summary(rows: &[Row]) -> Vec<(&Row, f64)> {
         .collect()
 }
 
+/// The KV-type rows, each with its time over the f16 row of the same
+/// thread count.
+fn kv_type_summary(rows: &[Row]) -> Vec<(&Row, f64)> {
+    let kv: Vec<&Row> = rows.iter().filter(|r| r.section == "kv_types").collect();
+    kv.iter()
+        .map(|r| {
+            let f16 = kv
+                .iter()
+                .find(|b| {
+                    b.dtype == Dtype::F16 && b.v_dtype == Dtype::F16 && b.threads == r.threads
+                })
+                .map_or(f64::NAN, |b| b.seconds);
+            (*r, r.seconds / f16)
+        })
+        .collect()
+}
+
+/// Whether `a` and `b` are the same measurement but for the KV types.
+fn same_but_dtype(a: &Job, b: &Job) -> bool {
+    a.section == b.section
+        && a.m.name == b.m.name
+        && (a.b, a.l, a.threads, a.q_len) == (b.b, b.l, b.threads, b.q_len)
+        && a.tier == b.tier
+        && a.layout == b.layout
+        && a.variant == b.variant
+}
+
 /// Whether `a` and `b` are the same measurement but for the variant.
 fn same_but_variant(a: &Job, b: &Job) -> bool {
     a.section == b.section
         && a.m.name == b.m.name
         && (a.b, a.l, a.threads, a.q_len) == (b.b, b.l, b.threads, b.q_len)
-        && a.dtype == b.dtype
+        && (a.dtype, a.v_dtype) == (b.dtype, b.v_dtype)
         && a.tier == b.tier
         && a.layout == b.layout
 }
@@ -1066,6 +1210,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             b: 1,
             l,
             dtype: Dtype::F16,
+            v_dtype: Dtype::F16,
             tier,
             threads: 1,
             layout: Layout::Bgld,

@@ -248,11 +248,21 @@ impl Tolerance {
 /// f32) and the reference reads the same widened values, so the stored
 /// dtype adds no error: what remains is f32 arithmetic (dot products of up
 /// to `Dk` terms, the `exp2` approximation at ≤ 2 ulp, sums over `L`
-/// weights). The same bound therefore holds for every dtype pair; the
-/// function exists so that a lossy type (a later quantized cache) gets its
-/// own row here. The bound is tight enough to catch one missed or extra
+/// weights). The bound is tight enough to catch one missed or extra
 /// position in thousands, a wrong tail lane or a wrong scale.
+///
+/// The quantized types get the same bound, and for the same reason: the
+/// reference dequantizes the very bytes the kernel reads, with the literal
+/// decoders of [`crate::quant`] in f64, so the quantization error itself
+/// is not part of the comparison (it is bounded per type in
+/// [`crate::quant`] and tested there). What the kernels add is one f32
+/// rounding of each dequantized value or scale product: int8 scales
+/// multiply the score and the softmax weight once per position, q8_0 block
+/// scales multiply the widened values, and the fp8 per-head scales (times
+/// 2^8 for E4M3) are folded into the query and the output, each a relative
+/// error of 2^-24, far inside `rtol`.
 pub fn tolerance(k: crate::Dtype, v: crate::Dtype) -> (Tolerance, Tolerance) {
+    // One bound for every pair, plain or quantized (see above).
     let _ = (k, v);
     (
         Tolerance {

@@ -2,6 +2,7 @@
 //! their positions, converted exactly as `half` converts, and nowhere else;
 //! bad input is rejected before anything is written.
 
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
     append, bf16, f16, reference, Batch, Dtype, Error, KvCacheMut, KvData, KvDataMut, KvPagesMut,
     KvTensor, KvTensorMut, NewKv, Options, Plan, Shape,
@@ -26,21 +27,47 @@ impl Rng {
     }
 }
 
-/// An owned buffer of one dtype, filled with NaN (the "never written" mark).
+/// An owned buffer of one dtype, filled with NaN (the "never written" mark;
+/// quantized buffers: [`SENTINEL`] values and NaN scales).
 #[derive(Clone, Debug, PartialEq)]
 enum Buf {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
+    /// Values, one scale per row of `d`.
+    Int8(Vec<i8>, Vec<f32>, usize),
+    Q8(Vec<BlockQ8_0>),
+    /// Values, one scale per KV head.
+    Fp8(Fp8, Vec<u8>, Vec<f32>),
 }
+
+/// The byte a quantized buffer holds where nothing was written.
+const SENTINEL: u8 = 0x55;
+
+/// fp8 scales per KV head: the last head's is small enough that values
+/// near 2 saturate E4M3 (2 / 0.002 = 1000 > 448).
+const FP8_SCALES: [f32; 3] = [0.01, 0.03, 0.002];
 
 impl Buf {
     fn nan(dtype: Dtype, n: usize) -> Buf {
+        Buf::sentinel(dtype, n, 1, 1)
+    }
+    /// `n` never-written values of `dtype` (rows of `d`, `g` KV heads).
+    fn sentinel(dtype: Dtype, n: usize, d: usize, g: usize) -> Buf {
         match dtype {
             Dtype::F32 => Buf::F32(vec![f32::NAN; n]),
             Dtype::F16 => Buf::F16(vec![f16::NAN; n]),
             Dtype::Bf16 => Buf::Bf16(vec![bf16::NAN; n]),
-            _ => unreachable!("plain types only"),
+            Dtype::Int8 => Buf::Int8(vec![SENTINEL as i8; n], vec![f32::NAN; n / d], d),
+            Dtype::Q8_0 => Buf::Q8(vec![
+                BlockQ8_0 {
+                    d: f16::NAN,
+                    qs: [SENTINEL as i8; QK8_0]
+                };
+                n / QK8_0
+            ]),
+            Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
+            Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
         }
     }
     fn from_f32(dtype: Dtype, x: &[f32]) -> Buf {
@@ -56,6 +83,9 @@ impl Buf {
             Buf::F32(v) => KvData::F32(v),
             Buf::F16(v) => KvData::F16(v),
             Buf::Bf16(v) => KvData::Bf16(v),
+            Buf::Int8(v, s, _) => KvData::int8(v, s),
+            Buf::Q8(b) => KvData::Q8_0(b),
+            Buf::Fp8(f, v, s) => KvData::fp8(*f, v, s),
         }
     }
     fn data_mut(&mut self) -> KvDataMut<'_> {
@@ -63,6 +93,9 @@ impl Buf {
             Buf::F32(v) => KvDataMut::F32(v),
             Buf::F16(v) => KvDataMut::F16(v),
             Buf::Bf16(v) => KvDataMut::Bf16(v),
+            Buf::Int8(v, s, _) => KvDataMut::int8(v, s),
+            Buf::Q8(b) => KvDataMut::Q8_0(b),
+            Buf::Fp8(f, v, s) => KvDataMut::fp8(*f, v, s),
         }
     }
     fn get(&self, i: usize) -> f32 {
@@ -70,6 +103,56 @@ impl Buf {
             Buf::F32(v) => v[i],
             Buf::F16(v) => v[i].to_f32(),
             Buf::Bf16(v) => v[i].to_f32(),
+            _ => unreachable!("plain types only"),
+        }
+    }
+    /// Checks that the row of `d` values at `at` (KV head `h`) holds `row`
+    /// as the crate's encoders quantize it, bit for bit, and marks it
+    /// written.
+    fn check_quantized(&self, at: usize, h: usize, row: &[f32], written: &mut [bool], what: &str) {
+        let d = row.len();
+        match self {
+            Buf::Int8(v, s, _) => {
+                let mut q = vec![0i8; d];
+                let scale = quant::quantize_int8_row(row, &mut q).unwrap();
+                assert_eq!(&v[at..at + d], &q[..], "{what}: int8 values");
+                assert_eq!(s[at / d].to_bits(), scale.to_bits(), "{what}: int8 scale");
+            }
+            Buf::Q8(b) => {
+                let mut q = vec![BlockQ8_0::default(); d / QK8_0];
+                quant::quantize_q8_0(row, &mut q).unwrap();
+                assert_eq!(
+                    &b[at / QK8_0..(at + d) / QK8_0],
+                    &q[..],
+                    "{what}: q8_0 blocks"
+                );
+            }
+            Buf::Fp8(f, v, s) => {
+                let mut q = vec![0u8; d];
+                quant::quantize_fp8(row, s[h], *f, &mut q).unwrap();
+                assert_eq!(&v[at..at + d], &q[..], "{what}: fp8 bytes");
+            }
+            _ => unreachable!("quantized types only"),
+        }
+        written[at..at + d].fill(true);
+    }
+    /// Checks that every value not marked written still holds the
+    /// sentinel (and its row or block scale is still NaN).
+    fn check_untouched(&self, written: &[bool], what: &str) {
+        for (i, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+            let ok = match self {
+                Buf::Int8(v, s, d) => {
+                    v[i] == SENTINEL as i8 && (written[i / d * d] || s[i / d].is_nan())
+                }
+                Buf::Q8(b) => {
+                    let blk = &b[i / QK8_0];
+                    blk.qs[i % QK8_0] == SENTINEL as i8
+                        && (written[i / QK8_0 * QK8_0] || blk.d.is_nan())
+                }
+                Buf::Fp8(_, v, _) => v[i] == SENTINEL,
+                _ => unreachable!("quantized types only"),
+            };
+            assert!(ok, "{what}: stray write at {i}");
         }
     }
     fn len(&self) -> usize {
@@ -188,8 +271,17 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
     let mut rng = Rng(seed | 1);
     let b = 1 + rng.below(3);
     let g = 1 + rng.below(3);
-    let dk = 1 + rng.below(9);
-    let dv = 1 + rng.below(9);
+    // q8_0 rows are whole blocks.
+    let dk = if dst == Dtype::Q8_0 {
+        QK8_0 * (1 + rng.below(2))
+    } else {
+        1 + rng.below(9)
+    };
+    let dv = if dst == Dtype::Q8_0 {
+        QK8_0 * (1 + rng.below(2))
+    } else {
+        1 + rng.below(9)
+    };
     let cap = 12;
     let lens: Vec<usize> = (0..b)
         .map(|_| match layout {
@@ -212,8 +304,8 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
         Layout::Ring { capacity } => (b * capacity * g * dk, b * capacity * g * dv),
         _ => (b * cap * g * dk, b * cap * g * dv),
     };
-    let mut kc = Buf::nan(dst, k_len);
-    let mut vc = Buf::nan(dst, v_len);
+    let mut kc = Buf::sentinel(dst, k_len, dk, g);
+    let mut vc = Buf::sentinel(dst, v_len, dv, g);
     // Source values per (b, position, g, d), as the source type holds them.
     let mut truth_k = vec![vec![0f32; 30 * g * dk]; b];
     let mut truth_v = vec![vec![0f32; 30 * g * dv]; b];
@@ -256,6 +348,34 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
         for s in 0..b {
             done[s] += counts[s];
         }
+    }
+    if dst.is_quantized() {
+        // Every resident row holds its source quantized by the crate's
+        // encoders; nothing else was written.
+        let mut wk = vec![false; k_len];
+        let mut wv = vec![false; v_len];
+        for s in 0..b {
+            let first = match layout {
+                Layout::Ring { capacity } => lens[s].saturating_sub(capacity),
+                _ => 0,
+            };
+            for j in first..lens[s] {
+                for h in 0..g {
+                    for (buf, truth, d, w) in [
+                        (&kc, &truth_k[s], dk, &mut wk),
+                        (&vc, &truth_v[s], dv, &mut wv),
+                    ] {
+                        let at = index(layout, &table, bps, cap, g, d, s, j, h);
+                        let row = &truth[(j * g + h) * d..][..d];
+                        let what = format!("{layout:?} {src}->{dst} seq {s} pos {j} head {h}");
+                        buf.check_quantized(at, h, row, w, &what);
+                    }
+                }
+            }
+        }
+        kc.check_untouched(&wk, &format!("{layout:?} {src}->{dst} K"));
+        vc.check_untouched(&wv, &format!("{layout:?} {src}->{dst} V"));
+        return;
     }
     // Every resident row holds the converted source; count the rest.
     let mut written_k = 0;
@@ -317,7 +437,7 @@ proptest! {
     fn appended_rows_land_where_the_layout_says(seed in any::<u64>()) {
         for layout in LAYOUTS {
             for src in DTYPES {
-                for dst in DTYPES {
+                for dst in Dtype::ALL {
                     roundtrip(seed, layout, src, dst);
                 }
             }

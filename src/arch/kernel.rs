@@ -77,31 +77,21 @@ trait RowSource: Copy {
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V;
 }
 
-/// Rows read straight from the cache: `d` values of type `E` per row, and
-/// (for [`Elem::ROW_SCALE`] types) one f32 scale per row.
+/// Rows read straight from the cache: `d` values of type `E` per row.
 #[derive(Clone, Copy)]
 struct CacheRows<E> {
     base: *const E,
     stride: usize,
     d: usize,
-    scale: *const f32,
-    scale_stride: usize,
 }
 
 impl<E: Elem> RowSource for CacheRows<E> {
     #[inline(always)]
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V {
         // SAFETY: the caller only asks for rows `j < nb` of the block (valid
-        // for `d` values, and with a scale when `ROW_SCALE`) and vectors
-        // `c < d.div_ceil(LANES)`, so the load reads only inside the row.
-        unsafe {
-            let scale = if E::ROW_SCALE {
-                S::splat(*self.scale.add(j * self.scale_stride))
-            } else {
-                S::zero()
-            };
-            E::load::<S>(self.base.add(j * self.stride), c, self.d, scale)
-        }
+        // for `d` values) and vectors `c < d.div_ceil(LANES)`, so the load
+        // reads only inside the row.
+        unsafe { E::load::<S>(self.base.add(j * self.stride), c, self.d) }
     }
 }
 
@@ -172,15 +162,11 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 base: k.add(start * a.k_stride),
                 stride: a.k_stride,
                 d: dk,
-                scale: a.k_scale.wrapping_add(start * a.k_scale_stride),
-                scale_stride: a.k_scale_stride,
             };
             let vc_rows = CacheRows {
                 base: v.add(start * a.v_stride),
                 stride: a.v_stride,
                 d: dv,
-                scale: a.v_scale.wrapping_add(start * a.v_scale_stride),
-                scale_stride: a.v_scale_stride,
             };
             if direct {
                 phase::<S, D, _>(Scores {
@@ -193,6 +179,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     part,
                     sbuf,
                 });
+                if K::ROW_SCALE {
+                    scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
+                }
                 if transformed {
                     S::out_of_line(Transform {
                         a,
@@ -211,6 +200,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     dvp,
                     vc,
                 });
+                if V::ROW_SCALE {
+                    scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
+                }
                 phase::<S, D, _>(Accumulate {
                     rows,
                     nb,
@@ -249,6 +241,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     part,
                     sbuf,
                 });
+                if K::ROW_SCALE {
+                    scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
+                }
                 if transformed {
                     S::out_of_line(Transform {
                         a,
@@ -267,6 +262,9 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     dvp,
                     vc,
                 });
+                if V::ROW_SCALE {
+                    scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
+                }
                 let vs = ScratchRows {
                     base: vbuf,
                     stride: dvp,
@@ -415,6 +413,56 @@ impl<E: Elem> SimdOp for Convert<E> {
     unsafe fn run<S: Simd>(self) {
         // SAFETY: forwarded preconditions of `convert_rows`.
         unsafe { convert_rows::<S, E>(self.src, self.nb, self.chunks, self.dst, self.dp) }
+    }
+}
+
+/// Multiplies entry `j < nb` of every row of `sbuf` by the row scale of
+/// the block's position `j` (at `scale + (start + j) * stride`): int8's
+/// per-row scales, applied to the scores (K) or to the softmax weights
+/// after their sums (V), once per position instead of once per vector.
+/// Entries `j >= nb` are multiplied by 0 (they are masked or zero anyway).
+#[inline(always)]
+unsafe fn scale_positions<S: Simd>(
+    rows: usize,
+    nb: usize,
+    sbuf: *mut f32,
+    scale: *const f32,
+    stride: usize,
+    start: usize,
+) {
+    let lanes = S::LANES;
+    let used = nb.div_ceil(lanes) * lanes;
+    // Contiguous scales (head-major caches) are loaded as vectors; others
+    // are gathered into a stack block first (its scalar stores then stall
+    // the vector loads that read them back, once per block).
+    let mut sc = [0f32; BLOCK];
+    let (src, contiguous) = if stride == 1 {
+        // SAFETY: positions `start..start + nb` have scales.
+        (unsafe { scale.add(start) }, true)
+    } else {
+        for (j, x) in sc.iter_mut().enumerate().take(nb) {
+            // SAFETY: per `ChunkArgs`, positions `start + j < n` have a scale.
+            *x = unsafe { *scale.add((start + j) * stride) };
+        }
+        (sc.as_ptr(), false)
+    };
+    let mut s = 0;
+    while s < used {
+        // SAFETY: `src` holds `nb` readable scales (a partial load reads
+        // `nb - s` of them) or is the stack block; rows of `sbuf` hold
+        // BLOCK >= used floats.
+        unsafe {
+            let f = if contiguous {
+                S::load_f32(src.add(s), nb - s)
+            } else {
+                S::load(src.add(s))
+            };
+            for i in 0..rows {
+                let p = sbuf.add(i * BLOCK + s);
+                S::store(p, S::mul(S::load(p), f));
+            }
+        }
+        s += lanes;
     }
 }
 

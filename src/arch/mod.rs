@@ -225,19 +225,21 @@ pub(crate) trait SimdOp {
 /// row is dequantized once per kernel call (once per group of query heads),
 /// never per query head.
 pub(crate) trait Elem: Copy + 'static {
-    /// Whether each row carries its own f32 scale (int8), which the kernel
-    /// reads once per row ([`ChunkArgs::k_scale`]) and passes to `load`.
+    /// Whether each row carries its own f32 scale (int8,
+    /// [`ChunkArgs::k_scale`]). `load` then returns the unscaled values and
+    /// the kernel applies the scale once per position: to the score (K)
+    /// or to the softmax weight (V), not once per vector.
     const ROW_SCALE: bool = false;
     /// Vector `c` of the row of `d` values at `row` (values
     /// `c * LANES..min((c + 1) * LANES, d)`, zero in the other lanes),
-    /// dequantized; `scale` is the row's scale splat when
-    /// [`Elem::ROW_SCALE`], else unspecified. Reads only inside the row.
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, scale: S::V) -> S::V;
+    /// dequantized (but for a [`Elem::ROW_SCALE`] type's row scale). Reads
+    /// only inside the row.
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V;
 }
 
 impl Elem for f32 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: forwarded precondition: the row holds `d > o` values.
         unsafe { S::load_f32(row.add(o), d - o) }
@@ -246,7 +248,7 @@ impl Elem for f32 {
 
 impl Elem for half::f16 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: `f16` is `repr(transparent)` over `u16`; forwarded bounds.
         unsafe { S::load_f16(row.add(o).cast::<u16>(), d - o) }
@@ -255,7 +257,7 @@ impl Elem for half::f16 {
 
 impl Elem for half::bf16 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: `bf16` is `repr(transparent)` over `u16`; forwarded bounds.
         unsafe { S::load_bf16(row.add(o).cast::<u16>(), d - o) }
@@ -266,10 +268,10 @@ impl Elem for half::bf16 {
 impl Elem for i8 {
     const ROW_SCALE: bool = true;
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, scale: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
-        // SAFETY: forwarded bounds; register arithmetic.
-        unsafe { S::mul(S::load_i8(row.add(o), d - o), scale) }
+        // SAFETY: forwarded bounds.
+        unsafe { S::load_i8(row.add(o), d - o) }
     }
 }
 
@@ -278,7 +280,7 @@ impl Elem for i8 {
 /// count) never straddles two blocks.
 impl Elem for crate::quant::BlockQ8_0 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         let (blk, i) = (o / crate::quant::QK8_0, o % crate::quant::QK8_0);
         // SAFETY: the row holds `d / 32` blocks and `o < d`, so block `blk`
@@ -307,7 +309,7 @@ pub(crate) struct E5M2(#[allow(dead_code)] u8);
 
 impl Elem for E4M3 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: `E4M3` is `repr(transparent)` over `u8`; forwarded bounds.
         unsafe { S::load_e4m3(row.add(o).cast::<u8>(), d - o) }
@@ -316,7 +318,7 @@ impl Elem for E4M3 {
 
 impl Elem for E5M2 {
     #[inline(always)]
-    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize, _: S::V) -> S::V {
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: `E5M2` is `repr(transparent)` over `u8`; forwarded bounds.
         unsafe { S::load_e5m2(row.add(o).cast::<u8>(), d - o) }

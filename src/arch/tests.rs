@@ -238,3 +238,113 @@ fn tanh_error_bound_on_every_tier() {
         }
     }
 }
+
+/// Every byte through the byte loads (int8, E5M2, E4M3), `LANES` at a
+/// time from each offset, with every tail length; and every f16 through
+/// `splat_f16`.
+#[derive(Clone)]
+struct ByteLoads(Vec<u8>);
+impl SimdOp for ByteLoads {
+    /// (start, valid, int8 lanes, e5m2 lanes, e4m3 lanes)
+    type Out = Vec<(usize, usize, Vec<f32>, Vec<f32>, Vec<f32>)>;
+    unsafe fn run<S: Simd>(self) -> Self::Out {
+        let mut res = Vec::new();
+        let bytes = &self.0;
+        let mut start = 0;
+        while start < bytes.len() {
+            for valid in [S::LANES, S::LANES + 3, 1, S::LANES.saturating_sub(1), 0] {
+                let n = valid.min(S::LANES).min(bytes.len() - start);
+                // Exactly `n` bytes, at the end of their allocation.
+                let src: Vec<u8> = bytes[start..start + n].to_vec();
+                let mut out = [
+                    vec![0f32; S::LANES],
+                    vec![0f32; S::LANES],
+                    vec![0f32; S::LANES],
+                ];
+                // SAFETY: `src` holds `n` bytes and each load reads at most
+                // `min(n, LANES)` of them (`valid` is capped at `n`).
+                unsafe {
+                    S::store(out[0].as_mut_ptr(), S::load_i8(src.as_ptr().cast(), n));
+                    S::store(out[1].as_mut_ptr(), S::load_e5m2(src.as_ptr(), n));
+                    S::store(out[2].as_mut_ptr(), S::load_e4m3(src.as_ptr(), n));
+                }
+                let [a, b, c] = out;
+                res.push((start, n, a, b, c));
+            }
+            start += S::LANES;
+        }
+        res
+    }
+}
+
+#[test]
+fn byte_loads_widen_every_byte_exactly_on_every_tier() {
+    use crate::quant::Fp8;
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    for (tier, rows) in each_tier(ByteLoads(bytes.clone())) {
+        for (start, n, i8s, e5, e4) in rows {
+            for lane in 0..i8s.len() {
+                if lane >= n {
+                    assert_eq!(
+                        (i8s[lane], e5[lane], e4[lane]),
+                        (0.0, 0.0, 0.0),
+                        "{tier}: lane {lane} past {n}"
+                    );
+                    continue;
+                }
+                let b = bytes[start + lane];
+                assert_eq!(i8s[lane], f32::from(b as i8), "{tier}: int8 {b:#04x}");
+                let w5 = Fp8::E5M2.decode(b);
+                assert!(
+                    e5[lane] == w5 || (w5.is_nan() && e5[lane].is_nan()),
+                    "{tier}: e5m2 {b:#04x} = {}, want {w5}",
+                    e5[lane]
+                );
+                // E4M3 reads as x / 256; its NaN bytes as ±480 / 256.
+                let w4 = match Fp8::E4M3.decode(b) {
+                    x if x.is_nan() => 480.0f32.copysign(if b & 0x80 != 0 { -1.0 } else { 1.0 }),
+                    x => x,
+                };
+                assert_eq!(e4[lane] * 256.0, w4, "{tier}: e4m3 {b:#04x}");
+                assert_eq!(
+                    e4[lane].is_sign_negative(),
+                    b & 0x80 != 0,
+                    "{tier}: e4m3 sign of {b:#04x}"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Splats(Vec<u16>);
+impl SimdOp for Splats {
+    type Out = Vec<Vec<f32>>;
+    unsafe fn run<S: Simd>(self) -> Self::Out {
+        self.0
+            .iter()
+            .map(|&h| {
+                let mut out = vec![0f32; S::LANES];
+                // SAFETY: `out` holds LANES floats.
+                unsafe { S::store(out.as_mut_ptr(), S::splat_f16(h)) };
+                out
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn splat_f16_widens_every_f16_on_every_tier() {
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    for (tier, rows) in each_tier(Splats(all.clone())) {
+        for (h, lanes) in all.iter().zip(&rows) {
+            let want = half::f16::from_bits(*h).to_f32();
+            for x in lanes {
+                assert!(
+                    x.to_bits() == want.to_bits() || (want.is_nan() && x.is_nan()),
+                    "{tier}: splat_f16({h:#06x}) = {x}, want {want}"
+                );
+            }
+        }
+    }
+}
