@@ -1,5 +1,6 @@
 //! Criterion benches of the decode step: one group per model shape, every
-//! tier this machine has, throughput in KV bytes read per step; then the
+//! tier this machine has, throughput in KV bytes read per step; then every
+//! KV element type on Llama-3-8B; then the
 //! serving surface (layouts, query tokens, threads); then KV append (one
 //! token into each of 32 layer caches, throughput in bytes written). Bench
 //! IDs carry the
@@ -86,6 +87,51 @@ fn decode(c: &mut Criterion) {
         }
         group.finish();
     }
+}
+
+/// Every KV element type (and an int8 or fp8 K with an f16 V) on
+/// Llama-3-8B, best tier, one thread; throughput in the bytes each type
+/// reads (values and scales).
+fn kv_types(c: &mut Criterion) {
+    let l: usize = std::env::var("GQA_BENCH_L")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8192);
+    let (h, g, d) = (32, 8, 128);
+    let n = g * l * d;
+    let pairs = [
+        (Dtype::F16, Dtype::F16),
+        (Dtype::F32, Dtype::F32),
+        (Dtype::Bf16, Dtype::Bf16),
+        (Dtype::Int8, Dtype::Int8),
+        (Dtype::Q8_0, Dtype::Q8_0),
+        (Dtype::Fp8E4M3, Dtype::Fp8E4M3),
+        (Dtype::Fp8E5M2, Dtype::Fp8E5M2),
+        (Dtype::Int8, Dtype::F16),
+        (Dtype::Fp8E4M3, Dtype::F16),
+    ];
+    let lens = [l];
+    let mut group = c.benchmark_group(format!("kv_types/Llama-3-8B/L{l}"));
+    group.sample_size(20);
+    for (kd, vd) in pairs {
+        let (k, v) = (Owned::new(kd, n, d, g), Owned::new(vd, n, d, g));
+        let shape = Shape::new(1, h, g, d, kd).with_dtypes(kd, vd);
+        let q = vec![0.01f32; shape.q_elems()];
+        let mut out = vec![0f32; shape.out_elems()];
+        let plan = Plan::new(&shape, &Options::default()).expect("plan");
+        let batch = Batch::strided(
+            &q,
+            KvTensor::bgld(k.data(), l, g, d),
+            KvTensor::bgld(v.data(), l, g, d),
+            &lens,
+        );
+        let mut ws = plan.alloc_workspace();
+        group.throughput(Throughput::Bytes(shape.kv_bytes(&lens) as u64));
+        group.bench_function(BenchmarkId::from_parameter(plan.kernel_name()), |b| {
+            b.iter(|| plan.run(&batch, &mut out, None, &mut ws).expect("run"))
+        });
+    }
+    group.finish();
 }
 
 /// The serving surface on Llama-3-8B, f16, best tier: strided vs paged
@@ -252,6 +298,16 @@ impl Owned {
             Dtype::Fp8E5M2 => Owned::Fp8(Fp8::E5M2, vec![0; n], vec![0.01; g]),
         }
     }
+    fn data(&self) -> KvData<'_> {
+        match self {
+            Owned::F32(x) => KvData::F32(x),
+            Owned::F16(x) => KvData::F16(x),
+            Owned::Bf16(x) => KvData::Bf16(x),
+            Owned::Int8(x, s) => KvData::int8(x, s),
+            Owned::Q8_0(b) => KvData::Q8_0(b),
+            Owned::Fp8(f, x, s) => KvData::fp8(*f, x, s),
+        }
+    }
     fn view(&mut self) -> KvDataMut<'_> {
         match self {
             Owned::F32(x) => KvDataMut::F32(x),
@@ -264,5 +320,5 @@ impl Owned {
     }
 }
 
-criterion_group!(benches, decode, serving, append_kv);
+criterion_group!(benches, decode, kv_types, serving, append_kv);
 criterion_main!(benches);

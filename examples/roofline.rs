@@ -1,12 +1,18 @@
 //! The bandwidth (roofline) report: the main job of this repository.
 //!
-//! Measures this machine's streaming read bandwidth and f32 FMA rate with the
-//! crate's own probes, then runs decode steps of real model shapes and prints
-//! how close each comes to the machine's limit:
+//! Measures this machine's streaming read bandwidth, f32 FMA rate and, per
+//! KV element type, the rate at which a core widens values to f32 with the
+//! crate's own probes, then runs decode steps of real model shapes and
+//! prints how close each comes to the machine's limit:
 //!
 //! ```text
-//! roofline fraction = max(kv_bytes / probe_bandwidth, flops / probe_fma_rate) / seconds
+//! roofline fraction = max(kv_bytes / probe_bandwidth,
+//!                         flops / probe_fma_rate,
+//!                         kv_values / probe_widen_rate) / seconds
 //! ```
+//!
+//! `roof` names the term that binds (`mem`, `fma` or `widen`), and
+//! `bytes_fraction` (JSON) is the memory term alone over `seconds`.
 //!
 //! with the probe taken at the same thread count. A fraction above 1 means
 //! the KV cache fit in the last-level cache. `seconds` is the best of at
@@ -244,9 +250,17 @@ const SWEEP_ROUNDS: usize = 3;
 struct Probes {
     /// (threads, bytes/s, flops/s)
     at: Vec<(usize, f64, f64)>,
+    /// (threads, dtype, values widened per second)
+    widen: Vec<(usize, Dtype, f64)>,
 }
 
 impl Probes {
+    fn widen(&self, threads: usize, dtype: Dtype) -> f64 {
+        self.widen
+            .iter()
+            .find(|w| w.0 == threads && w.1 == dtype)
+            .map_or(f64::INFINITY, |w| w.2)
+    }
     fn get(&self, threads: usize) -> (f64, f64) {
         self.at
             .iter()
@@ -279,6 +293,10 @@ struct Row {
     kv_bytes: usize,
     probe_bps: f64,
     fraction: f64,
+    /// The memory term alone over `seconds`.
+    bytes_fraction: f64,
+    /// The binding roof: `mem`, `fma` or `widen`.
+    roof: &'static str,
 }
 
 /// One measurement to make.
@@ -568,7 +586,19 @@ fn row(
     };
     let kv_bytes = shape.kv_bytes(&visible);
     let (bw, fma) = probes.get(threads);
-    let bound = (kv_bytes as f64 / bw).max(shape.flops(&visible) / fma);
+    let positions: usize = visible.iter().sum();
+    let t_mem = kv_bytes as f64 / bw;
+    let t_fma = shape.flops(&visible) / fma;
+    let t_widen = (positions * m.g) as f64
+        * (m.d as f64 / probes.widen(threads, dtype) + m.d as f64 / probes.widen(threads, v_dtype));
+    let bound = t_mem.max(t_fma).max(t_widen);
+    let roof = if bound == t_mem {
+        "mem"
+    } else if bound == t_fma {
+        "fma"
+    } else {
+        "widen"
+    };
     Row {
         section,
         model: if layout == Layout::Blgd {
@@ -595,13 +625,15 @@ fn row(
         kv_bytes,
         probe_bps: bw,
         fraction: bound / seconds,
+        bytes_fraction: t_mem / seconds,
+        roof,
     }
 }
 
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8} {:>5}",
             "model",
             "B",
             "H",
@@ -618,7 +650,8 @@ fn print_header(json: bool) {
             "seconds",
             "median s",
             "KV GB/s",
-            "roofline"
+            "roofline",
+            "roof"
         );
     }
 }
@@ -637,12 +670,12 @@ fn print_row(r: &Row, json: bool) {
     let kv = kv_name(r.dtype, r.v_dtype);
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4}}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction, r.bytes_fraction, r.roof
         );
     } else {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3} {:>5}",
             r.model,
             r.b,
             r.h,
@@ -659,7 +692,8 @@ fn print_row(r: &Row, json: bool) {
             r.seconds,
             r.median,
             gbps,
-            r.fraction
+            r.fraction,
+            r.roof
         );
     }
 }
@@ -728,6 +762,11 @@ fn main() {
                 )
             })
             .collect(),
+        widen: args
+            .threads
+            .iter()
+            .flat_map(|&t| Dtype::ALL.map(|d| (t, d, probe::widen_rate(d, t))))
+            .collect(),
     };
     // Llama-3-8B f16 with pages of 16 positions: 8 heads of 4 KiB per page,
     // 128 MiB per pool.
@@ -747,6 +786,13 @@ fn main() {
                 fma / 1e9
             );
         }
+        for (t, d, w) in &probes.widen {
+            println!(
+                "# probe, {t} thread(s): widen {d} to f32 at {:.2} G values/s ({:.1} GB/s of {d})",
+                w / 1e9,
+                w * d.row_bytes(128) as f64 / 128.0 / 1e9
+            );
+        }
         println!(
             "# probe, 1 thread, read in paged order (pages of 8 × 4 KiB, shuffled): {:.2} GB/s ({:.2} of streaming)",
             paged / 1e9,
@@ -755,6 +801,11 @@ fn main() {
     } else {
         for (t, bw, fma) in &probes.at {
             println!("{{\"section\":\"probe\",\"threads\":{t},\"probe_gbps\":{:.3},\"probe_gflops\":{:.3}}}", bw / 1e9, fma / 1e9);
+        }
+        for (t, d, w) in &probes.widen {
+            println!(
+                "{{\"section\":\"probe_widen\",\"threads\":{t},\"dtype\":\"{d}\",\"values_per_s\":{w:.4e}}}"
+            );
         }
         println!(
             "{{\"section\":\"probe_paged\",\"threads\":1,\"probe_gbps\":{:.3}}}",
@@ -1053,8 +1104,8 @@ fn main() {
         }
         for (r, ratio) in kv_type_summary(&rows) {
             println!(
-                "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4}}}",
-                kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction
+                "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
+                kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction, r.roof
             );
         }
         for r in &sweep {
@@ -1100,18 +1151,20 @@ fn main() {
                 "## KV types: step time over f16, Llama-3-8B, L = 32768, best runs, runs interleaved"
             );
             println!(
-                "{:<15} {:>3} {:>10} {:>8} {:>10} {:>9}",
-                "kv", "thr", "seconds", "KV GB/s", "/ f16", "roofline"
+                "{:<15} {:>3} {:>10} {:>8} {:>8} {:>9} {:>9} {:>5}",
+                "kv", "thr", "seconds", "KV GB/s", "/ f16", "bytes", "roofline", "roof"
             );
             for (r, ratio) in &kv_types {
                 println!(
-                    "{:<15} {:>3} {:>10.6} {:>8.2} {:>10.3} {:>9.3}",
+                    "{:<15} {:>3} {:>10.6} {:>8.2} {:>8.3} {:>9.3} {:>9.3} {:>5}",
                     kv_name(r.dtype, r.v_dtype),
                     r.threads,
                     r.seconds,
                     r.kv_bytes as f64 / r.seconds / 1e9,
                     ratio,
-                    r.fraction
+                    r.bytes_fraction,
+                    r.fraction,
+                    r.roof
                 );
             }
         }
@@ -1219,6 +1272,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
         }],
         &Probes {
             at: vec![(1, 1.0, 1.0)],
+            widen: Vec::new(),
         },
         min_secs,
     )[0]

@@ -1,5 +1,6 @@
-//! The machine's own limits, measured: streaming read bandwidth and f32 FMA
-//! throughput. Every performance figure of this crate is a ratio against
+//! The machine's own limits, measured: streaming read bandwidth, f32 FMA
+//! throughput and, per KV element type, how fast a core widens values to
+//! f32. Every performance figure of this crate is a ratio against
 //! these, measured in the same run (see `examples/roofline.rs`).
 
 use std::time::Instant;
@@ -58,6 +59,48 @@ pub fn fma_rate(threads: usize) -> f64 {
         });
         let secs = start.elapsed().as_secs_f64();
         best = best.max(flops.iter().sum::<f64>() / secs);
+    }
+    best
+}
+
+/// Values per second that `threads` threads widen to f32 from an
+/// L1-resident buffer of `dtype`, with the kernels' own converting loads
+/// on the best tier and one FMA per vector: the compute roof of a step
+/// that reads `n` values is `n / widen_rate`. On cores that widen slowly
+/// (a 512-bit conversion that issues at half rate) this roof, not DRAM,
+/// can bound a step, and a narrower type then saves bytes but not time.
+/// Best of 3.
+pub fn widen_rate(dtype: crate::Dtype, threads: usize) -> f64 {
+    use crate::arch::{E4M3, E5M2};
+    use crate::Dtype;
+    const D: usize = 4096;
+    let threads = threads.max(1);
+    let tier = Tier::best();
+    let passes = 20_000usize;
+    let one = move || match dtype {
+        Dtype::F32 => probes::widen(tier, &[0f32; D], D, passes),
+        Dtype::F16 => probes::widen(tier, &[half::f16::ZERO; D], D, passes),
+        Dtype::Bf16 => probes::widen(tier, &[half::bf16::ZERO; D], D, passes),
+        Dtype::Int8 => probes::widen(tier, &[0i8; D], D, passes),
+        Dtype::Q8_0 => probes::widen(
+            tier,
+            &[crate::quant::BlockQ8_0::default(); D / crate::quant::QK8_0],
+            D,
+            passes,
+        ),
+        Dtype::Fp8E4M3 => probes::widen(tier, &[E4M3(0); D], D, passes),
+        Dtype::Fp8E5M2 => probes::widen(tier, &[E5M2(0); D], D, passes),
+    };
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(one);
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max((D * passes * threads) as f64 / secs);
     }
     best
 }

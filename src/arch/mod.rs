@@ -300,12 +300,12 @@ impl Elem for crate::quant::BlockQ8_0 {
 /// per-head scale.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-pub(crate) struct E4M3(#[allow(dead_code)] u8);
+pub(crate) struct E4M3(pub(crate) u8);
 
 /// An fp8 E5M2 byte as a kernel element type.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-pub(crate) struct E5M2(#[allow(dead_code)] u8);
+pub(crate) struct E5M2(pub(crate) u8);
 
 impl Elem for E4M3 {
     #[inline(always)]

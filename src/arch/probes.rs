@@ -1,7 +1,7 @@
 //! Bodies of the machine probes (bandwidth and FMA rate), written once over
 //! [`Simd`] like the kernel and run on a tier through its `with` entry.
 
-use super::{Simd, SimdOp};
+use super::{Elem, Simd, SimdOp};
 use crate::dispatch::Tier;
 
 struct Sum<'a>(&'a [f32]);
@@ -60,6 +60,43 @@ impl SimdOp for Fma {
     }
 }
 
+/// Widens `passes` times the `d` values at `row` (L1-resident), one FMA
+/// per vector into 8 independent accumulators: the least work a kernel
+/// does per value it reads.
+struct Widen<E> {
+    row: *const E,
+    d: usize,
+    passes: usize,
+}
+
+impl<E: Elem> SimdOp for Widen<E> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let vecs = self.d / S::LANES;
+        // SAFETY: vectors `c < d / LANES` lie inside the row of `d` values
+        // (`d` is a multiple of 8 vectors and of 32 for q8_0 rows).
+        unsafe {
+            let q = S::splat(std::hint::black_box(0.5));
+            let mut acc = [S::zero(); 8];
+            for _ in 0..self.passes {
+                let mut c = 0;
+                while c + 8 <= vecs {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        *a = S::fma(E::load::<S>(self.row, c + u, self.d), q, *a);
+                    }
+                    c += 8;
+                }
+            }
+            let mut s = S::zero();
+            for x in acc {
+                s = S::add(s, x);
+            }
+            std::hint::black_box(S::reduce_add(s));
+        }
+    }
+}
+
 fn on_tier<O: SimdOp>(tier: Tier, op: O) -> O::Out {
     match tier {
         #[cfg(target_arch = "x86_64")]
@@ -84,4 +121,16 @@ pub(crate) fn sum(tier: Tier, x: &[f32]) -> f32 {
 /// Runs `iters` rounds of independent FMA chains on `tier`; returns FLOPs done.
 pub(crate) fn fma(tier: Tier, iters: usize) -> f64 {
     on_tier(tier, Fma(iters))
+}
+
+/// Widens `passes` times the row `x` (a multiple of 128 values) on `tier`.
+pub(crate) fn widen<E: Elem>(tier: Tier, x: &[E], values: usize, passes: usize) {
+    on_tier(
+        tier,
+        Widen {
+            row: x.as_ptr(),
+            d: values,
+            passes,
+        },
+    )
 }
