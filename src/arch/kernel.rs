@@ -150,6 +150,10 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     // plain loop keeps the code and register allocation it has without
     // them, and a transformed call pays one call per block.
     let transformed = a.softcap > 0.0 || !a.alibi_slope.is_null() || !a.bias.is_null();
+    // Phases run inline in the specialised instances and in the generic
+    // kernels of the float types, out of line in the generic kernels of
+    // pairs with a quantized type (see `phase`).
+    let inline = D::FIXED || !(K::QUANTIZED || V::QUANTIZED);
 
     let mut start = 0;
     while start < a.n {
@@ -169,16 +173,19 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 d: dv,
             };
             if direct {
-                phase::<S, D, _>(Scores {
-                    q: a.q,
-                    rows,
-                    dkp,
-                    kc,
-                    krows: kc_rows,
-                    nb,
-                    part,
-                    sbuf,
-                });
+                phase::<S, _>(
+                    inline,
+                    Scores {
+                        q: a.q,
+                        rows,
+                        dkp,
+                        kc,
+                        krows: kc_rows,
+                        nb,
+                        part,
+                        sbuf,
+                    },
+                );
                 if K::ROW_SCALE {
                     scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
                 }
@@ -191,56 +198,71 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                         start,
                     });
                 }
-                phase::<S, D, _>(Softmax {
-                    a,
-                    rows,
-                    nb,
-                    sbuf,
-                    lsum,
-                    dvp,
-                    vc,
-                });
+                phase::<S, _>(
+                    inline,
+                    Softmax {
+                        a,
+                        rows,
+                        nb,
+                        sbuf,
+                        lsum,
+                        dvp,
+                        vc,
+                    },
+                );
                 if V::ROW_SCALE {
                     scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
                 }
-                phase::<S, D, _>(Accumulate {
-                    rows,
-                    nb,
-                    pbuf: sbuf,
-                    vrows: vc_rows,
-                    dvp,
-                    vc,
-                    acc: a.acc,
-                });
+                phase::<S, _>(
+                    inline,
+                    Accumulate {
+                        rows,
+                        nb,
+                        pbuf: sbuf,
+                        vrows: vc_rows,
+                        dvp,
+                        vc,
+                        acc: a.acc,
+                    },
+                );
             } else {
-                phase::<S, D, _>(Convert {
-                    src: kc_rows,
-                    nb,
-                    chunks: kc,
-                    dst: kbuf,
-                    dp: dkp,
-                });
-                phase::<S, D, _>(Convert {
-                    src: vc_rows,
-                    nb,
-                    chunks: vc,
-                    dst: vbuf,
-                    dp: dvp,
-                });
+                phase::<S, _>(
+                    inline,
+                    Convert {
+                        src: kc_rows,
+                        nb,
+                        chunks: kc,
+                        dst: kbuf,
+                        dp: dkp,
+                    },
+                );
+                phase::<S, _>(
+                    inline,
+                    Convert {
+                        src: vc_rows,
+                        nb,
+                        chunks: vc,
+                        dst: vbuf,
+                        dp: dvp,
+                    },
+                );
                 let ks = ScratchRows {
                     base: kbuf,
                     stride: dkp,
                 };
-                phase::<S, D, _>(Scores {
-                    q: a.q,
-                    rows,
-                    dkp,
-                    kc,
-                    krows: ks,
-                    nb,
-                    part,
-                    sbuf,
-                });
+                phase::<S, _>(
+                    inline,
+                    Scores {
+                        q: a.q,
+                        rows,
+                        dkp,
+                        kc,
+                        krows: ks,
+                        nb,
+                        part,
+                        sbuf,
+                    },
+                );
                 if K::ROW_SCALE {
                     scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
                 }
@@ -253,15 +275,18 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                         start,
                     });
                 }
-                phase::<S, D, _>(Softmax {
-                    a,
-                    rows,
-                    nb,
-                    sbuf,
-                    lsum,
-                    dvp,
-                    vc,
-                });
+                phase::<S, _>(
+                    inline,
+                    Softmax {
+                        a,
+                        rows,
+                        nb,
+                        sbuf,
+                        lsum,
+                        dvp,
+                        vc,
+                    },
+                );
                 if V::ROW_SCALE {
                     scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
                 }
@@ -269,15 +294,18 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     base: vbuf,
                     stride: dvp,
                 };
-                phase::<S, D, _>(Accumulate {
-                    rows,
-                    nb,
-                    pbuf: sbuf,
-                    vrows: vs,
-                    dvp,
-                    vc,
-                    acc: a.acc,
-                });
+                phase::<S, _>(
+                    inline,
+                    Accumulate {
+                        rows,
+                        nb,
+                        pbuf: sbuf,
+                        vrows: vs,
+                        dvp,
+                        vc,
+                        acc: a.acc,
+                    },
+                );
             }
         }
         start += nb;
@@ -286,22 +314,24 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     unsafe { fold_sums::<S>(rows, a.l, lsum) };
 }
 
-/// Runs one phase of the block loop: inline in the specialised instances
-/// (compile-time dims), and out of line in the generic ones, through the
-/// tier's never-inlined `with`. A phase depends on one element type at
-/// most (scores on K, accumulate on V), so out of line it is compiled once
-/// per type and tier instead of once per (K, V) pair: with seven types
-/// that keeps the 49 generic kernels of a tier from multiplying its build
-/// time, at the price of a call per phase per block of 16 positions.
+/// Runs one phase of the block loop inline (`inline`: one fused loop), or
+/// out of line through the tier's never-inlined `with`. A phase depends on
+/// one element type at most (scores on K, accumulate on V), so out of line
+/// it is compiled once per type and tier instead of once per (K, V) pair.
+/// The generic kernels of pairs with a quantized type run out of line:
+/// with seven types, inlining all 49 generic kernels of a tier made the
+/// crate build 2.5x slower, and the call per phase per 16-position block
+/// costs about 5 % (measured on the float types' generic kernels, which
+/// stay inline, like every specialised instance).
 ///
 /// # Safety
 /// The phase's own preconditions (stated on each struct).
 #[inline(always)]
-unsafe fn phase<S: Simd, D: Dims, O: SimdOp<Out = ()>>(op: O) {
+unsafe fn phase<S: Simd, O: SimdOp<Out = ()>>(inline: bool, op: O) {
     // SAFETY: forwarded preconditions; `out_of_line` runs under the same
     // tier's features.
     unsafe {
-        if D::FIXED {
+        if inline {
             op.run::<S>()
         } else {
             S::out_of_line(op)

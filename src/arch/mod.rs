@@ -230,6 +230,10 @@ pub(crate) trait Elem: Copy + 'static {
     /// the kernel applies the scale once per position: to the score (K)
     /// or to the softmax weight (V), not once per vector.
     const ROW_SCALE: bool = false;
+    /// Whether the type is one of the quantized ones (their generic
+    /// kernels run the block loop's phases out of line; see
+    /// `kernel::phase`).
+    const QUANTIZED: bool = true;
     /// Vector `c` of the row of `d` values at `row` (values
     /// `c * LANES..min((c + 1) * LANES, d)`, zero in the other lanes),
     /// dequantized (but for a [`Elem::ROW_SCALE`] type's row scale). Reads
@@ -238,6 +242,7 @@ pub(crate) trait Elem: Copy + 'static {
 }
 
 impl Elem for f32 {
+    const QUANTIZED: bool = false;
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
@@ -247,6 +252,7 @@ impl Elem for f32 {
 }
 
 impl Elem for half::f16 {
+    const QUANTIZED: bool = false;
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
@@ -256,6 +262,7 @@ impl Elem for half::f16 {
 }
 
 impl Elem for half::bf16 {
+    const QUANTIZED: bool = false;
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
