@@ -56,9 +56,11 @@
 //! See the README for the tolerance every tier is tested against.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod append;
 mod arch;
+pub mod capi;
 pub mod dispatch;
 mod error;
 mod layout;

@@ -416,8 +416,14 @@ impl Plan {
     /// includes it, and a row that sees no position gets zeros and
     /// `lse = sink`.
     pub fn with_sinks(mut self, sinks: &[f32]) -> Result<Plan> {
-        self.sinks = Some(self.per_head("sinks", sinks)?);
+        self.set_sinks(sinks)?;
         Ok(self)
+    }
+
+    /// [`Plan::with_sinks`] in place (the plan is unchanged on error).
+    pub fn set_sinks(&mut self, sinks: &[f32]) -> Result<()> {
+        self.sinks = Some(self.per_head("sinks", sinks)?);
+        Ok(())
     }
 
     /// Checks a per-query-head parameter array (one finite value per head)
@@ -440,8 +446,14 @@ impl Plan {
     /// to the scaled score of query head `h` at position `p` for KV position
     /// `j` (after any softcap). One slope per query head.
     pub fn with_alibi(mut self, slopes: &[f32]) -> Result<Plan> {
-        self.alibi = Some(self.per_head("alibi_slopes", slopes)?);
+        self.set_alibi(slopes)?;
         Ok(self)
+    }
+
+    /// [`Plan::with_alibi`] in place (the plan is unchanged on error).
+    pub fn set_alibi(&mut self, slopes: &[f32]) -> Result<()> {
+        self.alibi = Some(self.per_head("alibi_slopes", slopes)?);
+        Ok(())
     }
 
     /// The same plan with ALiBi slopes derived from `max_bias` by the

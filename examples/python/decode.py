@@ -1,0 +1,249 @@
+"""A Python host of gqa-kernels through its C ABI (ctypes + numpy).
+
+Loads the cdylib (`cargo build --release` makes target/release/
+libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
+numpy arrays, fills an int8 cache token by token with gqa_append and
+decodes it, and checks both against a numpy float64 reference. Exits
+non-zero on any mismatch.
+
+    cargo build --release && python3 examples/python/decode.py [path/to/libgqa_kernels.so]
+"""
+
+import ctypes as C
+import pathlib
+import sys
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+DEFAULT_LIB = HERE.parent.parent / "target" / "release" / "libgqa_kernels.so"
+
+GQA_OK = 0
+GQA_DTYPE_F32, GQA_DTYPE_F16, GQA_DTYPE_INT8 = 0, 1, 3
+GQA_TIER_AUTO = -1
+GQA_LAYOUT_STRIDED = 0
+
+
+class Shape(C.Structure):
+    _fields_ = [
+        ("struct_size", C.c_size_t),
+        ("batch", C.c_size_t),
+        ("heads", C.c_size_t),
+        ("kv_heads", C.c_size_t),
+        ("head_dim_k", C.c_size_t),
+        ("head_dim_v", C.c_size_t),
+        ("q_len", C.c_size_t),
+        ("max_kv_len", C.c_size_t),
+        ("k_dtype", C.c_int32),
+        ("v_dtype", C.c_int32),
+    ]
+
+
+class Options(C.Structure):
+    _fields_ = [
+        ("struct_size", C.c_size_t),
+        ("scale", C.c_float),
+        ("tier", C.c_int32),
+        ("threads", C.c_size_t),
+        ("window", C.c_size_t),
+        ("softcap", C.c_float),
+    ]
+
+
+class Kv(C.Structure):
+    _fields_ = [
+        ("dtype", C.c_int32),
+        ("data", C.c_void_p),
+        ("len", C.c_size_t),
+        ("scales", C.POINTER(C.c_float)),
+        ("scales_len", C.c_size_t),
+        ("outer_stride", C.c_size_t),
+        ("token_stride", C.c_size_t),
+        ("head_stride", C.c_size_t),
+    ]
+
+
+class Cache(C.Structure):
+    _fields_ = [
+        ("struct_size", C.c_size_t),
+        ("layout", C.c_int32),
+        ("k", Kv),
+        ("v", Kv),
+        ("page_size", C.c_size_t),
+        ("block_table", C.POINTER(C.c_uint32)),
+        ("block_table_len", C.c_size_t),
+        ("blocks_per_seq", C.c_size_t),
+        ("capacity", C.c_size_t),
+        ("first_pos", C.POINTER(C.c_size_t)),
+    ]
+
+
+class BatchS(C.Structure):
+    _fields_ = [
+        ("struct_size", C.c_size_t),
+        ("q", C.POINTER(C.c_float)),
+        ("q_elems", C.c_size_t),
+        ("cache", C.POINTER(Cache)),
+        ("seq_lens", C.POINTER(C.c_size_t)),
+        ("n_seqs", C.c_size_t),
+        ("q_offsets", C.POINTER(C.c_size_t)),
+        ("bias", C.POINTER(C.c_float)),
+        ("bias_len", C.c_size_t),
+        ("bias_seq_stride", C.c_size_t),
+        ("bias_token_stride", C.c_size_t),
+        ("bias_head_stride", C.c_size_t),
+    ]
+
+
+class NewKv(C.Structure):
+    _fields_ = [
+        ("struct_size", C.c_size_t),
+        ("dtype", C.c_int32),
+        ("k", C.c_void_p),
+        ("k_len", C.c_size_t),
+        ("v", C.c_void_p),
+        ("v_len", C.c_size_t),
+        ("offsets", C.POINTER(C.c_size_t)),
+        ("offsets_len", C.c_size_t),
+        ("kv_heads", C.c_size_t),
+        ("head_dim_k", C.c_size_t),
+        ("head_dim_v", C.c_size_t),
+    ]
+
+
+def load(path):
+    lib = C.CDLL(str(path))
+    lib.gqa_last_error.restype = C.c_char_p
+    lib.gqa_version.restype = C.c_char_p
+    lib.gqa_sizeof.restype = C.c_size_t
+    lib.gqa_sizeof.argtypes = [C.c_int32]
+    lib.gqa_plan_kernel_name.restype = C.c_char_p
+    lib.gqa_plan_kernel_name.argtypes = [C.c_void_p]
+    lib.gqa_plan_create.argtypes = [C.POINTER(Shape), C.POINTER(Options), C.POINTER(C.c_void_p)]
+    lib.gqa_plan_destroy.argtypes = [C.c_void_p]
+    lib.gqa_plan_workspace_bytes.argtypes = [C.c_void_p, C.POINTER(C.c_size_t)]
+    lib.gqa_run.argtypes = [
+        C.c_void_p, C.POINTER(BatchS), C.POINTER(C.c_float), C.c_size_t,
+        C.POINTER(C.c_float), C.c_size_t, C.c_void_p, C.c_size_t,
+    ]
+    lib.gqa_append.argtypes = [C.POINTER(Cache), C.POINTER(NewKv), C.POINTER(C.c_size_t), C.c_size_t]
+    for i, s in enumerate([Shape, Options, Kv, Cache, BatchS, NewKv]):
+        if lib.gqa_sizeof(i) != C.sizeof(s):
+            sys.exit(f"struct {s.__name__}: library {lib.gqa_sizeof(i)} bytes, ctypes {C.sizeof(s)}")
+    return lib
+
+
+def check(lib, status, what):
+    if status != GQA_OK:
+        sys.exit(f"{what}: status {status}: {lib.gqa_last_error().decode()}")
+
+
+def fptr(a):
+    return a.ctypes.data_as(C.POINTER(C.c_float))
+
+
+def reference(q, k, v, lens, g):
+    """float64 GQA decode: q [B, H, D], k/v [B, G, L, D] (already dequantized)."""
+    b_count, h_count, d = q.shape
+    r = h_count // g
+    out = np.zeros((b_count, h_count, v.shape[-1]))
+    for b in range(b_count):
+        for h in range(h_count):
+            kk = k[b, h // r, : lens[b]].astype(np.float64)
+            vv = v[b, h // r, : lens[b]].astype(np.float64)
+            s = kk @ q[b, h].astype(np.float64) / np.sqrt(d)
+            w = np.exp(s - s.max())
+            out[b, h] = (w / w.sum()) @ vv
+    return out
+
+
+def decode(lib, shape, cache, q, lens):
+    plan = C.c_void_p()
+    opts = Options(C.sizeof(Options), 0.0, GQA_TIER_AUTO, 1, 0, 0.0)
+    check(lib, lib.gqa_plan_create(C.byref(shape), C.byref(opts), C.byref(plan)), "plan")
+    ws_len = C.c_size_t()
+    check(lib, lib.gqa_plan_workspace_bytes(plan, C.byref(ws_len)), "workspace")
+    ws = np.empty(ws_len.value, dtype=np.uint8)
+    out = np.full(q.shape[0] * q.shape[1] * shape.head_dim_v, np.nan, dtype=np.float32)
+    seq = (C.c_size_t * len(lens))(*lens)
+    batch = BatchS(C.sizeof(BatchS), fptr(q), q.size, C.pointer(cache), seq, len(lens))
+    check(lib, lib.gqa_run(plan, C.byref(batch), fptr(out), out.size, None, 0,
+                           ws.ctypes.data_as(C.c_void_p), ws.size), "run")
+    name = lib.gqa_plan_kernel_name(plan).decode()
+    lib.gqa_plan_destroy(plan)
+    return out.reshape(q.shape[0], q.shape[1], -1), name
+
+
+def kv(dtype, array, scales=None, outer=0, token=0, head=0):
+    s = scales.ctypes.data_as(C.POINTER(C.c_float)) if scales is not None else None
+    return Kv(dtype, array.ctypes.data_as(C.c_void_p), array.size, s,
+              0 if scales is None else scales.size, outer, token, head)
+
+
+def main():
+    lib = load(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_LIB)
+    rng = np.random.default_rng(7)
+    b_count, h_count, g, d, max_len = 2, 8, 2, 64, 48
+    lens = [45, 11]
+    # f16 cache [B, G, L, D] as numpy arrays, decoded in place.
+    k = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float16)
+    v = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float16)
+    q = rng.uniform(-1, 1, (b_count, h_count, d)).astype(np.float32)
+    strides = (g * max_len * d, d, max_len * d)
+    cache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED,
+                  kv(GQA_DTYPE_F16, k, None, *strides), kv(GQA_DTYPE_F16, v, None, *strides))
+    shape = Shape(C.sizeof(Shape), b_count, h_count, g, d, d, 1, 0, GQA_DTYPE_F16, GQA_DTYPE_F16)
+    got, name = decode(lib, shape, cache, q, lens)
+    want = reference(q, k, v, lens, g)
+    err = np.abs(got - want).max()
+    print(f"gqa-kernels {lib.gqa_version().decode()}: f16 cache, {name}: max |out - numpy| = {err:.2e}")
+    if not err < 1e-4:
+        sys.exit("f16 decode disagrees with the numpy reference")
+
+    # An int8 cache written token by token with gqa_append (quantized on
+    # write), then decoded; the reference reads the dequantized cache.
+    kq = np.zeros((b_count, g, max_len, d), dtype=np.int8)
+    vq = np.zeros_like(kq)
+    ks = np.zeros((b_count, g, max_len), dtype=np.float32)
+    vs = np.zeros_like(ks)
+    icache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED,
+                   kv(GQA_DTYPE_INT8, kq, ks, *strides), kv(GQA_DTYPE_INT8, vq, vs, *strides))
+    icache.capacity = max_len
+    src_k = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
+    src_v = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
+    for pos in range(max(lens)):
+        rows = [b for b in range(b_count) if pos < lens[b]]
+        nk = np.ascontiguousarray(src_k[rows, :, pos])  # [T, G, D]
+        nv = np.ascontiguousarray(src_v[rows, :, pos])
+        offsets = [0]
+        for b in range(b_count):
+            offsets.append(offsets[-1] + (1 if pos < lens[b] else 0))
+        off = (C.c_size_t * len(offsets))(*offsets)
+        new = NewKv(C.sizeof(NewKv), GQA_DTYPE_F32, nk.ctypes.data_as(C.c_void_p), nk.size,
+                    nv.ctypes.data_as(C.c_void_p), nv.size, off, len(offsets), g, d, d)
+        positions = (C.c_size_t * b_count)(*([pos] * b_count))
+        check(lib, lib.gqa_append(C.byref(icache), C.byref(new), positions, b_count), "append")
+    shape8 = Shape(C.sizeof(Shape), b_count, h_count, g, d, d, 1, 0, GQA_DTYPE_INT8, GQA_DTYPE_INT8)
+    got8, name8 = decode(lib, shape8, icache, q, lens)
+    deq_k = kq.astype(np.float64) * ks[..., None]
+    deq_v = vq.astype(np.float64) * vs[..., None]
+    want8 = reference(q, deq_k, deq_v, lens, g)
+    err8 = np.abs(got8 - want8).max()
+    # And the quantization error itself, against the f32 source rows.
+    qerr = np.abs(got8 - reference(q, src_k, src_v, lens, g)).max()
+    print(f"int8 cache via gqa_append, {name8}: max |out - numpy| = {err8:.2e} "
+          f"(vs the unquantized source: {qerr:.2e})")
+    if not err8 < 1e-4 or not qerr < 2e-2:
+        sys.exit("int8 decode disagrees with the numpy reference")
+
+    # A bad call returns a status and a message, never a crash.
+    bad = Shape(C.sizeof(Shape), b_count, 7, g, d, d, 1, 0, GQA_DTYPE_F16, GQA_DTYPE_F16)
+    plan = C.c_void_p()
+    status = lib.gqa_plan_create(C.byref(bad), None, C.byref(plan))
+    print(f"bad shape: status {status}: {lib.gqa_last_error().decode()}")
+    if status == GQA_OK:
+        sys.exit("a bad shape was accepted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+/*
+ * A C consumer of gqa_kernels.h, compiled by capi-test/build.rs with the
+ * platform's C compiler (C99, warnings as errors) and run by
+ * capi-test/tests/consumer.rs, which checks the outputs below against the
+ * crate's f64 reference.
+ *
+ * Scenario: a paged cache (int8 K, fp8 E5M2 V, pages of 16 positions in a
+ * shuffled pool) written token by token with gqa_append from f32 rows,
+ * decoded with gqa_run; a strided f32 cache decoded whole and as two
+ * ranges merged with gqa_merge_states; one and two threads; and the error
+ * paths (NULL pointers, bad enums, short structs and buffers).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gqa_kernels.h"
+
+/* The scenario's dimensions; the Rust test uses the same. */
+#define B 2
+#define H 8
+#define G 2
+#define D 64
+#define PAGE 16
+#define MAXLEN 40
+static const size_t LENS[B] = {37, 9};
+
+/* The generator the Rust test replays. */
+static uint64_t rng_state;
+static float next_value(void) {
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)(rng_state >> 40) / 8388608.0f - 1.0f;
+}
+
+static char *log_buf;
+static size_t log_len;
+static void note(const char *msg, const char *detail) {
+    size_t used = strlen(log_buf);
+    if (used + 1 < log_len) {
+        snprintf(log_buf + used, log_len - used, "%s%s%s\n", msg, detail ? ": " : "",
+                 detail ? detail : "");
+    }
+}
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            note("check failed: " #cond, gqa_last_error());                           \
+            return __LINE__;                                                          \
+        }                                                                             \
+    } while (0)
+
+static gqa_shape make_shape(int32_t k, int32_t v) {
+    gqa_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    s.batch = B;
+    s.heads = H;
+    s.kv_heads = G;
+    s.head_dim_k = D;
+    s.head_dim_v = D;
+    s.q_len = 1;
+    s.max_kv_len = MAXLEN;
+    s.k_dtype = k;
+    s.v_dtype = v;
+    return s;
+}
+
+static int error_paths(void) {
+    gqa_plan *p = NULL;
+    gqa_shape s = make_shape(GQA_DTYPE_F32, GQA_DTYPE_F32);
+    gqa_shape bad;
+
+    CHECK(gqa_plan_create(NULL, NULL, &p) == GQA_ERR_NULL);
+    CHECK(strstr(gqa_last_error(), "shape") != NULL);
+    CHECK(gqa_plan_create(&s, NULL, NULL) == GQA_ERR_NULL);
+    bad = s;
+    bad.struct_size = 8;
+    CHECK(gqa_plan_create(&bad, NULL, &p) == GQA_ERR_STRUCT_SIZE);
+    bad = s;
+    bad.k_dtype = 99;
+    CHECK(gqa_plan_create(&bad, NULL, &p) == GQA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gqa_last_error(), "k_dtype") != NULL);
+    bad = s;
+    bad.heads = 7;
+    CHECK(gqa_plan_create(&bad, NULL, &p) == GQA_ERR_INVALID_ARGUMENT);
+    bad = s;
+    bad.k_dtype = GQA_DTYPE_Q8_0;
+    bad.head_dim_k = 40;
+    CHECK(gqa_plan_create(&bad, NULL, &p) == GQA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gqa_last_error(), "multiple of 32") != NULL);
+    {
+        gqa_options o;
+        memset(&o, 0, sizeof o);
+        o.struct_size = sizeof o;
+        o.tier = 42;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_INVALID_ARGUMENT);
+        o.tier = GQA_TIER_AUTO;
+        o.softcap = -1.0f;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_INVALID_ARGUMENT);
+    }
+    CHECK(gqa_plan_workspace_bytes(NULL, NULL) == GQA_ERR_NULL);
+    CHECK(gqa_run(NULL, NULL, NULL, 0, NULL, 0, NULL, 0) == GQA_ERR_NULL);
+    CHECK(gqa_plan_kernel_name(NULL) == NULL);
+    CHECK(gqa_tier_name(17) == NULL);
+    CHECK(gqa_tier_available(-5) == 0);
+    CHECK(gqa_sizeof(99) == 0);
+    gqa_plan_destroy(NULL);
+    return 0;
+}
+
+/* The strided f32 part: whole cache vs two ranges merged, 1 vs 2 threads. */
+static int strided_and_merge(void) {
+    enum { L = 33, SPLIT = 20 };
+    static float k[G * L * D], v[G * L * D], q[H * D];
+    static float out[H * D], out2[H * D], part[H * D];
+    float lse[H], lse2[H], plse[H];
+    size_t i, ws_len = 0;
+    void *ws;
+    gqa_plan *p = NULL, *p2 = NULL;
+    gqa_shape s = make_shape(GQA_DTYPE_F32, GQA_DTYPE_F32);
+    gqa_options o;
+    gqa_cache c;
+    gqa_batch bt;
+    size_t len = L;
+
+    s.batch = 1;
+    s.max_kv_len = 0;
+    for (i = 0; i < G * L * D; i++) {
+        k[i] = next_value();
+        v[i] = next_value();
+    }
+    for (i = 0; i < H * D; i++) q[i] = next_value();
+    CHECK(gqa_plan_create(&s, NULL, &p) == GQA_OK);
+    memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    o.tier = GQA_TIER_AUTO;
+    o.threads = 2;
+    CHECK(gqa_plan_create(&s, &o, &p2) == GQA_OK);
+    CHECK(gqa_plan_workspace_bytes(p2, &ws_len) == GQA_OK);
+    {
+        size_t w1 = 0;
+        CHECK(gqa_plan_workspace_bytes(p, &w1) == GQA_OK);
+        if (w1 > ws_len) ws_len = w1;
+    }
+    ws = malloc(ws_len);
+    CHECK(ws != NULL);
+
+    /* [B, G, L, D] */
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.layout = GQA_LAYOUT_STRIDED;
+    c.k.dtype = GQA_DTYPE_F32;
+    c.k.data = k;
+    c.k.len = G * L * D;
+    c.k.outer_stride = G * L * D;
+    c.k.token_stride = D;
+    c.k.head_stride = L * D;
+    c.v = c.k;
+    c.v.data = v;
+    memset(&bt, 0, sizeof bt);
+    bt.struct_size = sizeof bt;
+    bt.q = q;
+    bt.q_elems = H * D;
+    bt.cache = &c;
+    bt.seq_lens = &len;
+    bt.n_seqs = 1;
+
+    CHECK(gqa_run(p, &bt, out, H * D, lse, H, ws, ws_len) == GQA_OK);
+    CHECK(gqa_run(p2, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_OK);
+    CHECK(memcmp(out, out2, sizeof out) == 0 && memcmp(lse, lse2, sizeof lse) == 0);
+    /* Errors on a real plan: short output, short workspace, wrong type. */
+    CHECK(gqa_run(p, &bt, out2, H * D - 1, lse2, H, ws, ws_len) == GQA_ERR_LENGTH);
+    CHECK(strstr(gqa_last_error(), "out") != NULL);
+    CHECK(gqa_run(p, &bt, out2, H * D, lse2, H, ws, 16) == GQA_ERR_BUFFER_TOO_SMALL);
+    c.k.dtype = GQA_DTYPE_F16;
+    CHECK(gqa_run(p, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_ERR_TYPE);
+    c.k.dtype = GQA_DTYPE_F32;
+    c.k.len = G * L * D - 1;
+    CHECK(gqa_run(p, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_ERR_OUT_OF_BOUNDS);
+    c.k.len = G * L * D;
+    c.layout = 7;
+    CHECK(gqa_run(p, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_ERR_INVALID_ARGUMENT);
+    c.layout = GQA_LAYOUT_STRIDED;
+
+    /* Positions [0, SPLIT) and [SPLIT, L) as two runs, merged. */
+    len = SPLIT;
+    CHECK(gqa_run(p, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_OK);
+    c.k.data = k + SPLIT * D;
+    c.v.data = v + SPLIT * D;
+    c.k.len = c.v.len = G * L * D - SPLIT * D;
+    len = L - SPLIT;
+    CHECK(gqa_run(p, &bt, part, H * D, plse, H, ws, ws_len) == GQA_OK);
+    CHECK(gqa_merge_states(out2, lse2, part, plse, H, D) == GQA_OK);
+    for (i = 0; i < H * D; i++) CHECK(fabsf(out2[i] - out[i]) <= 1e-5f);
+    for (i = 0; i < H; i++) CHECK(fabsf(lse2[i] - lse[i]) <= 1e-5f);
+    CHECK(gqa_merge_states(out2, lse2, part, NULL, H, D) == GQA_ERR_NULL);
+
+    free(ws);
+    gqa_plan_destroy(p);
+    gqa_plan_destroy(p2);
+    note("strided + merge: ok", NULL);
+    return 0;
+}
+
+/* The paged quantized part; its output goes back to the Rust test. */
+static int paged_quantized(float *out, size_t out_len, float *lse, size_t lse_len) {
+    enum { PAGES = 8 };
+    static int8_t kq[PAGES * G * PAGE * D];
+    static float ks[PAGES * G * PAGE];
+    static uint8_t vq[PAGES * G * PAGE * D];
+    static float rows_k[B * G * D], rows_v[B * G * D], q[B * H * D];
+    static const float v_scales[G] = {0.004f, 0.006f};
+    /* A shuffled pool: sequence 0 owns pages 5, 2, 7; sequence 1 owns 0. */
+    static const uint32_t table[B * 3] = {5, 2, 7, 0, 3, 3};
+    gqa_shape s = make_shape(GQA_DTYPE_INT8, GQA_DTYPE_FP8_E5M2);
+    gqa_plan *p = NULL;
+    gqa_cache c;
+    gqa_new_kv nk;
+    gqa_batch bt;
+    size_t pos, i, ws_len = 0;
+    void *ws;
+    int32_t tier = -1;
+
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.layout = GQA_LAYOUT_PAGED;
+    c.k.dtype = GQA_DTYPE_INT8;
+    c.k.data = kq;
+    c.k.len = PAGES * G * PAGE * D;
+    c.k.scales = ks;
+    c.k.scales_len = PAGES * G * PAGE;
+    c.k.outer_stride = G * PAGE * D; /* [G, page, D] pages */
+    c.k.token_stride = D;
+    c.k.head_stride = PAGE * D;
+    c.v = c.k;
+    c.v.dtype = GQA_DTYPE_FP8_E5M2;
+    c.v.data = vq;
+    c.v.scales = (float *)v_scales;
+    c.v.scales_len = G;
+    c.page_size = PAGE;
+    c.block_table = table;
+    c.block_table_len = B * 3;
+    c.blocks_per_seq = 3;
+
+    /* One token per sequence per step, f32 rows, until each reaches its
+     * length (sequence 1 stops early: its offsets give it no token). */
+    for (pos = 0; pos < LENS[0]; pos++) {
+        size_t offsets[B + 1], positions[B], t = 0, b;
+        offsets[0] = 0;
+        for (b = 0; b < B; b++) {
+            positions[b] = pos;
+            if (pos < LENS[b]) t++;
+            offsets[b + 1] = t;
+        }
+        for (i = 0; i < t * G * D; i++) {
+            rows_k[i] = next_value();
+            rows_v[i] = next_value();
+        }
+        memset(&nk, 0, sizeof nk);
+        nk.struct_size = sizeof nk;
+        nk.dtype = GQA_DTYPE_F32;
+        nk.k = rows_k;
+        nk.k_len = t * G * D;
+        nk.v = rows_v;
+        nk.v_len = t * G * D;
+        nk.offsets = offsets;
+        nk.offsets_len = B + 1;
+        nk.kv_heads = G;
+        nk.head_dim_k = D;
+        nk.head_dim_v = D;
+        CHECK(gqa_append(&c, &nk, positions, B) == GQA_OK);
+    }
+    /* Append errors: past the block table's capacity, and a NaN row. */
+    {
+        size_t offsets[B + 1] = {0, 1, 1}, positions[B] = {3 * PAGE, 0};
+        nk.k_len = nk.v_len = G * D;
+        nk.offsets = offsets;
+        CHECK(gqa_append(&c, &nk, positions, B) == GQA_ERR_CAPACITY);
+        positions[0] = 0;
+        rows_k[5] = NAN;
+        CHECK(gqa_append(&c, &nk, positions, B) == GQA_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(gqa_last_error(), "new.k") != NULL);
+    }
+
+    for (i = 0; i < B * H * D; i++) q[i] = next_value();
+    CHECK(gqa_plan_create(&s, NULL, &p) == GQA_OK);
+    CHECK(gqa_plan_tier(p, &tier) == GQA_OK);
+    CHECK(gqa_tier_available(tier) == 1);
+    note("kernel", gqa_plan_kernel_name(p));
+    note("tier", gqa_tier_name(tier));
+    CHECK(gqa_plan_workspace_bytes(p, &ws_len) == GQA_OK);
+    ws = malloc(ws_len);
+    CHECK(ws != NULL);
+    memset(&bt, 0, sizeof bt);
+    bt.struct_size = sizeof bt;
+    bt.q = q;
+    bt.q_elems = B * H * D;
+    bt.cache = &c;
+    bt.seq_lens = LENS;
+    bt.n_seqs = B;
+    CHECK(gqa_run(p, &bt, out, out_len, lse, lse_len, ws, ws_len) == GQA_OK);
+    for (i = 0; i < out_len; i++) CHECK(isfinite(out[i]));
+    free(ws);
+    gqa_plan_destroy(p);
+    note("paged int8/e5m2 append + run: ok", NULL);
+    return 0;
+}
+
+/* Runs the scenario: returns 0, or the line of the first failed check
+ * (its message is in `log`). `out` gets [B, H, D] and `lse` [B, H] of the
+ * paged quantized decode. */
+int gqa_capi_consumer(uint64_t seed, float *out, size_t out_len, float *lse, size_t lse_len,
+                      char *log, size_t log_cap) {
+    int line;
+    int32_t active = -1;
+    log_buf = log;
+    log_len = log_cap;
+    log_buf[0] = '\0';
+    rng_state = seed;
+
+    CHECK(gqa_sizeof(GQA_STRUCT_SHAPE) == sizeof(gqa_shape));
+    CHECK(gqa_sizeof(GQA_STRUCT_OPTIONS) == sizeof(gqa_options));
+    CHECK(gqa_sizeof(GQA_STRUCT_KV) == sizeof(gqa_kv));
+    CHECK(gqa_sizeof(GQA_STRUCT_CACHE) == sizeof(gqa_cache));
+    CHECK(gqa_sizeof(GQA_STRUCT_BATCH) == sizeof(gqa_batch));
+    CHECK(gqa_sizeof(GQA_STRUCT_NEW_KV) == sizeof(gqa_new_kv));
+    CHECK(strlen(gqa_version()) > 0);
+    CHECK(gqa_active_tier(&active) == GQA_OK && gqa_tier_available(active) == 1);
+    CHECK(gqa_tier_available(GQA_TIER_SCALAR) == 1);
+    note("version", gqa_version());
+
+    if ((line = error_paths()) != 0) return line;
+    if ((line = strided_and_merge()) != 0) return line;
+    return paged_quantized(out, out_len, lse, lse_len);
+}
