@@ -11,6 +11,9 @@ pub const MAX_HEAD_DIM: usize = 4096;
 /// Largest number of query heads accepted.
 pub const MAX_HEADS: usize = 1 << 16;
 
+/// The largest `max_kv_len` (and so `L_b`) a plan accepts: 2^40 positions.
+pub const MAX_KV_LEN: usize = 1 << 40;
+
 /// The shape of one decode step.
 ///
 /// Vocabulary: `B` = [`batch`](Shape::batch), `H` = [`heads`](Shape::heads),
@@ -157,6 +160,15 @@ impl Shape {
         dim("head_dim_k", self.head_dim_k, MAX_HEAD_DIM)?;
         dim("head_dim_v", self.head_dim_v, MAX_HEAD_DIM)?;
         dim("q_len", self.q_len, MAX_HEADS)?;
+        // 0 means unbounded; anything else is rounded up to whole chunks
+        // when the plan cuts KV splits, which must not overflow.
+        if self.max_kv_len > MAX_KV_LEN {
+            return Err(Error::InvalidDim {
+                arg: "max_kv_len",
+                value: self.max_kv_len,
+                reason: "exceeds the supported maximum",
+            });
+        }
         for (arg, dtype, d) in [
             ("head_dim_k", self.k_dtype, self.head_dim_k),
             ("head_dim_v", self.v_dtype, self.head_dim_v),

@@ -35,6 +35,22 @@ fn zero_dims_are_rejected_by_name() {
                 ..ok
             },
         ),
+        // Found by the C-ABI fuzzer: a huge max_kv_len overflowed the
+        // split length to 0 and divided by it.
+        (
+            "max_kv_len",
+            Shape {
+                max_kv_len: usize::MAX,
+                ..ok
+            },
+        ),
+        (
+            "max_kv_len",
+            Shape {
+                max_kv_len: gqa_kernels::MAX_KV_LEN + 1,
+                ..ok
+            },
+        ),
     ] {
         match plan(s) {
             Err(Error::InvalidDim { arg: a, .. }) => assert_eq!(a, arg),

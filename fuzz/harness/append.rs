@@ -1,0 +1,271 @@
+//! KV append: arbitrary layouts (strided, paged, ring; strides sometimes
+//! wrong), target types, head dims, new-row types and values (NaN and
+//! infinities included), offsets, positions and block tables. A rejected
+//! call leaves every buffer as it was; an accepted one writes exactly the
+//! rows of the new positions, each holding what the crate's converters or
+//! encoders make of its source row, and nothing else.
+//!
+//! Shared by the cargo-fuzz target and `tests/fuzz_regressions.rs`.
+
+use arbitrary::{Result, Unstructured};
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
+use gqa_kernels::{
+    append, bf16, f16, Dtype, KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv,
+};
+
+/// Inputs that got past validation to the full check (a coverage signal
+/// for the regression test).
+pub static CHECKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let _ = go(&mut Unstructured::new(data));
+}
+
+/// An owned buffer of any type, filled with a sentinel.
+#[derive(Clone, PartialEq, Debug)]
+enum Buf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    Int8(Vec<i8>, Vec<f32>),
+    Q8(Vec<BlockQ8_0>),
+    Fp8(Fp8, Vec<u8>, Vec<f32>),
+}
+
+impl Buf {
+    fn new(t: Dtype, n: usize, d: usize, scales: &[f32]) -> Buf {
+        match t {
+            Dtype::F32 => Buf::F32(vec![-7.0; n]),
+            Dtype::F16 => Buf::F16(vec![f16::from_f32(-7.0); n]),
+            Dtype::Bf16 => Buf::Bf16(vec![bf16::from_f32(-7.0); n]),
+            Dtype::Int8 => Buf::Int8(vec![77; n], vec![-7.0; n / d.max(1)]),
+            Dtype::Q8_0 => Buf::Q8(vec![BlockQ8_0::default(); n / QK8_0]),
+            Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![0x55; n], scales.to_vec()),
+            Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![0x55; n], scales.to_vec()),
+        }
+    }
+    fn view(&mut self) -> KvDataMut<'_> {
+        match self {
+            Buf::F32(x) => KvDataMut::F32(x),
+            Buf::F16(x) => KvDataMut::F16(x),
+            Buf::Bf16(x) => KvDataMut::Bf16(x),
+            Buf::Int8(x, s) => KvDataMut::int8(x, s),
+            Buf::Q8(b) => KvDataMut::Q8_0(b),
+            Buf::Fp8(f, x, s) => KvDataMut::fp8(*f, x, s),
+        }
+    }
+}
+
+fn go(u: &mut Unstructured<'_>) -> Result<()> {
+    let b = u.int_in_range(0..=3usize)?;
+    let g = u.int_in_range(1..=3usize)?;
+    let t = *u.choose(&Dtype::ALL)?;
+    let d = if t == Dtype::Q8_0 {
+        32 * u.int_in_range(1..=2usize)?
+    } else {
+        u.int_in_range(1..=40usize)?
+    };
+    let cap = u.int_in_range(1..=12usize)?;
+    let page = u.int_in_range(1..=5usize)?;
+    let layout = u.int_in_range(0..=3u8)?;
+    let pages = b * cap.div_ceil(page) + 1;
+    let n = match layout {
+        2 => pages * page * g * d,
+        _ => b.max(1) * cap * g * d,
+    };
+    let scales: Vec<f32> = (0..g).map(|h| 0.01 * (h + 1) as f32).collect();
+    let mut k = Buf::new(t, n, d, &scales);
+    let mut v = Buf::new(t, n, d, &scales);
+    // A shuffled pool, sometimes with one entry replaced by any index (out
+    // of the pool, or a page another block already uses).
+    let mut table: Vec<u32> = (0..(b * cap.div_ceil(page)) as u32).collect();
+    for i in (1..table.len()).rev() {
+        let j = u.int_in_range(0..=i)?;
+        table.swap(i, j);
+    }
+    if !table.is_empty() && u.ratio(1, 5)? {
+        let i = u.choose_index(table.len())?;
+        table[i] = u.int_in_range(0..=(pages as u32))?;
+    }
+    let mut sorted = table.clone();
+    sorted.sort_unstable();
+    let aliased = sorted.windows(2).any(|w| w[0] == w[1]);
+    // Strides: the layout's, or (sometimes) one off.
+    let skew = if u.ratio(1, 6)? { 1 } else { 0 };
+    // New rows: T tokens, f32 / f16 / bf16, sometimes NaN or huge.
+    let counts: Vec<usize> = (0..b)
+        .map(|_| u.int_in_range(0..=3usize))
+        .collect::<Result<_>>()?;
+    let mut offsets = vec![0usize];
+    for c in &counts {
+        offsets.push(offsets.last().unwrap() + c);
+    }
+    let tokens = *offsets.last().unwrap();
+    let mut vals = vec![0f32; 2 * tokens * g * d];
+    for x in vals.iter_mut() {
+        *x = match u.int_in_range(0..=40u8)? {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => 1e30,
+            3 => -70000.0,
+            _ => u.int_in_range(-2000..=2000i32)? as f32 / 1000.0,
+        };
+    }
+    let (kr, vr) = vals.split_at(tokens * g * d);
+    let src = *u.choose(&[Dtype::F32, Dtype::F16, Dtype::Bf16])?;
+    let kh: Vec<f16> = kr.iter().map(|&x| f16::from_f32(x)).collect();
+    let vh: Vec<f16> = vr.iter().map(|&x| f16::from_f32(x)).collect();
+    let kb: Vec<bf16> = kr.iter().map(|&x| bf16::from_f32(x)).collect();
+    let vb: Vec<bf16> = vr.iter().map(|&x| bf16::from_f32(x)).collect();
+    let (nk, nv) = match src {
+        Dtype::F32 => (KvData::F32(kr), KvData::F32(vr)),
+        Dtype::F16 => (KvData::F16(&kh), KvData::F16(&vh)),
+        _ => (KvData::Bf16(&kb), KvData::Bf16(&vb)),
+    };
+    let new = NewKv {
+        k: nk,
+        v: nv,
+        offsets: &offsets,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+    };
+    let positions: Vec<usize> = (0..b)
+        .map(|_| u.int_in_range(0..=14usize))
+        .collect::<Result<_>>()?;
+    let (k0, v0) = (k.clone(), v.clone());
+    // Where the K (`v = false`) or V row of (sequence, position, head)
+    // starts, by the layouts' definitions (with the skewed strides);
+    // None when the layout cannot place it.
+    let place = |v: bool, s: usize, j: usize, h: usize| -> Option<usize> {
+        let ks = if v { 0 } else { skew };
+        let vs = if v { skew } else { 0 };
+        match layout {
+            0 => (j < cap).then(|| s * cap * g * d + h * cap * d + j * (d + ks)),
+            1 => (j < cap).then(|| ((s * cap + j) * g + h) * d),
+            2 => {
+                let p = *table.get(s * cap.div_ceil(page) + j / page)? as usize;
+                ((j / page) < cap.div_ceil(page) && p < pages)
+                    .then(|| p * g * page * d + h * (page * d + vs) + (j % page) * d)
+            }
+            _ => Some(((s * g + h) * cap + j % cap) * d),
+        }
+    };
+    let res = {
+        let (kv, vv) = (k.view(), v.view());
+        let strided = |x, skew| KvTensorMut::new(x, cap * g * d, d + skew, cap * d);
+        let mut cache = match layout {
+            0 => KvCacheMut::Strided {
+                k: strided(kv, skew),
+                v: strided(vv, 0),
+                capacity: cap,
+            },
+            1 => KvCacheMut::Strided {
+                k: KvTensorMut::blgd(kv, cap, g, d),
+                v: KvTensorMut::blgd(vv, cap, g, d),
+                capacity: cap,
+            },
+            2 => KvCacheMut::Paged {
+                k: KvPagesMut::gpd(kv, page, g, d),
+                v: KvPagesMut::new(vv, g * page * d, d, page * d + skew),
+                page_size: page,
+                block_table: &table,
+                blocks_per_seq: cap.div_ceil(page),
+            },
+            _ => KvCacheMut::Ring {
+                k: strided(kv, 0),
+                v: strided(vv, 0),
+                capacity: cap,
+            },
+        };
+        append(&mut cache, &new, &positions)
+    };
+    if res.is_err() {
+        assert!(k == k0 && v == v0, "a rejected append ({res:?}) wrote");
+        return Ok(());
+    }
+    if skew != 0 || aliased {
+        // A one-off stride is a valid view of a plain type, and two blocks
+        // may share a page, but then rows may overlap one another; only
+        // the rejection path is checked.
+        return Ok(());
+    }
+    CHECKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Accepted: every new row holds its source, converted or encoded, and
+    // nothing else changed.
+    let mut written = [vec![false; n], vec![false; n]];
+    for s in 0..b {
+        for (i, tok) in (offsets[s]..offsets[s + 1]).enumerate() {
+            for h in 0..g {
+                for (vi, (buf, rows)) in [(&k, &new.k), (&v, &new.v)].into_iter().enumerate() {
+                    let at = place(vi == 1, s, positions[s] + i, h)
+                        .expect("an accepted row has a place");
+                    let row: Vec<f32> = (0..d)
+                        .map(|e| match rows {
+                            KvData::F32(x) => x[(tok * g + h) * d + e],
+                            KvData::F16(x) => x[(tok * g + h) * d + e].to_f32(),
+                            KvData::Bf16(x) => x[(tok * g + h) * d + e].to_f32(),
+                            _ => unreachable!(),
+                        })
+                        .collect();
+                    check_row(buf, at, h, &row);
+                    written[vi][at..at + d].fill(true);
+                }
+            }
+        }
+    }
+    for (i, (wk, wv)) in written[0].iter().zip(&written[1]).enumerate() {
+        assert!(*wk || same_value(&k, &k0, i), "stray K write at {i}");
+        assert!(*wv || same_value(&v, &v0, i), "stray V write at {i}");
+    }
+    Ok(())
+}
+
+/// Value `i` of `a` and `b` is bitwise equal (q8_0: its block).
+fn same_value(a: &Buf, b: &Buf, i: usize) -> bool {
+    match (a, b) {
+        (Buf::F32(x), Buf::F32(y)) => x[i].to_bits() == y[i].to_bits(),
+        (Buf::F16(x), Buf::F16(y)) => x[i].to_bits() == y[i].to_bits(),
+        (Buf::Bf16(x), Buf::Bf16(y)) => x[i].to_bits() == y[i].to_bits(),
+        (Buf::Int8(x, _), Buf::Int8(y, _)) => x[i] == y[i],
+        (Buf::Q8(x), Buf::Q8(y)) => x[i / QK8_0] == y[i / QK8_0],
+        (Buf::Fp8(_, x, _), Buf::Fp8(_, y, _)) => x[i] == y[i],
+        _ => false,
+    }
+}
+
+/// The row at `at` holds `row` as the crate converts or encodes it.
+fn check_row(buf: &Buf, at: usize, h: usize, row: &[f32]) {
+    let d = row.len();
+    match buf {
+        // NaN stays NaN (its payload may differ between converters).
+        Buf::F32(x) => assert!(x[at..at + d]
+            .iter()
+            .zip(row)
+            .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))),
+        Buf::F16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
+            let w = f16::from_f32(*b);
+            a.to_bits() == w.to_bits() || (a.is_nan() && w.is_nan())
+        })),
+        Buf::Bf16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
+            let w = bf16::from_f32(*b);
+            a.to_bits() == w.to_bits() || (a.is_nan() && w.is_nan())
+        })),
+        Buf::Int8(x, s) => {
+            let mut q = vec![0i8; d];
+            let sc = quant::quantize_int8_row(row, &mut q).expect("an accepted row is finite");
+            assert!(x[at..at + d] == q[..] && s[at / d].to_bits() == sc.to_bits());
+        }
+        Buf::Q8(blocks) => {
+            let mut q = vec![BlockQ8_0::default(); d / QK8_0];
+            quant::quantize_q8_0(row, &mut q).expect("an accepted row is finite");
+            assert!(blocks[at / QK8_0..(at + d) / QK8_0] == q[..]);
+        }
+        Buf::Fp8(f, x, s) => {
+            let mut q = vec![0u8; d];
+            quant::quantize_fp8(row, s[h], *f, &mut q).expect("an accepted row is finite");
+            assert!(x[at..at + d] == q[..]);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Differential decode: an arbitrary shape (group sizes up to 71, odd head
+//! dims, every K and V type), layout (strided, padded, paged, ring), query
+//! tokens, variants (window, softcap, sinks, ALiBi, bias) and values,
+//! sometimes corrupted (lengths past the buffers, strides that split a
+//! quantized row, page indices outside the pool, short queries), run
+//! through the public API on an arbitrary available tier and thread
+//! count. The run either returns an error, and then the reference rejects
+//! the same input, or succeeds, and then matches the f64 reference under
+//! the documented tolerance (no NaN) and is bitwise the one-thread result.
+//!
+//! Shared by the cargo-fuzz target and the stable regression test
+//! (`tests/fuzz_regressions.rs`).
+
+use arbitrary::{Result, Unstructured};
+use gqa_kernels::{reference, Dtype, Options, Plan, Shape, Tier};
+
+use crate::common::{Layout, Spec};
+
+/// Inputs that got past validation to the full check (a coverage signal
+/// for the regression test).
+pub static CHECKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs one input (never panics on a clean error; panics on a contract
+/// violation, which is the finding).
+pub fn run(data: &[u8]) {
+    let _ = go(&mut Unstructured::new(data));
+}
+
+fn fit(t: Dtype, d: usize) -> usize {
+    if t == Dtype::Q8_0 {
+        d.next_multiple_of(32)
+    } else {
+        d
+    }
+}
+
+fn go(u: &mut Unstructured<'_>) -> Result<()> {
+    let tiers = Tier::available();
+    let tier = *u.choose(&tiers)?;
+    let batch = u.int_in_range(0..=3usize)?;
+    let g = u.int_in_range(1..=3usize)?;
+    let r = *u.choose(&[1usize, 2, 3, 4, 5, 7, 8, 9, 16, 71])?;
+    let kt = *u.choose(&Dtype::ALL)?;
+    let vt = if u.arbitrary()? {
+        kt
+    } else {
+        *u.choose(&Dtype::ALL)?
+    };
+    let dk = fit(kt, u.int_in_range(1..=72usize)?);
+    let dv = if u.arbitrary()? {
+        fit(vt, dk)
+    } else {
+        fit(vt, u.int_in_range(1..=72usize)?)
+    };
+    let q_len = u.int_in_range(1..=3usize)?;
+    let mut lens = Vec::new();
+    for _ in 0..batch {
+        let l = u.int_in_range(0..=50usize)?;
+        lens.push(if l == 0 { 0 } else { l.max(q_len) });
+    }
+    let layout = match u.int_in_range(0..=4u8)? {
+        0 => Layout::Blgd,
+        1 => Layout::Bgld,
+        2 => Layout::Padded,
+        3 => Layout::Paged {
+            page: *u.choose(&[1usize, 3, 16])?,
+            head_major: u.arbitrary()?,
+        },
+        _ => Layout::Ring {
+            extra: u.int_in_range(0..=3usize)?,
+        },
+    };
+    let max_kv_len = *u.choose(&[0usize, 50, 5000])?;
+    let shape = Shape::new(batch, g * r, g, dk, kt)
+        .with_head_dims(dk, dv)
+        .with_dtypes(kt, vt)
+        .with_q_len(q_len)
+        .with_max_kv_len(max_kv_len);
+    let mut spec = Spec::new(shape, lens.clone());
+    spec.layout = layout;
+    spec.seed = u.arbitrary()?;
+    spec.offset = u.int_in_range(0..=2usize)?;
+    // Logits within the tolerance's domain: the f32 rounding of a score
+    // grows with its magnitude (2^-24 relative per term) and moves the
+    // softmax weights by as much; logits in the thousands are checked for
+    // finiteness, not accuracy, by `tests/edges.rs`.
+    spec.qk_range = *u.choose(&[1.0f32, 2.0, 4.0])?;
+    spec.scale = if u.arbitrary()? {
+        Some(u.int_in_range(1..=200u16)? as f32 / 100.0)
+    } else {
+        None
+    };
+    if u.ratio(1, 4)? {
+        spec.window = Some(u.int_in_range(1..=60usize)?);
+    }
+    if u.ratio(1, 4)? {
+        spec.softcap = Some(u.int_in_range(1..=600u16)? as f32 / 10.0);
+    }
+    if u.ratio(1, 5)? {
+        spec.sinks = Some((0..g * r).map(|h| (h % 7) as f32 * 0.5 - 1.0).collect());
+    }
+    if u.ratio(1, 5)? {
+        spec.alibi = Some(gqa_kernels::alibi_slopes(g * r, 8.0).expect("slopes"));
+    }
+    if u.ratio(1, 5)? {
+        spec.bias = Some(u.arbitrary()?);
+    }
+    if u.ratio(1, 4)? && batch > 0 {
+        spec.q_tokens = Some(
+            lens.iter()
+                .map(|&l| if l == 0 { 0 } else { 1.min(l) })
+                .collect(),
+        );
+    }
+    let mut case = spec.build();
+    // Sometimes corrupt one thing: the run must then fail cleanly, and the
+    // reference with it.
+    match u.int_in_range(0..=9u8)? {
+        0 if batch > 0 => {
+            let b = u.choose_index(batch)?;
+            case.seq_lens[b] += u.int_in_range(1..=200usize)?;
+        }
+        1 => case.k_strides.1 += u.int_in_range(1..=3usize)?,
+        2 if !case.block_table.is_empty() => {
+            let i = u.choose_index(case.block_table.len())?;
+            case.block_table[i] = u.arbitrary()?;
+        }
+        3 if !case.q.is_empty() => {
+            case.q.pop();
+        }
+        4 => case.v_strides.2 = u.int_in_range(0..=1000usize)?,
+        _ => {}
+    }
+    let threads = *u.choose(&[1usize, 2, 3])?;
+    let opts = Options {
+        scale: case.scale,
+        tier: Some(tier),
+        threads,
+        window: case.window,
+        softcap: case.softcap,
+    };
+    let Ok(mut plan) = Plan::new(&case.shape, &opts) else {
+        return Ok(());
+    };
+    if let Some(s) = &case.sinks {
+        plan = plan.with_sinks(s).expect("sinks of the right length");
+    }
+    if let Some(a) = &case.alibi {
+        plan = plan.with_alibi(a).expect("slopes of the right length");
+    }
+    let tokens = match &case.q_offsets {
+        Some(o) => *o.last().unwrap_or(&0),
+        None => batch * q_len,
+    };
+    let rows = tokens * g * r;
+    let mut out = vec![f32::NAN; rows * dv];
+    let mut lse = vec![f32::NAN; rows];
+    let mut ws = plan.alloc_workspace();
+    let batch_in = case.batch();
+    let variant = reference::Variant {
+        scale: case.scale,
+        window: case.window,
+        sinks: case.sinks.as_deref(),
+        softcap: case.softcap,
+        alibi: case.alibi.as_deref(),
+    };
+    let want = reference::decode_variant(&case.shape, &variant, &batch_in);
+    match plan.run(&batch_in, &mut out, Some(&mut lse), &mut ws) {
+        Err(e) => assert!(
+            want.is_err(),
+            "{tier}: run rejected ({e}) what the reference accepts"
+        ),
+        Ok(()) => {
+            let want = want.unwrap_or_else(|e| {
+                panic!("{tier}: run accepted what the reference rejects ({e})")
+            });
+            // A corrupted stride may point a row at a slot the generator
+            // filled with NaN (it marks the slots no step may read); NaN in
+            // the data propagates, so only the absence of a crash is checked.
+            if want.out.iter().chain(&want.lse).any(|x| x.is_nan()) {
+                return Ok(());
+            }
+            CHECKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            case.compare(plan.kernel_name(), &out, &lse, &want)
+                .unwrap_or_else(|e| panic!("{tier}, {threads} threads: {e}"));
+            if threads > 1 {
+                let one = Plan::new(&case.shape, &Options { threads: 1, ..opts })
+                    .and_then(|p| match &case.sinks {
+                        Some(s) => p.with_sinks(s),
+                        None => Ok(p),
+                    })
+                    .and_then(|p| match &case.alibi {
+                        Some(a) => p.with_alibi(a),
+                        None => Ok(p),
+                    })
+                    .expect("the same plan on one thread");
+                let mut o1 = vec![f32::NAN; rows * dv];
+                let mut l1 = vec![f32::NAN; rows];
+                one.run(
+                    &batch_in,
+                    &mut o1,
+                    Some(&mut l1),
+                    &mut one.alloc_workspace(),
+                )
+                .expect("one thread runs what several did");
+                assert!(
+                    o1.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits())
+                        && l1.iter().zip(&lse).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{tier}: {threads} threads differ from one"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The subset run under Miri (`cargo +nightly miri test --features
+//! generic-only --test miri`): the driver, the scalar tier, append, merge
+//! and the C ABI on tiny cases of every layout and KV type. Miri checks
+//! that no step reads outside its buffers, reads uninitialised memory or
+//! breaks Rust's aliasing rules; the results are checked against the
+//! reference as everywhere else. (Miri does not run the SIMD tiers'
+//! intrinsics; those are covered by the sanitizer run of the whole suite.)
+//! Runs natively too, as part of `cargo test`.
+
+mod common;
+
+use common::{Layout, Spec};
+use gqa_kernels::{merge_states, Dtype, Shape, Tier};
+
+#[test]
+fn every_layout_and_type_on_the_scalar_tier() {
+    let layouts = [
+        Layout::Blgd,
+        Layout::Bgld,
+        Layout::Padded,
+        Layout::Paged {
+            page: 3,
+            head_major: false,
+        },
+        Layout::Ring { extra: 1 },
+    ];
+    for (i, dt) in Dtype::ALL.into_iter().enumerate() {
+        let layout = layouts[i % layouts.len()];
+        // Group size 2, two query tokens, lengths 5 and 0 and 3.
+        let shape = Shape::new(3, 4, 2, 32, dt)
+            .with_dtypes(dt, Dtype::ALL[(i + 1) % Dtype::ALL.len()])
+            .with_q_len(2)
+            .with_max_kv_len(5);
+        let mut s = Spec::new(shape, vec![5, 0, 3]);
+        s.layout = layout;
+        s.seed = i as u64;
+        s.window = (i % 2 == 0).then_some(3);
+        s.softcap = (i % 3 == 0).then_some(5.0);
+        s.bias = (i % 2 == 1).then_some(true);
+        s.build()
+            .check(Tier::Scalar)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn merge_states_of_two_ranges() {
+    let (rows, d) = (3, 4);
+    let mut out = vec![0.5f32; rows * d];
+    let mut lse = vec![0.1f32, f32::NEG_INFINITY, 2.0];
+    let other = vec![-0.25f32; rows * d];
+    let other_lse = vec![0.3f32, 1.0, f32::NEG_INFINITY];
+    merge_states(&mut out, &mut lse, &other, &other_lse, d).unwrap();
+    assert_eq!(&out[d..2 * d], &other[d..2 * d]);
+    assert_eq!(&out[2 * d..], &[0.5; 4]);
+    assert!(out[0] < 0.5 && out[0] > -0.25);
+}
+
+#[test]
+fn the_c_abi_on_a_tiny_step() {
+    use gqa_kernels::capi::*;
+    let (h, g, d, l) = (4usize, 2usize, 8usize, 5usize);
+    let shape = gqa_shape {
+        struct_size: size_of::<gqa_shape>(),
+        batch: 1,
+        heads: h,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+        q_len: 1,
+        max_kv_len: 0,
+        k_dtype: 0,
+        v_dtype: 0,
+    };
+    let options = gqa_options {
+        struct_size: size_of::<gqa_options>(),
+        scale: 0.0,
+        tier: 0, // scalar
+        threads: 1,
+        window: 0,
+        softcap: 0.0,
+    };
+    let mut plan: *mut gqa_plan = std::ptr::null_mut();
+    // SAFETY: valid structs and out-pointer.
+    assert_eq!(
+        unsafe { gqa_plan_create(&shape, &options, &mut plan) },
+        GQA_OK
+    );
+    let mut k: Vec<f32> = (0..g * l * d).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut v: Vec<f32> = (0..g * l * d).map(|i| (i % 5) as f32 * 0.2).collect();
+    let kv = |p: &mut Vec<f32>| gqa_kv {
+        dtype: 0,
+        data: p.as_mut_ptr().cast(),
+        len: p.len(),
+        scales: std::ptr::null_mut(),
+        scales_len: 0,
+        outer_stride: g * l * d,
+        token_stride: d,
+        head_stride: l * d,
+    };
+    let cache = gqa_cache {
+        struct_size: size_of::<gqa_cache>(),
+        layout: GQA_LAYOUT_STRIDED,
+        k: kv(&mut k),
+        v: kv(&mut v),
+        page_size: 0,
+        block_table: std::ptr::null(),
+        block_table_len: 0,
+        blocks_per_seq: 0,
+        capacity: l,
+        first_pos: std::ptr::null(),
+    };
+    let q = vec![0.3f32; h * d];
+    let lens = [l];
+    let batch = gqa_batch {
+        struct_size: size_of::<gqa_batch>(),
+        q: q.as_ptr(),
+        q_elems: q.len(),
+        cache: &cache,
+        seq_lens: lens.as_ptr(),
+        n_seqs: 1,
+        q_offsets: std::ptr::null(),
+        bias: std::ptr::null(),
+        bias_len: 0,
+        bias_seq_stride: 0,
+        bias_token_stride: 0,
+        bias_head_stride: 0,
+    };
+    let mut ws_len = 0;
+    // SAFETY: a live plan.
+    assert_eq!(
+        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
+        GQA_OK
+    );
+    let mut ws = vec![0u8; ws_len];
+    let mut out = vec![f32::NAN; h * d];
+    // SAFETY: every pointer is valid for its length.
+    let st = unsafe {
+        gqa_run(
+            plan,
+            &batch,
+            out.as_mut_ptr(),
+            out.len(),
+            std::ptr::null_mut(),
+            0,
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        )
+    };
+    assert_eq!(st, GQA_OK);
+    assert!(out.iter().all(|x| x.is_finite()));
+    // A short output is an error with a message, and writes nothing.
+    out.fill(7.0);
+    // SAFETY: as above, with a shorter (still valid) output length.
+    let st = unsafe {
+        gqa_run(
+            plan,
+            &batch,
+            out.as_mut_ptr(),
+            out.len() - 1,
+            std::ptr::null_mut(),
+            0,
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        )
+    };
+    assert_eq!(st, GQA_ERR_LENGTH);
+    assert!(out.iter().all(|&x| x == 7.0));
+    // SAFETY: a live plan, destroyed once.
+    unsafe { gqa_plan_destroy(plan) };
+}
