@@ -172,59 +172,23 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                 stride: a.v_stride,
                 d: dv,
             };
+            let step = BlockStep {
+                a,
+                inline,
+                transformed,
+                rows,
+                nb,
+                start,
+                dkp,
+                dvp,
+                kc,
+                vc,
+                part,
+                sbuf,
+                lsum,
+            };
             if direct {
-                phase::<S, _>(
-                    inline,
-                    Scores {
-                        q: a.q,
-                        rows,
-                        dkp,
-                        kc,
-                        krows: kc_rows,
-                        nb,
-                        part,
-                        sbuf,
-                    },
-                );
-                if K::ROW_SCALE {
-                    scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
-                }
-                if transformed {
-                    S::out_of_line(Transform {
-                        a,
-                        rows,
-                        nb,
-                        sbuf,
-                        start,
-                    });
-                }
-                phase::<S, _>(
-                    inline,
-                    Softmax {
-                        a,
-                        rows,
-                        nb,
-                        sbuf,
-                        lsum,
-                        dvp,
-                        vc,
-                    },
-                );
-                if V::ROW_SCALE {
-                    scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
-                }
-                phase::<S, _>(
-                    inline,
-                    Accumulate {
-                        rows,
-                        nb,
-                        pbuf: sbuf,
-                        vrows: vc_rows,
-                        dvp,
-                        vc,
-                        acc: a.acc,
-                    },
-                );
+                step.run::<S, K, V, _, _>(kc_rows, vc_rows);
             } else {
                 phase::<S, _>(
                     inline,
@@ -250,68 +214,117 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
                     base: kbuf,
                     stride: dkp,
                 };
-                phase::<S, _>(
-                    inline,
-                    Scores {
-                        q: a.q,
-                        rows,
-                        dkp,
-                        kc,
-                        krows: ks,
-                        nb,
-                        part,
-                        sbuf,
-                    },
-                );
-                if K::ROW_SCALE {
-                    scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
-                }
-                if transformed {
-                    S::out_of_line(Transform {
-                        a,
-                        rows,
-                        nb,
-                        sbuf,
-                        start,
-                    });
-                }
-                phase::<S, _>(
-                    inline,
-                    Softmax {
-                        a,
-                        rows,
-                        nb,
-                        sbuf,
-                        lsum,
-                        dvp,
-                        vc,
-                    },
-                );
-                if V::ROW_SCALE {
-                    scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
-                }
                 let vs = ScratchRows {
                     base: vbuf,
                     stride: dvp,
                 };
-                phase::<S, _>(
-                    inline,
-                    Accumulate {
-                        rows,
-                        nb,
-                        pbuf: sbuf,
-                        vrows: vs,
-                        dvp,
-                        vc,
-                        acc: a.acc,
-                    },
-                );
+                step.run::<S, K, V, _, _>(ks, vs);
             }
         }
         start += nb;
     }
     // SAFETY: `a.l` has `rows` floats; `lsum` was set up above.
     unsafe { fold_sums::<S>(rows, a.l, lsum) };
+}
+
+/// The phases of one block once its K and V row sources are fixed (the
+/// cache itself, or the block's f32 scratch copy): scores, int8 K row
+/// scales, score transforms, softmax, int8 V row scales, P·V.
+/// Preconditions: those of the phases, as set up by [`decode_chunk`].
+struct BlockStep<'a> {
+    a: &'a ChunkArgs,
+    inline: bool,
+    transformed: bool,
+    rows: usize,
+    nb: usize,
+    start: usize,
+    dkp: usize,
+    dvp: usize,
+    kc: usize,
+    vc: usize,
+    part: *mut f32,
+    sbuf: *mut f32,
+    lsum: *mut f32,
+}
+
+impl BlockStep<'_> {
+    #[inline(always)]
+    unsafe fn run<S: Simd, K: Elem, V: Elem, KR: RowSource, VR: RowSource>(
+        &self,
+        krows: KR,
+        vrows: VR,
+    ) {
+        let &BlockStep {
+            a,
+            inline,
+            transformed,
+            rows,
+            nb,
+            start,
+            dkp,
+            dvp,
+            kc,
+            vc,
+            part,
+            sbuf,
+            lsum,
+        } = self;
+        // SAFETY: the struct's precondition, forwarded from the kernel.
+        unsafe {
+            phase::<S, _>(
+                inline,
+                Scores {
+                    q: a.q,
+                    rows,
+                    dkp,
+                    kc,
+                    krows,
+                    nb,
+                    part,
+                    sbuf,
+                },
+            );
+            if K::ROW_SCALE {
+                scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
+            }
+            if transformed {
+                S::out_of_line(Transform {
+                    a,
+                    rows,
+                    nb,
+                    sbuf,
+                    start,
+                });
+            }
+            phase::<S, _>(
+                inline,
+                Softmax {
+                    a,
+                    rows,
+                    nb,
+                    sbuf,
+                    lsum,
+                    dvp,
+                    vc,
+                },
+            );
+            if V::ROW_SCALE {
+                scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
+            }
+            phase::<S, _>(
+                inline,
+                Accumulate {
+                    rows,
+                    nb,
+                    pbuf: sbuf,
+                    vrows,
+                    dvp,
+                    vc,
+                    acc: a.acc,
+                },
+            );
+        }
+    }
 }
 
 /// Runs one phase of the block loop inline (`inline`: one fused loop), or
