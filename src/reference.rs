@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::{check_batch, Shape};
-use crate::types::{Batch, KvCache, KvTensor};
+use crate::types::{Batch, KvCache, KvData, KvTensor};
 
 /// Output of the reference: `out` as `[T, H, Dv]` and `lse` as `[T, H]`
 /// (natural log; `-inf` for a row that sees no position), `T` the query
@@ -160,59 +160,76 @@ pub fn decode_variant(
                 Some(w) => visible.saturating_sub(w),
                 None => 0,
             };
-            for h in 0..h_count {
-                let g = h / r;
-                let row = (tok0 + t) * h_count + h;
-                let qrow = &q[row * dk..(row + 1) * dk];
-                let sink = variant.sinks.map(|s| f64::from(s[h]));
-                if visible == first {
-                    // No visible position: zeros, and lse = -inf (or the
-                    // sink's logit).
-                    lse[row] = sink.unwrap_or(f64::NEG_INFINITY);
-                    continue;
+            if visible == first {
+                // No visible position: zeros, and lse = -inf (or the
+                // sink's logit).
+                for h in 0..h_count {
+                    let row = (tok0 + t) * h_count + h;
+                    lse[row] = variant.sinks.map_or(f64::NEG_INFINITY, |s| f64::from(s[h]));
                 }
-                let mut scores = Vec::with_capacity(visible - first);
-                for j in first..visible {
-                    let kbase = row_index(&batch.cache, false, b, g, j);
-                    let mut dot = 0.0f64;
-                    for d in 0..dk {
-                        dot += f64::from(qrow[d]) * kdata.value_f64(kbase + d, g, dk);
+                continue;
+            }
+            for g in 0..g_count {
+                // The visible K and V rows of KV head g, dequantized once
+                // for the r query heads that share them.
+                let rows = |is_v: bool, d_count: usize, data: &KvData<'_>| -> Vec<f64> {
+                    (first..visible)
+                        .flat_map(|j| {
+                            let base = row_index(&batch.cache, is_v, b, g, j);
+                            (0..d_count).map(move |d| data.value_f64(base + d, g, d_count))
+                        })
+                        .collect()
+                };
+                let krows = rows(false, dk, &kdata);
+                let vrows = rows(true, dv, &vdata);
+                for h in g * r..(g + 1) * r {
+                    let row = (tok0 + t) * h_count + h;
+                    let qrow = &q[row * dk..(row + 1) * dk];
+                    let sink = variant.sinks.map(|s| f64::from(s[h]));
+                    let mut scores = Vec::with_capacity(visible - first);
+                    for (jj, krow) in krows.chunks(dk).enumerate() {
+                        let j = first + jj;
+                        let mut dot = 0.0f64;
+                        for d in 0..dk {
+                            dot += f64::from(qrow[d]) * krow[d];
+                        }
+                        let s = scale * dot;
+                        let s = match variant.softcap {
+                            Some(c) => f64::from(c) * (s / f64::from(c)).tanh(),
+                            None => s,
+                        };
+                        // The query sits at position p = visible - 1.
+                        let bias = variant.alibi.map_or(0.0, |al| {
+                            f64::from(al[h]) * (j as f64 - (visible - 1) as f64)
+                        });
+                        let add = batch.bias.map_or(0.0, |bi| {
+                            f64::from(
+                                bi.data[b * bi.seq_stride
+                                    + t * bi.token_stride
+                                    + h * bi.head_stride
+                                    + j],
+                            )
+                        });
+                        scores.push(s + bias + add);
                     }
-                    let s = scale * dot;
-                    let s = match variant.softcap {
-                        Some(c) => f64::from(c) * (s / f64::from(c)).tanh(),
-                        None => s,
-                    };
-                    // The query sits at position p = visible - 1.
-                    let bias = variant.alibi.map_or(0.0, |al| {
-                        f64::from(al[h]) * (j as f64 - (visible - 1) as f64)
-                    });
-                    let add = batch.bias.map_or(0.0, |bi| {
-                        f64::from(
-                            bi.data
-                                [b * bi.seq_stride + t * bi.token_stride + h * bi.head_stride + j],
-                        )
-                    });
-                    scores.push(s + bias + add);
-                }
-                let m = scores
-                    .iter()
-                    .cloned()
-                    .chain(sink)
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let l: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |z| (z - m).exp());
-                let o = &mut out[row * dv..(row + 1) * dv];
-                for (jj, w) in weights.iter().enumerate() {
-                    let vbase = row_index(&batch.cache, true, b, g, first + jj);
-                    for d in 0..dv {
-                        o[d] += w * vdata.value_f64(vbase + d, g, dv);
+                    let m = scores
+                        .iter()
+                        .cloned()
+                        .chain(sink)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let l: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |z| (z - m).exp());
+                    let o = &mut out[row * dv..(row + 1) * dv];
+                    for (w, vrow) in weights.iter().zip(vrows.chunks(dv)) {
+                        for d in 0..dv {
+                            o[d] += w * vrow[d];
+                        }
                     }
+                    for x in o.iter_mut() {
+                        *x /= l;
+                    }
+                    lse[row] = m + l.ln();
                 }
-                for x in o.iter_mut() {
-                    *x /= l;
-                }
-                lse[row] = m + l.ln();
             }
         }
     }
