@@ -9,7 +9,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::arch::{Dynamic, Fixed, KernelFn};
+#[cfg(not(feature = "generic-only"))]
+use crate::arch::Fixed;
+use crate::arch::{Dynamic, KernelFn};
 use crate::error::{Error, Result};
 use crate::types::Dtype;
 
@@ -180,7 +182,9 @@ pub(crate) struct KernelEntry {
 
 mod generated {
     #![allow(clippy::all)]
-    use super::{Dtype, Dynamic, Fixed, KernelEntry, Tier};
+    #[cfg(not(feature = "generic-only"))]
+    use super::Fixed;
+    use super::{Dtype, Dynamic, KernelEntry, Tier};
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
