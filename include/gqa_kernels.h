@@ -199,6 +199,24 @@ const char *gqa_plan_kernel_name(const gqa_plan *plan);
 int32_t gqa_run(const gqa_plan *plan, const gqa_batch *batch, float *out, size_t out_len,
                 float *lse, size_t lse_len, void *workspace, size_t workspace_len);
 
+/* Host-driven threading: a step is gqa_plan_work_items independent items
+ * (one per sequence, KV split and KV head). gqa_begin checks the batch and
+ * resets the states buffer (gqa_plan_state_bytes, any alignment and
+ * contents); gqa_run_items runs items [first, first + count) into their
+ * states, with its own scratch (gqa_plan_scratch_bytes) -- calls on
+ * disjoint ranges may run at the same time on any threads; once every
+ * item has run, gqa_finish merges the states into out and lse (an item
+ * that did not run contributes nothing). Pass the same batch to all
+ * four calls. */
+int32_t gqa_plan_work_items(const gqa_plan *plan, size_t *out);
+int32_t gqa_plan_state_bytes(const gqa_plan *plan, size_t *out);
+int32_t gqa_plan_scratch_bytes(const gqa_plan *plan, size_t *out);
+int32_t gqa_begin(const gqa_plan *plan, const gqa_batch *batch, void *states, size_t states_len);
+int32_t gqa_run_items(const gqa_plan *plan, const gqa_batch *batch, size_t first, size_t count,
+                      void *states, size_t states_len, void *scratch, size_t scratch_len);
+int32_t gqa_finish(const gqa_plan *plan, const gqa_batch *batch, const void *states,
+                   size_t states_len, float *out, size_t out_len, float *lse, size_t lse_len);
+
 /* Merges (other_out, other_lse) into (out, lse): rows x head_dim_v states
  * over disjoint KV ranges. */
 int32_t gqa_merge_states(float *out, float *lse, const float *other_out, const float *other_lse,

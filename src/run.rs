@@ -277,6 +277,11 @@ impl Part<'_, '_> {
     /// bytes, any contents) as the worker's scratch.
     pub fn run(self, scratch: &mut [u8]) -> Result<()> {
         let scratch = carve("scratch", scratch, self.job.plan.worker_len())?;
+        self.run_in(scratch);
+        Ok(())
+    }
+
+    fn run_in(self, scratch: &mut [f32]) {
         self.states
             .chunks_mut(self.job.plan.state_len())
             .for_each(|st| {
@@ -287,6 +292,57 @@ impl Part<'_, '_> {
             });
         self.job
             .run_items(self.first, self.states, self.reverse, scratch);
+    }
+}
+
+/// Item-level entry points of the C ABI, where the host owns the states
+/// buffer and runs any item range on any thread (`gqa_begin`,
+/// `gqa_run_items`, `gqa_finish`). Each call validates the batch again: the
+/// host could pass a different one.
+impl Plan {
+    /// Runs items `first..first + states.len() / state_len` into `states`,
+    /// which holds exactly their states.
+    pub(crate) fn run_item_range(
+        &self,
+        batch: &Batch<'_>,
+        first: usize,
+        states: &mut [f32],
+        scratch: &mut [u8],
+    ) -> Result<()> {
+        check_batch(&self.shape, batch, None, None)?;
+        let scratch = carve("scratch", scratch, self.worker_len())?;
+        debug_assert!(
+            first * self.state_len() + states.len() <= self.work_items() * self.state_len()
+        );
+        Part {
+            job: Job {
+                plan: self,
+                batch: *batch,
+            },
+            first,
+            states,
+            reverse: false,
+        }
+        .run_in(scratch);
+        Ok(())
+    }
+
+    /// Merges the states of every item (the whole buffer) into `out`/`lse`.
+    pub(crate) fn finish_items(
+        &self,
+        batch: &Batch<'_>,
+        states: &[f32],
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<()> {
+        check_batch(
+            &self.shape,
+            batch,
+            Some(out.len()),
+            lse.as_ref().map(|l| l.len()),
+        )?;
+        debug_assert_eq!(states.len(), self.work_items() * self.state_len());
+        self.finish_states(batch, states, out, lse);
         Ok(())
     }
 }

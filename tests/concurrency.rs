@@ -58,3 +58,161 @@ fn threads_sharing_one_plan_get_the_lone_result() {
         }
     }
 }
+
+/// Host-driven threading through the C ABI: four threads run interleaved
+/// single items of one step into one shared states buffer (each borrowing
+/// only its items' states); the merged result is bitwise `gqa_run`'s.
+#[test]
+fn c_abi_items_on_many_threads_match_gqa_run() {
+    use gqa_kernels::capi::*;
+    let (b, h, g, d, l) = (2usize, 12usize, 3usize, 64usize, 1300usize);
+    let shape = gqa_shape {
+        struct_size: size_of::<gqa_shape>(),
+        batch: b,
+        heads: h,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+        q_len: 1,
+        max_kv_len: l,
+        k_dtype: 0,
+        v_dtype: 0,
+    };
+    let mut plan: *mut gqa_plan = std::ptr::null_mut();
+    // SAFETY: a valid shape and out-pointer (NULL options: defaults).
+    assert_eq!(
+        unsafe { gqa_plan_create(&shape, std::ptr::null(), &mut plan) },
+        GQA_OK
+    );
+    let n = b * g * l * d;
+    let mut k: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0)
+        .collect();
+    let kv = |p: &mut Vec<f32>| gqa_kv {
+        dtype: 0,
+        data: p.as_mut_ptr().cast(),
+        len: p.len(),
+        scales: std::ptr::null_mut(),
+        scales_len: 0,
+        outer_stride: g * l * d,
+        token_stride: d,
+        head_stride: l * d,
+    };
+    let cache = gqa_cache {
+        struct_size: size_of::<gqa_cache>(),
+        layout: GQA_LAYOUT_STRIDED,
+        k: kv(&mut k),
+        v: kv(&mut v),
+        page_size: 0,
+        block_table: std::ptr::null(),
+        block_table_len: 0,
+        blocks_per_seq: 0,
+        capacity: l,
+        first_pos: std::ptr::null(),
+    };
+    let q: Vec<f32> = (0..b * h * d)
+        .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let lens = [l, 700];
+    let batch = gqa_batch {
+        struct_size: size_of::<gqa_batch>(),
+        q: q.as_ptr(),
+        q_elems: q.len(),
+        cache: &cache,
+        seq_lens: lens.as_ptr(),
+        n_seqs: b,
+        q_offsets: std::ptr::null(),
+        bias: std::ptr::null(),
+        bias_len: 0,
+        bias_seq_stride: 0,
+        bias_token_stride: 0,
+        bias_head_stride: 0,
+    };
+    let (mut ws_len, mut items, mut st_len, mut sc_len) = (0, 0, 0, 0);
+    // SAFETY: a live plan and valid out-pointers.
+    unsafe {
+        assert_eq!(gqa_plan_workspace_bytes(plan, &mut ws_len), GQA_OK);
+        assert_eq!(gqa_plan_work_items(plan, &mut items), GQA_OK);
+        assert_eq!(gqa_plan_state_bytes(plan, &mut st_len), GQA_OK);
+        assert_eq!(gqa_plan_scratch_bytes(plan, &mut sc_len), GQA_OK);
+    }
+    assert!(items > b * g, "the plan should split the KV range");
+    let (mut want, mut want_lse) = (vec![0f32; b * h * d], vec![0f32; b * h]);
+    let mut ws = vec![0u8; ws_len];
+    // SAFETY: every pointer is valid for its length.
+    let st = unsafe {
+        gqa_run(
+            plan,
+            &batch,
+            want.as_mut_ptr(),
+            want.len(),
+            want_lse.as_mut_ptr(),
+            want_lse.len(),
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        )
+    };
+    assert_eq!(st, GQA_OK);
+
+    let mut states = vec![0u8; st_len];
+    // Raw pointers cross threads as addresses.
+    let (plan_a, batch_a, states_a) = (
+        plan as usize,
+        &batch as *const _ as usize,
+        states.as_mut_ptr() as usize,
+    );
+    for rep in 0..5 {
+        // SAFETY: valid pointers; no other call uses `states` now.
+        let st = unsafe { gqa_begin(plan, &batch, states.as_mut_ptr().cast(), st_len) };
+        assert_eq!(st, GQA_OK);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                s.spawn(move || {
+                    let mut scratch = vec![0u8; sc_len];
+                    for item in (t..items).step_by(4) {
+                        // SAFETY: the plan, batch and states outlive the
+                        // scope; the threads' item sets are disjoint.
+                        let st = unsafe {
+                            gqa_run_items(
+                                plan_a as *const gqa_plan,
+                                batch_a as *const gqa_batch,
+                                item,
+                                1,
+                                states_a as *mut std::ffi::c_void,
+                                st_len,
+                                scratch.as_mut_ptr().cast(),
+                                sc_len,
+                            )
+                        };
+                        assert_eq!(st, GQA_OK);
+                    }
+                });
+            }
+        });
+        let (mut out, mut lse) = (vec![f32::NAN; b * h * d], vec![f32::NAN; b * h]);
+        // SAFETY: every item has run; pointers valid for their lengths.
+        let st = unsafe {
+            gqa_finish(
+                plan,
+                &batch,
+                states.as_ptr().cast(),
+                st_len,
+                out.as_mut_ptr(),
+                out.len(),
+                lse.as_mut_ptr(),
+                lse.len(),
+            )
+        };
+        assert_eq!(st, GQA_OK);
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same(&out, &want) && same(&lse, &want_lse),
+            "rep {rep}: differs from gqa_run"
+        );
+    }
+    // SAFETY: a live plan, destroyed once.
+    unsafe { gqa_plan_destroy(plan) };
+}

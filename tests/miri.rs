@@ -166,6 +166,60 @@ fn the_c_abi_on_a_tiny_step() {
     };
     assert_eq!(st, GQA_ERR_LENGTH);
     assert!(out.iter().all(|&x| x == 7.0));
+    // Host-driven: item by item into one states buffer, from a pointer
+    // that is not 64-byte aligned.
+    let (mut items, mut st_len, mut sc_len) = (0, 0, 0);
+    // SAFETY: a live plan and valid out-pointers.
+    unsafe {
+        assert_eq!(gqa_plan_work_items(plan, &mut items), GQA_OK);
+        assert_eq!(gqa_plan_state_bytes(plan, &mut st_len), GQA_OK);
+        assert_eq!(gqa_plan_scratch_bytes(plan, &mut sc_len), GQA_OK);
+    }
+    let mut states = vec![0u8; st_len + 1];
+    let mut scratch = vec![0u8; sc_len];
+    let sp = states[1..].as_mut_ptr();
+    // SAFETY: `sp` is valid for `st_len` bytes, used by one call at a time.
+    unsafe {
+        assert_eq!(gqa_begin(plan, &batch, sp.cast(), st_len), GQA_OK);
+        for item in (0..items).rev() {
+            let st = gqa_run_items(
+                plan,
+                &batch,
+                item,
+                1,
+                sp.cast(),
+                st_len,
+                scratch.as_mut_ptr().cast(),
+                sc_len,
+            );
+            assert_eq!(st, GQA_OK);
+        }
+        let mut out2 = vec![f32::NAN; h * d];
+        let st = gqa_finish(
+            plan,
+            &batch,
+            sp.cast_const().cast(),
+            st_len,
+            out2.as_mut_ptr(),
+            out2.len(),
+            std::ptr::null_mut(),
+            0,
+        );
+        assert_eq!(st, GQA_OK);
+        out.fill(0.0);
+        let st = gqa_run(
+            plan,
+            &batch,
+            out.as_mut_ptr(),
+            out.len(),
+            std::ptr::null_mut(),
+            0,
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        );
+        assert_eq!(st, GQA_OK);
+        assert_eq!(out, out2);
+    }
     // SAFETY: a live plan, destroyed once.
     unsafe { gqa_plan_destroy(plan) };
 }

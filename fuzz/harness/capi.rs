@@ -266,6 +266,85 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         message_is_set(st);
     }
+    // The same step host-driven: begin, arbitrary item ranges (some past
+    // the end) with arbitrary buffer sizes, finish. When every call
+    // succeeded and every item ran, the result is bitwise gqa_run's.
+    let (mut items, mut st_len, mut sc_len) = (0usize, 0usize, 0usize);
+    // SAFETY: a live plan and valid out-pointers.
+    unsafe {
+        assert_eq!(gqa_plan_work_items(plan, &mut items), GQA_OK);
+        assert_eq!(gqa_plan_state_bytes(plan, &mut st_len), GQA_OK);
+        assert_eq!(gqa_plan_scratch_bytes(plan, &mut sc_len), GQA_OK);
+    }
+    let mut states = vec![
+        0u8;
+        if u.ratio(7, 8)? {
+            st_len
+        } else {
+            u.int_in_range(0..=st_len)?
+        }
+    ];
+    let mut scratch = vec![
+        0u8;
+        if u.ratio(7, 8)? {
+            sc_len
+        } else {
+            u.int_in_range(0..=sc_len)?
+        }
+    ];
+    // SAFETY: every pointer is valid for the length beside it (as above).
+    let sb = unsafe { gqa_begin(plan, &batch, states.as_mut_ptr().cast(), states.len()) };
+    if sb == GQA_OK {
+        let (mut first, mut all_ran) = (0usize, true);
+        while first < items {
+            let count = u.int_in_range(0..=items - first + 1)?;
+            // SAFETY: as above.
+            let sr = unsafe {
+                gqa_run_items(
+                    plan,
+                    &batch,
+                    first,
+                    count,
+                    states.as_mut_ptr().cast(),
+                    states.len(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                )
+            };
+            if sr != GQA_OK {
+                message_is_set(sr);
+                all_ran = false;
+            }
+            first += count.max(1);
+        }
+        let mut out2 = vec![f32::NAN; out.len()];
+        let mut lse2 = vec![f32::NAN; lse.len()];
+        // SAFETY: as above.
+        let sf = unsafe {
+            gqa_finish(
+                plan,
+                &batch,
+                states.as_ptr().cast(),
+                states.len(),
+                out2.as_mut_ptr(),
+                out2.len(),
+                lse2.as_mut_ptr(),
+                lse2.len(),
+            )
+        };
+        if sf != GQA_OK {
+            message_is_set(sf);
+        } else if st == GQA_OK && all_ran {
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same(&out, &out2) && same(&lse, &lse2),
+                "host-driven items differ from gqa_run"
+            );
+        }
+    } else {
+        message_is_set(sb);
+    }
     // Append arbitrary rows into the same cache: a failure leaves it as it
     // was.
     let (k0, v0, ks0, vs0) = (kbuf.clone(), vbuf.clone(), kscales.clone(), vscales.clone());

@@ -7,8 +7,9 @@
  * Scenario: a paged cache (int8 K, fp8 E5M2 V, pages of 16 positions in a
  * shuffled pool) written token by token with gqa_append from f32 rows,
  * decoded with gqa_run; a strided f32 cache decoded whole and as two
- * ranges merged with gqa_merge_states; one and two threads; and the error
- * paths (NULL pointers, bad enums, short structs and buffers).
+ * ranges merged with gqa_merge_states; one and two threads; the paged step
+ * again host-driven, item by item (gqa_begin, gqa_run_items, gqa_finish);
+ * and the error paths (NULL pointers, bad enums, short structs and buffers).
  */
 #include <math.h>
 #include <stdio.h>
@@ -303,6 +304,42 @@ static int paged_quantized(float *out, size_t out_len, float *lse, size_t lse_le
     CHECK(gqa_run(p, &bt, out, out_len, lse, lse_len, ws, ws_len) == GQA_OK);
     for (i = 0; i < out_len; i++) CHECK(isfinite(out[i]));
     free(ws);
+
+    /* The same step host-driven: every work item run on its own, last
+     * first; the result is bit for bit gqa_run's. */
+    {
+        size_t items = 0, st_len = 0, sc_len = 0, it;
+        void *states, *scratch;
+        float *out3 = malloc(out_len * sizeof *out3), *lse3 = malloc(lse_len * sizeof *lse3);
+        CHECK(out3 != NULL && lse3 != NULL);
+        CHECK(gqa_plan_work_items(p, &items) == GQA_OK);
+        CHECK(items >= (size_t)B * G);
+        CHECK(gqa_plan_state_bytes(p, &st_len) == GQA_OK);
+        CHECK(gqa_plan_scratch_bytes(p, &sc_len) == GQA_OK);
+        states = malloc(st_len);
+        scratch = malloc(sc_len);
+        CHECK(states != NULL && scratch != NULL);
+        CHECK(gqa_begin(p, &bt, states, st_len) == GQA_OK);
+        for (it = items; it-- > 0;) {
+            CHECK(gqa_run_items(p, &bt, it, 1, states, st_len, scratch, sc_len) == GQA_OK);
+        }
+        CHECK(gqa_finish(p, &bt, states, st_len, out3, out_len, lse3, lse_len) == GQA_OK);
+        CHECK(memcmp(out, out3, out_len * sizeof *out) == 0);
+        CHECK(memcmp(lse, lse3, lse_len * sizeof *lse) == 0);
+        CHECK(gqa_run_items(p, &bt, items, 1, states, st_len, scratch, sc_len) ==
+              GQA_ERR_OUT_OF_BOUNDS);
+        CHECK(strstr(gqa_last_error(), "first") != NULL);
+        CHECK(gqa_run_items(p, &bt, 0, 1, states, st_len - 1, scratch, sc_len) ==
+              GQA_ERR_BUFFER_TOO_SMALL);
+        CHECK(gqa_run_items(p, &bt, 0, 1, states, st_len, NULL, sc_len) == GQA_ERR_NULL);
+        CHECK(gqa_finish(p, &bt, states, st_len, out3, out_len - 1, lse3, lse_len) ==
+              GQA_ERR_LENGTH);
+        free(states);
+        free(scratch);
+        free(out3);
+        free(lse3);
+        note("host-driven items: ok", NULL);
+    }
     gqa_plan_destroy(p);
     note("paged int8/e5m2 append + run: ok", NULL);
     return 0;
