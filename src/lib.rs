@@ -61,6 +61,7 @@
 mod append;
 mod arch;
 pub mod capi;
+pub mod convert;
 pub mod dispatch;
 mod error;
 mod layout;
