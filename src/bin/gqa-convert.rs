@@ -1,0 +1,732 @@
+//! `gqa-convert`: converts a multi-head (or GQA) safetensors checkpoint to
+//! `G` KV heads per layer by mean-pooling the K and V projection heads of
+//! each group (Ainslie et al., 2023), with [`gqa_kernels::convert`].
+//!
+//! ```text
+//! gqa-convert <INPUT> -o <OUTPUT> -g <GROUPS> [--preset llama|t5] [--pattern P]...
+//!             [--heads H] [--pooling mean|first] [--force] [--quiet]
+//! ```
+//!
+//! `INPUT` is a `.safetensors` file, a sharded checkpoint's index JSON, or
+//! a directory holding `model.safetensors` or `model.safetensors.index.json`.
+//! A file input writes the file `OUTPUT`; a sharded or directory input
+//! writes the directory `OUTPUT` (the same shard names and an updated
+//! index). A `config.json` beside the input is written beside the output
+//! with `num_key_value_heads = G`. Every other tensor is copied byte for
+//! byte. Inputs are memory-mapped and each output file is streamed to a
+//! temporary file renamed into place only when everything succeeded;
+//! after a failure nothing of the output is left.
+//!
+//! Exit status: 0 on success, 1 on a conversion error (message on stderr),
+//! 2 on a usage error.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use gqa_kernels::convert::{pool_heads_le, Pooling, ProjShape};
+use gqa_kernels::Dtype;
+use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::tensor::{SafeTensors, View};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gqa-convert",
+    version,
+    about = "Convert an MHA (or GQA) safetensors checkpoint to fewer KV heads by mean-pooling each group's K/V projection heads"
+)]
+struct Args {
+    /// A .safetensors file, an index JSON of a sharded checkpoint, or a
+    /// directory holding model.safetensors or model.safetensors.index.json.
+    input: PathBuf,
+    /// Output file (for a file input) or directory (for a sharded or
+    /// directory input).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// KV heads (groups) G of the converted checkpoint; 1 is MQA.
+    #[arg(short, long)]
+    groups: usize,
+    /// KV heads H of the source (default: from config.json,
+    /// `num_key_value_heads`, else `num_attention_heads`, else `num_heads`).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Tensor-name preset: Llama-style `model.layers.{i}.self_attn.{kv}_proj`
+    /// weights and biases, or T5-style decoder self- and cross-attention.
+    #[arg(long, value_enum, default_value_t = Preset::Llama)]
+    preset: Preset,
+    /// A tensor-name pattern (repeatable; replaces the preset): `{kv}`
+    /// stands for `k` and `v` (or `{kv:key,value}` for other names), `{i}`
+    /// for a layer number, `*` for any text. Example:
+    /// `model.layers.{i}.attn.{kv}_proj.weight`.
+    #[arg(long)]
+    pattern: Vec<String>,
+    /// How a group's heads become one.
+    #[arg(long, value_enum, default_value_t = Method::Mean)]
+    pooling: Method,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Preset {
+    /// model.layers.{i}.self_attn.{k,v}_proj.{weight,bias}
+    Llama,
+    /// decoder.block.{i}.layer.0.SelfAttention.{k,v}.weight and
+    /// decoder.block.{i}.layer.1.EncDecAttention.{k,v}.weight (the paper
+    /// converts decoder self- and cross-attention, not the encoder)
+    T5,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Method {
+    /// Mean of the group's heads (the paper's method).
+    Mean,
+    /// The group's first head.
+    First,
+}
+
+impl Preset {
+    fn patterns(self) -> Vec<String> {
+        let p: &[&str] = match self {
+            Preset::Llama => &[
+                "model.layers.{i}.self_attn.{kv}_proj.weight",
+                "model.layers.{i}.self_attn.{kv}_proj.bias",
+            ],
+            Preset::T5 => &[
+                "decoder.block.{i}.layer.0.SelfAttention.{kv}.weight",
+                "decoder.block.{i}.layer.1.EncDecAttention.{kv}.weight",
+            ],
+        };
+        p.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match convert(&args) {
+        Ok(summary) => {
+            if !args.quiet {
+                eprintln!("{summary}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gqa-convert: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+/// A name pattern: literal text, `{i}` (digits), `*` (anything), and one
+/// `{kv}` slot with its K and V spellings.
+#[derive(Debug)]
+struct Pattern {
+    text: String,
+    parts: Vec<Part>,
+    k: String,
+    v: String,
+}
+
+#[derive(Debug)]
+enum Part {
+    Lit(String),
+    Digits,
+    Any,
+    Kv,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Res<Pattern> {
+        let (mut parts, mut kv) = (Vec::new(), None);
+        let mut rest = text;
+        let mut lit = String::new();
+        while let Some(c) = rest.chars().next() {
+            if c == '*' {
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+                parts.push(Part::Any);
+                rest = &rest[1..];
+            } else if let Some(r) = rest.strip_prefix("{i}") {
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+                parts.push(Part::Digits);
+                rest = r;
+            } else if rest.starts_with("{kv") {
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("pattern `{text}`: unclosed `{{kv`"))?;
+                let spec = &rest[3..end];
+                let pair = match spec.strip_prefix(':') {
+                    None if spec.is_empty() => ("k".to_string(), "v".to_string()),
+                    Some(s) => match s.split_once(',') {
+                        Some((k, v)) if !k.is_empty() && !v.is_empty() && k != v => {
+                            (k.to_string(), v.to_string())
+                        }
+                        _ => {
+                            return Err(format!(
+                                "pattern `{text}`: `{{kv:K,V}}` needs two different names"
+                            ))
+                        }
+                    },
+                    None => {
+                        return Err(format!(
+                            "pattern `{text}`: unknown slot `{}`",
+                            &rest[..=end]
+                        ))
+                    }
+                };
+                if kv.replace(pair).is_some() {
+                    return Err(format!("pattern `{text}`: more than one `{{kv}}`"));
+                }
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+                parts.push(Part::Kv);
+                rest = &rest[end + 1..];
+            } else {
+                lit.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        parts.push(Part::Lit(lit));
+        let (k, v) = kv.ok_or_else(|| {
+            format!("pattern `{text}` has no `{{kv}}` slot (where the names of K and V differ)")
+        })?;
+        parts.retain(|p| !matches!(p, Part::Lit(s) if s.is_empty()));
+        Ok(Pattern {
+            text: text.to_string(),
+            parts,
+            k,
+            v,
+        })
+    }
+
+    /// If `name` is a K tensor of this pattern, the name of its V partner.
+    fn v_partner(&self, name: &str) -> Option<String> {
+        let mut kv_at = None;
+        if !matches(&self.parts, name, 0, &self.k, &mut kv_at) {
+            return None;
+        }
+        let at = kv_at?;
+        Some(format!(
+            "{}{}{}",
+            &name[..at],
+            self.v,
+            &name[at + self.k.len()..]
+        ))
+    }
+}
+
+/// Backtracking match of `parts` against `s[pos..]`; records where the
+/// `{kv}` slot matched.
+fn matches(parts: &[Part], s: &str, pos: usize, k: &str, kv_at: &mut Option<usize>) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return pos == s.len();
+    };
+    let tail = &s[pos..];
+    match first {
+        Part::Lit(l) => tail.starts_with(l.as_str()) && matches(rest, s, pos + l.len(), k, kv_at),
+        Part::Kv => {
+            if tail.starts_with(k) && matches(rest, s, pos + k.len(), k, kv_at) {
+                *kv_at = Some(pos);
+                true
+            } else {
+                false
+            }
+        }
+        Part::Digits => {
+            let n = tail.bytes().take_while(u8::is_ascii_digit).count();
+            (1..=n).any(|m| matches(rest, s, pos + m, k, kv_at))
+        }
+        Part::Any => (0..=tail.len())
+            .filter(|&m| tail.is_char_boundary(m))
+            .any(|m| matches(rest, s, pos + m, k, kv_at)),
+    }
+}
+
+/// Where the checkpoint is: its shard files (name relative to the
+/// checkpoint's directory), the index JSON if sharded, and `config.json`
+/// if there is one.
+struct Source {
+    dir: PathBuf,
+    shards: Vec<String>,
+    index: Option<(String, serde_json::Value)>,
+    config: Option<PathBuf>,
+    /// A directory or an index (output is a directory).
+    output_is_dir: bool,
+}
+
+fn locate(input: &Path) -> Res<Source> {
+    let read_index = |p: &Path| -> Res<(String, serde_json::Value, Vec<String>)> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not an index JSON: {e}", p.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| format!("{}: no `weight_map` object", p.display()))?;
+        let mut shards = Vec::new();
+        for f in map.values() {
+            let f = f.as_str().ok_or_else(|| {
+                format!("{}: a `weight_map` entry is not a file name", p.display())
+            })?;
+            if Path::new(f).components().count() != 1 || f.starts_with('.') {
+                return Err(format!(
+                    "{}: shard name `{f}` is not a plain file name",
+                    p.display()
+                ));
+            }
+            if !shards.iter().any(|s| s == f) {
+                shards.push(f.to_string());
+            }
+        }
+        shards.sort();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        Ok((name, v, shards))
+    };
+    let config_in = |dir: &Path| {
+        let c = dir.join("config.json");
+        c.is_file().then_some(c)
+    };
+    if input.is_dir() {
+        let index = input.join("model.safetensors.index.json");
+        let (index, shards) = if index.is_file() {
+            let (name, v, shards) = read_index(&index)?;
+            (Some((name, v)), shards)
+        } else if input.join("model.safetensors").is_file() {
+            (None, vec!["model.safetensors".to_string()])
+        } else {
+            return Err(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                input.display()
+            ));
+        };
+        return Ok(Source {
+            dir: input.to_path_buf(),
+            shards,
+            index,
+            config: config_in(input),
+            output_is_dir: true,
+        });
+    }
+    if !input.is_file() {
+        return Err(format!("{}: no such file or directory", input.display()));
+    }
+    let dir = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    let name = input
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    if name.ends_with(".json") {
+        let (iname, v, shards) = read_index(input)?;
+        return Ok(Source {
+            config: config_in(&dir),
+            dir,
+            shards,
+            index: Some((iname, v)),
+            output_is_dir: true,
+        });
+    }
+    Ok(Source {
+        config: config_in(&dir),
+        dir,
+        shards: vec![name],
+        index: None,
+        output_is_dir: false,
+    })
+}
+
+/// A tensor of the output: the input's bytes, or pooled ones.
+struct OutTensor<'a> {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Cow<'a, [u8]>,
+    bar: &'a ProgressBar,
+}
+
+impl View for &OutTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        // The writer asks for each tensor's bytes once, as it writes them.
+        self.bar.inc(self.data.len() as u64);
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Files written so far (temporary names), removed unless committed.
+struct Staged {
+    files: Vec<(PathBuf, PathBuf)>,
+    created_dir: Option<PathBuf>,
+    committed: bool,
+}
+
+impl Staged {
+    fn tmp_for(&mut self, dest: &Path) -> PathBuf {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        self.files.push((tmp.clone(), dest.to_path_buf()));
+        tmp
+    }
+
+    fn commit(mut self) -> Res<()> {
+        for (tmp, dest) in &self.files {
+            std::fs::rename(tmp, dest)
+                .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), dest.display()))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (tmp, _) in &self.files {
+                let _ = std::fs::remove_file(tmp);
+            }
+            if let Some(d) = &self.created_dir {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+fn weight_dtype(d: safetensors::Dtype, name: &str) -> Res<Dtype> {
+    match d {
+        safetensors::Dtype::F32 => Ok(Dtype::F32),
+        safetensors::Dtype::F16 => Ok(Dtype::F16),
+        safetensors::Dtype::BF16 => Ok(Dtype::Bf16),
+        other => Err(format!(
+            "`{name}` is {other:?}; K/V projections must be F32, F16 or BF16"
+        )),
+    }
+}
+
+fn source_heads(args: &Args, config: Option<&serde_json::Value>) -> Res<usize> {
+    if let Some(h) = args.heads {
+        return Ok(h);
+    }
+    let c = config.ok_or(
+        "the source's KV head count is unknown: pass --heads (no config.json beside the input)",
+    )?;
+    ["num_key_value_heads", "num_attention_heads", "num_heads"]
+        .iter()
+        .find_map(|k| c.get(*k).and_then(|v| v.as_u64()))
+        .map(|h| h as usize)
+        .ok_or_else(|| {
+            "config.json has no num_key_value_heads, num_attention_heads or num_heads: pass --heads"
+                .to_string()
+        })
+}
+
+fn convert(args: &Args) -> Res<String> {
+    let src = locate(&args.input)?;
+    let config: Option<serde_json::Value> = match &src.config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(
+                serde_json::from_str(&t)
+                    .map_err(|e| format!("{}: invalid JSON: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let heads = source_heads(args, config.as_ref())?;
+    let groups = args.groups;
+    if groups == 0 || heads == 0 || !heads.is_multiple_of(groups) {
+        return Err(format!(
+            "the source's {heads} KV heads cannot form {groups} groups (H % G must be 0, G >= 1)"
+        ));
+    }
+    let patterns = if args.pattern.is_empty() {
+        args.preset.patterns()
+    } else {
+        args.pattern.clone()
+    };
+    let patterns: Vec<Pattern> = patterns
+        .iter()
+        .map(|p| Pattern::parse(p))
+        .collect::<Res<_>>()?;
+
+    // Output paths, all checked before anything is written.
+    let out_dir = if src.output_is_dir {
+        args.output.clone()
+    } else {
+        let p = args.output.parent().unwrap_or(Path::new("")).to_path_buf();
+        if p.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            p
+        }
+    };
+    let mut dests: Vec<PathBuf> = if src.output_is_dir {
+        src.shards.iter().map(|s| out_dir.join(s)).collect()
+    } else {
+        vec![args.output.clone()]
+    };
+    if let Some((name, _)) = &src.index {
+        dests.push(out_dir.join(name));
+    }
+    let config_dest = src.config.as_ref().map(|_| out_dir.join("config.json"));
+    dests.extend(config_dest.clone());
+    if src.output_is_dir && args.output.exists() && !args.output.is_dir() {
+        return Err(format!(
+            "{}: exists and is not a directory",
+            args.output.display()
+        ));
+    }
+    if !src.output_is_dir && args.output.is_dir() {
+        return Err(format!(
+            "{}: is a directory; give an output file",
+            args.output.display()
+        ));
+    }
+    for d in &dests {
+        let same = std::fs::canonicalize(d).ok();
+        let inputs = src.shards.iter().map(|s| src.dir.join(s));
+        let inputs = inputs.chain(src.config.clone());
+        if same.is_some()
+            && inputs
+                .filter_map(|i| std::fs::canonicalize(i).ok())
+                .any(|i| Some(i) == same)
+        {
+            return Err(format!(
+                "{}: output would overwrite an input (write the converted checkpoint into another directory)",
+                d.display()
+            ));
+        }
+    }
+
+    if !args.force {
+        if src.output_is_dir && args.output.exists() {
+            return Err(format!(
+                "{}: output exists (pass --force to write into it)",
+                args.output.display()
+            ));
+        }
+        if let Some(d) = dests.iter().find(|d| d.exists()) {
+            return Err(format!(
+                "{}: output exists (pass --force to overwrite)",
+                d.display()
+            ));
+        }
+    }
+    // Map every shard.
+    let mut maps = Vec::new();
+    for s in &src.shards {
+        let p = src.dir.join(s);
+        let f = File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        // SAFETY: the file is opened read-only and only read through this
+        // map; like every memory-mapped loader, the conversion assumes no
+        // other process truncates or rewrites the checkpoint while it runs
+        // (the map is dropped before the tool exits).
+        let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("{}: {e}", p.display()))?;
+        maps.push(m);
+    }
+    let mut parsed = Vec::new();
+    for (s, m) in src.shards.iter().zip(&maps) {
+        let st = SafeTensors::deserialize(m).map_err(|e| {
+            format!(
+                "{}: not a safetensors file: {e:?}",
+                src.dir.join(s).display()
+            )
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(m).map_err(|e| {
+            format!(
+                "{}: not a safetensors file: {e:?}",
+                src.dir.join(s).display()
+            )
+        })?;
+        parsed.push((st, meta.metadata().clone()));
+    }
+    // Every tensor by name: (shard, view).
+    let mut all = HashMap::new();
+    for (i, (st, _)) in parsed.iter().enumerate() {
+        for (name, view) in st.iter() {
+            if all.insert(name.to_string(), (i, view)).is_some() {
+                return Err(format!("tensor `{name}` appears in two shards"));
+            }
+        }
+    }
+
+    // The K/V pairs and their pooled replacements.
+    let how = match args.pooling {
+        Method::Mean => Pooling::Mean,
+        Method::First => Pooling::First,
+    };
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut pooled: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut layers = 0usize;
+    for pat in &patterns {
+        for k_name in &names {
+            let Some(v_name) = pat.v_partner(k_name) else {
+                continue;
+            };
+            let (_, kview) = &all[*k_name];
+            let (_, vview) = all.get(&v_name).ok_or_else(|| {
+                format!(
+                    "`{k_name}` matches pattern `{}` but its V tensor `{v_name}` is missing",
+                    pat.text
+                )
+            })?;
+            if kview.shape() != vview.shape() || kview.dtype() != vview.dtype() {
+                return Err(format!(
+                    "K and V differ: `{k_name}` is {:?} {:?}, `{v_name}` is {:?} {:?}",
+                    kview.dtype(),
+                    kview.shape(),
+                    vview.dtype(),
+                    vview.shape()
+                ));
+            }
+            for (name, view) in [(k_name.as_str(), kview), (v_name.as_str(), vview)] {
+                if pooled.contains_key(name) {
+                    continue;
+                }
+                let dtype = weight_dtype(view.dtype(), name)?;
+                let shape = view.shape();
+                let rows = shape.first().copied().unwrap_or(0);
+                if rows == 0 || !rows.is_multiple_of(heads) {
+                    return Err(format!(
+                        "`{name}` has {rows} rows (shape {shape:?}), not H·D for H = {heads} KV heads"
+                    ));
+                }
+                let cols: usize = shape[1..].iter().product();
+                let ps = ProjShape {
+                    heads,
+                    head_dim: rows / heads,
+                    cols,
+                };
+                let data = if groups == heads {
+                    view.data().to_vec()
+                } else {
+                    pool_heads_le(dtype, view.data(), ps, groups, how)
+                        .map_err(|e| format!("`{name}`: {e}"))?
+                };
+                let mut new_shape = shape.to_vec();
+                new_shape[0] = groups * ps.head_dim;
+                pooled.insert(name.to_string(), (new_shape, data));
+            }
+            layers += 1;
+        }
+    }
+    if pooled.is_empty() {
+        let list: Vec<&str> = patterns.iter().map(|p| p.text.as_str()).collect();
+        return Err(format!(
+            "no tensor matches the K/V pattern(s) {list:?} (try --preset or --pattern)"
+        ));
+    }
+
+    // Write: every shard to a temporary file, then the index and config,
+    // then rename all of them.
+    let mut staged = Staged {
+        files: Vec::new(),
+        created_dir: None,
+        committed: false,
+    };
+    if src.output_is_dir && !args.output.exists() {
+        std::fs::create_dir_all(&args.output)
+            .map_err(|e| format!("{}: {e}", args.output.display()))?;
+        staged.created_dir = Some(args.output.clone());
+    }
+    let total: u64 = all
+        .iter()
+        .map(|(n, (_, v))| pooled.get(n).map_or(v.data().len(), |p| p.1.len()) as u64)
+        .sum();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                .map_err(|e| e.to_string())?,
+        );
+        b
+    };
+    let mut new_sizes = 0u64;
+    for (i, (st, meta)) in parsed.iter().enumerate() {
+        let dest = if src.output_is_dir {
+            out_dir.join(&src.shards[i])
+        } else {
+            args.output.clone()
+        };
+        let tensors: Vec<(String, OutTensor)> = st
+            .iter()
+            .map(|(name, view)| {
+                let (shape, data) = match pooled.get(name) {
+                    Some((s, d)) => (s.clone(), Cow::Borrowed(d.as_slice())),
+                    None => (view.shape().to_vec(), Cow::Borrowed(view.data())),
+                };
+                new_sizes += data.len() as u64;
+                (
+                    name.to_string(),
+                    OutTensor {
+                        dtype: view.dtype(),
+                        shape,
+                        data,
+                        bar: &bar,
+                    },
+                )
+            })
+            .collect();
+        let tmp = staged.tmp_for(&dest);
+        bar.set_message(src.shards[i].clone());
+        safetensors::tensor::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            meta.clone(),
+            &tmp,
+        )
+        .map_err(|e| format!("writing {}: {e:?}", dest.display()))?;
+    }
+    bar.finish_and_clear();
+    let write_json = |staged: &mut Staged, dest: &Path, v: &serde_json::Value| -> Res<()> {
+        let tmp = staged.tmp_for(dest);
+        let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", dest.display()))
+    };
+    if let Some((name, index)) = &src.index {
+        let mut index = index.clone();
+        if let Some(m) = index.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            if m.contains_key("total_size") {
+                m.insert("total_size".into(), new_sizes.into());
+            }
+        }
+        write_json(&mut staged, &out_dir.join(name), &index)?;
+    }
+    if let (Some(mut c), Some(dest)) = (config, config_dest) {
+        if let Some(obj) = c.as_object_mut() {
+            obj.insert("num_key_value_heads".into(), groups.into());
+        }
+        write_json(&mut staged, &dest, &c)?;
+    }
+    staged.commit()?;
+    Ok(format!(
+        "gqa-convert: {layers} K/V pairs ({} tensors) pooled from {heads} to {groups} KV heads; {} tensors copied; wrote {}",
+        pooled.len(),
+        all.len() - pooled.len(),
+        args.output.display()
+    ))
+}
