@@ -15,12 +15,15 @@
 //! with `num_key_value_heads = G`. Every other tensor is copied byte for
 //! byte. Inputs are memory-mapped and each output file is streamed to a
 //! temporary file renamed into place only when everything succeeded;
-//! after a failure nothing of the output is left.
+//! after a failure nothing of the output is left. A tensor is pooled when
+//! the writer reaches it and its source pages are released once written,
+//! so resident memory stays near the largest tensor, not the checkpoint.
 //!
 //! Exit status: 0 on success, 1 on a conversion error (message on stderr),
 //! 2 on a usage error.
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -351,12 +354,50 @@ fn locate(input: &Path) -> Res<Source> {
     })
 }
 
-/// A tensor of the output: the input's bytes, or pooled ones.
+/// A tensor of the output: the input's bytes, copied or pooled when the
+/// writer asks for them (so at most one pooled tensor is in memory).
 struct OutTensor<'a> {
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
-    data: Cow<'a, [u8]>,
+    src: &'a [u8],
+    /// `Some` for a K/V projection: its layout and type.
+    pool: Option<Pool>,
+    len: usize,
+    ctx: &'a WriteCtx<'a>,
+}
+
+/// How a K/V projection is pooled: its layout and type.
+type Pool = (ProjShape, Dtype);
+
+/// What the tensors of one output file share while it is written.
+struct WriteCtx<'a> {
     bar: &'a ProgressBar,
+    map: &'a memmap2::Mmap,
+    groups: usize,
+    how: Pooling,
+    /// The source range of the tensor written last: released from memory
+    /// when the next one is asked for (its bytes are in the file by then).
+    last: Cell<Option<(usize, usize)>>,
+    error: RefCell<Option<String>>,
+}
+
+impl WriteCtx<'_> {
+    /// Drops the pages of the previous tensor's source range from this
+    /// process's memory (they are read back from the file if touched
+    /// again), so that resident memory stays near one tensor, not the
+    /// checkpoint.
+    fn release_last(&self) {
+        if let Some((off, len)) = self.last.take() {
+            // SAFETY: `map` is a read-only shared mapping of the input file:
+            // MADV_DONTNEED only drops clean pages, and any later read of the
+            // range faults the file's unchanged contents back in, so no
+            // reference into it observes a change.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len)
+            };
+        }
+    }
 }
 
 impl View for &OutTensor<'_> {
@@ -367,12 +408,27 @@ impl View for &OutTensor<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        // The writer asks for each tensor's bytes once, as it writes them.
-        self.bar.inc(self.data.len() as u64);
-        Cow::Borrowed(&self.data)
+        // The writer asks for each tensor's bytes once, just before writing
+        // them, and has finished writing the previous tensor's.
+        let ctx = self.ctx;
+        ctx.release_last();
+        ctx.bar.inc(self.len as u64);
+        let off = self.src.as_ptr() as usize - ctx.map.as_ptr() as usize;
+        ctx.last.set(Some((off, self.src.len())));
+        match self.pool {
+            None => Cow::Borrowed(self.src),
+            Some((ps, dtype)) => match pool_heads_le(dtype, self.src, ps, ctx.groups, ctx.how) {
+                Ok(v) => Cow::Owned(v),
+                Err(e) => {
+                    // Checked before writing; kept as an error, not a panic.
+                    ctx.error.borrow_mut().get_or_insert(e.to_string());
+                    Cow::Owned(vec![0; self.len])
+                }
+            },
+        }
     }
     fn data_len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 }
 
@@ -579,7 +635,8 @@ fn convert(args: &Args) -> Res<String> {
     };
     let mut names: Vec<&String> = all.keys().collect();
     names.sort();
-    let mut pooled: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    // name -> (new shape, layout, type); `None` layout when G = H (copied).
+    let mut pooled: BTreeMap<String, (Vec<usize>, Option<Pool>)> = BTreeMap::new();
     let mut layers = 0usize;
     for pat in &patterns {
         for k_name in &names {
@@ -620,15 +677,10 @@ fn convert(args: &Args) -> Res<String> {
                     head_dim: rows / heads,
                     cols,
                 };
-                let data = if groups == heads {
-                    view.data().to_vec()
-                } else {
-                    pool_heads_le(dtype, view.data(), ps, groups, how)
-                        .map_err(|e| format!("`{name}`: {e}"))?
-                };
                 let mut new_shape = shape.to_vec();
                 new_shape[0] = groups * ps.head_dim;
-                pooled.insert(name.to_string(), (new_shape, data));
+                let pool = (groups != heads).then_some((ps, dtype));
+                pooled.insert(name.to_string(), (new_shape, pool));
             }
             layers += 1;
         }
@@ -652,10 +704,12 @@ fn convert(args: &Args) -> Res<String> {
             .map_err(|e| format!("{}: {e}", args.output.display()))?;
         staged.created_dir = Some(args.output.clone());
     }
-    let total: u64 = all
-        .iter()
-        .map(|(n, (_, v))| pooled.get(n).map_or(v.data().len(), |p| p.1.len()) as u64)
-        .sum();
+    let elem = |d: safetensors::Dtype| d.bitsize() / 8;
+    let out_len = |name: &str, view: &safetensors::tensor::TensorView<'_>| match pooled.get(name) {
+        Some((shape, _)) => shape.iter().product::<usize>() * elem(view.dtype()),
+        None => view.data().len(),
+    };
+    let total: u64 = all.iter().map(|(n, (_, v))| out_len(n, v) as u64).sum();
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -673,21 +727,32 @@ fn convert(args: &Args) -> Res<String> {
         } else {
             args.output.clone()
         };
+        let ctx = WriteCtx {
+            bar: &bar,
+            map: &maps[i],
+            groups,
+            how,
+            last: Cell::new(None),
+            error: RefCell::new(None),
+        };
         let tensors: Vec<(String, OutTensor)> = st
             .iter()
             .map(|(name, view)| {
-                let (shape, data) = match pooled.get(name) {
-                    Some((s, d)) => (s.clone(), Cow::Borrowed(d.as_slice())),
-                    None => (view.shape().to_vec(), Cow::Borrowed(view.data())),
+                let len = out_len(name, &view);
+                new_sizes += len as u64;
+                let (shape, pool) = match pooled.get(name) {
+                    Some((s, p)) => (s.clone(), *p),
+                    None => (view.shape().to_vec(), None),
                 };
-                new_sizes += data.len() as u64;
                 (
                     name.to_string(),
                     OutTensor {
                         dtype: view.dtype(),
                         shape,
-                        data,
-                        bar: &bar,
+                        src: view.data(),
+                        pool,
+                        len,
+                        ctx: &ctx,
                     },
                 )
             })
@@ -700,6 +765,10 @@ fn convert(args: &Args) -> Res<String> {
             &tmp,
         )
         .map_err(|e| format!("writing {}: {e:?}", dest.display()))?;
+        ctx.release_last();
+        if let Some(e) = ctx.error.take() {
+            return Err(format!("pooling for {}: {e}", dest.display()));
+        }
     }
     bar.finish_and_clear();
     let write_json = |staged: &mut Staged, dest: &Path, v: &serde_json::Value| -> Res<()> {
