@@ -496,68 +496,29 @@ fn bad_input_exits_non_zero_and_leaves_nothing() {
     let out = dir.join("o.safetensors");
     let before = listing(&dir);
 
-    // H % G != 0.
-    fails(
-        &run(&[&input, &"-o", &out, &"-g", &"4", &"--heads", &"6"]),
-        "groups",
-        &dir,
-        &before,
-    );
-    // G = 0.
-    fails(
-        &run(&[&input, &"-o", &out, &"-g", &"0", &"--heads", &"6"]),
-        "groups",
-        &dir,
-        &before,
-    );
-    // No config and no --heads.
-    fails(
-        &run(&[&input, &"-o", &out, &"-g", &"2"]),
-        "--heads",
-        &dir,
-        &before,
-    );
-    // A pattern matching nothing (the T5 preset on Llama names).
-    fails(
-        &run(&[
-            &input,
-            &"-o",
-            &out,
-            &"-g",
-            &"2",
-            &"--heads",
-            &"6",
-            &"--preset",
-            &"t5",
-        ]),
-        "no tensor matches",
-        &dir,
-        &before,
-    );
-    // A pattern without {kv}.
-    fails(
-        &run(&[
-            &input,
-            &"-o",
-            &out,
-            &"-g",
-            &"2",
-            &"--heads",
-            &"6",
-            &"--pattern",
-            &"model.*",
-        ]),
-        "{kv}",
-        &dir,
-        &before,
-    );
-    // Rows not a multiple of H.
-    fails(
-        &run(&[&input, &"-o", &out, &"-g", &"1", &"--heads", &"5"]),
-        "not H·D",
-        &dir,
-        &before,
-    );
+    // Each with the input and output above and these flags.
+    let cases: [(&[&str], &str); 6] = [
+        // H % G != 0.
+        (&["-g", "4", "--heads", "6"], "groups"),
+        // G = 0.
+        (&["-g", "0", "--heads", "6"], "groups"),
+        // No config and no --heads.
+        (&["-g", "2"], "--heads"),
+        // A pattern matching nothing (the T5 preset on Llama names).
+        (
+            &["-g", "2", "--heads", "6", "--preset", "t5"],
+            "no tensor matches",
+        ),
+        // A pattern without {kv}.
+        (&["-g", "2", "--heads", "6", "--pattern", "model.*"], "{kv}"),
+        // Rows not a multiple of H.
+        (&["-g", "1", "--heads", "5"], "not H·D"),
+    ];
+    for (flags, what) in cases {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &"-o", &out];
+        args.extend(flags.iter().map(|f| f as &dyn AsRef<std::ffi::OsStr>));
+        fails(&run(&args), what, &dir, &before);
+    }
     // K and V of different shapes.
     let mut odd = src.clone();
     odd.insert(
