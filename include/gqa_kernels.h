@@ -139,7 +139,10 @@ typedef struct gqa_batch {
     size_t n_seqs;           /* B (must equal the plan's batch) */
     const size_t *q_offsets; /* NULL, or B + 1 ragged token offsets */
     const float *bias;       /* NULL, or an additive bias: element
-                                [b*seq + t*token + h*head + j] */
+                                [b*seq + t*token + h*head + j]; -inf
+                                masks, values below -2^127 count as
+                                -2^127, +inf or NaN at a position the
+                                step reads is GQA_ERR_INVALID_ARGUMENT */
     size_t bias_len;
     size_t bias_seq_stride;
     size_t bias_token_stride;

@@ -77,7 +77,9 @@ pub use append::{append, KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
 pub use dispatch::{active_tier, kernel_instances, KernelInfo, Tier};
 pub use error::{Error, Result};
 pub use merge::merge_states;
-pub use plan::{alibi_slopes, Options, Plan, Shape, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
+pub use plan::{
+    alibi_slopes, Options, Plan, Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN,
+};
 pub use run::{Part, Step};
 pub use types::{Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
 

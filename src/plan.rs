@@ -629,6 +629,18 @@ pub fn alibi_slopes(heads: usize, max_bias: f32) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// The lowest logit term a step distinguishes: a bias value (or a sink
+/// logit) below `-2^127` counts as `-2^127`. The kernels add biases in the
+/// log2 domain, and `log2 e` times anything below about `-2.3587e38`
+/// overflows f32 to `-inf`: Hugging Face's mask value
+/// `finfo(float32).min = -f32::MAX` would then mask a row completely
+/// (zeros) where f64 arithmetic averages its equally masked positions.
+/// Floored, such positions weigh 0 next to any ordinary position and share
+/// the weight equally in a row that sees nothing else, as in PyTorch.
+/// `-inf` is not floored: it masks (a row whose every visible position is
+/// `-inf` outputs zeros and `lse = -inf`).
+pub const LOGIT_FLOOR: f32 = -1.701_411_8e38;
+
 /// Alignment of the f32 regions carved out of caller byte buffers.
 pub(crate) const ALIGN: usize = 64;
 
@@ -753,8 +765,48 @@ pub(crate) fn check_batch(
                     len: bias.data.len(),
                 });
             }
+            // Every value the step may read (positions < L_b of each token
+            // and head) is finite or -inf: +inf or NaN would make the row
+            // NaN (a softmax of +inf is undefined), so they are rejected
+            // here, naming the first one. Rows a zero stride repeats are
+            // scanned once.
+            let tokens = if bias.token_stride == 0 { 1 } else { t };
+            let heads = if bias.head_stride == 0 {
+                1
+            } else {
+                shape.heads
+            };
+            for tok in 0..tokens {
+                for h in 0..heads {
+                    let base =
+                        seq * bias.seq_stride + tok * bias.token_stride + h * bias.head_stride;
+                    if let Some(j) = first_nan_or_pos_inf(&bias.data[base..base + l]) {
+                        return Err(Error::NonFinite {
+                            arg: "bias",
+                            index: base + j,
+                            value: bias.data[base + j],
+                        });
+                    }
+                }
+            }
         }
     }
     check_cache(shape, &batch.cache, batch.seq_lens)?;
     Ok(tokens)
+}
+
+/// Index of the first NaN or `+inf` in `x` (vectorisable: blocks of 64 are
+/// tested with a branch-free fold, and only a block that holds one is
+/// searched).
+fn first_nan_or_pos_inf(x: &[f32]) -> Option<usize> {
+    // NaN and +inf are exactly the values not below +inf.
+    let bad = |v: &f32| v.is_nan() || *v == f32::INFINITY;
+    let mut base = 0;
+    for block in x.chunks(64) {
+        if block.iter().fold(false, |acc, v| acc | bad(v)) {
+            return block.iter().position(bad).map(|j| base + j);
+        }
+        base += block.len();
+    }
+    None
 }

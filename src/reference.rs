@@ -165,7 +165,9 @@ pub fn decode_variant(
                 // sink's logit).
                 for h in 0..h_count {
                     let row = (tok0 + t) * h_count + h;
-                    lse[row] = variant.sinks.map_or(f64::NEG_INFINITY, |s| f64::from(s[h]));
+                    lse[row] = variant.sinks.map_or(f64::NEG_INFINITY, |s| {
+                        f64::from(s[h].max(crate::plan::LOGIT_FLOOR))
+                    });
                 }
                 continue;
             }
@@ -185,7 +187,9 @@ pub fn decode_variant(
                 for h in g * r..(g + 1) * r {
                     let row = (tok0 + t) * h_count + h;
                     let qrow = &q[row * dk..(row + 1) * dk];
-                    let sink = variant.sinks.map(|s| f64::from(s[h]));
+                    let sink = variant
+                        .sinks
+                        .map(|s| f64::from(s[h].max(crate::plan::LOGIT_FLOOR)));
                     let mut scores = Vec::with_capacity(visible - first);
                     for (jj, krow) in krows.chunks(dk).enumerate() {
                         let j = first + jj;
@@ -210,6 +214,13 @@ pub fn decode_variant(
                                     + j],
                             )
                         });
+                        // The logit floor: a finite bias below it counts
+                        // as the floor; -inf masks.
+                        let add = if add == f64::NEG_INFINITY {
+                            add
+                        } else {
+                            add.max(f64::from(crate::plan::LOGIT_FLOOR))
+                        };
                         scores.push(s + bias + add);
                     }
                     let m = scores
@@ -217,6 +228,11 @@ pub fn decode_variant(
                         .cloned()
                         .chain(sink)
                         .fold(f64::NEG_INFINITY, f64::max);
+                    if m == f64::NEG_INFINITY {
+                        // Every visible position masked by -inf and no
+                        // sink: zeros and lse = -inf, as with no position.
+                        continue;
+                    }
                     let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                     let l: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |z| (z - m).exp());
                     let o = &mut out[row * dv..(row + 1) * dv];

@@ -23,7 +23,7 @@ use crate::arch::{pad, ChunkArgs};
 use crate::dispatch::count_run;
 use crate::error::{Error, Result};
 use crate::layout::{for_runs, token_strides, walk_window};
-use crate::plan::{check_batch, Plan, ALIGN, CHUNK};
+use crate::plan::{check_batch, Plan, ALIGN, CHUNK, LOGIT_FLOOR};
 use crate::types::{Batch, KvTensor};
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.
@@ -177,7 +177,12 @@ impl Plan {
                         // position (log2 domain).
                         // An attention sink joins once, as a state of
                         // weight 1 at its logit and no value.
-                        let sink = self.sinks.as_ref().map(|sk| sk[g * r + i] * LOG2_E);
+                        // Below the logit floor a sink counts as the floor
+                        // (its product with log2 e would overflow).
+                        let sink = self
+                            .sinks
+                            .as_ref()
+                            .map(|sk| sk[g * r + i].max(LOGIT_FLOOR) * LOG2_E);
                         let mut mx = sink.unwrap_or(f32::NEG_INFINITY);
                         for sp in 0..self.splits {
                             let (m, l, _) = state(sp);
@@ -612,7 +617,9 @@ impl Job<'_, '_> {
                 for t in t0..t1 {
                     for i in 0..r {
                         let row = (t - t0) * r + i;
-                        off[row] = slope[row] * (run.pos as f32 - (first + t) as f32);
+                        // The integer distance, exact below 2^24; the
+                        // kernel multiplies it by the slope once.
+                        off[row] = (run.pos as f64 - (first + t) as f64) as f32;
                     }
                 }
             }

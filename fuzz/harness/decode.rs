@@ -1,6 +1,7 @@
 //! Differential decode: an arbitrary shape (group sizes up to 71, odd head
 //! dims, every K and V type), layout (strided, padded, paged, ring), query
-//! tokens, variants (window, softcap, sinks, ALiBi, bias) and values,
+//! tokens, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
+//! `-f32::MAX` and `-1e30` written into the bias) and values,
 //! sometimes corrupted (lengths past the buffers, strides that split a
 //! quantized row, page indices outside the pool, short queries), run
 //! through the public API on an arbitrary available tier and thread
@@ -14,7 +15,7 @@
 use arbitrary::{Result, Unstructured};
 use gqa_kernels::{reference, Dtype, Options, Plan, Shape, Tier};
 
-use crate::common::{Layout, Spec};
+use crate::common::{Layout, Mask, MaskKind, Spec};
 
 /// Inputs that got past validation to the full check (a coverage signal
 /// for the regression test).
@@ -53,9 +54,12 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         fit(vt, u.int_in_range(1..=72usize)?)
     };
     let q_len = u.int_in_range(1..=3usize)?;
+    // Now and then lengths past a KV split (512 positions with
+    // max_kv_len = 5000) and many 16-position blocks.
+    let long = u.ratio(1, 6)?;
     let mut lens = Vec::new();
     for _ in 0..batch {
-        let l = u.int_in_range(0..=50usize)?;
+        let l = u.int_in_range(0..=if long { 1100 } else { 50usize })?;
         lens.push(if l == 0 { 0 } else { l.max(q_len) });
     }
     // Bound the work of one input (the f64 reference dominates an
@@ -113,6 +117,31 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     }
     if u.ratio(1, 5)? {
         spec.bias = Some(u.arbitrary()?);
+    }
+    if u.ratio(1, 4)? {
+        let kind = match u.int_in_range(0..=8u8)? {
+            0 => MaskKind::Prefix(u.int_in_range(1..=600usize)?),
+            1 => MaskKind::Suffix(u.int_in_range(1..=40usize)?),
+            2 => {
+                let a = u.int_in_range(0..=1100usize)?;
+                MaskKind::Range(a, a + u.int_in_range(1..=600usize)?)
+            }
+            3 => MaskKind::Alternating,
+            4 => MaskKind::All,
+            5 => MaskKind::LeftPad(
+                (0..batch)
+                    .map(|_| u.int_in_range(0..=600usize))
+                    .collect::<Result<_>>()?,
+            ),
+            6 => MaskKind::Window(u.int_in_range(1..=100usize)?),
+            _ => MaskKind::Runs {
+                seed: u.arbitrary()?,
+                run: u.int_in_range(1..=32usize)?,
+                density: u.arbitrary()?,
+            },
+        };
+        let value = *u.choose(&[f32::NEG_INFINITY, -f32::MAX, -1e30])?;
+        spec.mask = Some(Mask { kind, value });
     }
     if u.ratio(1, 4)? && batch > 0 {
         spec.q_tokens = Some(

@@ -34,6 +34,7 @@
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, SimdOp, BLOCK, MAX_ROW_TILE, PAD, SKEW};
+use crate::plan::LOGIT_FLOOR;
 
 /// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
 /// accumulators are available: as many as fit, up to 16. Every column tile is one pass over the block's V rows;
@@ -726,8 +727,15 @@ static IOTA: [f32; 16] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
 ];
 
-/// Adds the ALiBi bias `off[row] + slope[row] · (start + j)` to score `j`
-/// of each row of the block (`start`: the block's offset in the call).
+/// Adds the ALiBi bias `slope[row] · d` to score `j` of each row of the
+/// block, `d = off[row] + start + j` the integer distance of the position
+/// from the row's query (`start`: the block's offset in the call).
+///
+/// The distance is formed first, exactly (integers below 2^24 are exact in
+/// f32), and multiplied once, fused with the add: forming the term as
+/// `slope · (pos0 − p) + slope · j` instead rounds two products of up to
+/// `slope · L` that cancel near the query, where the weights are largest
+/// (1.025x the lse bound at `slope · 255 ≈ 193`).
 #[inline(always)]
 unsafe fn alibi<S: Simd>(
     rows: usize,
@@ -743,14 +751,13 @@ unsafe fn alibi<S: Simd>(
         // SAFETY: `slope` and `off` hold `rows` floats; row `i` of `sbuf`
         // holds BLOCK >= used floats; IOTA holds 16 >= LANES floats.
         unsafe {
-            let k = *slope.add(i);
-            let kv = S::splat(k);
+            let kv = S::splat(*slope.add(i));
             let iota = S::load(IOTA.as_ptr());
             let mut s = 0;
             while s < used {
                 let p = sbuf.add(i * BLOCK + s);
-                let base = S::splat(*off.add(i) + k * (start + s) as f32);
-                S::store(p, S::add(S::load(p), S::fma(kv, iota, base)));
+                let d = S::add(S::splat(*off.add(i) + (start + s) as f32), iota);
+                S::store(p, S::fma(kv, d, S::load(p)));
                 s += lanes;
             }
         }
@@ -800,9 +807,27 @@ impl SimdOp for Transform<'_> {
 
 /// Adds the caller's bias (times `log2 e`) to the block's scores; reads
 /// only the `nb` valid positions of each row.
+///
+/// A bias below [`LOGIT_FLOOR`] (`-2^127`) counts as the floor: its
+/// product with `log2 e` would overflow to `-inf` (`finfo(float32).min`,
+/// Hugging Face's mask value, is `-f32::MAX`), and a row whose positions
+/// all carry it must average them, as in f64, not see nothing. `-inf`
+/// itself stays `-inf`: `max` lifts it to the floor and the term
+/// `(b - max(b, floor)) · 2^-40` puts it back (that term is `-inf` for
+/// `-inf`, 0 for a bias above the floor, and for a finite bias below it
+/// at most `1.6e26`, under half an ulp of the floored score `≈ -2.45e38`).
+/// The caller rejects `+inf` and NaN before the step.
 #[inline(always)]
 unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32, start: usize) {
     let lanes = S::LANES;
+    // SAFETY: register arithmetic under the tier's features.
+    let (l2e, floor, tiny) = unsafe {
+        (
+            S::splat(std::f32::consts::LOG2_E),
+            S::splat(LOGIT_FLOOR),
+            S::splat(2f32.powi(-40)),
+        )
+    };
     for i in 0..a.rows {
         // SAFETY: per `ChunkArgs`, row `i`'s bias is valid for positions
         // `start..start + nb` (< n); the partial load reads `nb - s` of
@@ -811,12 +836,13 @@ unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32, start: usi
             let row = a.bias.add(
                 (i / a.bias_r) * a.bias_token_stride + (i % a.bias_r) * a.bias_head_stride + start,
             );
-            let l2e = S::splat(std::f32::consts::LOG2_E);
             let mut s = 0;
             while s < nb {
                 let p = sbuf.add(i * BLOCK + s);
                 let b = S::load_f32(row.add(s), nb - s);
-                S::store(p, S::fma(b, l2e, S::load(p)));
+                let lo = S::max(b, floor);
+                let x = S::fma(lo, l2e, S::load(p));
+                S::store(p, S::fma(S::sub(b, lo), tiny, x));
                 s += lanes;
             }
         }
@@ -891,7 +917,13 @@ unsafe fn softmax_update<S: Simd>(
                 }
                 *m.add(i) = m_new;
             }
-            let mv = S::splat(*m.add(i));
+            // A row that has seen only `-inf` scores (a block or a whole
+            // split masked by the bias) still has `m = -inf`, and every score
+            // of this block is `-inf` too (a finite one would have set `m`
+            // above): subtract 0, so its weights are `2^-inf = 0`, not
+            // `2^(-inf + inf) = NaN` (which dropped the whole split).
+            let mr = *m.add(i);
+            let mv = S::splat(if mr == f32::NEG_INFINITY { 0.0 } else { mr });
             let mut sum = S::load(ls);
             let mut s = 0;
             while s < used {

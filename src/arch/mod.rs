@@ -112,15 +112,17 @@ pub(crate) struct ChunkArgs {
     /// each score `s` becomes `cap · tanh(s / cap)` before masking.
     pub softcap: f32,
     /// ALiBi, or null for none: per row, the slope in the log2 domain
-    /// (`alibi_slope`) and the bias of the call's first position
-    /// (`alibi_off`, `slope · (pos0 − p_row)`); position `pos0 + j` gets
-    /// `alibi_off + slope · j` added to its score, after the softcap.
+    /// (`alibi_slope`) and the distance of the call's first position from
+    /// the row's query position (`alibi_off`, the integer `pos0 − p_row` as
+    /// f32); position `pos0 + j` gets `slope · (alibi_off + j)` added to its
+    /// score, after the softcap.
     pub alibi_slope: *const f32,
     pub alibi_off: *const f32,
     /// Additive bias, or null for none: row `i` of the tile reads its bias
     /// for the call's position `j` at
     /// `bias + (i / bias_r) * bias_token_stride + (i % bias_r) * bias_head_stride + j`
-    /// (natural-log units; added after ALiBi).
+    /// (natural-log units; added after ALiBi). No bias value is `+inf` or
+    /// NaN (the driver checked); values below `LOGIT_FLOOR` count as it.
     pub bias: *const f32,
     pub bias_r: usize,
     pub bias_token_stride: usize,

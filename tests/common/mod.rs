@@ -242,6 +242,60 @@ pub struct Spec {
     /// Additive bias: `Some(per_head)`, values uniform in `±bias_range`.
     pub bias: Option<bool>,
     pub bias_range: f32,
+    /// A mask written into the bias (a per-head bias is made if there is
+    /// none): `mask.value` at every position the pattern covers.
+    pub mask: Option<Mask>,
+}
+
+/// Where a mask written as a bias puts its value, for the query token at
+/// position `p` of a sequence of `len` positions (`j` the KV position,
+/// `h` the query head, `b` the sequence).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskKind {
+    /// `j < n`.
+    Prefix(usize),
+    /// `j >= len - n` (the query's own position included).
+    Suffix(usize),
+    /// `a <= j < e`.
+    Range(usize, usize),
+    /// Every other position (`j % 2 == 0`).
+    Alternating,
+    /// Every position.
+    All,
+    /// Left padding: `j < pad[b]`.
+    LeftPad(Vec<usize>),
+    /// A sliding window of `w` written as a mask: `j + w <= p`.
+    Window(usize),
+    /// Runs of masked positions: position `j` of head `h` is masked when a
+    /// hash of `(seed, b, h, j / run)` is below `density` (of 256).
+    Runs { seed: u64, run: usize, density: u8 },
+}
+
+impl MaskKind {
+    pub fn covers(&self, b: usize, h: usize, p: usize, len: usize, j: usize) -> bool {
+        match self {
+            MaskKind::Prefix(n) => j < *n,
+            MaskKind::Suffix(n) => j + n >= len,
+            MaskKind::Range(a, e) => (*a..*e).contains(&j),
+            MaskKind::Alternating => j.is_multiple_of(2),
+            MaskKind::All => true,
+            MaskKind::LeftPad(pad) => j < pad[b],
+            MaskKind::Window(w) => j + w <= p,
+            MaskKind::Runs { seed, run, density } => {
+                let mut r = Rng(seed ^ ((b as u64) << 48) ^ ((h as u64) << 32) ^ (j / run) as u64);
+                (r.next_u64() & 255) < u64::from(*density)
+            }
+        }
+    }
+}
+
+/// A mask written as an additive bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    pub kind: MaskKind,
+    /// What a masked position's bias holds: `-inf`, `-f32::MAX` (Hugging
+    /// Face's `finfo(float32).min`), a large finite negative, …
+    pub value: f32,
 }
 
 impl Spec {
@@ -262,6 +316,7 @@ impl Spec {
             alibi: None,
             bias: None,
             bias_range: 2.0,
+            mask: None,
         }
     }
 
@@ -393,7 +448,11 @@ impl Spec {
         c.q = (0..tokens * s.heads * dk)
             .map(|_| rng.uniform(-self.qk_range, self.qk_range))
             .collect();
-        if let Some(per_head) = self.bias {
+        let bias = match (&self.mask, self.bias) {
+            (Some(_), None) => Some(true),
+            (_, b) => b,
+        };
+        if let Some(per_head) = bias {
             let hs = if per_head { max_len + 1 } else { 0 };
             let ts = if per_head {
                 s.heads * hs + 2
@@ -402,7 +461,27 @@ impl Spec {
             };
             let ss = s.q_len.max(1) * ts + 5;
             let r = self.bias_range;
-            let data = (0..s.batch * ss + 7).map(|_| rng.uniform(-r, r)).collect();
+            let mut data: Vec<f32> = (0..s.batch * ss + 7).map(|_| rng.uniform(-r, r)).collect();
+            if let Some(m) = &self.mask {
+                let heads = if per_head { s.heads } else { 1 };
+                for b in 0..s.batch {
+                    let len = self.seq_lens[b];
+                    let q_len = match &self.q_tokens {
+                        Some(t) => t[b],
+                        None => s.q_len,
+                    };
+                    for t in 0..q_len.min(len) {
+                        let p = len - q_len + t;
+                        for h in 0..heads {
+                            for j in 0..len {
+                                if m.kind.covers(b, h, p, len, j) {
+                                    data[b * ss + t * ts + h * hs + j] = m.value;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             c.bias = Some((data, (ss, ts, hs)));
         }
         c
