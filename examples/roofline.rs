@@ -25,7 +25,11 @@
 //! cargo run --release --example roofline -- --quick      # subset, < 1 minute
 //! cargo run --release --example roofline -- --json       # one JSON object per row
 //! cargo run --release --example roofline -- --tier avx2  # force a tier
+//! cargo run --release --example roofline -- --section layouts,tiers  # only these sections
 //! ```
+//!
+//! `GQA_KERNELS_PREFETCH=N` sets the kernels' software prefetch distance
+//! (rows; 0 = off) of every plan, for comparing distances.
 
 use std::time::Instant;
 
@@ -41,6 +45,9 @@ struct Args {
     quick: bool,
     tier: Option<Tier>,
     threads: Vec<usize>,
+    /// Sections to run (all when empty): table, serving, tiers, layouts,
+    /// variants, kv_types, g_sweep, append.
+    sections: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         tier: None,
         threads: vec![1],
+        sections: Vec::new(),
     };
     // 1, 2 and all cores (deduplicated).
     for t in [2, max_threads] {
@@ -77,8 +85,14 @@ fn parse_args() -> Result<Args, String> {
                     })
                     .collect::<Result<_, _>>()?;
             }
+            "--section" => {
+                let v = it.next().ok_or("--section needs a comma-separated list")?;
+                a.sections = v.split(',').map(|s| s.trim().to_string()).collect();
+            }
             "-h" | "--help" => {
-                println!("usage: roofline [--quick] [--json] [--tier NAME] [--threads 1,2]");
+                println!(
+                    "usage: roofline [--quick] [--json] [--tier NAME] [--threads 1,2] [--section a,b]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
@@ -1018,6 +1032,8 @@ fn main() {
         });
     }
 
+    let wanted = |s: &str| args.sections.is_empty() || args.sections.iter().any(|x| x == s);
+    jobs.retain(|j| wanted(j.section));
     let min_secs = if args.quick { 0.15 } else { 0.4 };
     let mut rows: Vec<Row> = Vec::new();
     let mut section = "";
@@ -1080,7 +1096,9 @@ fn main() {
         }
     }
 
-    append_report(tier, args.json, min_secs);
+    if wanted("append") {
+        append_report(tier, args.json, min_secs);
+    }
 
     let mut sweep: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.section == "g_sweep") {

@@ -32,7 +32,7 @@ pub(crate) fn token_strides(cache: &KvCache<'_>) -> (usize, usize) {
 
 /// Whether the heads of one position sit closer together than consecutive
 /// positions of one head (`[.., L, G, D]`-like).
-fn token_major(cache: &KvCache<'_>) -> bool {
+pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
     let tm = |hs: usize, ts: usize| hs < ts;
     match cache {
         KvCache::Strided { k, v } => {

@@ -127,6 +127,16 @@ pub(crate) struct ChunkArgs {
     pub bias_r: usize,
     pub bias_token_stride: usize,
     pub bias_head_stride: usize,
+    /// Software prefetch distance in rows (0: none): at the start of each
+    /// block the kernel hints the K and V rows this many positions ahead
+    /// (those below `n`) into the cache, `prefetch_k_span` values from
+    /// each K row's start (`prefetch_v_span` for V; 0: that stream is not
+    /// prefetched). The span is the row itself (`dk`) or, for the first
+    /// KV head of a token-major cache, the whole position (`G · D`), so
+    /// the other heads' passes over the same window find it in cache.
+    pub prefetch: usize,
+    pub prefetch_k_span: usize,
+    pub prefetch_v_span: usize,
 }
 
 /// The type of every microkernel in the dispatch table.
@@ -203,6 +213,13 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn load_e4m3(p: *const u8, valid: usize) -> Self::V;
     /// Every lane the binary16 `bits` widened to f32.
     unsafe fn splat_f16(bits: u16) -> Self::V;
+    /// Hints the cache line holding `p` into the L1 cache. Never faults
+    /// and never reads architecturally, so `p` may be any address; the
+    /// portable tier does nothing.
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        let _ = p;
+    }
     /// Runs `op` on this tier through the tier module's `with`: a separate
     /// function that is never inlined, so rare work called from a kernel's
     /// block loop (the score transforms) stays out of the loop's code.
@@ -236,6 +253,11 @@ pub(crate) trait Elem: Copy + 'static {
     /// kernels run the block loop's phases out of line; see
     /// `kernel::phase`).
     const QUANTIZED: bool = true;
+    /// Bytes of a row of `d` values (what a prefetch of the row covers).
+    #[inline(always)]
+    fn row_bytes(d: usize) -> usize {
+        d * core::mem::size_of::<Self>()
+    }
     /// Vector `c` of the row of `d` values at `row` (values
     /// `c * LANES..min((c + 1) * LANES, d)`, zero in the other lanes),
     /// dequantized (but for a [`Elem::ROW_SCALE`] type's row scale). Reads
@@ -288,6 +310,10 @@ impl Elem for i8 {
 /// a vector (at most 16 lanes, and 32 is a multiple of every tier's lane
 /// count) never straddles two blocks.
 impl Elem for crate::quant::BlockQ8_0 {
+    #[inline(always)]
+    fn row_bytes(d: usize) -> usize {
+        d / crate::quant::QK8_0 * core::mem::size_of::<Self>()
+    }
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
