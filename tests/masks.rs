@@ -297,20 +297,22 @@ fn positive_infinity_and_nan_biases_are_typed_errors() {
     let mut ws = plan.alloc_workspace();
     // Per head, 6 positions; token stride 4 * 6, sequence stride 2 * 24.
     let (hs, ts, ss) = (6, 24, 48);
+    // One step over `data` laid out with those strides.
+    let mut run = |data: &[f32]| {
+        let bias = Bias {
+            data,
+            seq_stride: ss,
+            token_stride: ts,
+            head_stride: hs,
+        };
+        plan.run(&c.batch().with_bias(bias), &mut out, None, &mut ws)
+    };
     for bad in [f32::INFINITY, f32::NAN] {
         // Sequence 1, token 1, head 3, position 2.
         let at = ss + ts + 3 * hs + 2;
         let mut data = vec![0.5f32; 2 * ss];
         data[at] = bad;
-        let bias = Bias {
-            data: &data,
-            seq_stride: ss,
-            token_stride: ts,
-            head_stride: hs,
-        };
-        let e = plan
-            .run(&c.batch().with_bias(bias), &mut out, None, &mut ws)
-            .unwrap_err();
+        let e = run(&data).unwrap_err();
         match e {
             Error::NonFinite {
                 arg: "bias",
@@ -327,24 +329,9 @@ fn positive_infinity_and_nan_biases_are_typed_errors() {
         // whose length is 3) is not looked at.
         data[at] = 0.5;
         data[ss + 3] = bad;
-        let bias = Bias {
-            data: &data,
-            seq_stride: ss,
-            token_stride: ts,
-            head_stride: hs,
-        };
-        plan.run(&c.batch().with_bias(bias), &mut out, None, &mut ws)
-            .unwrap();
+        run(&data).unwrap();
         // -inf everywhere is a mask, not an error.
-        let data = vec![f32::NEG_INFINITY; 2 * ss];
-        let bias = Bias {
-            data: &data,
-            seq_stride: ss,
-            token_stride: ts,
-            head_stride: hs,
-        };
-        plan.run(&c.batch().with_bias(bias), &mut out, None, &mut ws)
-            .unwrap();
+        run(&vec![f32::NEG_INFINITY; 2 * ss]).unwrap();
     }
 }
 
