@@ -916,6 +916,9 @@ fn main() {
         vec![
             (LLAMA3_8B, 32768, Layout::Bgld, 1),
             (LLAMA3_8B, 32768, Layout::Blgd, 1),
+            (LLAMA3_8B, 1024, Layout::Bgld, 1),
+            (LLAMA3_8B, 1024, Layout::Blgd, 1),
+            (LLAMA3_8B, 1024, Layout::Paged(16), 1),
             (LLAMA3_8B, 32768, Layout::Paged(16), 1),
             (LLAMA3_8B, 32768, Layout::Paged(256), 1),
             (LLAMA3_8B, 32768, Layout::Ring, 1),
