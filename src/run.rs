@@ -680,7 +680,8 @@ impl Job<'_, '_> {
                 bias_r: r,
                 bias_token_stride: self.batch.bias.map_or(0, |bi| bi.token_stride),
                 bias_head_stride: self.batch.bias.map_or(0, |bi| bi.head_stride),
-                prefetch: self.plan.prefetch,
+                // No span, no prefetch: the kernel skips the hint loop.
+                prefetch: if pf_k > 0 { self.plan.prefetch } else { 0 },
                 prefetch_k_span: pf_k,
                 prefetch_v_span: pf_v,
             };
