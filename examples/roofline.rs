@@ -11,11 +11,22 @@
 //!                         kv_values / probe_widen_rate) / seconds
 //! ```
 //!
-//! `roof` names the term that binds (`mem`, `fma` or `widen`), and
-//! `bytes_fraction` (JSON) is the memory term alone over `seconds`.
+//! with the probes taken at the same thread count. `probe_bandwidth` is the
+//! best of the DRAM read probes: one stream, and two streams read side by
+//! side in 4 KiB pieces (K and V as the kernels read them); both are also
+//! printed for a cache-resident buffer. `roof` names the term that binds
+//! (`mem`, `fma` or `widen`), and `bytes_fraction` is the memory term alone
+//! over `seconds`.
 //!
-//! with the probe taken at the same thread count. A fraction above 1 means
-//! the KV cache fit in the last-level cache. `seconds` is the best of at
+//! Steps are measured cold, as a model's decode step reads: each run takes
+//! the next of several layers' caches (up to 32, spanning at least 1 GiB and
+//! four times the last-level cache), so no row is cached from the previous
+//! run. Rows marked `hot` (`residency` in JSON) run one layer's cache over
+//! and over; a fraction above 1 there means the cache fit in the last-level
+//! cache. The layouts section measures each shape's layouts together (runs
+//! interleaved) and its summary divides every step time by the
+//! `[B, G, L, D]` one (`layout_ratio` in JSON), and every 2-thread time by
+//! the 1-thread one (`thread_ratio`). `seconds` is the best of at
 //! least five timed runs (the probes also keep their best pass, so the ratio
 //! compares like with like on a shared machine); the median is printed
 //! beside it.
@@ -262,10 +273,25 @@ const PROBE_PASSES: usize = 10;
 const SWEEP_ROUNDS: usize = 3;
 
 struct Probes {
-    /// (threads, bytes/s, flops/s)
+    /// (threads, bytes/s, flops/s): the bandwidth is the best DRAM-sized
+    /// read probe of that thread count (the roof of every memory term).
     at: Vec<(usize, f64, f64)>,
+    /// The read probes behind it.
+    reads: Vec<ReadProbe>,
     /// (threads, dtype, values widened per second)
     widen: Vec<(usize, Dtype, f64)>,
+}
+
+/// Read bandwidth (bytes/s) of `threads` threads reading one stream, and
+/// two streams side by side in 4 KiB pieces (K and V as the kernels read
+/// them: a block of 16 rows of 128 f16 values of K, then of V), from a
+/// DRAM-sized buffer and from a cache-resident one.
+struct ReadProbe {
+    threads: usize,
+    dram_one: f64,
+    dram_two: f64,
+    hot_one: f64,
+    hot_two: f64,
 }
 
 impl Probes {
@@ -311,6 +337,11 @@ struct Row {
     bytes_fraction: f64,
     /// The binding roof: `mem`, `fma` or `widen`.
     roof: &'static str,
+    /// `cold` (a rotation of layer caches far larger than the last-level
+    /// cache) or `hot` (one layer's cache, run after run).
+    residency: &'static str,
+    /// Layer caches the runs rotated over.
+    layers: usize,
 }
 
 /// One measurement to make.
@@ -329,6 +360,9 @@ struct Job {
     layout: Layout,
     q_len: usize,
     variant: Variant,
+    /// Run on one layer's cache over and over (cache-resident when it
+    /// fits) instead of rotating over a model's layers.
+    hot: bool,
 }
 
 /// Which attention variant a job runs.
@@ -372,6 +406,9 @@ enum Layout {
     Bgld,
     /// `[B, L, G, D]`, the heads of a position side by side.
     Blgd,
+    /// `[B, L, G, D]` with 64 bytes of padding after each position: the
+    /// same reads at addresses that do not repeat every 4 KiB.
+    BlgdPad,
     /// Pages of this many positions, `[G, page, D]` inside a page, handed
     /// out in shuffled order (a fragmented pool).
     Paged(usize),
@@ -384,25 +421,148 @@ impl Layout {
     /// The JSON `layout` value.
     fn key(self) -> String {
         match self {
-            Layout::Bgld | Layout::Blgd => "strided".into(),
+            Layout::Bgld => "bgld".into(),
+            Layout::Blgd => "blgd".into(),
+            Layout::BlgdPad => "blgd+64B".into(),
             Layout::Paged(p) => format!("paged{p}"),
             Layout::Ring => "ring".into(),
         }
     }
 }
 
-/// Measures `jobs`, which differ in their variant only: one cache, one
-/// plan per job, and the jobs' runs interleaved run by run, so a disturbed
-/// stretch of a shared machine falls on all of them alike.
+/// Bytes a cold job's rotation of layer caches spans at least (also at
+/// least four times the last-level cache): a model's decode step reads every
+/// layer's cache once, so no layer's rows are still cached when its next
+/// step comes unless the whole model's cache fits.
+const ROTATION_BYTES: usize = 1 << 30;
+
+/// Layers of a model the cold measurements rotate over, at most.
+const MODEL_LAYERS: usize = 32;
+
+/// The last-level cache of CPU 0 in bytes (Linux sysfs), 32 MiB if unknown.
+fn llc_bytes() -> usize {
+    (0..8)
+        .filter_map(|i| {
+            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+            let level: usize = std::fs::read_to_string(format!("{dir}/level"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            let size = std::fs::read_to_string(format!("{dir}/size")).ok()?;
+            let size = size.trim();
+            let (num, mult) = match size.strip_suffix('K') {
+                Some(n) => (n, 1 << 10),
+                None => match size.strip_suffix('M') {
+                    Some(n) => (n, 1 << 20),
+                    None => (size, 1),
+                },
+            };
+            Some((level, num.parse::<usize>().ok()? * mult))
+        })
+        .max()
+        .map_or(32 << 20, |(_, bytes)| bytes)
+}
+
+/// One job's caches: `layers` K and V stores of one layer each, the block
+/// table of a paged layout and the ring's first positions.
+struct Rig {
+    k: Vec<Store>,
+    v: Vec<Store>,
+    table: Vec<u32>,
+    first_pos: Vec<usize>,
+}
+
+impl Rig {
+    fn new(job: &Job, layers: usize) -> Rig {
+        let Job {
+            m, b, l, layout, ..
+        } = *job;
+        let elems = match layout {
+            Layout::Paged(p) => b * l.div_ceil(p) * m.g * p * m.d,
+            Layout::BlgdPad => b * l * (m.g * m.d + pad_elems(job.dtype, m.d)),
+            _ => b * m.g * l * m.d,
+        };
+        let pages = match layout {
+            Layout::Paged(p) => b * l.div_ceil(p),
+            _ => 0,
+        };
+        // A shuffled block table: consecutive blocks of a sequence are not
+        // neighbours in the pool.
+        let mut table: Vec<u32> = (0..pages as u32).collect();
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        for i in (1..table.len()).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            table.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        Rig {
+            k: (0..layers)
+                .map(|i| Store::new(job.dtype, elems, m.d, 1 + 2 * i as u64))
+                .collect(),
+            v: (0..layers)
+                .map(|i| Store::new(job.v_dtype, elems, m.d, 2 + 2 * i as u64))
+                .collect(),
+            table,
+            first_pos: vec![l / 2; b],
+        }
+    }
+
+    /// Layer `i`'s cache as `job` lays it out.
+    fn cache(&self, job: &Job, i: usize) -> KvCache<'_> {
+        let Job { m, l, layout, .. } = *job;
+        let (k, v) = (self.k[i].data(), self.v[i].data());
+        match layout {
+            Layout::Bgld => KvCache::strided(
+                KvTensor::bgld(k, l, m.g, m.d),
+                KvTensor::bgld(v, l, m.g, m.d),
+            ),
+            Layout::Blgd => KvCache::strided(
+                KvTensor::blgd(k, l, m.g, m.d),
+                KvTensor::blgd(v, l, m.g, m.d),
+            ),
+            Layout::BlgdPad => {
+                let token = m.g * m.d + pad_elems(job.dtype, m.d);
+                let t = |x| KvTensor::new(x, l * token, token, m.d);
+                KvCache::strided(t(k), t(v))
+            }
+            Layout::Paged(p) => KvCache::Paged(PagedKv {
+                k: KvPages::gpd(k, p, m.g, m.d),
+                v: KvPages::gpd(v, p, m.g, m.d),
+                page_size: p,
+                block_table: &self.table,
+                blocks_per_seq: l.div_ceil(p),
+            }),
+            Layout::Ring => KvCache::Ring(RingKv {
+                k: KvTensor::bgld(k, l, m.g, m.d),
+                v: KvTensor::bgld(v, l, m.g, m.d),
+                capacity: l,
+                first_pos: &self.first_pos,
+            }),
+        }
+    }
+}
+
+/// Elements of 64 bytes of `dtype` (the padded token-major layout's pad).
+fn pad_elems(dtype: Dtype, d: usize) -> usize {
+    let e = 64 * d / dtype.row_bytes(d);
+    assert_eq!(
+        e * dtype.row_bytes(d),
+        64 * d,
+        "64 bytes of {dtype} are whole elements"
+    );
+    e
+}
+
+/// Measures `jobs` (same model, batch, lengths and thread count; they may
+/// differ in variant, KV types and layout): caches of their own, one plan
+/// per job, and the jobs' runs interleaved burst by burst, so a disturbed
+/// stretch of a shared machine falls on all of them alike. A cold job
+/// rotates over several layers' caches, one per run, as a model's decode
+/// step does; a hot one runs on one layer's cache.
 fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
-    let Job {
-        m,
-        b,
-        l,
-        layout,
-        q_len,
-        ..
-    } = jobs[0];
+    let Job { m, b, l, q_len, .. } = jobs[0];
     let shape_of = |j: &Job| {
         Shape::new(b, m.h, m.g, m.d, j.dtype)
             .with_dtypes(j.dtype, j.v_dtype)
@@ -410,63 +570,31 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
             .with_max_kv_len(l)
     };
     let shape = shape_of(&jobs[0]);
-    let (ps, pages) = match layout {
-        Layout::Paged(p) => (p, b * l.div_ceil(p)),
-        _ => (0, 0),
-    };
-    let n = if ps > 0 {
-        pages * m.g * ps * m.d
-    } else {
-        b * m.g * l * m.d
-    };
-    // One K and one V store per element type the jobs use.
-    let mut k_stores: Vec<(Dtype, Store)> = Vec::new();
-    let mut v_stores: Vec<(Dtype, Store)> = Vec::new();
-    for j in jobs {
-        if !k_stores.iter().any(|(d, _)| *d == j.dtype) {
-            k_stores.push((j.dtype, Store::new(j.dtype, n, m.d, 1)));
-        }
-        if !v_stores.iter().any(|(d, _)| *d == j.v_dtype) {
-            v_stores.push((j.v_dtype, Store::new(j.v_dtype, n, m.d, 2)));
-        }
-    }
-    let store = |stores: &[(Dtype, Store)], d: Dtype| -> usize {
-        stores.iter().position(|(x, _)| *x == d).expect("store")
-    };
-    // A shuffled block table: consecutive blocks of a sequence are not
-    // neighbours in the pool.
-    let mut table: Vec<u32> = (0..pages as u32).collect();
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    for i in (1..table.len()).rev() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        table.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    let first_pos = vec![l / 2; b];
-    let make_cache = |k, v| match layout {
-        Layout::Bgld => KvCache::strided(
-            KvTensor::bgld(k, l, m.g, m.d),
-            KvTensor::bgld(v, l, m.g, m.d),
-        ),
-        Layout::Blgd => KvCache::strided(
-            KvTensor::blgd(k, l, m.g, m.d),
-            KvTensor::blgd(v, l, m.g, m.d),
-        ),
-        Layout::Paged(p) => KvCache::Paged(PagedKv {
-            k: KvPages::gpd(k, p, m.g, m.d),
-            v: KvPages::gpd(v, p, m.g, m.d),
-            page_size: p,
-            block_table: &table,
-            blocks_per_seq: l.div_ceil(p),
-        }),
-        Layout::Ring => KvCache::Ring(RingKv {
-            k: KvTensor::bgld(k, l, m.g, m.d),
-            v: KvTensor::bgld(v, l, m.g, m.d),
-            capacity: l,
-            first_pos: &first_pos,
-        }),
-    };
+    let llc = llc_bytes();
+    let rigs: Vec<Rig> = jobs
+        .iter()
+        .map(|j| {
+            let sh = shape_of(j);
+            let layer_bytes = sh.kv_bytes(&vec![l; b]).max(1);
+            let layers = if j.hot {
+                1
+            } else {
+                ROTATION_BYTES
+                    .max(4 * llc)
+                    .div_ceil(layer_bytes)
+                    .clamp(1, MODEL_LAYERS)
+            };
+            Rig::new(j, layers)
+        })
+        .collect();
+    let residency: Vec<(&'static str, usize)> = jobs
+        .iter()
+        .zip(&rigs)
+        .map(|(j, rig)| {
+            let bytes = shape_of(j).kv_bytes(&vec![l; b]) * rig.k.len();
+            (if bytes >= 2 * llc { "cold" } else { "hot" }, rig.k.len())
+        })
+        .collect();
     let q: Vec<f32> = (0..shape.q_elems())
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
@@ -482,17 +610,21 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         token_stride: l,
         head_stride: 0,
     };
-    let batches: Vec<Batch<'_>> = jobs
+    // batches[job][layer]
+    let batches: Vec<Vec<Batch<'_>>> = jobs
         .iter()
-        .map(|j| {
-            let k = k_stores[store(&k_stores, j.dtype)].1.data();
-            let v = v_stores[store(&v_stores, j.v_dtype)].1.data();
-            let batch = Batch::new(&q, make_cache(k, v), &lens);
-            if j.variant == Variant::Bias {
-                batch.with_bias(bias)
-            } else {
-                batch
-            }
+        .zip(&rigs)
+        .map(|(j, rig)| {
+            (0..rig.k.len())
+                .map(|i| {
+                    let batch = Batch::new(&q, rig.cache(j, i), &lens);
+                    if j.variant == Variant::Bias {
+                        batch.with_bias(bias)
+                    } else {
+                        batch
+                    }
+                })
+                .collect()
         })
         .collect();
     let mut out = vec![0f32; shape.out_elems()];
@@ -505,14 +637,17 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         .collect();
     let mut ws: Vec<Vec<u8>> = plans.iter().map(|p| p.alloc_workspace()).collect();
     let mut times = vec![Vec::new(); jobs.len()];
+    let mut next = vec![0usize; jobs.len()];
     let started = Instant::now();
     // Bursts of runs, job after job: the first runs of a burst are untimed
     // (they wake the plan's thread pool while the previous job's pool goes
     // to sleep); `min_secs` per job in all.
     let (burst, untimed) = if jobs[0].threads > 1 { (8, 2) } else { (4, 1) };
     for round in 0.. {
-        for (i, batch) in batches.iter().enumerate() {
+        for (i, layers) in batches.iter().enumerate() {
             for rep in 0..burst {
+                let batch = &layers[next[i] % layers.len()];
+                next[i] += 1;
                 let t = Instant::now();
                 plans[i]
                     .run(batch, &mut out, Some(&mut lse), &mut ws[i])
@@ -532,7 +667,10 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         .zip(&plans)
         .zip(&mut times)
         .zip(&shapes)
-        .map(|(((job, plan), times), shape)| row(job, shape, plan, times, &lens, probes))
+        .zip(&residency)
+        .map(|((((job, plan), times), shape), res)| {
+            row(job, shape, plan, times, &lens, probes, *res)
+        })
         .collect()
 }
 
@@ -572,6 +710,7 @@ fn row(
     times: &mut [f64],
     lens: &[usize],
     probes: &Probes,
+    (residency, layers): (&'static str, usize),
 ) -> Row {
     let Job {
         section,
@@ -585,6 +724,7 @@ fn row(
         layout,
         q_len,
         variant,
+        ..
     } = *job;
     times.sort_by(f64::total_cmp);
     // Best run, as the probes keep their best pass: on a shared machine the
@@ -615,11 +755,7 @@ fn row(
     };
     Row {
         section,
-        model: if layout == Layout::Blgd {
-            format!("{}/BLGD", m.name)
-        } else {
-            m.name.to_string()
-        },
+        model: m.name.to_string(),
         b,
         h: m.h,
         g: m.g,
@@ -641,13 +777,15 @@ fn row(
         fraction: bound / seconds,
         bytes_fraction: t_mem / seconds,
         roof,
+        residency,
+        layers,
     }
 }
 
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10} {:>10} {:>8} {:>8} {:>5}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10} {:>10} {:>8} {:>8} {:>5}",
             "model",
             "B",
             "H",
@@ -661,6 +799,7 @@ fn print_header(json: bool) {
             "kv",
             "tier",
             "thr",
+            "res",
             "seconds",
             "median s",
             "KV GB/s",
@@ -684,12 +823,12 @@ fn print_row(r: &Row, json: bool) {
     let kv = kv_name(r.dtype, r.v_dtype);
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction, r.bytes_fraction, r.roof
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\",\"residency\":\"{}\",\"layers\":{}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction, r.bytes_fraction, r.roof, r.residency, r.layers
         );
     } else {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>10.6} {:>10.6} {:>8.2} {:>8.3} {:>5}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10.6} {:>10.6} {:>8.2} {:>8.3} {:>5}",
             r.model,
             r.b,
             r.h,
@@ -703,6 +842,7 @@ fn print_row(r: &Row, json: bool) {
             kv,
             r.tier.name(),
             r.threads,
+            r.residency,
             r.seconds,
             r.median,
             gbps,
@@ -760,22 +900,36 @@ fn main() {
         })
     });
     let probe_bytes = 1usize << 30;
+    // Cache-resident: 256 KiB per thread, inside any core's L2.
+    let hot_bytes = 256usize << 10;
     eprintln!(
-        "probing read bandwidth ({} MiB buffer) and FMA rate…",
-        probe_bytes >> 20
+        "probing read bandwidth ({} MiB and {} KiB per thread buffers; one stream, K and V side by side) and FMA rate…",
+        probe_bytes >> 20,
+        hot_bytes >> 10
     );
+    let reads: Vec<ReadProbe> = args
+        .threads
+        .iter()
+        .map(|&t| ReadProbe {
+            threads: t,
+            dram_one: probe::read_streams(probe_bytes, 1, 4096, t, PROBE_PASSES),
+            dram_two: probe::read_streams(probe_bytes, 2, 4096, t, PROBE_PASSES),
+            hot_one: probe::read_streams(hot_bytes * t, 1, 4096, t, PROBE_PASSES),
+            hot_two: probe::read_streams(hot_bytes * t, 2, 4096, t, PROBE_PASSES),
+        })
+        .collect();
     let probes = Probes {
-        at: args
-            .threads
+        at: reads
             .iter()
-            .map(|&t| {
+            .map(|r| {
                 (
-                    t,
-                    probe::read_bandwidth(probe_bytes, t, PROBE_PASSES),
-                    probe::fma_rate(t),
+                    r.threads,
+                    r.dram_one.max(r.dram_two),
+                    probe::fma_rate(r.threads),
                 )
             })
             .collect(),
+        reads,
         widen: args
             .threads
             .iter()
@@ -795,9 +949,20 @@ fn main() {
         );
         for (t, bw, fma) in &probes.at {
             println!(
-                "# probe, {t} thread(s): read bandwidth {:.2} GB/s, f32 FMA {:.1} GFLOP/s",
+                "# probe, {t} thread(s): read bandwidth {:.2} GB/s (the best DRAM read probe: the roof), f32 FMA {:.1} GFLOP/s",
                 bw / 1e9,
                 fma / 1e9
+            );
+        }
+        for r in &probes.reads {
+            println!(
+                "# probe, {} thread(s): read, one stream {:.2} GB/s, K and V side by side {:.2} GB/s (DRAM, 1 GiB); cache-resident ({} KiB per thread) {:.2} / {:.2} GB/s",
+                r.threads,
+                r.dram_one / 1e9,
+                r.dram_two / 1e9,
+                hot_bytes >> 10,
+                r.hot_one / 1e9,
+                r.hot_two / 1e9
             );
         }
         for (t, d, w) in &probes.widen {
@@ -813,8 +978,8 @@ fn main() {
             paged / bw1
         );
     } else {
-        for (t, bw, fma) in &probes.at {
-            println!("{{\"section\":\"probe\",\"threads\":{t},\"probe_gbps\":{:.3},\"probe_gflops\":{:.3}}}", bw / 1e9, fma / 1e9);
+        for ((t, bw, fma), r) in probes.at.iter().zip(&probes.reads) {
+            println!("{{\"section\":\"probe\",\"threads\":{t},\"probe_gbps\":{:.3},\"probe_gflops\":{:.3},\"dram_one_stream_gbps\":{:.3},\"dram_two_streams_gbps\":{:.3},\"hot_one_stream_gbps\":{:.3},\"hot_two_streams_gbps\":{:.3}}}", bw / 1e9, fma / 1e9, r.dram_one / 1e9, r.dram_two / 1e9, r.hot_one / 1e9, r.hot_two / 1e9);
         }
         for (t, d, w) in &probes.widen {
             println!(
@@ -849,6 +1014,7 @@ fn main() {
         layout,
         q_len,
         variant: Variant::None,
+        hot: false,
     };
     for &threads in &args.threads {
         for m in &models {
@@ -903,44 +1069,95 @@ fn main() {
     }
     // Cache layouts and query tokens on the memory-bound shapes: Llama-3-8B
     // (r = 4) and, for q_len, the MHA Phi-3-mini (r = 1), whose four query
-    // tokens still leave it memory-bound.
-    let layouts: Vec<(Model, usize, Layout, usize)> = if args.quick {
+    // tokens still leave it memory-bound. Each entry is one measurement of
+    // its layouts, runs interleaved, cold (rotating over layer caches)
+    // unless marked hot; the summary divides each step time by the
+    // [B, G, L, D] one of the same entry and thread count.
+    type LayoutSet = (Model, usize, usize, usize, bool, Vec<Layout>);
+    let layouts: Vec<LayoutSet> = if args.quick {
         vec![
-            (LLAMA3_8B, 32768, Layout::Bgld, 1),
-            (LLAMA3_8B, 32768, Layout::Paged(16), 1),
-            (LLAMA3_8B, 32768, Layout::Ring, 1),
-            (PHI3_MINI, 16384, Layout::Bgld, 1),
-            (PHI3_MINI, 16384, Layout::Bgld, 4),
+            (
+                LLAMA3_8B,
+                1,
+                32768,
+                1,
+                false,
+                vec![Layout::Bgld, Layout::Blgd, Layout::Paged(16), Layout::Ring],
+            ),
+            (LLAMA3_8B, 1, 1024, 1, true, vec![Layout::Bgld]),
+            (PHI3_MINI, 1, 16384, 4, false, vec![Layout::Bgld]),
         ]
     } else {
         vec![
-            (LLAMA3_8B, 32768, Layout::Bgld, 1),
-            (LLAMA3_8B, 32768, Layout::Blgd, 1),
-            (LLAMA3_8B, 1024, Layout::Bgld, 1),
-            (LLAMA3_8B, 1024, Layout::Blgd, 1),
-            (LLAMA3_8B, 1024, Layout::Paged(16), 1),
-            (LLAMA3_8B, 32768, Layout::Paged(16), 1),
-            (LLAMA3_8B, 32768, Layout::Paged(256), 1),
-            (LLAMA3_8B, 32768, Layout::Ring, 1),
-            (LLAMA3_8B, 32768, Layout::Bgld, 4),
-            (PHI3_MINI, 16384, Layout::Bgld, 1),
-            (PHI3_MINI, 16384, Layout::Bgld, 4),
-            (PHI3_MINI, 16384, Layout::Paged(16), 4),
+            (
+                LLAMA3_8B,
+                1,
+                32768,
+                1,
+                false,
+                vec![
+                    Layout::Bgld,
+                    Layout::Blgd,
+                    Layout::BlgdPad,
+                    Layout::Paged(16),
+                    Layout::Paged(256),
+                    Layout::Ring,
+                ],
+            ),
+            (
+                LLAMA3_8B,
+                4,
+                32768,
+                1,
+                false,
+                vec![Layout::Bgld, Layout::Blgd, Layout::Paged(16)],
+            ),
+            (
+                LLAMA3_8B,
+                1,
+                1024,
+                1,
+                true,
+                vec![Layout::Bgld, Layout::Blgd, Layout::Paged(16)],
+            ),
+            (
+                LLAMA3_8B,
+                1,
+                1024,
+                1,
+                false,
+                vec![Layout::Bgld, Layout::Blgd, Layout::Paged(16)],
+            ),
+            (LLAMA3_8B, 1, 32768, 4, false, vec![Layout::Bgld]),
+            (PHI3_MINI, 1, 16384, 1, false, vec![Layout::Bgld]),
+            (
+                PHI3_MINI,
+                1,
+                16384,
+                4,
+                false,
+                vec![Layout::Bgld, Layout::Paged(16)],
+            ),
         ]
     };
     for &threads in &args.threads {
-        for &(m, l, layout, q_len) in &layouts {
-            jobs.push(job(
-                "layouts",
-                m,
-                1,
-                l,
-                Dtype::F16,
-                tier,
-                threads,
-                layout,
-                q_len,
-            ));
+        for (m, b, l, q_len, hot, set) in &layouts {
+            for &layout in set {
+                jobs.push(Job {
+                    hot: *hot,
+                    ..job(
+                        "layouts",
+                        *m,
+                        *b,
+                        *l,
+                        Dtype::F16,
+                        tier,
+                        threads,
+                        layout,
+                        *q_len,
+                    )
+                });
+            }
         }
     }
     // Attention variants on the memory-bound shape. Consecutive variant
@@ -1032,6 +1249,7 @@ fn main() {
             layout: Layout::Bgld,
             q_len: 1,
             variant: Variant::None,
+            hot: false,
         });
     }
 
@@ -1048,7 +1266,8 @@ fn main() {
         let mut end = i + 1;
         while end < jobs.len()
             && (job.section == "variants" && same_but_variant(&job, &jobs[end])
-                || job.section == "kv_types" && same_but_dtype(&job, &jobs[end]))
+                || job.section == "kv_types" && same_but_dtype(&job, &jobs[end])
+                || job.section == "layouts" && same_but_layout(&job, &jobs[end]))
         {
             end += 1;
         }
@@ -1077,9 +1296,10 @@ fn main() {
                     "serving" => println!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
                     "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
                     "layouts" => println!(
-                        "## Layouts and query tokens, f16, B = 1 (strided [B, G, L, D]; \
-                         /BLGD [B, L, G, D]; paged [G, page, D] pages in shuffled order; \
-                         ring read in two pieces)"
+                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; blgd [B, L, G, D]; \
+                         blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
+                         pages in shuffled order; ring read in two pieces; res: cold = rotating \
+                         over layer caches, hot = one layer's cache)"
                     ),
                     "variants" => println!(
                         "## Attention variants, f16, L = 32768, B = 1 \
@@ -1127,6 +1347,18 @@ fn main() {
             println!(
                 "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
                 kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction, r.roof
+            );
+        }
+        for (r, ratio) in layout_summary(&rows) {
+            println!(
+                "{{\"section\":\"layout_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_bgld\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4}}}",
+                r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction
+            );
+        }
+        for (r, ratio) in thread_summary(&rows) {
+            println!(
+                "{{\"section\":\"thread_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_1thread\":{:.3}}}",
+                r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio
             );
         }
         for r in &sweep {
@@ -1186,6 +1418,58 @@ fn main() {
                     r.bytes_fraction,
                     r.fraction,
                     r.roof
+                );
+            }
+        }
+        let layouts = layout_summary(&rows);
+        if !layouts.is_empty() {
+            println!();
+            println!(
+                "## Layouts: step time over [B, G, L, D], f16, best runs, runs interleaved (fraction: of the roof; bytes: KV bytes / best read probe)"
+            );
+            println!(
+                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>8} {:>8} {:>8}",
+                "model",
+                "B",
+                "L",
+                "q",
+                "res",
+                "layout",
+                "thr",
+                "seconds",
+                "/ bgld",
+                "bytes",
+                "roofline"
+            );
+            for (r, ratio) in &layouts {
+                println!(
+                    "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>8.3} {:>8.3} {:>8.3}",
+                    r.model,
+                    r.b,
+                    r.l,
+                    r.q_len,
+                    r.residency,
+                    r.layout,
+                    r.threads,
+                    r.seconds,
+                    ratio,
+                    r.bytes_fraction,
+                    r.fraction
+                );
+            }
+        }
+        let threads = thread_summary(&rows);
+        if !threads.is_empty() {
+            println!();
+            println!("## Threads: step time over the 1-thread step, f16, best runs");
+            println!(
+                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>9}",
+                "model", "B", "L", "q", "res", "layout", "thr", "seconds", "/ 1 thr"
+            );
+            for (r, ratio) in &threads {
+                println!(
+                    "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>9.3}",
+                    r.model, r.b, r.l, r.q_len, r.residency, r.layout, r.threads, r.seconds, ratio
                 );
             }
         }
@@ -1258,6 +1542,52 @@ fn same_but_dtype(a: &Job, b: &Job) -> bool {
         && a.variant == b.variant
 }
 
+/// Whether `a` and `b` are the same measurement but for the layout.
+fn same_but_layout(a: &Job, b: &Job) -> bool {
+    a.section == b.section
+        && a.m.name == b.m.name
+        && (a.b, a.l, a.threads, a.q_len, a.hot) == (b.b, b.l, b.threads, b.q_len, b.hot)
+        && (a.dtype, a.v_dtype) == (b.dtype, b.v_dtype)
+        && a.tier == b.tier
+        && a.variant == b.variant
+}
+
+/// Every layouts row with its step time over the [B, G, L, D] row of the
+/// same measurement (model, B, L, q_len, residency, threads).
+fn layout_summary(rows: &[Row]) -> Vec<(&Row, f64)> {
+    let lay: Vec<&Row> = rows.iter().filter(|r| r.section == "layouts").collect();
+    lay.iter()
+        .filter_map(|r| {
+            let base = lay.iter().find(|x| {
+                x.layout == "bgld"
+                    && x.model == r.model
+                    && (x.b, x.l, x.q_len, x.threads) == (r.b, r.l, r.q_len, r.threads)
+                    && x.residency == r.residency
+            })?;
+            Some((*r, r.seconds / base.seconds))
+        })
+        .collect()
+}
+
+/// Layouts rows at more than one thread with their step time over the
+/// 1-thread row of the same shape, layout and residency.
+fn thread_summary(rows: &[Row]) -> Vec<(&Row, f64)> {
+    let lay: Vec<&Row> = rows.iter().filter(|r| r.section == "layouts").collect();
+    lay.iter()
+        .filter(|r| r.threads > 1)
+        .filter_map(|r| {
+            let one = lay.iter().find(|x| {
+                x.threads == 1
+                    && x.model == r.model
+                    && x.layout == r.layout
+                    && (x.b, x.l, x.q_len) == (r.b, r.l, r.q_len)
+                    && x.residency == r.residency
+            })?;
+            Some((*r, r.seconds / one.seconds))
+        })
+        .collect()
+}
+
 /// Whether `a` and `b` are the same measurement but for the variant.
 fn same_but_variant(a: &Job, b: &Job) -> bool {
     a.section == b.section
@@ -1290,9 +1620,11 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             layout: Layout::Bgld,
             q_len: 1,
             variant: Variant::None,
+            hot: false,
         }],
         &Probes {
             at: vec![(1, 1.0, 1.0)],
+            reads: Vec::new(),
             widen: Vec::new(),
         },
         min_secs,

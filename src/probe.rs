@@ -12,17 +12,55 @@ use crate::dispatch::Tier;
 /// their share of a `bytes`-sized buffer (make it far larger than the last
 /// level cache). Best of `reps` timed passes after one untimed pass.
 pub fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> f64 {
-    let threads = threads.max(1);
-    let n = (bytes / 4 / threads / 64).max(1) * 64;
-    let mut bufs: Vec<Vec<f32>> = (0..threads).map(|t| vec![1.0 + t as f32; n]).collect();
+    read_streams(bytes, 1, 4096, threads, reps)
+}
+
+/// Read bandwidth in bytes/s of `threads` threads that each read `streams`
+/// buffers of their own side by side, `piece` bytes of one, then the same
+/// span of the next (K and V as a decode kernel reads them: a block of K
+/// rows, then the block of V rows). `bytes` is the total over all threads
+/// and streams: far larger than the last-level cache for DRAM, or small
+/// enough to stay in a core's cache for the cache-resident rate (a timed
+/// pass reads the buffers as many times as it takes to read 256 MiB).
+/// Best of `reps` timed passes after one untimed pass.
+pub fn read_streams(
+    bytes: usize,
+    streams: usize,
+    piece: usize,
+    threads: usize,
+    reps: usize,
+) -> f64 {
+    let (threads, streams) = (threads.max(1), streams.max(1));
+    let piece = (piece / 4).max(64) / 64 * 64;
+    let n = (bytes / 4 / threads / streams / piece).max(1) * piece;
+    let repeat = (256usize << 20).div_ceil(n * 4 * threads * streams);
+    let bufs: Vec<Vec<Vec<f32>>> = (0..threads)
+        .map(|t| {
+            (0..streams)
+                .map(|s| vec![1.0 + (t + s) as f32; n])
+                .collect()
+        })
+        .collect();
     let tier = Tier::best();
     let mut best = 0.0f64;
     for rep in 0..=reps.max(1) {
         let start = Instant::now();
         let sums: Vec<f32> = std::thread::scope(|s| {
             let handles: Vec<_> = bufs
-                .iter_mut()
-                .map(|b| s.spawn(move || probes::sum(tier, b)))
+                .iter()
+                .map(|b| {
+                    s.spawn(move || {
+                        let mut acc = 0.0f32;
+                        for _ in 0..repeat {
+                            for off in (0..n).step_by(piece) {
+                                for x in b {
+                                    acc += probes::sum(tier, &x[off..off + piece]);
+                                }
+                            }
+                        }
+                        acc
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -32,7 +70,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> f64 {
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(sums);
         if rep > 0 {
-            best = best.max((n * 4 * threads) as f64 / secs);
+            best = best.max((n * 4 * threads * streams * repeat) as f64 / secs);
         }
     }
     best
