@@ -30,6 +30,15 @@ pub(crate) fn token_strides(cache: &KvCache<'_>) -> (usize, usize) {
     }
 }
 
+/// Elements between consecutive KV heads of K and of V.
+pub(crate) fn head_strides(cache: &KvCache<'_>) -> (usize, usize) {
+    match cache {
+        KvCache::Strided { k, v } => (k.head_stride, v.head_stride),
+        KvCache::Ring(r) => (r.k.head_stride, r.v.head_stride),
+        KvCache::Paged(p) => (p.k.head_stride, p.v.head_stride),
+    }
+}
+
 /// Whether the heads of one position sit closer together than consecutive
 /// positions of one head (`[.., L, G, D]`-like).
 pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
@@ -47,20 +56,46 @@ pub(crate) fn token_major(cache: &KvCache<'_>) -> bool {
     }
 }
 
-/// Positions per step of the walk across a range of items, or `None` to
-/// walk item by item.
+/// How the driver walks the items of one (sequence, split) range, or `None`
+/// to walk item by item.
 ///
 /// Item by item suits head-major caches, where each head's rows are one
-/// stream. When the heads of a position share memory (`[.., L, G, D]`
-/// strides) or a page holds every head (paged caches), the driver walks all
-/// items of a range window by window, so each DRAM page (or cache page) is
-/// fetched once for all heads and read front to back: [`CHUNK`] positions
-/// for token-major strides, one cache page (at least one kernel block) for
-/// paged caches.
-pub(crate) fn walk_window(cache: &KvCache<'_>) -> Option<usize> {
+/// stream the hardware prefetcher follows. Where the heads of a position
+/// interleave (`[.., L, G, D]` strides, in a strided, ring or paged cache)
+/// or a page holds a short piece of each head, each KV head's pass reads
+/// short pieces the hardware prefetcher does not follow; the driver then
+/// walks all items of a range window by window, so a window's memory is
+/// fetched once for all heads, and each head's pass hints the rows it reads
+/// next into L2 (see [`Walk::prefetch`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Walk {
+    /// Positions per window.
+    pub(crate) window: usize,
+    /// Whether each head's pass prefetches its rows `Plan::prefetch`
+    /// positions ahead.
+    pub(crate) prefetch: bool,
+}
+
+/// Bytes below which a head's contiguous piece of a page counts as short
+/// (pages of 16 positions of 128 f16 values are 4 KiB per head). Longer
+/// pieces stream well enough with the hardware prefetcher (pages of 256:
+/// 1.08x of `[B, G, L, D]` without software prefetch, 1.25x with it, on an
+/// AMD Zen 4 core at 2 threads).
+const SHORT_PIECE: usize = 16 << 10;
+
+pub(crate) fn walk(cache: &KvCache<'_>, head_dim_k: usize) -> Option<Walk> {
+    let short = Walk {
+        window: BLOCK,
+        prefetch: true,
+    };
+    if token_major(cache) {
+        return Some(short);
+    }
     match cache {
-        KvCache::Paged(p) => Some(p.page_size.clamp(BLOCK, CHUNK)),
-        _ if token_major(cache) => Some(CHUNK),
+        KvCache::Paged(p) => Some(Walk {
+            window: p.page_size.clamp(BLOCK, CHUNK),
+            prefetch: p.page_size * p.k.data.dtype().row_bytes(head_dim_k) < SHORT_PIECE,
+        }),
         _ => None,
     }
 }

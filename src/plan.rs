@@ -517,13 +517,16 @@ impl Plan {
     pub fn kernel_names(&self) -> Vec<&'static str> {
         self.kernels.iter().map(|k| k.name).collect()
     }
-    /// How many rows ahead of the block it computes a kernel call
-    /// prefetches K and V (0: no software prefetch), chosen when the plan
-    /// is made from the tier (see [`Plan::with_prefetch`]). It applies to
-    /// token-major caches (`[B, L, G, D]`-like strides), where the first
-    /// KV head's pass over a window prefetches whole positions for the
-    /// heads after it; head-major rows are left to the hardware
-    /// prefetcher.
+    /// How many positions ahead of the window it computes the driver
+    /// prefetches K and V into L2 (0: no software prefetch), chosen when
+    /// the plan is made from the tier (see [`Plan::with_prefetch`]). It
+    /// applies where the hardware prefetcher cannot follow the reads:
+    /// token-major caches (`[B, L, G, D]`-like strides, strided, ring or
+    /// paged) and pages whose piece of a head is under 16 KiB. There the
+    /// driver walks the KV heads of a sequence window by window (16
+    /// positions), and each head's pass hints its share of the window
+    /// this far ahead, as contiguous spans. Head-major rows and large pages
+    /// are left to the hardware prefetcher.
     pub fn prefetch(&self) -> usize {
         self.prefetch
     }
@@ -831,7 +834,7 @@ fn first_nan_or_pos_inf(x: &[f32]) -> Option<usize> {
     None
 }
 
-/// The software prefetch distance a plan starts with, in rows:
+/// The software prefetch distance a plan starts with, in positions:
 /// `GQA_KERNELS_PREFETCH` when set to a number (for experiments), else none
 /// for the portable tier (it has no prefetch instruction) and
 /// [`DEFAULT_PREFETCH`] for the vector tiers.
@@ -849,6 +852,6 @@ fn default_prefetch(tier: Tier) -> usize {
     }
 }
 
-/// Prefetch distance of the vector tiers, in rows (measured on an AMD
-/// Zen 4 core: 16 and 64 rows ahead gave the same step time).
+/// Prefetch distance of the vector tiers, in positions: one window ahead
+/// (measured on an AMD Zen 4 core: 16, 32 and 64 gave the same step time).
 const DEFAULT_PREFETCH: usize = 16;

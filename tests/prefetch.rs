@@ -1,7 +1,8 @@
 //! The software prefetch distance changes no result: every tier, a
-//! token-major, a head-major, a paged and a ring cache, distances 0, 1, 16
-//! and 300 (past every call), bitwise the same output and lse, and equal
-//! to the reference.
+//! token-major, a head-major, a padded, paged (token-major pages, and
+//! head-major pages short enough to be prefetched and long enough not to
+//! be) and a ring cache, distances 0, 1, 16 and 300 (past every window),
+//! bitwise the same output and lse, and equal to the reference.
 
 mod common;
 
@@ -17,6 +18,14 @@ fn prefetch_distance_changes_no_bit() {
         Layout::Paged {
             page: 16,
             head_major: false,
+        },
+        Layout::Paged {
+            page: 16,
+            head_major: true,
+        },
+        Layout::Paged {
+            page: 256,
+            head_major: true,
         },
         Layout::Ring { extra: 7 },
     ] {

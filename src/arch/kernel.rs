@@ -162,20 +162,6 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     let mut start = 0;
     while start < a.n {
         let nb = BLOCK.min(a.n - start);
-        if a.prefetch > 0 {
-            // The rows `prefetch` positions ahead of this block (those
-            // that exist): their loads are in flight while this block
-            // computes. Hints only, so any address would do; the range is
-            // kept inside the call's rows all the same.
-            let from = (start + a.prefetch).min(a.n);
-            let to = (start + a.prefetch + nb).min(a.n);
-            // SAFETY: prefetch hints never fault; pointers are formed with
-            // wrapping arithmetic.
-            unsafe {
-                prefetch_rows::<S, K>(k, a.k_stride, from, to, a.prefetch_k_span);
-                prefetch_rows::<S, V>(v, a.v_stride, from, to, a.prefetch_v_span);
-            }
-        }
         // SAFETY: rows `start..start + nb` are `< n`, so each K/V row read is
         // inside the range the driver validated; every scratch/state offset
         // is inside the buffers described in `ChunkArgs`.
@@ -243,34 +229,6 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     }
     // SAFETY: `a.l` has `rows` floats; `lsum` was set up above.
     unsafe { fold_sums::<S>(rows, a.l, lsum) };
-}
-
-/// Hints every cache line of rows `from..to` (`stride` elements apart,
-/// `d` values each) into the cache.
-#[inline(always)]
-unsafe fn prefetch_rows<S: Simd, E: Elem>(
-    base: *const E,
-    stride: usize,
-    from: usize,
-    to: usize,
-    d: usize,
-) {
-    if d == 0 {
-        return;
-    }
-    let bytes = E::row_bytes(d);
-    for j in from..to {
-        let row = base.wrapping_add(j * stride).cast::<u8>();
-        // Every line from the one holding the row's first byte to the one
-        // holding its last.
-        let end = row.wrapping_add(bytes);
-        let mut p = row.wrapping_sub(row as usize & 63);
-        while p < end {
-            // SAFETY: a hint; the address need not be valid.
-            unsafe { S::prefetch(p) };
-            p = p.wrapping_add(64);
-        }
-    }
 }
 
 /// The phases of one block once its K and V row sources are fixed (the

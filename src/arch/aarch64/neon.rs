@@ -217,15 +217,6 @@ impl Simd for Neon {
         unsafe { vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(bits))) }
     }
     #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        // SAFETY: `prfm` is a hint: it never faults or reads
-        // architecturally, whatever the address, and touches no register
-        // but its input.
-        unsafe {
-            core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags));
-        }
-    }
-    #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
         // SAFETY: forwarded preconditions (tier available, `op`'s own).
         unsafe { with(op) }

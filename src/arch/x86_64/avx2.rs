@@ -252,12 +252,6 @@ impl Simd for Avx2 {
         unsafe { _mm256_cvtph_ps(_mm_set1_epi16(bits as i16)) }
     }
     #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        // SAFETY: a prefetch hint (SSE) never faults or reads
-        // architecturally, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
-    }
-    #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
         // SAFETY: forwarded preconditions (tier available, `op`'s own).
         unsafe { with(op) }

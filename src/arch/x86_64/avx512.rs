@@ -217,12 +217,6 @@ impl Simd for Avx512 {
         unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16)) }
     }
     #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        // SAFETY: a prefetch hint (SSE) never faults or reads
-        // architecturally, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
-    }
-    #[inline(always)]
     unsafe fn out_of_line<O: SimdOp>(op: O) -> O::Out {
         // SAFETY: forwarded preconditions (tier available, `op`'s own).
         unsafe { with(op) }
