@@ -83,15 +83,13 @@ pub(crate) struct Walk {
 /// AMD Zen 4 core at 2 threads).
 const SHORT_PIECE: usize = 16 << 10;
 
+/// The walk of `cache` (see [`Walk`]).
 pub(crate) fn walk(cache: &KvCache<'_>, head_dim_k: usize) -> Option<Walk> {
-    let short = Walk {
-        window: BLOCK,
-        prefetch: true,
-    };
-    if token_major(cache) {
-        return Some(short);
-    }
     match cache {
+        _ if token_major(cache) => Some(Walk {
+            window: BLOCK,
+            prefetch: true,
+        }),
         KvCache::Paged(p) => Some(Walk {
             window: p.page_size.clamp(BLOCK, CHUNK),
             prefetch: p.page_size * p.k.data.dtype().row_bytes(head_dim_k) < SHORT_PIECE,
