@@ -12,7 +12,9 @@
 //!    before the first read, so no load waits on a just-issued store) and
 //!    every row tile reads the f32 copy from L1.
 //! 2. **Scores** `S = Q · Kᵀ` in register tiles of `S::ROW_TILE` rows × up
-//!    to 4 positions; the unreduced per-position vectors of a row are reduced
+//!    to 4 positions (one position when cache rows are 512 bytes or wider
+//!    and the tile has at most 4 rows, so that rows stream in order; see
+//!    [`WIDE_ROW_BYTES`]); the unreduced per-position vectors of a row are reduced
 //!    [`Simd::LANES`] at a time by a transpose-and-add tree
 //!    ([`Simd::transpose_sum`]) instead of one horizontal sum each, in
 //!    registers as soon as a tile holds `LANES` dot products.
@@ -74,9 +76,30 @@ const fn tile_cols(acc: usize, rt: usize) -> usize {
 /// (widening on the fly, masked on the last vector of a row) or the f32
 /// scratch copy made once per block.
 trait RowSource: Copy {
+    /// Whether the score tile should read one position at a time (see
+    /// [`WIDE_ROW_BYTES`]).
+    fn row_at_a_time(self) -> bool {
+        false
+    }
     /// Vector `c` of row `j` of the current block, as f32.
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V;
 }
+
+/// Cache rows of at least this many bytes are scored one position at a
+/// time with up to four query rows. A score tile of several positions
+/// reads its rows column by column, so each step touches one line of
+/// each of its rows; with 512-byte rows (`D = 256` f16, `D = 128` f32) that
+/// interleaving read DRAM at a third to a half of the sequential rate on an
+/// AMD Zen 4 core, cold (Gemma-2-9B shape, `D = 256` f16, r = 2, L = 32768,
+/// 1 thread: 10 GB/s with 4 positions per tile, 20 with 1; f32 `D = 128`
+/// r = 1: 14 and 23), while a shorter row (256 bytes) or more rows per
+/// tile, which make the tile bound by its multiply-adds, gain from several.
+const WIDE_ROW_BYTES: usize = 512;
+
+/// Query rows up to which a tile over wide rows reads one position at a
+/// time. With more rows the tile is bound by its multiply-adds (r = 8 f32
+/// `D = 128`: 2 positions 10 % faster cold than 1).
+const WIDE_ROW_TILE: usize = 4;
 
 /// Rows read straight from the cache: `d` values of type `E` per row.
 #[derive(Clone, Copy)]
@@ -87,6 +110,16 @@ struct CacheRows<E> {
 }
 
 impl<E: Elem> RowSource for CacheRows<E> {
+    #[inline(always)]
+    fn row_at_a_time(self) -> bool {
+        // A quantized value takes about a byte (its scales aside).
+        let bytes = if E::QUANTIZED {
+            self.d
+        } else {
+            self.d * core::mem::size_of::<E>()
+        };
+        bytes >= WIDE_ROW_BYTES
+    }
     #[inline(always)]
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V {
         // SAFETY: the caller only asks for rows `j < nb` of the block (valid
@@ -578,13 +611,38 @@ unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     part: *mut f32,
     sbuf: *mut f32,
 ) {
+    // Two call sites, each with a constant `np`, so that the group's
+    // register arrays stay in registers.
+    // SAFETY: `score_positions` has `score_tile`'s preconditions, which the
+    // caller upholds; `np` is 1 or `tile_cols`, both at most 4.
+    unsafe {
+        if RT <= WIDE_ROW_TILE && krows.row_at_a_time() {
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1);
+        } else {
+            let np = tile_cols(S::ACC, RT);
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, np);
+        }
+    }
+}
+
+/// [`score_tile`] with `np` positions per step.
+#[inline(always)]
+unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
+    q: *const f32,
+    dkp: usize,
+    kc: usize,
+    krows: R,
+    nb: usize,
+    part: *mut f32,
+    sbuf: *mut f32,
+    np: usize,
+) {
     let l = S::LANES;
     // `np` positions per step, so each loaded q vector feeds that many
     // FMAs; a last partial group runs position by position. When a group
     // fills more than half a vector of dot products they are reduced in
     // registers right away (padding the rest); smaller tiles park them in
     // `part` and reduce LANES positions of a row at a time afterwards.
-    let np = tile_cols(S::ACC, RT);
     let in_regs = 2 * RT * np > l;
     let mut j = 0;
     while j + np <= nb {
