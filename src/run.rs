@@ -19,7 +19,7 @@
 
 use std::ops::Range;
 
-use crate::arch::{pad, ChunkArgs};
+use crate::arch::{pad, ChunkArgs, Span};
 use crate::dispatch::count_run;
 use crate::error::{Error, Result};
 use crate::layout::{for_runs, head_strides, token_strides, walk};
@@ -352,6 +352,43 @@ impl Plan {
     }
 }
 
+/// Where a window's K (or V) rows lie for all KV heads: `count` pieces of
+/// `len` bytes, `stride` bytes apart (one piece for a token-major cache,
+/// one per head for a page).
+#[derive(Clone, Copy)]
+struct Pieces {
+    ptr: *const u8,
+    count: usize,
+    len: usize,
+    stride: usize,
+}
+
+impl Pieces {
+    /// Part `i` of `n` of the pieces' bytes in order: the span the kernel
+    /// hints while it works where the part lies in one piece; otherwise
+    /// the part is hinted now and the span is empty.
+    fn share(self, i: usize, n: usize) -> Span {
+        let total = self.count * self.len;
+        let (mut x, x1) = (total * i / n, total * (i + 1) / n);
+        let at = |x: usize| {
+            self.ptr
+                .wrapping_add(x / self.len * self.stride + x % self.len)
+        };
+        if x < x1 && x / self.len == (x1 - 1) / self.len {
+            return Span {
+                ptr: at(x),
+                bytes: x1 - x,
+            };
+        }
+        while x < x1 {
+            let n = (self.len - x % self.len).min(x1 - x);
+            crate::arch::prefetch_span(at(x), n);
+            x += n;
+        }
+        Span::default()
+    }
+}
+
 /// A validated plan and batch: what every worker shares.
 #[derive(Clone, Copy)]
 struct Job<'p, 'a> {
@@ -424,7 +461,8 @@ impl Job<'_, '_> {
                         let mut w = range.start;
                         while w < range.end {
                             let we = (w / CHUNK + 1) * CHUNK;
-                            self.run_window(item, w..we.min(range.end), st, scratch);
+                            let none = &mut [Span::default(); 2];
+                            self.run_window(item, w..we.min(range.end), st, scratch, none);
                             w = we;
                         }
                     }
@@ -449,20 +487,29 @@ impl Job<'_, '_> {
                         .unwrap_or(0);
                     let mut w = 0;
                     while w < longest {
+                        // The items of a group share their sequence and
+                        // split, hence their range and the window's pieces.
+                        let pieces = match self.item_range(first + group.start) {
+                            Some(r) if ahead > 0 => {
+                                let pa = (r.start + w + ahead).min(r.end);
+                                let pe = (r.start + w + window + ahead).min(r.end);
+                                self.window_pieces(first + group.start, pa..pe)
+                            }
+                            _ => None,
+                        };
                         for i in group.clone() {
                             let item = first + i;
                             if let Some(range) = self.item_range(item) {
                                 let a = range.start + w;
                                 let e = (a + window).min(range.end);
-                                if ahead > 0 {
+                                let mut hints = [Span::default(); 2];
+                                let part = (i - group.start, group.len());
+                                if let Some([k, v]) = pieces {
+                                    hints = [k.share(part.0, part.1), v.share(part.0, part.1)];
+                                } else if ahead > 0 {
                                     let pa = (a + ahead).min(range.end);
                                     let pe = (e + ahead).min(range.end);
-                                    self.prefetch_window(
-                                        item,
-                                        pa..pe,
-                                        i - group.start,
-                                        group.len(),
-                                    );
+                                    hints = self.prefetch_window(item, pa..pe, part.0, part.1);
                                 }
                                 if a < e {
                                     let st = &mut states[i * slen..][..slen];
@@ -471,7 +518,7 @@ impl Job<'_, '_> {
                                     let mut x = a;
                                     while x < e {
                                         let xe = ((x / CHUNK + 1) * CHUNK).min(e);
-                                        self.run_window(item, x..xe, st, scratch);
+                                        self.run_window(item, x..xe, st, scratch, &mut hints);
                                         x = xe;
                                     }
                                 }
@@ -485,17 +532,26 @@ impl Job<'_, '_> {
         }
     }
 
-    /// Hints into L2 ([`crate::arch::prefetch_span`]) share `part` of
-    /// `parts` of the memory that positions `w` of the item's sequence take
-    /// for all KV heads: each head's pass over a window prefetches its share
-    /// of a later window, so the window arrives as contiguous spans in
-    /// address order, spread over the heads' passes (on an AMD Zen 4 core
-    /// ~8 % faster than each head prefetching its own rows). Where the heads'
-    /// rows are sparse in their span (strides padded far beyond the rows),
-    /// the item's own rows instead.
-    fn prefetch_window(&self, item: usize, w: Range<usize>, part: usize, parts: usize) {
+    /// Share `part` of `parts` of the memory that positions `w` of the
+    /// item's sequence take for all KV heads, to hint into L2
+    /// ([`crate::arch::prefetch_span`]): each head's pass over a window
+    /// prefetches its share of a later window, so the window arrives as
+    /// contiguous spans in address order, spread over the heads' passes (on
+    /// an AMD Zen 4 core ~8 % faster than each head prefetching its own
+    /// rows). Where the heads' rows are sparse in their span (strides padded
+    /// far beyond the rows), the item's own rows instead. The first
+    /// contiguous K and V pieces are returned for the kernel to hint while
+    /// it works ([`crate::arch::Ahead`]); anything else is hinted now.
+    fn prefetch_window(
+        &self,
+        item: usize,
+        w: Range<usize>,
+        part: usize,
+        parts: usize,
+    ) -> [Span; 2] {
+        let mut out = [Span::default(); 2];
         if w.is_empty() {
-            return;
+            return out;
         }
         let (b, _, g) = self.coords(item);
         let s = &self.plan.shape;
@@ -504,38 +560,85 @@ impl Job<'_, '_> {
         let (kt, vt) = token_strides(cache);
         let (kh, vh) = head_strides(cache);
         for_runs(cache, b, 0, w.start, w.end, |run| {
-            let hint = |data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
-                // Bytes of `e` elements (strides of q8_0 are whole blocks).
+            let mut hint =
+                |kind: usize, data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
+                    // Bytes of `e` elements (strides of q8_0 are whole blocks).
+                    let bytes = |e: usize| data.dtype().row_bytes(d) * e / d;
+                    let rows = run.n * s.kv_heads * bytes(d);
+                    // The heads' rows as `spans` spans of `span` bytes, `h`
+                    // elements apart: one span where the heads interleave, one
+                    // per head where each head's rows are contiguous.
+                    let (spans, span) = if h < t {
+                        (1, bytes((run.n - 1) * t + (s.kv_heads - 1) * h + d))
+                    } else {
+                        (s.kv_heads, bytes((run.n - 1) * t + d))
+                    };
+                    let p = data.kernel_rows(o, t, d).ptr;
+                    if spans * span > 2 * rows {
+                        let p = p.wrapping_add(bytes(g * h));
+                        for j in 0..run.n {
+                            crate::arch::prefetch_span(p.wrapping_add(bytes(j * t)), bytes(d));
+                        }
+                        return;
+                    }
+                    let total = spans * span;
+                    let (mut x, x1) = (total * part / parts, total * (part + 1) / parts);
+                    if x < x1 && x / span == (x1 - 1) / span && out[kind].bytes == 0 {
+                        let (i, off) = (x / span, x % span);
+                        out[kind] = Span {
+                            ptr: p.wrapping_add(bytes(i * h) + off),
+                            bytes: x1 - x,
+                        };
+                        return;
+                    }
+                    while x < x1 {
+                        let (i, off) = (x / span, x % span);
+                        let n = (span - off).min(x1 - x);
+                        crate::arch::prefetch_span(p.wrapping_add(bytes(i * h) + off), n);
+                        x += n;
+                    }
+                };
+            hint(0, &kdata, run.k, kt, kh, s.head_dim_k);
+            hint(1, &vdata, run.v, vt, vh, s.head_dim_v);
+        });
+        out
+    }
+
+    /// The memory positions `w` of the item's sequence take for all KV
+    /// heads, K and V, as [`Pieces`], when they are one run of positions
+    /// whose heads' rows fill their pieces (else `None`, and
+    /// [`Job::prefetch_window`] hints per item).
+    fn window_pieces(&self, item: usize, w: Range<usize>) -> Option<[Pieces; 2]> {
+        let (b, _, _) = self.coords(item);
+        let s = &self.plan.shape;
+        let cache = &self.batch.cache;
+        let (kdata, vdata) = cache.data();
+        let (kt, vt) = token_strides(cache);
+        let (kh, vh) = head_strides(cache);
+        let mut out = None;
+        let mut runs = 0;
+        for_runs(cache, b, 0, w.start, w.end, |run| {
+            runs += 1;
+            let pieces = |data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
                 let bytes = |e: usize| data.dtype().row_bytes(d) * e / d;
                 let rows = run.n * s.kv_heads * bytes(d);
-                // The heads' rows as `spans` spans of `span` bytes, `h`
-                // elements apart: one span where the heads interleave, one
-                // per head where each head's rows are contiguous.
-                let (spans, span) = if h < t {
+                let (count, len) = if h < t {
                     (1, bytes((run.n - 1) * t + (s.kv_heads - 1) * h + d))
                 } else {
                     (s.kv_heads, bytes((run.n - 1) * t + d))
                 };
-                let p = data.kernel_rows(o, t, d).ptr;
-                if spans * span > 2 * rows {
-                    let p = p.wrapping_add(bytes(g * h));
-                    for j in 0..run.n {
-                        crate::arch::prefetch_span(p.wrapping_add(bytes(j * t)), bytes(d));
-                    }
-                    return;
-                }
-                let total = spans * span;
-                let (mut x, x1) = (total * part / parts, total * (part + 1) / parts);
-                while x < x1 {
-                    let (i, off) = (x / span, x % span);
-                    let n = (span - off).min(x1 - x);
-                    crate::arch::prefetch_span(p.wrapping_add(bytes(i * h) + off), n);
-                    x += n;
-                }
+                (count * len <= 2 * rows).then(|| Pieces {
+                    ptr: data.kernel_rows(o, t, d).ptr,
+                    count,
+                    len,
+                    stride: bytes(h),
+                })
             };
-            hint(&kdata, run.k, kt, kh, s.head_dim_k);
-            hint(&vdata, run.v, vt, vh, s.head_dim_v);
+            out = pieces(&kdata, run.k, kt, kh, s.head_dim_k)
+                .zip(pieces(&vdata, run.v, vt, vh, s.head_dim_v))
+                .map(|(k, v)| [k, v]);
         });
+        out.filter(|_| runs == 1)
     }
 
     /// (sequence, split, KV head) of an item.
@@ -613,7 +716,15 @@ impl Job<'_, '_> {
     /// positions every token sees form one run and each causal-tail
     /// position its own; a window adds runs at its left edge. The tokens
     /// that see a position are consecutive, hence consecutive tile rows.
-    fn run_window(&self, item: usize, w: Range<usize>, state: &mut [f32], scratch: &mut [f32]) {
+    /// `hints` go to the first kernel call (see [`ChunkArgs::ahead_k`]).
+    fn run_window(
+        &self,
+        item: usize,
+        w: Range<usize>,
+        state: &mut [f32],
+        scratch: &mut [f32],
+        hints: &mut [Span; 2],
+    ) {
         let (b, _, g) = self.coords(item);
         let len = self.batch.seq_lens[b];
         let (tq, _) = self.plan.tokens(&self.batch, b);
@@ -629,7 +740,7 @@ impl Job<'_, '_> {
                 p + 1
             };
             if tokens.0 < tokens.1 {
-                self.call(b, g, p, e, tokens.0, tokens.1, state, scratch);
+                self.call(b, g, p, e, tokens.0, tokens.1, state, scratch, hints);
             }
             p = e;
         }
@@ -648,6 +759,7 @@ impl Job<'_, '_> {
         t1: usize,
         state: &mut [f32],
         scratch: &mut [f32],
+        hints: &mut [Span; 2],
     ) {
         let s = &self.plan.shape;
         let kernel = self.plan.kernels[t1 - t0 - 1];
@@ -692,6 +804,7 @@ impl Job<'_, '_> {
             // its scale) lies inside its buffers, so these stay in bounds.
             let kr = kdata.kernel_rows(run.k, k_stride, s.head_dim_k);
             let vr = vdata.kernel_rows(run.v, v_stride, s.head_dim_v);
+            let [ahead_k, ahead_v] = std::mem::take(hints);
             let args = ChunkArgs {
                 q: q.as_ptr(),
                 k: kr.ptr,
@@ -732,6 +845,8 @@ impl Job<'_, '_> {
                 bias_r: r,
                 bias_token_stride: self.batch.bias.map_or(0, |bi| bi.token_stride),
                 bias_head_stride: self.batch.bias.map_or(0, |bi| bi.head_stride),
+                ahead_k,
+                ahead_v,
             };
             // SAFETY: `check_batch` verified (with checked arithmetic) that
             // for every position j < seq_lens[b] the K row `for_runs` maps
@@ -765,4 +880,40 @@ fn join<A: FnOnce() + Send, B: FnOnce() + Send>(a: A, b: B) {
         a();
         h.join().expect("worker panicked");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pieces;
+
+    /// Shares of pieces that coincide with whole pieces (one per head of a
+    /// page) or fall inside one piece come back as spans to hint later;
+    /// shares that straddle two pieces are hinted at once (empty span).
+    #[test]
+    fn shares_of_pieces() {
+        let base = 1usize << 20;
+        let p = Pieces {
+            ptr: base as *const u8,
+            count: 8,
+            len: 4096,
+            stride: 8192,
+        };
+        for i in 0..8 {
+            let s = p.share(i, 8);
+            assert_eq!((s.ptr as usize, s.bytes), (base + i * 8192, 4096));
+        }
+        // Two parts per piece: halves of each piece.
+        let s = p.share(3, 16);
+        assert_eq!((s.ptr as usize, s.bytes), (base + 8192 + 2048, 2048));
+        // Three parts over 8 pieces straddle piece boundaries.
+        assert_eq!(p.share(1, 3).bytes, 0);
+        // One piece (token-major): contiguous shares.
+        let one = Pieces {
+            count: 1,
+            len: 65536,
+            ..p
+        };
+        let s = one.share(5, 8);
+        assert_eq!((s.ptr as usize, s.bytes), (base + 5 * 8192, 8192));
+    }
 }

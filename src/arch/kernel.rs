@@ -35,7 +35,9 @@
 // take the kernel's raw pointers and sizes explicitly, hence the arity.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::{exp2, pad, tanh, ChunkArgs, Dims, Elem, Simd, SimdOp, BLOCK, MAX_ROW_TILE, PAD, SKEW};
+use super::{
+    exp2, pad, tanh, Ahead, ChunkArgs, Dims, Elem, Simd, SimdOp, BLOCK, MAX_ROW_TILE, PAD, SKEW,
+};
 use crate::plan::LOGIT_FLOOR;
 
 /// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
@@ -306,6 +308,10 @@ impl BlockStep<'_> {
             sbuf,
             lsum,
         } = self;
+        // This block's share of the spans to hint, spread over the
+        // positions of the phase that reads the same kind of rows.
+        let (i, n) = (start / BLOCK, a.n.div_ceil(BLOCK));
+        let ahead_k = Ahead::new(a.ahead_k.share(i, n), nb);
         // SAFETY: the struct's precondition, forwarded from the kernel.
         unsafe {
             phase::<S, _>(
@@ -319,8 +325,10 @@ impl BlockStep<'_> {
                     nb,
                     part,
                     sbuf,
+                    ahead: &ahead_k,
                 },
             );
+            ahead_k.finish();
             if K::ROW_SCALE {
                 scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
             }
@@ -348,6 +356,7 @@ impl BlockStep<'_> {
             if V::ROW_SCALE {
                 scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
             }
+            let ahead_v = Ahead::new(a.ahead_v.share(i, n), nb);
             phase::<S, _>(
                 inline,
                 Accumulate {
@@ -358,8 +367,10 @@ impl BlockStep<'_> {
                     dvp,
                     vc,
                     acc: a.acc,
+                    ahead: &ahead_v,
                 },
             );
+            ahead_v.finish();
         }
     }
 }
@@ -390,7 +401,7 @@ unsafe fn phase<S: Simd, O: SimdOp<Out = ()>>(inline: bool, op: O) {
 }
 
 /// [`scores`] as a phase (its preconditions).
-struct Scores<R> {
+struct Scores<'h, R> {
     q: *const f32,
     rows: usize,
     dkp: usize,
@@ -399,9 +410,10 @@ struct Scores<R> {
     nb: usize,
     part: *mut f32,
     sbuf: *mut f32,
+    ahead: &'h Ahead,
 }
 
-impl<R: RowSource> SimdOp for Scores<R> {
+impl<R: RowSource> SimdOp for Scores<'_, R> {
     type Out = ();
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
@@ -414,9 +426,10 @@ impl<R: RowSource> SimdOp for Scores<R> {
             nb,
             part,
             sbuf,
+            ahead,
         } = self;
         // SAFETY: forwarded preconditions of `scores`.
-        unsafe { scores::<S, R>(q, rows, dkp, kc, krows, nb, part, sbuf) }
+        unsafe { scores::<S, R>(q, rows, dkp, kc, krows, nb, part, sbuf, ahead) }
     }
 }
 
@@ -450,7 +463,7 @@ impl SimdOp for Softmax<'_> {
 }
 
 /// [`accumulate`] as a phase (its preconditions).
-struct Accumulate<R> {
+struct Accumulate<'h, R> {
     rows: usize,
     nb: usize,
     pbuf: *const f32,
@@ -458,9 +471,10 @@ struct Accumulate<R> {
     dvp: usize,
     vc: usize,
     acc: *mut f32,
+    ahead: &'h Ahead,
 }
 
-impl<R: RowSource> SimdOp for Accumulate<R> {
+impl<R: RowSource> SimdOp for Accumulate<'_, R> {
     type Out = ();
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
@@ -472,9 +486,10 @@ impl<R: RowSource> SimdOp for Accumulate<R> {
             dvp,
             vc,
             acc,
+            ahead,
         } = self;
         // SAFETY: forwarded preconditions of `accumulate`.
-        unsafe { accumulate::<S, R>(rows, nb, pbuf, vrows, dvp, vc, acc) }
+        unsafe { accumulate::<S, R>(rows, nb, pbuf, vrows, dvp, vc, acc, ahead) }
     }
 }
 
@@ -578,6 +593,7 @@ unsafe fn scores<S: Simd, R: RowSource>(
     nb: usize,
     part: *mut f32,
     sbuf: *mut f32,
+    ahead: &Ahead,
 ) {
     let mut i0 = 0;
     while i0 < rows {
@@ -587,14 +603,14 @@ unsafe fn scores<S: Simd, R: RowSource>(
             let qt = q.add(i0 * dkp);
             let st = sbuf.add(i0 * BLOCK);
             match rt {
-                8 => score_tile::<S, R, 8>(qt, dkp, kc, krows, nb, part, st),
-                7 => score_tile::<S, R, 7>(qt, dkp, kc, krows, nb, part, st),
-                6 => score_tile::<S, R, 6>(qt, dkp, kc, krows, nb, part, st),
-                5 => score_tile::<S, R, 5>(qt, dkp, kc, krows, nb, part, st),
-                4 => score_tile::<S, R, 4>(qt, dkp, kc, krows, nb, part, st),
-                3 => score_tile::<S, R, 3>(qt, dkp, kc, krows, nb, part, st),
-                2 => score_tile::<S, R, 2>(qt, dkp, kc, krows, nb, part, st),
-                _ => score_tile::<S, R, 1>(qt, dkp, kc, krows, nb, part, st),
+                8 => score_tile::<S, R, 8>(qt, dkp, kc, krows, nb, part, st, ahead),
+                7 => score_tile::<S, R, 7>(qt, dkp, kc, krows, nb, part, st, ahead),
+                6 => score_tile::<S, R, 6>(qt, dkp, kc, krows, nb, part, st, ahead),
+                5 => score_tile::<S, R, 5>(qt, dkp, kc, krows, nb, part, st, ahead),
+                4 => score_tile::<S, R, 4>(qt, dkp, kc, krows, nb, part, st, ahead),
+                3 => score_tile::<S, R, 3>(qt, dkp, kc, krows, nb, part, st, ahead),
+                2 => score_tile::<S, R, 2>(qt, dkp, kc, krows, nb, part, st, ahead),
+                _ => score_tile::<S, R, 1>(qt, dkp, kc, krows, nb, part, st, ahead),
             }
         }
         i0 += rt;
@@ -610,6 +626,7 @@ unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     nb: usize,
     part: *mut f32,
     sbuf: *mut f32,
+    ahead: &Ahead,
 ) {
     // Two call sites, each with a constant `np`, so that the group's
     // register arrays stay in registers.
@@ -617,10 +634,10 @@ unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     // caller upholds; `np` is 1 or `tile_cols`, both at most 4.
     unsafe {
         if RT <= WIDE_ROW_TILE && krows.row_at_a_time() {
-            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1);
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1, ahead);
         } else {
             let np = tile_cols(S::ACC, RT);
-            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, np);
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, np, ahead);
         }
     }
 }
@@ -636,6 +653,7 @@ unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
     part: *mut f32,
     sbuf: *mut f32,
     np: usize,
+    ahead: &Ahead,
 ) {
     let l = S::LANES;
     // `np` positions per step, so each loaded q vector feeds that many
@@ -650,6 +668,7 @@ unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
         // tile exist; `part` holds `MAX_ROW_TILE * BLOCK` vectors and `sbuf`
         // RT rows of BLOCK floats.
         unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, np, part, sbuf, in_regs) };
+        ahead.tick(np);
         j += np;
     }
     while j < nb {
@@ -1014,6 +1033,7 @@ unsafe fn accumulate<S: Simd, R: RowSource>(
     dvp: usize,
     vc: usize,
     acc: *mut f32,
+    ahead: &Ahead,
 ) {
     let mut i0 = 0;
     while i0 < rows {
@@ -1023,14 +1043,14 @@ unsafe fn accumulate<S: Simd, R: RowSource>(
             let pt = pbuf.add(i0 * BLOCK);
             let at = acc.add(i0 * dvp);
             match rt {
-                8 => accumulate_rows::<S, R, 8>(nb, pt, vrows, dvp, vc, at),
-                7 => accumulate_rows::<S, R, 7>(nb, pt, vrows, dvp, vc, at),
-                6 => accumulate_rows::<S, R, 6>(nb, pt, vrows, dvp, vc, at),
-                5 => accumulate_rows::<S, R, 5>(nb, pt, vrows, dvp, vc, at),
-                4 => accumulate_rows::<S, R, 4>(nb, pt, vrows, dvp, vc, at),
-                3 => accumulate_rows::<S, R, 3>(nb, pt, vrows, dvp, vc, at),
-                2 => accumulate_rows::<S, R, 2>(nb, pt, vrows, dvp, vc, at),
-                _ => accumulate_rows::<S, R, 1>(nb, pt, vrows, dvp, vc, at),
+                8 => accumulate_rows::<S, R, 8>(nb, pt, vrows, dvp, vc, at, ahead),
+                7 => accumulate_rows::<S, R, 7>(nb, pt, vrows, dvp, vc, at, ahead),
+                6 => accumulate_rows::<S, R, 6>(nb, pt, vrows, dvp, vc, at, ahead),
+                5 => accumulate_rows::<S, R, 5>(nb, pt, vrows, dvp, vc, at, ahead),
+                4 => accumulate_rows::<S, R, 4>(nb, pt, vrows, dvp, vc, at, ahead),
+                3 => accumulate_rows::<S, R, 3>(nb, pt, vrows, dvp, vc, at, ahead),
+                2 => accumulate_rows::<S, R, 2>(nb, pt, vrows, dvp, vc, at, ahead),
+                _ => accumulate_rows::<S, R, 1>(nb, pt, vrows, dvp, vc, at, ahead),
             }
         }
         i0 += rt;
@@ -1045,6 +1065,7 @@ unsafe fn accumulate_rows<S: Simd, R: RowSource, const RT: usize>(
     dvp: usize,
     vc: usize,
     acc: *mut f32,
+    ahead: &Ahead,
 ) {
     let ct = acc_cols(S::ACC, RT);
     let mut c0 = 0;
@@ -1066,10 +1087,10 @@ unsafe fn accumulate_rows<S: Simd, R: RowSource, const RT: usize>(
             // SAFETY: vectors `c0..c0 + w` lie inside each row (`w <= rem`).
             unsafe {
                 match w {
-                    16 => accumulate_tile::<S, R, RT, 16>(nb, pbuf, vrows, dvp, c0, acc),
-                    8 => accumulate_tile::<S, R, RT, 8>(nb, pbuf, vrows, dvp, c0, acc),
-                    4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc),
-                    _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc),
+                    16 => accumulate_tile::<S, R, RT, 16>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                    8 => accumulate_tile::<S, R, RT, 8>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                    4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                    _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc, ahead),
                 }
             }
             c0 += w;
@@ -1080,17 +1101,17 @@ unsafe fn accumulate_rows<S: Simd, R: RowSource, const RT: usize>(
         // SAFETY: vectors `c0..c0 + ct` lie inside each row.
         unsafe {
             match ct {
-                4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc),
-                3 => accumulate_tile::<S, R, RT, 3>(nb, pbuf, vrows, dvp, c0, acc),
-                2 => accumulate_tile::<S, R, RT, 2>(nb, pbuf, vrows, dvp, c0, acc),
-                _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc),
+                4 => accumulate_tile::<S, R, RT, 4>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                3 => accumulate_tile::<S, R, RT, 3>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                2 => accumulate_tile::<S, R, RT, 2>(nb, pbuf, vrows, dvp, c0, acc, ahead),
+                _ => accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc, ahead),
             }
         }
         c0 += ct;
     }
     while c0 < vc {
         // SAFETY: as above, one vector.
-        unsafe { accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc) };
+        unsafe { accumulate_tile::<S, R, RT, 1>(nb, pbuf, vrows, dvp, c0, acc, ahead) };
         c0 += 1;
     }
 }
@@ -1103,6 +1124,7 @@ unsafe fn accumulate_tile<S: Simd, R: RowSource, const RT: usize, const CT: usiz
     dvp: usize,
     c0: usize,
     acc: *mut f32,
+    ahead: &Ahead,
 ) {
     let l = S::LANES;
     // SAFETY: the caller checked that vectors `c0..c0 + CT` are inside each
@@ -1116,6 +1138,7 @@ unsafe fn accumulate_tile<S: Simd, R: RowSource, const RT: usize, const CT: usiz
             }
         }
         for j in 0..nb {
+            ahead.tick(1);
             let mut vv = [S::zero(); CT];
             for c in 0..CT {
                 vv[c] = vrows.load::<S>(j, c0 + c);

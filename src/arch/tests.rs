@@ -348,3 +348,55 @@ fn splat_f16_widens_every_f16_on_every_tier() {
         }
     }
 }
+
+/// A span handed out in ticks: each tick takes its lines in order, ticks
+/// past the end take nothing, `finish` takes the rest, and the shares of a
+/// span tile it without gaps or overlaps.
+#[test]
+fn ahead_hands_out_every_line_once() {
+    use super::{Ahead, Span};
+    let base = 4096usize as *const u8;
+    // 10 lines in 4 ticks: 3 lines per tick.
+    let a = Ahead::new(
+        Span {
+            ptr: base,
+            bytes: 640,
+        },
+        4,
+    );
+    assert_eq!(a.left(), 10);
+    a.tick(1);
+    assert_eq!(a.left(), 7);
+    a.tick(2);
+    assert_eq!(a.left(), 1);
+    a.tick(5);
+    assert_eq!(a.left(), 0);
+    a.finish();
+    assert_eq!(a.left(), 0);
+    // An unaligned start counts the line it starts in; `finish` takes all.
+    let b = Ahead::new(
+        Span {
+            ptr: base.wrapping_add(60),
+            bytes: 10,
+        },
+        16,
+    );
+    assert_eq!(b.left(), 2);
+    b.finish();
+    assert_eq!(b.left(), 0);
+    // No lines: ticks are no-ops.
+    let c = Ahead::new(Span::default(), 0);
+    c.tick(3);
+    assert_eq!(c.left(), 0);
+    // Shares tile the span.
+    for (bytes, n) in [(1000usize, 7usize), (64, 8), (0, 3), (4096, 1)] {
+        let s = Span { ptr: base, bytes };
+        let mut at = base;
+        for i in 0..n {
+            let p = s.share(i, n);
+            assert_eq!(p.ptr, at, "share {i} of {n} of {bytes} bytes");
+            at = at.wrapping_add(p.bytes);
+        }
+        assert_eq!(at, base.wrapping_add(bytes));
+    }
+}
