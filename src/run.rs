@@ -364,6 +364,35 @@ struct Pieces {
 }
 
 impl Pieces {
+    /// The rows of all `heads` KV heads for `n >= 1` positions from value
+    /// offset `o` of `data` (token stride `t`, head stride `h`, head dim
+    /// `d`, in values): one piece where the heads interleave, one per head
+    /// where each head's rows are contiguous. `None` where the rows fill
+    /// under half of their pieces (strides padded far beyond the rows).
+    fn of(
+        data: &KvData<'_>,
+        o: usize,
+        n: usize,
+        t: usize,
+        h: usize,
+        d: usize,
+        heads: usize,
+    ) -> Option<Pieces> {
+        let bytes = |e: usize| value_bytes(data, d, e);
+        let rows = n * heads * bytes(d);
+        let (count, len) = if h < t {
+            (1, bytes((n - 1) * t + (heads - 1) * h + d))
+        } else {
+            (heads, bytes((n - 1) * t + d))
+        };
+        (count * len <= 2 * rows).then(|| Pieces {
+            ptr: data.kernel_rows(o, t, d).ptr,
+            count,
+            len,
+            stride: bytes(h),
+        })
+    }
+
     /// Part `i` of `n` of the pieces' bytes in order: the span the kernel
     /// hints while it works where the part lies in one piece; otherwise
     /// the part is hinted now and the span is empty.
@@ -387,6 +416,12 @@ impl Pieces {
         }
         Span::default()
     }
+}
+
+/// Bytes of `e` values of `data` in a cache of head dim `d` (strides of
+/// q8_0 are whole blocks).
+fn value_bytes(data: &KvData<'_>, d: usize, e: usize) -> usize {
+    data.dtype().row_bytes(d) * e / d
 }
 
 /// A validated plan and batch: what every worker shares.
@@ -562,40 +597,26 @@ impl Job<'_, '_> {
         for_runs(cache, b, 0, w.start, w.end, |run| {
             let mut hint =
                 |kind: usize, data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
-                    // Bytes of `e` elements (strides of q8_0 are whole blocks).
-                    let bytes = |e: usize| data.dtype().row_bytes(d) * e / d;
-                    let rows = run.n * s.kv_heads * bytes(d);
-                    // The heads' rows as `spans` spans of `span` bytes, `h`
-                    // elements apart: one span where the heads interleave, one
-                    // per head where each head's rows are contiguous.
-                    let (spans, span) = if h < t {
-                        (1, bytes((run.n - 1) * t + (s.kv_heads - 1) * h + d))
-                    } else {
-                        (s.kv_heads, bytes((run.n - 1) * t + d))
-                    };
-                    let p = data.kernel_rows(o, t, d).ptr;
-                    if spans * span > 2 * rows {
-                        let p = p.wrapping_add(bytes(g * h));
-                        for j in 0..run.n {
-                            crate::arch::prefetch_span(p.wrapping_add(bytes(j * t)), bytes(d));
+                    match Pieces::of(data, o, run.n, t, h, d, s.kv_heads) {
+                        Some(p) => {
+                            let span = p.share(part, parts);
+                            if out[kind].bytes == 0 {
+                                out[kind] = span;
+                            } else {
+                                crate::arch::prefetch_span(span.ptr, span.bytes);
+                            }
                         }
-                        return;
-                    }
-                    let total = spans * span;
-                    let (mut x, x1) = (total * part / parts, total * (part + 1) / parts);
-                    if x < x1 && x / span == (x1 - 1) / span && out[kind].bytes == 0 {
-                        let (i, off) = (x / span, x % span);
-                        out[kind] = Span {
-                            ptr: p.wrapping_add(bytes(i * h) + off),
-                            bytes: x1 - x,
-                        };
-                        return;
-                    }
-                    while x < x1 {
-                        let (i, off) = (x / span, x % span);
-                        let n = (span - off).min(x1 - x);
-                        crate::arch::prefetch_span(p.wrapping_add(bytes(i * h) + off), n);
-                        x += n;
+                        None => {
+                            let p = data.kernel_rows(o, t, d).ptr.wrapping_add(value_bytes(
+                                data,
+                                d,
+                                g * h,
+                            ));
+                            for j in 0..run.n {
+                                let row = p.wrapping_add(value_bytes(data, d, j * t));
+                                crate::arch::prefetch_span(row, value_bytes(data, d, d));
+                            }
+                        }
                     }
                 };
             hint(0, &kdata, run.k, kt, kh, s.head_dim_k);
@@ -620,19 +641,7 @@ impl Job<'_, '_> {
         for_runs(cache, b, 0, w.start, w.end, |run| {
             runs += 1;
             let pieces = |data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
-                let bytes = |e: usize| data.dtype().row_bytes(d) * e / d;
-                let rows = run.n * s.kv_heads * bytes(d);
-                let (count, len) = if h < t {
-                    (1, bytes((run.n - 1) * t + (s.kv_heads - 1) * h + d))
-                } else {
-                    (s.kv_heads, bytes((run.n - 1) * t + d))
-                };
-                (count * len <= 2 * rows).then(|| Pieces {
-                    ptr: data.kernel_rows(o, t, d).ptr,
-                    count,
-                    len,
-                    stride: bytes(h),
-                })
+                Pieces::of(data, o, run.n, t, h, d, s.kv_heads)
             };
             out = pieces(&kdata, run.k, kt, kh, s.head_dim_k)
                 .zip(pieces(&vdata, run.v, vt, vh, s.head_dim_v))
