@@ -397,8 +397,24 @@ impl Pieces {
     /// hints while it works where the part lies in one piece; otherwise
     /// the part is hinted now and the span is empty.
     fn share(self, i: usize, n: usize) -> Span {
+        // The two common cases without the divisions by `len` below (they
+        // were a quarter of the driver's time per call with 16-position
+        // windows): a token-major window is one piece, and a page of the
+        // `[G, page, D]` kind is one piece per head.
+        if self.count == n {
+            return Span {
+                ptr: self.ptr.wrapping_add(i * self.stride),
+                bytes: self.len,
+            };
+        }
         let total = self.count * self.len;
         let (mut x, x1) = (total * i / n, total * (i + 1) / n);
+        if self.count == 1 {
+            return Span {
+                ptr: self.ptr.wrapping_add(x),
+                bytes: x1 - x,
+            };
+        }
         let at = |x: usize| {
             self.ptr
                 .wrapping_add(x / self.len * self.stride + x % self.len)
@@ -497,7 +513,7 @@ impl Job<'_, '_> {
                         while w < range.end {
                             let we = (w / CHUNK + 1) * CHUNK;
                             let none = &mut [Span::default(); 2];
-                            self.run_window(item, w..we.min(range.end), st, scratch, none);
+                            self.run_window(b, g, w..we.min(range.end), st, scratch, none);
                             w = we;
                         }
                     }
@@ -514,54 +530,62 @@ impl Job<'_, '_> {
                 while i0 < n_items {
                     let i1 = ((first + i0) / heads + 1) * heads - first;
                     let group = i0..i1.min(n_items);
-                    let longest = group
-                        .clone()
-                        .filter_map(|i| self.item_range(first + i))
-                        .map(|r| r.len())
-                        .max()
-                        .unwrap_or(0);
-                    let mut w = 0;
-                    while w < longest {
-                        // The items of a group share their sequence and
-                        // split, hence their range and the window's pieces.
-                        let pieces = match self.item_range(first + group.start) {
-                            Some(r) if ahead > 0 => {
-                                let pa = (r.start + w + ahead).min(r.end);
-                                let pe = (r.start + w + window + ahead).min(r.end);
-                                self.window_pieces(first + group.start, pa..pe)
-                            }
-                            _ => None,
+                    i0 = group.end;
+                    // The items of a group share their sequence and split,
+                    // hence their range and each window's pieces.
+                    let (b, _, g0) = self.coords(first + group.start);
+                    let Some(range) = self.item_range(first + group.start) else {
+                        continue;
+                    };
+                    let (len, tq) = (self.batch.seq_lens[b], self.plan.tokens(&self.batch, b).0);
+                    let mut a = range.start;
+                    while a < range.end {
+                        let e = (a + window).min(range.end);
+                        let pieces = if ahead > 0 {
+                            let pa = (a + ahead).min(range.end);
+                            let pe = (e + ahead).min(range.end);
+                            self.window_pieces(b, pa..pe)
+                        } else {
+                            None
                         };
-                        for i in group.clone() {
-                            let item = first + i;
-                            if let Some(range) = self.item_range(item) {
-                                let a = range.start + w;
-                                let e = (a + window).min(range.end);
-                                let mut hints = [Span::default(); 2];
-                                let part = (i - group.start, group.len());
-                                if let Some([k, v]) = pieces {
-                                    hints = [k.share(part.0, part.1), v.share(part.0, part.1)];
-                                } else if ahead > 0 {
-                                    let pa = (a + ahead).min(range.end);
-                                    let pe = (e + ahead).min(range.end);
-                                    hints = self.prefetch_window(item, pa..pe, part.0, part.1);
-                                }
-                                if a < e {
-                                    let st = &mut states[i * slen..][..slen];
-                                    // Cut at CHUNK boundaries too, as the
-                                    // item-by-item walk does.
-                                    let mut x = a;
-                                    while x < e {
-                                        let xe = ((x / CHUNK + 1) * CHUNK).min(e);
-                                        self.run_window(item, x..xe, st, scratch, &mut hints);
-                                        x = xe;
-                                    }
+                        let hint = |i: usize| {
+                            let part = (i - group.start, group.len());
+                            if let Some([k, v]) = pieces {
+                                [k.share(part.0, part.1), v.share(part.0, part.1)]
+                            } else if ahead > 0 {
+                                let pa = (a + ahead).min(range.end);
+                                let pe = (e + ahead).min(range.end);
+                                let g = g0 + part.0;
+                                self.prefetch_window(b, g, pa..pe, part.0, part.1)
+                            } else {
+                                [Span::default(); 2]
+                            }
+                        };
+                        // Cut at CHUNK boundaries too, as the item-by-item
+                        // walk does.
+                        let cut = (a / CHUNK + 1) * CHUNK;
+                        let seen = |p| self.seen_by(p, len, tq) == (0, tq);
+                        if e <= cut && self.plan.alibi.is_none() && seen(a) && seen(e - 1) {
+                            // Every token sees the whole window (the
+                            // tokens that see a position move with it
+                            // only one way).
+                            let items = group.clone();
+                            self.call_heads(b, g0, a, e, items, states, scratch, hint);
+                        } else {
+                            for i in group.clone() {
+                                let mut hints = hint(i);
+                                let st = &mut states[i * slen..][..slen];
+                                let mut x = a;
+                                while x < e {
+                                    let xe = ((x / CHUNK + 1) * CHUNK).min(e);
+                                    let g = g0 + (i - group.start);
+                                    self.run_window(b, g, x..xe, st, scratch, &mut hints);
+                                    x = xe;
                                 }
                             }
                         }
-                        w += window;
+                        a = e;
                     }
-                    i0 = group.end;
                 }
             }
         }
@@ -579,7 +603,8 @@ impl Job<'_, '_> {
     /// it works ([`crate::arch::Ahead`]); anything else is hinted now.
     fn prefetch_window(
         &self,
-        item: usize,
+        b: usize,
+        g: usize,
         w: Range<usize>,
         part: usize,
         parts: usize,
@@ -588,7 +613,6 @@ impl Job<'_, '_> {
         if w.is_empty() {
             return out;
         }
-        let (b, _, g) = self.coords(item);
         let s = &self.plan.shape;
         let cache = &self.batch.cache;
         let (kdata, vdata) = cache.data();
@@ -629,8 +653,7 @@ impl Job<'_, '_> {
     /// heads, K and V, as [`Pieces`], when they are one run of positions
     /// whose heads' rows fill their pieces (else `None`, and
     /// [`Job::prefetch_window`] hints per item).
-    fn window_pieces(&self, item: usize, w: Range<usize>) -> Option<[Pieces; 2]> {
-        let (b, _, _) = self.coords(item);
+    fn window_pieces(&self, b: usize, w: Range<usize>) -> Option<[Pieces; 2]> {
         let s = &self.plan.shape;
         let cache = &self.batch.cache;
         let (kdata, vdata) = cache.data();
@@ -728,13 +751,13 @@ impl Job<'_, '_> {
     /// `hints` go to the first kernel call (see [`ChunkArgs::ahead_k`]).
     fn run_window(
         &self,
-        item: usize,
+        b: usize,
+        g: usize,
         w: Range<usize>,
         state: &mut [f32],
         scratch: &mut [f32],
         hints: &mut [Span; 2],
     ) {
-        let (b, _, g) = self.coords(item);
         let len = self.batch.seq_lens[b];
         let (tq, _) = self.plan.tokens(&self.batch, b);
         let mut p = w.start;
@@ -773,17 +796,7 @@ impl Job<'_, '_> {
         let s = &self.plan.shape;
         let kernel = self.plan.kernels[t1 - t0 - 1];
         let r = s.group_size();
-        let (rows, row0) = ((t1 - t0) * r, t0 * r);
         let all_rows = s.rows();
-        let (dkp, dvp) = (pad(s.head_dim_k), pad(s.head_dim_v));
-        let (mrows, rest) = state.split_at_mut(pad(all_rows));
-        let (lrows, rest) = rest.split_at_mut(pad(all_rows));
-        let (acc, qtile) = rest.split_at_mut(all_rows * dvp);
-        let (m, l) = (&mut mrows[row0..], &mut lrows[row0..]);
-        let acc = &mut acc[row0 * dvp..];
-        let q = &qtile[row0 * dkp..];
-        let (kdata, vdata) = self.batch.cache.data();
-        let (k_stride, v_stride) = token_strides(&self.batch.cache);
         // The worker scratch ends with two rows' worth of ALiBi terms.
         let split = scratch.len() - 2 * pad(all_rows);
         let (scratch, alibi_buf) = scratch.split_at_mut(split);
@@ -796,8 +809,8 @@ impl Job<'_, '_> {
                 }
             }
         }
+        let alibi = self.plan.alibi.is_some();
         for_runs(&self.batch.cache, b, g, a, e, |run| {
-            let alibi = self.plan.alibi.is_some();
             if alibi {
                 // Row (t, i) sits at position `first + t`.
                 for t in t0..t1 {
@@ -809,71 +822,144 @@ impl Job<'_, '_> {
                     }
                 }
             }
-            // `check_batch` proved every visible row of this sequence (and
-            // its scale) lies inside its buffers, so these stay in bounds.
-            let kr = kdata.kernel_rows(run.k, k_stride, s.head_dim_k);
-            let vr = vdata.kernel_rows(run.v, v_stride, s.head_dim_v);
-            let [ahead_k, ahead_v] = std::mem::take(hints);
-            let args = ChunkArgs {
-                q: q.as_ptr(),
-                k: kr.ptr,
-                k_stride: kr.stride,
-                v: vr.ptr,
-                v_stride: vr.stride,
-                k_scale: kr.scale,
-                k_scale_stride: kr.scale_stride,
-                v_scale: vr.scale,
-                v_scale_stride: vr.scale_stride,
-                n: run.n,
-                rows,
-                dk: s.head_dim_k,
-                dv: s.head_dim_v,
-                m: m.as_mut_ptr(),
-                l: l.as_mut_ptr(),
-                acc: acc.as_mut_ptr(),
-                scratch: scratch.as_mut_ptr(),
-                softcap: self.plan.softcap * LOG2_E,
-                alibi_slope: if alibi {
-                    slope.as_ptr()
-                } else {
-                    std::ptr::null()
-                },
-                alibi_off: if alibi {
-                    off.as_ptr()
-                } else {
-                    std::ptr::null()
-                },
-                // Row 0 of the tile is token t0, head g*r, at run.pos;
-                // `check_batch` proved every (token, head, position) of
-                // this sequence lies inside the bias buffer.
-                bias: self.batch.bias.map_or(std::ptr::null(), |bi| {
-                    bi.data.as_ptr().wrapping_add(
-                        b * bi.seq_stride + t0 * bi.token_stride + g * r * bi.head_stride + run.pos,
-                    )
-                }),
-                bias_r: r,
-                bias_token_stride: self.batch.bias.map_or(0, |bi| bi.token_stride),
-                bias_head_stride: self.batch.bias.map_or(0, |bi| bi.head_stride),
-                ahead_k,
-                ahead_v,
-            };
-            // SAFETY: `check_batch` verified (with checked arithmetic) that
-            // for every position j < seq_lens[b] the K row `for_runs` maps
-            // it to holds `dk` elements (V: `dv`) inside its buffer, of the
-            // kernel's dtypes (the plan selected the kernel for these dtypes
-            // and the cache was checked against them); `run.n` positions
-            // `run.pos..` are below `e <= seq_lens[b]`. `q` holds
-            // `rows * pad(dk)` floats of this tile's rows, `m`/`l` at least
-            // `rows` and `acc` `rows * pad(dv)` floats of the item's own
-            // state, and `scratch` `scratch_len(all_rows, dk, dv)` floats
-            // (at least what `rows` needs), 64-byte aligned: all disjoint.
-            // With a bias, `check_batch` proved that every (token, head,
-            // position < seq_lens[b]) of this sequence is inside the bias
-            // buffer, which covers the rows and `run.n` positions the
-            // kernel reads. The tier was checked available when the plan
-            // was made.
+            let mut args = self.args(b, g, t0, t1, &run, state.as_mut_ptr(), scratch.as_mut_ptr());
+            if alibi {
+                args.alibi_slope = slope.as_ptr();
+                args.alibi_off = off.as_ptr();
+            }
+            [args.ahead_k, args.ahead_v] = std::mem::take(hints);
+            // SAFETY: `args` satisfies `ChunkArgs`' contract, as
+            // [`Job::args`] says, with `state` the item's own state and
+            // `scratch` the worker scratch less its ALiBi terms; `slope`
+            // and `off` hold a term per row of the tile. The tier was
+            // checked available when the plan was made.
             unsafe { (kernel.f)(&args) };
         });
+    }
+
+    /// Kernel calls over positions `a..e` of sequence `b`, which every token
+    /// of the sequence sees, for each KV head of items `items` of this part
+    /// (`g0` the first), without ALiBi: what [`Job::run_window`] does head
+    /// by head, with the window's runs and the tile worked out once for all
+    /// heads (in the token-major walk a call covers 16 positions, and this
+    /// work was ~10 % of a step). Each head's first call gets `hint(i)`.
+    /// The calls of each head, hence its bits, are the same.
+    #[allow(clippy::too_many_arguments)]
+    fn call_heads(
+        &self,
+        b: usize,
+        g0: usize,
+        a: usize,
+        e: usize,
+        items: Range<usize>,
+        states: &mut [f32],
+        scratch: &mut [f32],
+        mut hint: impl FnMut(usize) -> [Span; 2],
+    ) {
+        let tq = self.plan.tokens(&self.batch, b).0;
+        let kernel = self.plan.kernels[tq - 1];
+        let slen = self.plan.state_len();
+        let (kh, vh) = head_strides(&self.batch.cache);
+        let states = states.as_mut_ptr();
+        let scratch = scratch.as_mut_ptr();
+        for_runs(&self.batch.cache, b, g0, a, e, |run| {
+            for i in items.clone() {
+                let dg = i - items.start;
+                // Head g0 + dg lies `dg` head strides further on.
+                let head = crate::layout::Run {
+                    k: run.k + dg * kh,
+                    v: run.v + dg * vh,
+                    ..run
+                };
+                let state = states.wrapping_add(i * slen);
+                let mut args = self.args(b, g0 + dg, 0, tq, &head, state, scratch);
+                if run.pos == a {
+                    [args.ahead_k, args.ahead_v] = hint(i);
+                }
+                // SAFETY: as in [`Job::call`]: item `i`'s state is the
+                // `slen` floats at `state`, inside `states`, and no
+                // reference to them is alive while the kernel runs.
+                unsafe { (kernel.f)(&args) };
+            }
+        });
+    }
+
+    /// The kernel's arguments for tokens `t0..t1` of KV head `g` of
+    /// sequence `b` over `run`, with the item's state at `state`
+    /// (`state_len` floats, laid out as [`Job::prep_q`] and `init_states`
+    /// say) and the worker scratch at `scratch`; no ALiBi and no hints.
+    ///
+    /// `check_batch` verified (with checked arithmetic) that for every
+    /// position j < seq_lens[b] the K row `for_runs` maps it to holds `dk`
+    /// elements (V: `dv`) inside its buffer, of the kernel's dtypes (the
+    /// plan selected the kernel for these dtypes and the cache was checked
+    /// against them); a run's `n` positions are below `seq_lens[b]`. `q`
+    /// holds `rows * pad(dk)` floats of this tile's rows, `m`/`l` at least
+    /// `rows` and `acc` `rows * pad(dv)` floats of the item's own state,
+    /// and `scratch` `scratch_len(all_rows, dk, dv)` floats (at least what
+    /// `rows` needs), 64-byte aligned: all disjoint. With a bias,
+    /// `check_batch` proved that every (token, head, position <
+    /// seq_lens[b]) of this sequence is inside the bias buffer, which covers
+    /// the rows and `run.n` positions the kernel reads.
+    #[allow(clippy::too_many_arguments)]
+    fn args(
+        &self,
+        b: usize,
+        g: usize,
+        t0: usize,
+        t1: usize,
+        run: &crate::layout::Run,
+        state: *mut f32,
+        scratch: *mut f32,
+    ) -> ChunkArgs {
+        let s = &self.plan.shape;
+        let r = s.group_size();
+        let (rows, row0) = ((t1 - t0) * r, t0 * r);
+        let all_rows = s.rows();
+        let (dkp, dvp) = (pad(s.head_dim_k), pad(s.head_dim_v));
+        // The state: m, l (`pad(all_rows)` each), acc, the query tile.
+        let m = state.wrapping_add(row0);
+        let l = state.wrapping_add(pad(all_rows) + row0);
+        let acc = state.wrapping_add(2 * pad(all_rows) + row0 * dvp);
+        let q = state.wrapping_add(2 * pad(all_rows) + all_rows * dvp + row0 * dkp);
+        let (kdata, vdata) = self.batch.cache.data();
+        let (k_stride, v_stride) = token_strides(&self.batch.cache);
+        let kr = kdata.kernel_rows(run.k, k_stride, s.head_dim_k);
+        let vr = vdata.kernel_rows(run.v, v_stride, s.head_dim_v);
+        let bias = self.batch.bias;
+        ChunkArgs {
+            q,
+            k: kr.ptr,
+            k_stride: kr.stride,
+            v: vr.ptr,
+            v_stride: vr.stride,
+            k_scale: kr.scale,
+            k_scale_stride: kr.scale_stride,
+            v_scale: vr.scale,
+            v_scale_stride: vr.scale_stride,
+            n: run.n,
+            rows,
+            dk: s.head_dim_k,
+            dv: s.head_dim_v,
+            m,
+            l,
+            acc,
+            scratch,
+            softcap: self.plan.softcap * LOG2_E,
+            alibi_slope: std::ptr::null(),
+            alibi_off: std::ptr::null(),
+            // Row 0 of the tile is token t0, head g*r, at run.pos.
+            bias: bias.map_or(std::ptr::null(), |bi| {
+                bi.data.as_ptr().wrapping_add(
+                    b * bi.seq_stride + t0 * bi.token_stride + g * r * bi.head_stride + run.pos,
+                )
+            }),
+            bias_r: r,
+            bias_token_stride: bias.map_or(0, |bi| bi.token_stride),
+            bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
+            ahead_k: Span::default(),
+            ahead_v: Span::default(),
+        }
     }
 }
 
