@@ -81,7 +81,12 @@ trait RowSource: Copy {
     /// Whether the score tile should read one position at a time (see
     /// [`WIDE_ROW_BYTES`]).
     fn row_at_a_time(self) -> bool {
-        false
+        self.row_bytes() >= WIDE_ROW_BYTES
+    }
+    /// Bytes of a row in memory where the rows are the cache's, else 0
+    /// (f32 scratch copies are read from L1 in any order).
+    fn row_bytes(self) -> usize {
+        0
     }
     /// Vector `c` of row `j` of the current block, as f32.
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V;
@@ -126,6 +131,22 @@ const fn wide_pv_rows(acc: usize, vc: usize, row_tile: usize) -> usize {
 /// `D = 128`: 2 positions 10 % faster cold than 1).
 const WIDE_ROW_TILE: usize = 4;
 
+/// Cache rows of at least this many bytes (`D = 128` f16/bf16) are scored
+/// one position at a time when one or two query rows share them: then the
+/// tile is far from its multiply-add roof, and the column order of a
+/// 4-position tile cost the DRAM stream. On an AMD Zen 4 core, 1 thread,
+/// cold, G 8, D 128 f16, L 32768, old and new builds alternately: r = 1
+/// 5.6-6.5 -> 4.8-5.6 ms, r = 2 5.6-6.0 -> 5.4-5.5 (r = 4, FMA-bound,
+/// keeps 4 positions); the AVX2 tier r = 1 5.8-10.8 -> 4.6-5.6, r = 2
+/// 6.4-6.9 -> 5.5-5.7. Each dot product's multiply-adds are the same;
+/// where a tier reduces several positions' sums in registers the final
+/// reduction may take the other path (same bound, see `score_positions`).
+const MID_ROW_BYTES: usize = 256;
+
+/// Query rows up to which a tile over [`MID_ROW_BYTES`] rows reads one
+/// position at a time.
+const MID_ROW_TILE: usize = 2;
+
 /// Rows read straight from the cache: `d` values of type `E` per row.
 #[derive(Clone, Copy)]
 struct CacheRows<E> {
@@ -136,14 +157,13 @@ struct CacheRows<E> {
 
 impl<E: Elem> RowSource for CacheRows<E> {
     #[inline(always)]
-    fn row_at_a_time(self) -> bool {
+    fn row_bytes(self) -> usize {
         // A quantized value takes about a byte (its scales aside).
-        let bytes = if E::QUANTIZED {
+        if E::QUANTIZED {
             self.d
         } else {
             self.d * core::mem::size_of::<E>()
-        };
-        bytes >= WIDE_ROW_BYTES
+        }
     }
     #[inline(always)]
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V {
@@ -656,7 +676,10 @@ unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     // SAFETY: `score_positions` has `score_tile`'s preconditions, which the
     // caller upholds; `np` is 1 or `tile_cols`, both at most 4.
     unsafe {
-        if RT <= WIDE_ROW_TILE && krows.row_at_a_time() {
+        let bytes = krows.row_bytes();
+        if RT <= WIDE_ROW_TILE && bytes >= WIDE_ROW_BYTES
+            || RT <= MID_ROW_TILE && bytes >= MID_ROW_BYTES
+        {
             score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1, ahead);
         } else {
             let np = tile_cols(S::ACC, RT);
