@@ -591,14 +591,14 @@ impl Job<'_, '_> {
         }
     }
 
-    /// Share `part` of `parts` of the memory that positions `w` of the
-    /// item's sequence take for all KV heads, to hint into L2
+    /// Share `part` of `parts` of the memory that positions `w` of
+    /// sequence `b` take for all KV heads, to hint into L2
     /// ([`crate::arch::prefetch_span`]): each head's pass over a window
     /// prefetches its share of a later window, so the window arrives as
     /// contiguous spans in address order, spread over the heads' passes (on
     /// an AMD Zen 4 core ~8 % faster than each head prefetching its own
     /// rows). Where the heads' rows are sparse in their span (strides padded
-    /// far beyond the rows), the item's own rows instead. The first
+    /// far beyond the rows), KV head `g`'s own rows instead. The first
     /// contiguous K and V pieces are returned for the kernel to hint while
     /// it works ([`crate::arch::Ahead`]); anything else is hinted now.
     fn prefetch_window(
@@ -649,7 +649,7 @@ impl Job<'_, '_> {
         out
     }
 
-    /// The memory positions `w` of the item's sequence take for all KV
+    /// The memory positions `w` of sequence `b` take for all KV
     /// heads, K and V, as [`Pieces`], when they are one run of positions
     /// whose heads' rows fill their pieces (else `None`, and
     /// [`Job::prefetch_window`] hints per item).
@@ -743,7 +743,8 @@ impl Job<'_, '_> {
         }
     }
 
-    /// Folds positions `w` of the item into its state, one kernel tile per
+    /// Folds positions `w` of KV head `g` of sequence `b` into its state
+    /// (`state`), one kernel tile per
     /// run of positions seen by the same tokens: without a window, the
     /// positions every token sees form one run and each causal-tail
     /// position its own; a window adds runs at its left edge. The tokens
