@@ -291,6 +291,15 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn load_e4m3(p: *const u8, valid: usize) -> Self::V;
     /// Every lane the binary16 `bits` widened to f32.
     unsafe fn splat_f16(bits: u16) -> Self::V;
+    /// `v`, as a value the compiler must keep (in a register, or spilled
+    /// once) rather than reload from where it came, so that a
+    /// loop-invariant vector loaded before a loop stays out of the loop's
+    /// loads. The default is `v` itself (the compiler decides); AVX-512
+    /// passes it through an empty `asm!`.
+    #[inline(always)]
+    unsafe fn pin(v: Self::V) -> Self::V {
+        v
+    }
     /// Runs `op` on this tier through the tier module's `with`: a separate
     /// function that is never inlined, so rare work called from a kernel's
     /// block loop (the score transforms) stays out of the loop's code.

@@ -23,12 +23,30 @@ fn tail_mask(valid: usize) -> u16 {
     }
 }
 
+/// [`Simd::pin`]: an empty `asm!` that takes and returns `v` in a
+/// register.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pin(mut v: __m512) -> __m512 {
+    // SAFETY: the template is empty (a comment): it reads and writes only
+    // the register it is given, no memory, stack or flags.
+    unsafe {
+        core::arch::asm!("/* {0} */", inout(zmm_reg) v, options(pure, nomem, nostack, preserves_flags));
+    }
+    v
+}
+
 impl Simd for Avx512 {
     const LANES: usize = 16;
     const ROW_TILE: usize = 8;
     const ACC: usize = 16;
     type V = __m512;
 
+    #[inline(always)]
+    unsafe fn pin(v: __m512) -> __m512 {
+        // SAFETY: caller runs with avx512f (trait contract).
+        unsafe { pin(v) }
+    }
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         // SAFETY: caller runs with avx512f (trait contract).
