@@ -14,7 +14,12 @@
 //! with the probes taken at the same thread count. `probe_bandwidth` is the
 //! best of the DRAM read probes: one stream, and two streams read side by
 //! side in 4 KiB pieces (K and V as the kernels read them); both are also
-//! printed for a cache-resident buffer. `roof` names the term that binds
+//! printed for a cache-resident buffer. The report opens with these probes,
+//! and then takes a pass of both DRAM probes after every burst of runs:
+//! each row's `probe_bandwidth` (the `probe` column, `probe_gbps` in JSON)
+//! is the best of the passes taken in the same minutes as its own runs, as
+//! the DRAM rate of a shared machine drifts by tens of percent between
+//! minutes (`run_probe_gbps` is the opening one). `roof` names the term that binds
 //! (`mem`, `fma` or `widen`), and `bytes_fraction` is the memory term alone
 //! over `seconds`.
 //!
@@ -44,6 +49,7 @@
 
 use std::time::Instant;
 
+use gqa_kernels::probe::StreamProbe;
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
     append, probe, Batch, Bias, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvTensor,
@@ -308,6 +314,10 @@ const KV_TYPES: [(Dtype, Dtype); 9] = [
 /// Timed passes of the bandwidth probe (its best is kept).
 const PROBE_PASSES: usize = 10;
 
+/// Buffer of each read probe whose passes are taken between the runs
+/// (at least eight times the last-level cache: read from DRAM).
+const LIVE_PROBE_BYTES: usize = 256 << 20;
+
 /// Interleaved rounds of the G sweep.
 const SWEEP_ROUNDS: usize = 3;
 
@@ -319,6 +329,11 @@ struct Probes {
     reads: Vec<ReadProbe>,
     /// (threads, dtype, values widened per second)
     widen: Vec<(usize, Dtype, f64)>,
+    /// Per thread count, the DRAM read probes (one stream, two streams)
+    /// whose passes `measure` takes between its runs: each row's memory
+    /// roof is the best of the passes taken in the same minutes as its
+    /// runs.
+    live: Vec<(StreamProbe, StreamProbe)>,
 }
 
 /// Read bandwidth (bytes/s) of `threads` threads reading one stream, and
@@ -339,6 +354,9 @@ impl Probes {
             .iter()
             .find(|w| w.0 == threads && w.1 == dtype)
             .map_or(f64::INFINITY, |w| w.2)
+    }
+    fn live(&self, threads: usize) -> Option<&(StreamProbe, StreamProbe)> {
+        self.live.iter().find(|p| p.0.threads() == threads)
     }
     fn get(&self, threads: usize) -> (f64, f64) {
         self.at
@@ -370,7 +388,10 @@ struct Row {
     seconds: f64,
     median: f64,
     kv_bytes: usize,
+    /// The read roof: the best probe pass of the same minutes.
     probe_bps: f64,
+    /// The opening probe of the run.
+    run_probe_bps: f64,
     fraction: f64,
     /// The memory term alone over `seconds`.
     bytes_fraction: f64,
@@ -677,6 +698,10 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     let mut ws: Vec<Vec<u8>> = plans.iter().map(|p| p.alloc_workspace()).collect();
     let mut times = vec![Vec::new(); jobs.len()];
     let mut next = vec![0usize; jobs.len()];
+    let live = probes.live(jobs[0].threads);
+    // The read probes' best pass in these minutes, and the time they took
+    // (not counted in `min_secs`).
+    let (mut live_bps, mut probe_secs) = (0.0f64, 0.0f64);
     let started = Instant::now();
     // Bursts of runs, job after job: the first runs of a burst are untimed
     // (they wake the plan's thread pool while the previous job's pool goes
@@ -698,7 +723,14 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
             }
             assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
         }
-        if round >= 1 && started.elapsed().as_secs_f64() >= min_secs * jobs.len() as f64 {
+        if let Some((one, two)) = live {
+            let t = Instant::now();
+            live_bps = live_bps.max(one.pass()).max(two.pass());
+            probe_secs += t.elapsed().as_secs_f64();
+        }
+        if round >= 1
+            && started.elapsed().as_secs_f64() - probe_secs >= min_secs * jobs.len() as f64
+        {
             break;
         }
     }
@@ -708,7 +740,7 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         .zip(&shapes)
         .zip(&residency)
         .map(|((((job, plan), times), shape), res)| {
-            row(job, shape, plan, times, &lens, probes, *res)
+            row(job, shape, plan, times, &lens, probes, live_bps, *res)
         })
         .collect()
 }
@@ -749,6 +781,7 @@ fn row(
     times: &mut [f64],
     lens: &[usize],
     probes: &Probes,
+    live_bps: f64,
     (residency, layers): (&'static str, usize),
 ) -> Row {
     let Job {
@@ -778,7 +811,10 @@ fn row(
         _ => lens.to_vec(),
     };
     let kv_bytes = shape.kv_bytes(&visible);
-    let (bw, fma) = probes.get(threads);
+    let (run_bw, fma) = probes.get(threads);
+    // The read roof of the same minutes as the runs; the run's opening
+    // probe where none was taken.
+    let bw = if live_bps > 0.0 { live_bps } else { run_bw };
     let positions: usize = visible.iter().sum();
     let t_mem = kv_bytes as f64 / bw;
     let t_fma = shape.flops(&visible) / fma;
@@ -813,6 +849,7 @@ fn row(
         median,
         kv_bytes,
         probe_bps: bw,
+        run_probe_bps: run_bw,
         fraction: bound / seconds,
         bytes_fraction: t_mem / seconds,
         roof,
@@ -824,7 +861,7 @@ fn row(
 fn print_header(json: bool) {
     if !json {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10} {:>10} {:>8} {:>8} {:>5}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10} {:>10} {:>8} {:>8} {:>8} {:>5}",
             "model",
             "B",
             "H",
@@ -842,6 +879,7 @@ fn print_header(json: bool) {
             "seconds",
             "median s",
             "KV GB/s",
+            "probe",
             "roofline",
             "roof"
         );
@@ -862,12 +900,12 @@ fn print_row(r: &Row, json: bool) {
     let kv = kv_name(r.dtype, r.v_dtype);
     if json {
         println!(
-            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\",\"residency\":\"{}\",\"layers\":{}}}",
-            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.fraction, r.bytes_fraction, r.roof, r.residency, r.layers
+            "{{\"section\":\"{}\",\"model\":\"{}\",\"b\":{},\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"variant\":\"{}\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"tier\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"seconds_median\":{:.6e},\"kv_bytes\":{},\"gbps\":{:.3},\"probe_gbps\":{:.3},\"run_probe_gbps\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\",\"residency\":\"{}\",\"layers\":{}}}",
+            r.section, r.model, r.b, r.h, r.g, r.dk, r.dv, r.l, r.q_len, r.layout, r.variant, kv, r.dtype, r.v_dtype, r.tier, r.kernel, r.threads, r.seconds, r.median, r.kv_bytes, gbps, r.probe_bps / 1e9, r.run_probe_bps / 1e9, r.fraction, r.bytes_fraction, r.roof, r.residency, r.layers
         );
     } else {
         println!(
-            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10.6} {:>10.6} {:>8.2} {:>8.3} {:>5}",
+            "{:<15} {:>2} {:>3} {:>3} {:>4} {:>4} {:>6} {:>2} {:<8} {:<10} {:>5} {:>7} {:>3} {:>4} {:>10.6} {:>10.6} {:>8.2} {:>8.2} {:>8.3} {:>5}",
             r.model,
             r.b,
             r.h,
@@ -885,6 +923,7 @@ fn print_row(r: &Row, json: bool) {
             r.seconds,
             r.median,
             gbps,
+            r.probe_bps / 1e9,
             r.fraction,
             r.roof
         );
@@ -957,6 +996,7 @@ fn main() {
             hot_two: probe::read_streams(hot_bytes * t, 2, 4096, t, PROBE_PASSES),
         })
         .collect();
+    let live_bytes = LIVE_PROBE_BYTES.max(8 * llc_bytes());
     let probes = Probes {
         at: reads
             .iter()
@@ -973,6 +1013,16 @@ fn main() {
             .threads
             .iter()
             .flat_map(|&t| Dtype::ALL.map(|d| (t, d, probe::widen_rate(d, t))))
+            .collect(),
+        live: args
+            .threads
+            .iter()
+            .map(|&t| {
+                (
+                    StreamProbe::new(live_bytes, 1, 4096, t),
+                    StreamProbe::new(live_bytes, 2, 4096, t),
+                )
+            })
             .collect(),
     };
     // Llama-3-8B f16 with pages of 16 positions: 8 heads of 4 KiB per page,
@@ -1665,6 +1715,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             at: vec![(1, 1.0, 1.0)],
             reads: Vec::new(),
             widen: Vec::new(),
+            live: Vec::new(),
         },
         min_secs,
     )[0]

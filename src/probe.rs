@@ -30,23 +30,62 @@ pub fn read_streams(
     threads: usize,
     reps: usize,
 ) -> f64 {
-    let (threads, streams) = (threads.max(1), streams.max(1));
-    let piece = (piece / 4).max(64) / 64 * 64;
-    let n = (bytes / 4 / threads / streams / piece).max(1) * piece;
-    let repeat = (256usize << 20).div_ceil(n * 4 * threads * streams);
-    let bufs: Vec<Vec<Vec<f32>>> = (0..threads)
-        .map(|t| {
-            (0..streams)
-                .map(|s| vec![1.0 + (t + s) as f32; n])
-                .collect()
-        })
-        .collect();
-    let tier = Tier::best();
-    let mut best = 0.0f64;
-    for rep in 0..=reps.max(1) {
+    let probe = StreamProbe::new(bytes, streams, piece, threads);
+    probe.pass();
+    (0..reps.max(1)).map(|_| probe.pass()).fold(0.0, f64::max)
+}
+
+/// The read probe of [`read_streams`] with its buffers allocated once, so
+/// that its passes can be taken between other work: a benchmark that runs
+/// a pass between its timed runs compares each run with the bandwidth of
+/// the same minutes (the DRAM rate of a shared machine drifts by tens of
+/// percent over minutes).
+pub struct StreamProbe {
+    bufs: Vec<Vec<Vec<f32>>>,
+    /// f32 values per buffer, and per piece.
+    n: usize,
+    piece: usize,
+    /// Times a pass reads the buffers.
+    repeat: usize,
+    tier: Tier,
+}
+
+impl StreamProbe {
+    /// Buffers of `bytes` in all, for `threads` threads reading `streams`
+    /// each in `piece`-byte spans (see [`read_streams`]).
+    pub fn new(bytes: usize, streams: usize, piece: usize, threads: usize) -> StreamProbe {
+        let (threads, streams) = (threads.max(1), streams.max(1));
+        let piece = (piece / 4).max(64) / 64 * 64;
+        let n = (bytes / 4 / threads / streams / piece).max(1) * piece;
+        let repeat = (256usize << 20).div_ceil(n * 4 * threads * streams);
+        let bufs = (0..threads)
+            .map(|t| {
+                (0..streams)
+                    .map(|s| vec![1.0 + (t + s) as f32; n])
+                    .collect()
+            })
+            .collect();
+        StreamProbe {
+            bufs,
+            n,
+            piece,
+            repeat,
+            tier: Tier::best(),
+        }
+    }
+
+    /// Threads the probe reads with.
+    pub fn threads(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// One timed pass: bytes read per second.
+    pub fn pass(&self) -> f64 {
+        let (n, piece, repeat, tier) = (self.n, self.piece, self.repeat, self.tier);
         let start = Instant::now();
         let sums: Vec<f32> = std::thread::scope(|s| {
-            let handles: Vec<_> = bufs
+            let handles: Vec<_> = self
+                .bufs
                 .iter()
                 .map(|b| {
                     s.spawn(move || {
@@ -69,11 +108,9 @@ pub fn read_streams(
         });
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(sums);
-        if rep > 0 {
-            best = best.max((n * 4 * threads * streams * repeat) as f64 / secs);
-        }
+        let streams = self.bufs.first().map_or(1, Vec::len);
+        (n * 4 * self.bufs.len() * streams * repeat) as f64 / secs
     }
-    best
 }
 
 /// f32 FLOP/s of the widest FMA this machine has (2 FLOPs per lane per FMA),
