@@ -487,7 +487,11 @@ impl Job<'_, '_> {
         for (i, st) in states.chunks_mut(slen).enumerate() {
             self.prep_q(first + i, st);
         }
-        match walk(&self.batch.cache, self.plan.shape.head_dim_k) {
+        match walk(
+            &self.batch.cache,
+            self.plan.shape.kv_heads,
+            self.plan.shape.head_dim_k,
+        ) {
             None => {
                 // Items are numbered (sequence, split, head); walk them as
                 // (sequence, head, split), so that the splits of one head,
@@ -525,7 +529,14 @@ impl Job<'_, '_> {
                 // different streams and run one after the other.
                 let heads = self.plan.shape.kv_heads;
                 let window = walk.window;
-                let ahead = if walk.prefetch { self.plan.prefetch } else { 0 };
+                // The prefetch distance in whole windows: a window is
+                // hinted once, as a whole (a distance below the window
+                // would hint positions the walk is about to read).
+                let ahead = if walk.prefetch {
+                    self.plan.prefetch.div_ceil(window) * window
+                } else {
+                    0
+                };
                 let mut i0 = 0;
                 while i0 < n_items {
                     let i1 = ((first + i0) / heads + 1) * heads - first;
@@ -842,7 +853,7 @@ impl Job<'_, '_> {
     /// of the sequence sees, for each KV head of items `items` of this part
     /// (`g0` the first), without ALiBi: what [`Job::run_window`] does head
     /// by head, with the window's runs and the tile worked out once for all
-    /// heads (in the token-major walk a call covers 16 positions, and this
+    /// heads (in the token-major walk a call covers 16-32 positions, and this
     /// work was ~10 % of a step). Each head's first call gets `hint(i)`.
     /// The calls of each head, hence its bits, are the same.
     #[allow(clippy::too_many_arguments)]
