@@ -773,7 +773,9 @@ fn make_plan(job: &Job, shape: &Shape) -> Plan {
     .unwrap_or_else(|e| panic!("plan {}: {e}", m.name))
 }
 
-/// The report row of `job` from its run times.
+/// The report row of `job` from its run times, `live_bps` the best read
+/// probe pass taken between them.
+#[allow(clippy::too_many_arguments)]
 fn row(
     job: &Job,
     shape: &Shape,
