@@ -32,8 +32,9 @@
 //! interleaved) and its summary divides every step time by the
 //! `[B, G, L, D]` one (`layout_ratio` in JSON), and every 2-thread time by
 //! the 1-thread one (`thread_ratio`). `seconds` is the best of at
-//! least five timed runs (the probes also keep their best pass, so the ratio
-//! compares like with like on a shared machine); the median is printed
+//! least fifteen timed runs, in at least five rounds, each round followed
+//! by a pass of both DRAM read probes (which keep their best pass too, so
+//! the ratio compares like with like on a shared machine); the median is printed
 //! beside it.
 //!
 //! ```text
@@ -728,7 +729,8 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
             live_bps = live_bps.max(one.pass()).max(two.pass());
             probe_secs += t.elapsed().as_secs_f64();
         }
-        if round >= 1
+        // At least five rounds: five passes of each read probe.
+        if round >= 4
             && started.elapsed().as_secs_f64() - probe_secs >= min_secs * jobs.len() as f64
         {
             break;
