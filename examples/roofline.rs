@@ -39,7 +39,7 @@
 //!
 //! ```text
 //! cargo run --release --example roofline                 # full report
-//! cargo run --release --example roofline -- --quick      # subset, < 1 minute
+//! cargo run --release --example roofline -- --quick      # subset, about 3 minutes
 //! cargo run --release --example roofline -- --json       # one JSON object per row
 //! cargo run --release --example roofline -- --tier avx2  # force a tier
 //! cargo run --release --example roofline -- --section layouts,tiers  # only these sections
