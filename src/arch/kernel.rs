@@ -779,6 +779,13 @@ const HOISTED_Q_VECS: usize = 32;
 /// 4.6; Gemma-2-9B (`D = 256` f16, r = 2) 11.7-12.2 -> 10.9-11.7. The
 /// multiply-adds, and their order, are those of [`score_group`], so the
 /// bits are too.
+///
+/// Rows of up to 8 vectors load all of them before the multiply-adds;
+/// longer rows load each vector next to its own. The one-branch form
+/// (each vector loaded next to its multiply-adds at any `kc`) was slower
+/// where it matters: same core, cold, L 32768, G 8, f32 `D = 128`, builds
+/// alternately, best of 3: r = 4 11.2 ms with K loaded first, 13.2 with
+/// per-vector loads; r = 2 13.8 and 13.3; r = 1 12.4 and 12.7.
 #[inline(always)]
 unsafe fn score_rows_hoisted<S: Simd, R: RowSource, const RT: usize>(
     q: *const f32,
