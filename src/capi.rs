@@ -77,7 +77,7 @@ const STRUCTS: [(&str, usize); 6] = [
 ];
 
 /// The problem shape (see [`Shape`]); dtypes are `GQA_DTYPE_…` codes
-/// (the order of [`Dtype::ALL`]).
+/// ([`Dtype::abi_code`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gqa_shape {
@@ -374,21 +374,17 @@ unsafe fn slice_mut<'a, T>(arg: &str, p: *mut T, len: usize) -> R<&'a mut [T]> {
 }
 
 fn dtype(arg: &str, code: i32) -> R<Dtype> {
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| Dtype::ALL.get(i).copied())
+    Dtype::from_abi_code(code)
         .ok_or_else(|| invalid(format!("`{arg}` = {code} is not a GQA_DTYPE_ value")))
 }
 
 fn tier_of(code: i32) -> R<Tier> {
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| Tier::ALL.get(i).copied())
+    Tier::from_abi_code(code)
         .ok_or_else(|| invalid(format!("`tier` = {code} is not a GQA_TIER_ value")))
 }
 
 fn tier_code(t: Tier) -> i32 {
-    Tier::ALL.iter().position(|x| *x == t).unwrap_or(0) as i32
+    t.abi_code()
 }
 
 /// The KV data of a `gqa_kv` (read-only).

@@ -42,6 +42,23 @@ impl Tier {
         }
     }
 
+    /// The tier's code in the C ABI (`GQA_TIER_*` in the header). Fixed
+    /// per tier and never reused, whatever the order of [`Tier::ALL`]: a
+    /// new tier takes the next free code.
+    pub const fn abi_code(self) -> i32 {
+        match self {
+            Tier::Scalar => 0,
+            Tier::Avx2 => 1,
+            Tier::Avx512 => 2,
+            Tier::Neon => 3,
+        }
+    }
+
+    /// The tier whose [`Tier::abi_code`] is `code`, if any.
+    pub fn from_abi_code(code: i32) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.abi_code() == code)
+    }
+
     /// Whether this CPU and build target can run the tier (detected once).
     pub fn is_available(self) -> bool {
         static DETECTED: OnceLock<[bool; 4]> = OnceLock::new();

@@ -54,6 +54,26 @@ impl Dtype {
         }
     }
 
+    /// The type's code in the C ABI (`GQA_DTYPE_*` in the header). Fixed
+    /// per type and never reused, whatever the order of [`Dtype::ALL`]: a
+    /// new type takes the next free code.
+    pub const fn abi_code(self) -> i32 {
+        match self {
+            Dtype::F32 => 0,
+            Dtype::F16 => 1,
+            Dtype::Bf16 => 2,
+            Dtype::Int8 => 3,
+            Dtype::Q8_0 => 4,
+            Dtype::Fp8E4M3 => 5,
+            Dtype::Fp8E5M2 => 6,
+        }
+    }
+
+    /// The type whose [`Dtype::abi_code`] is `code`, if any.
+    pub fn from_abi_code(code: i32) -> Option<Dtype> {
+        Dtype::ALL.into_iter().find(|d| d.abi_code() == code)
+    }
+
     /// Whether the type stores quantized values (with scales).
     pub fn is_quantized(self) -> bool {
         !matches!(self, Dtype::F32 | Dtype::F16 | Dtype::Bf16)

@@ -113,17 +113,30 @@ fn header_constants_match_the_rust_constants() {
     for (name, v) in rust {
         assert_eq!(defines.get(name), Some(&i64::from(v)), "{name}");
     }
-    // Dtype and tier codes are the positions in Dtype::ALL and Tier::ALL.
-    for (i, d) in gqa_kernels::Dtype::ALL.iter().enumerate() {
+    // Dtype and tier codes are each one's stable `abi_code`, and no two
+    // share one.
+    let mut seen = std::collections::HashSet::new();
+    for d in gqa_kernels::Dtype::ALL {
+        assert!(seen.insert(d.abi_code()), "{d:?}: code reused");
+        assert_eq!(gqa_kernels::Dtype::from_abi_code(d.abi_code()), Some(d));
         let name = match d.name() {
             "fp8e4m3" => "GQA_DTYPE_FP8_E4M3".to_string(),
             "fp8e5m2" => "GQA_DTYPE_FP8_E5M2".to_string(),
             n => format!("GQA_DTYPE_{}", n.to_ascii_uppercase()),
         };
-        assert_eq!(defines.get(&name), Some(&(i as i64)), "{name}");
+        assert_eq!(defines.get(&name), Some(&i64::from(d.abi_code())), "{name}");
     }
-    for (i, t) in gqa_kernels::Tier::ALL.iter().enumerate() {
+    seen.clear();
+    for t in gqa_kernels::Tier::ALL {
+        assert!(seen.insert(t.abi_code()), "{t:?}: code reused");
+        assert_eq!(gqa_kernels::Tier::from_abi_code(t.abi_code()), Some(t));
         let name = format!("GQA_TIER_{}", t.name().to_ascii_uppercase());
-        assert_eq!(defines.get(&name), Some(&(i as i64)), "{name}");
+        assert_eq!(defines.get(&name), Some(&i64::from(t.abi_code())), "{name}");
+    }
+    for code in [-2, 7, 99, i32::MAX] {
+        assert_eq!(gqa_kernels::Dtype::from_abi_code(code), None, "{code}");
+    }
+    for code in [-1, 4, 99, i32::MIN] {
+        assert_eq!(gqa_kernels::Tier::from_abi_code(code), None, "{code}");
     }
 }
