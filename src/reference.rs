@@ -2,9 +2,15 @@
 //!
 //! Written for obviousness, never optimised: for every sequence, query token
 //! and query head it computes all scores in f64, takes their maximum, and
-//! normalises in a second pass. It reads elements through the same strided
-//! views as the kernels ([`KvTensor`]) and validates its arguments the same
-//! way, so a test can hand both the same inputs.
+//! normalises in a second pass. It takes the same batch description as the
+//! kernels ([`Batch`], plain slices underneath) and accepts and rejects
+//! exactly what they do (it calls the driver's validation, so a test can
+//! hand both the same inputs and a fuzz target can require them to agree).
+//! Everything it computes is its own: where each row lives in its buffer
+//! (`row_index`, from the layouts' definitions) and what each stored value
+//! means (`value`, literal decoders of every format from its bits, checked
+//! exhaustively against the `half` and `float8` crates below), so a bug in
+//! the driver's walk or in the kernels' loads shows up as a difference.
 
 // Index loops mirror the formulas; obviousness is the point of this file.
 #![allow(clippy::needless_range_loop)]
@@ -178,7 +184,7 @@ pub fn decode_variant(
                     (first..visible)
                         .flat_map(|j| {
                             let base = row_index(&batch.cache, is_v, b, g, j);
-                            (0..d_count).map(move |d| data.value_f64(base + d, g, d_count))
+                            (0..d_count).map(move |d| value(data, base + d, g, d_count))
                         })
                         .collect()
                 };
@@ -252,6 +258,81 @@ pub fn decode_variant(
     Ok(Reference { out, lse })
 }
 
+/// Value `i` of a K or V buffer (`head_dim` values per row, KV head `g`),
+/// decoded literally from the format's definition: int8 times its row's
+/// scale (one per `head_dim` values), a q8_0 block's f16 scale times its
+/// value, fp8 times the KV head's scale (or the tensor's single one).
+fn value(data: &KvData<'_>, i: usize, g: usize, head_dim: usize) -> f64 {
+    let head_scale = |scales: &[f32]| f64::from(scales[if scales.len() == 1 { 0 } else { g }]);
+    match data {
+        KvData::F32(s) => f64::from(s[i]),
+        KvData::F16(s) => binary16(s[i].to_bits()),
+        KvData::Bf16(s) => bfloat16(s[i].to_bits()),
+        KvData::Int8 { values, scales } => f64::from(scales[i / head_dim]) * f64::from(values[i]),
+        KvData::Q8_0(blocks) => {
+            let blk = &blocks[i / 32];
+            binary16(blk.d.to_bits()) * f64::from(blk.qs[i % 32])
+        }
+        KvData::Fp8E4M3 { values, scales } => head_scale(scales) * e4m3fn(values[i]),
+        KvData::Fp8E5M2 { values, scales } => head_scale(scales) * e5m2(values[i]),
+    }
+}
+
+/// A float of `e_bits` exponent and `m_bits` mantissa bits with IEEE 754
+/// rules (bias `2^(e_bits-1) - 1`, subnormals at exponent 0, infinities
+/// and NaN at the all-ones exponent), from its bits.
+fn ieee(bits: u32, e_bits: u32, m_bits: u32) -> f64 {
+    let sign = if bits >> (e_bits + m_bits) & 1 == 1 {
+        -1.0
+    } else {
+        1.0
+    };
+    let e = (bits >> m_bits) & ((1 << e_bits) - 1);
+    let m = f64::from(bits & ((1 << m_bits) - 1));
+    let bias = (1i32 << (e_bits - 1)) - 1;
+    let frac = m / f64::from(1u32 << m_bits);
+    if e == 0 {
+        sign * frac * 2f64.powi(1 - bias)
+    } else if e == (1 << e_bits) - 1 {
+        if m == 0.0 {
+            sign * f64::INFINITY
+        } else {
+            f64::NAN
+        }
+    } else {
+        sign * (1.0 + frac) * 2f64.powi(e as i32 - bias)
+    }
+}
+
+/// IEEE 754 binary16 (f16).
+fn binary16(bits: u16) -> f64 {
+    ieee(u32::from(bits), 5, 10)
+}
+
+/// bfloat16: the top half of a binary32.
+fn bfloat16(bits: u16) -> f64 {
+    ieee(u32::from(bits), 8, 7)
+}
+
+/// OCP fp8 E5M2: IEEE rules with 5 exponent and 2 mantissa bits.
+fn e5m2(bits: u8) -> f64 {
+    ieee(u32::from(bits), 5, 2)
+}
+
+/// OCP fp8 E4M3FN: bias 7, subnormals at exponent 0, no infinities; only
+/// `S.1111.111` is NaN, so the all-ones exponent holds values up to 448.
+fn e4m3fn(bits: u8) -> f64 {
+    let sign = if bits >> 7 == 1 { -1.0 } else { 1.0 };
+    let (e, m) = (i32::from((bits >> 3) & 15), f64::from(bits & 7));
+    if e == 15 && m == 7.0 {
+        f64::NAN
+    } else if e == 0 {
+        sign * m / 8.0 * 2f64.powi(-6)
+    } else {
+        sign * (1.0 + m / 8.0) * 2f64.powi(e - 7)
+    }
+}
+
 /// `|got - want| <= atol + rtol * |want|`, elementwise.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tolerance {
@@ -307,4 +388,68 @@ pub fn tolerance(k: crate::Dtype, v: crate::Dtype) -> (Tolerance, Tolerance) {
             rtol: 2e-5,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Same value, or both NaN.
+    fn same(a: f64, b: f64) -> bool {
+        a == b || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn literal_decoders_agree_with_the_crates_on_every_bit_pattern() {
+        for b in 0..=u16::MAX {
+            let want = f64::from(half::f16::from_bits(b));
+            assert!(same(binary16(b), want), "f16 {b:#06x}");
+            let want = f64::from(half::bf16::from_bits(b));
+            assert!(same(bfloat16(b), want), "bf16 {b:#06x}");
+        }
+        for b in 0..=u8::MAX {
+            let want = f64::from(float8::F8E4M3::from_bits(b).to_f32());
+            assert!(same(e4m3fn(b), want), "e4m3 {b:#04x}");
+            let want = f64::from(float8::F8E5M2::from_bits(b).to_f32());
+            assert!(same(e5m2(b), want), "e5m2 {b:#04x}");
+        }
+        // Landmarks, so a shared misreading of a format would show too.
+        assert_eq!(binary16(0x3c00), 1.0);
+        assert_eq!(binary16(0x7bff), 65504.0);
+        assert_eq!(binary16(0x0001), 2f64.powi(-24));
+        assert_eq!(bfloat16(0x3f80), 1.0);
+        assert_eq!(e4m3fn(0x7e), 448.0);
+        assert_eq!(e4m3fn(0x01), 2f64.powi(-9));
+        assert_eq!(e5m2(0x7b), 57344.0);
+        assert_eq!(e5m2(0x7c), f64::INFINITY);
+        assert!(e4m3fn(0xff).is_nan() && e4m3fn(0x7f).is_nan());
+    }
+
+    #[test]
+    fn quantized_values_carry_their_scales() {
+        let (values, scales) = ([3i8, -4, 5, 6], [0.5f32, 2.0]);
+        let d = KvData::Int8 {
+            values: &values,
+            scales: &scales,
+        };
+        let got: Vec<f64> = (0..4).map(|i| value(&d, i, 0, 2)).collect();
+        assert_eq!(got, [1.5, -2.0, 10.0, 12.0]);
+        let bytes = [0x38u8, 0xb8];
+        let scales = [2.0f32, 3.0];
+        let d = KvData::Fp8E4M3 {
+            values: &bytes,
+            scales: &scales,
+        };
+        // 0x38 is 1.0, 0xb8 is -1.0; head 1 takes the second scale.
+        assert_eq!(value(&d, 0, 1, 2), 3.0);
+        assert_eq!(value(&d, 1, 0, 2), -2.0);
+        let blk = crate::quant::BlockQ8_0 {
+            d: half::f16::from_f32(0.25),
+            qs: core::array::from_fn(|i| i as i8 - 16),
+        };
+        let blocks = [blk, blk];
+        let d = KvData::Q8_0(&blocks);
+        assert_eq!(value(&d, 0, 0, 64), -4.0);
+        assert_eq!(value(&d, 32 + 20, 0, 64), 1.0);
+    }
 }
