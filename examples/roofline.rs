@@ -50,7 +50,7 @@
 
 use std::time::Instant;
 
-use gqa_kernels::probe::StreamProbe;
+use gqa_kernels::probe::{StreamProbe, Unit};
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
     append, probe, Batch, Bias, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvTensor,
@@ -330,6 +330,9 @@ struct Probes {
     reads: Vec<ReadProbe>,
     /// (threads, dtype, values widened per second)
     widen: Vec<(usize, Dtype, f64)>,
+    /// (threads, dot-product unit, FLOP/s or integer op/s): what a kernel
+    /// on that unit could reach (the kernels run on f32 FMA today).
+    units: Vec<(usize, Unit, f64)>,
     /// Per thread count, the DRAM read probes (one stream, two streams)
     /// whose passes `measure` takes between its runs: each row's memory
     /// roof is the best of the passes taken in the same minutes as its
@@ -1013,6 +1016,15 @@ fn main() {
             })
             .collect(),
         reads,
+        units: args
+            .threads
+            .iter()
+            .flat_map(|&t| {
+                [Unit::Bf16Dot, Unit::Int8Dot]
+                    .into_iter()
+                    .filter_map(move |u| probe::unit_rate(u, t).map(|r| (t, u, r)))
+            })
+            .collect(),
         widen: args
             .threads
             .iter()
@@ -1065,6 +1077,20 @@ fn main() {
                 w * d.row_bytes(128) as f64 / 128.0 / 1e9
             );
         }
+        for (t, u, r) in &probes.units {
+            let fma = probes
+                .at
+                .iter()
+                .find(|a| a.0 == *t)
+                .map_or(f64::NAN, |a| a.2);
+            println!(
+                "# probe, {t} thread(s): {} unit at {:.1} G{}/s ({:.2}x the f32 FMA rate; no kernel uses it yet)",
+                u.name(),
+                r / 1e9,
+                if *u == Unit::Int8Dot { "OP" } else { "FLOP" },
+                r / fma
+            );
+        }
         println!(
             "# probe, 1 thread, read in paged order (pages of 8 × 4 KiB, shuffled): {:.2} GB/s ({:.2} of streaming)",
             paged / 1e9,
@@ -1077,6 +1103,12 @@ fn main() {
         for (t, d, w) in &probes.widen {
             println!(
                 "{{\"section\":\"probe_widen\",\"threads\":{t},\"dtype\":\"{d}\",\"values_per_s\":{w:.4e}}}"
+            );
+        }
+        for (t, u, r) in &probes.units {
+            println!(
+                "{{\"section\":\"probe_unit\",\"threads\":{t},\"unit\":\"{}\",\"ops_per_s\":{r:.4e}}}",
+                u.name()
             );
         }
         println!(
@@ -1719,6 +1751,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             at: vec![(1, 1.0, 1.0)],
             reads: Vec::new(),
             widen: Vec::new(),
+            units: Vec::new(),
             live: Vec::new(),
         },
         min_secs,

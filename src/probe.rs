@@ -1,6 +1,6 @@
 //! The machine's own limits, measured: streaming read bandwidth, f32 FMA
-//! throughput and, per KV element type, how fast a core widens values to
-//! f32. Every performance figure of this crate is a ratio against
+//! throughput, the dot-product units' rates ([`unit_rate`]) and, per KV
+//! element type, how fast a core widens values to f32. Every performance figure of this crate is a ratio against
 //! these, measured in the same run (see `examples/roofline.rs`).
 
 use std::time::Instant;
@@ -136,6 +136,85 @@ pub fn fma_rate(threads: usize) -> f64 {
         best = best.max(flops.iter().sum::<f64>() / secs);
     }
     best
+}
+
+/// A multiply-add unit of this core: the f32 FMA the kernels run on, and
+/// the dot-product units a kernel could run on instead (each instruction
+/// sums several products into one f32 or i32 lane).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// f32 fused multiply-add on the best tier's vectors.
+    F32Fma,
+    /// AVX512-BF16 `vdpbf16ps`: two bf16 products per f32 lane.
+    Bf16Dot,
+    /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
+    Int8Dot,
+}
+
+impl Unit {
+    /// Every unit.
+    pub const ALL: [Unit; 3] = [Unit::F32Fma, Unit::Bf16Dot, Unit::Int8Dot];
+
+    /// The unit's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::F32Fma => "f32-fma",
+            Unit::Bf16Dot => "bf16-dot",
+            Unit::Int8Dot => "int8-dot",
+        }
+    }
+
+    /// Whether this CPU has the unit.
+    pub fn is_available(self) -> bool {
+        match self {
+            Unit::F32Fma => true,
+            #[cfg(target_arch = "x86_64")]
+            Unit::Bf16Dot => crate::arch::x86_64::dots::has_bf16_dot(),
+            #[cfg(target_arch = "x86_64")]
+            Unit::Int8Dot => crate::arch::x86_64::dots::has_int8_dot(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+/// Multiply-add rate of `unit` with `threads` threads, each running
+/// independent chains from registers: FLOP/s (int8: integer operations
+/// per second), a multiply and an add counted as two. `None` where this
+/// CPU lacks the unit. Best of 3. A kernel on a dot-product unit would be
+/// bound by this rate, as today's kernels are by [`fma_rate`].
+pub fn unit_rate(unit: Unit, threads: usize) -> Option<f64> {
+    if !unit.is_available() {
+        return None;
+    }
+    if unit == Unit::F32Fma {
+        return Some(fma_rate(threads));
+    }
+    let threads = threads.max(1);
+    let iters = 10_000_000usize;
+    let one = move || -> f64 {
+        let ops = match unit {
+            #[cfg(target_arch = "x86_64")]
+            Unit::Bf16Dot => crate::arch::x86_64::dots::bf16_dot_ops(iters),
+            #[cfg(target_arch = "x86_64")]
+            Unit::Int8Dot => crate::arch::x86_64::dots::int8_dot_ops(iters),
+            _ => {
+                let _ = iters;
+                None
+            }
+        };
+        ops.unwrap_or(0.0)
+    };
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let ops: f64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(one)).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        best = best.max(ops / start.elapsed().as_secs_f64());
+    }
+    Some(best)
 }
 
 /// Values per second that `threads` threads widen to f32 from an

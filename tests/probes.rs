@@ -1,0 +1,34 @@
+//! The machine probes the report divides by: each multiply-add unit's rate
+//! exists exactly where the CPU has the unit, and is a plausible rate.
+
+use gqa_kernels::probe::{unit_rate, Unit};
+
+#[test]
+fn dot_unit_rates_exist_where_the_units_do() {
+    assert!(Unit::F32Fma.is_available());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = std::is_x86_feature_detected!("avx512f");
+        assert_eq!(
+            Unit::Bf16Dot.is_available(),
+            f && std::is_x86_feature_detected!("avx512bf16")
+        );
+        assert_eq!(
+            Unit::Int8Dot.is_available(),
+            f && std::is_x86_feature_detected!("avx512vnni")
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(!Unit::Bf16Dot.is_available() && !Unit::Int8Dot.is_available());
+    // The f32 FMA rate is the report's (and slow under an emulator): only
+    // the dot units are timed here.
+    for u in [Unit::Bf16Dot, Unit::Int8Dot] {
+        match unit_rate(u, 1) {
+            // Any core with these units does billions per second.
+            Some(r) => assert!(u.is_available() && r.is_finite() && r > 1e9, "{u:?}: {r}"),
+            None => assert!(!u.is_available(), "{u:?} available but not measured"),
+        }
+    }
+    let names: Vec<&str> = Unit::ALL.iter().map(|u| u.name()).collect();
+    assert_eq!(names, ["f32-fma", "bf16-dot", "int8-dot"]);
+}
