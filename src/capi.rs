@@ -248,7 +248,10 @@ impl From<Error> for Fail {
             | Error::PageOutOfRange { .. }
             | Error::BlockTableTooShort { .. } => GQA_ERR_OUT_OF_BOUNDS,
             Error::DtypeMismatch { .. } | Error::UnsupportedDtype { .. } => GQA_ERR_TYPE,
-            Error::TierUnavailable { .. } => GQA_ERR_TIER_UNAVAILABLE,
+            Error::TierUnavailable { .. } | Error::UnitUnavailable { .. } => {
+                GQA_ERR_TIER_UNAVAILABLE
+            }
+            Error::UnitUnsupported { .. } => GQA_ERR_TYPE,
             Error::BufferTooSmall { .. } => GQA_ERR_BUFFER_TOO_SMALL,
             Error::AppendBeyondCapacity { .. } => GQA_ERR_CAPACITY,
             _ => GQA_ERR_INVALID_ARGUMENT,

@@ -184,6 +184,108 @@ pub fn active_tier() -> Result<Tier> {
         .clone()
 }
 
+/// A multiply-add unit of this core: the f32 FMA every tier's kernels run
+/// on, and the dot-product and tile units that sum several narrower
+/// products into one f32 or i32 lane. [`crate::probe::unit_rate`] measures
+/// each; [`crate::Options::unit`] runs a plan's kernels on one
+/// ([`Unit::runs`] says which dtype pairs have kernels on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// f32 fused multiply-add on the tier's vectors.
+    F32Fma,
+    /// AVX512-BF16 `vdpbf16ps`: two bf16 products per f32 lane.
+    Bf16Dot,
+    /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
+    Int8Dot,
+    /// AMX `tdpbf16ps`: 16 × 16 f32 outputs of 32 bf16 products each.
+    AmxBf16,
+    /// AMX `tdpbssd`: 16 × 16 i32 outputs of 64 int8 products each.
+    AmxInt8,
+}
+
+impl Unit {
+    /// Every unit.
+    pub const ALL: [Unit; 5] = [
+        Unit::F32Fma,
+        Unit::Bf16Dot,
+        Unit::Int8Dot,
+        Unit::AmxBf16,
+        Unit::AmxInt8,
+    ];
+
+    /// The unit's name in reports and kernel names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::F32Fma => "f32-fma",
+            Unit::Bf16Dot => "bf16-dot",
+            Unit::Int8Dot => "int8-dot",
+            Unit::AmxBf16 => "amx-bf16",
+            Unit::AmxInt8 => "amx-int8",
+        }
+    }
+
+    /// Whether this process can use the unit; for AMX that includes the
+    /// operating system's permission (see [`Unit::unavailable_reason`]).
+    pub fn is_available(self) -> bool {
+        self.unavailable_reason().is_none()
+    }
+
+    /// Why the unit cannot be used here, or `None` where it can.
+    pub fn unavailable_reason(self) -> Option<&'static str> {
+        match self {
+            Unit::F32Fma => None,
+            #[cfg(target_arch = "x86_64")]
+            Unit::Bf16Dot => (!crate::arch::x86_64::dots::has_bf16_dot())
+                .then_some("this CPU has no AVX512-BF16"),
+            #[cfg(target_arch = "x86_64")]
+            Unit::Int8Dot => (!crate::arch::x86_64::dots::has_int8_dot())
+                .then_some("this CPU has no AVX512-VNNI"),
+            #[cfg(target_arch = "x86_64")]
+            Unit::AmxBf16 => crate::arch::x86_64::amx::status().err(),
+            #[cfg(target_arch = "x86_64")]
+            Unit::AmxInt8 => crate::arch::x86_64::amx::int8_status().err(),
+            #[allow(unreachable_patterns)]
+            _ => Some("not an instruction of this architecture"),
+        }
+    }
+
+    /// Whether the library has kernels on this unit for K and V of these
+    /// types on `tier`: f32 FMA for every pair and tier, AMX for bf16 K and
+    /// V on the `avx512` tier.
+    pub fn runs(self, tier: Tier, k: Dtype, v: Dtype) -> bool {
+        match self {
+            Unit::F32Fma => true,
+            Unit::AmxBf16 => tier == Tier::Avx512 && k == Dtype::Bf16 && v == Dtype::Bf16,
+            _ => false,
+        }
+    }
+}
+
+/// How closely a kernel on a dot-product or tile unit follows the f32
+/// kernels ([`crate::Options::precision`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// The f32 kernels' documented tolerance on every unit: operands that
+    /// the unit cannot take whole (q and the softmax weights P on a bf16
+    /// unit) are split into a high and a low part, each multiplied exactly.
+    #[default]
+    Exact,
+    /// q and P rounded to the unit's type (bf16: 8 significant bits), for
+    /// up to twice the speed where the unit binds; its error bound per unit
+    /// is in the README.
+    Fast,
+}
+
+impl Precision {
+    /// `exact` or `fast`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Fast => "fast",
+        }
+    }
+}
+
 /// One row of the generated dispatch table.
 pub(crate) struct KernelEntry {
     pub name: &'static str,
@@ -216,6 +318,45 @@ pub(crate) fn table(tier: Tier) -> &'static [KernelEntry] {
         Tier::Neon => generated::NEON,
         #[allow(unreachable_patterns)]
         _ => &[],
+    }
+}
+
+/// The tile kernels: bf16 K and V, any dims and rows.
+#[cfg(target_arch = "x86_64")]
+static AMX_BF16: [KernelEntry; 2] = [
+    KernelEntry {
+        name: "decode_bf16_amx_exact__avx512",
+        tier: Tier::Avx512,
+        k: Dtype::Bf16,
+        v: Dtype::Bf16,
+        dk: 0,
+        dv: 0,
+        rows: 0,
+        f: crate::arch::x86_64::amx::decode::<true>,
+    },
+    KernelEntry {
+        name: "decode_bf16_amx_fast__avx512",
+        tier: Tier::Avx512,
+        k: Dtype::Bf16,
+        v: Dtype::Bf16,
+        dk: 0,
+        dv: 0,
+        rows: 0,
+        f: crate::arch::x86_64::amx::decode::<false>,
+    },
+];
+
+/// The kernel of a unit other than f32 FMA (whose kernels [`select`]
+/// finds), or `None` for f32 FMA. Only called for a unit that
+/// [`Unit::runs`] the plan's types and is available.
+pub(crate) fn unit_entry(unit: Unit, precision: Precision) -> Option<&'static KernelEntry> {
+    match unit {
+        #[cfg(target_arch = "x86_64")]
+        Unit::AmxBf16 => Some(&AMX_BF16[(precision == Precision::Fast) as usize]),
+        _ => {
+            let _ = precision;
+            None
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The error type of every fallible entry point.
 
-use crate::dispatch::Tier;
+use crate::dispatch::{Tier, Unit};
 use crate::types::Dtype;
 
 /// What went wrong, naming the offending argument and its value.
@@ -73,6 +73,27 @@ pub enum Error {
     TierUnavailable {
         /// The tier.
         tier: Tier,
+    },
+    /// A unit forced by [`crate::Options::unit`] cannot be used in this
+    /// process (the CPU lacks it, or the operating system refused its
+    /// state).
+    UnitUnavailable {
+        /// The unit.
+        unit: Unit,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A unit forced by [`crate::Options::unit`] has no kernels for the
+    /// plan's K and V types on its tier ([`Unit::runs`]).
+    UnitUnsupported {
+        /// The unit.
+        unit: Unit,
+        /// The plan's tier.
+        tier: Tier,
+        /// K element type.
+        k: Dtype,
+        /// V element type.
+        v: Dtype,
     },
     /// A paged cache's block table names a page outside its pool.
     PageOutOfRange {
@@ -230,6 +251,14 @@ impl std::fmt::Display for Error {
             Error::TierUnavailable { tier } => {
                 write!(f, "tier `{tier}` is not supported by this CPU or build target")
             }
+            Error::UnitUnavailable { unit, reason } => {
+                write!(f, "`unit` {} is not available: {reason}", unit.name())
+            }
+            Error::UnitUnsupported { unit, tier, k, v } => write!(
+                f,
+                "`unit` {} has no kernels for K {k} and V {v} on tier `{tier}`",
+                unit.name()
+            ),
             Error::PageOutOfRange { arg, seq, block, page, pages } => write!(
                 f,
                 "`block_table` entry {block} of sequence {seq} is page {page}, but `{arg}` holds {pages} pages"

@@ -74,7 +74,7 @@ mod run;
 mod types;
 
 pub use append::{append, KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
-pub use dispatch::{active_tier, kernel_instances, KernelInfo, Tier};
+pub use dispatch::{active_tier, kernel_instances, KernelInfo, Precision, Tier, Unit};
 pub use error::{Error, Result};
 pub use merge::merge_states;
 pub use plan::{

@@ -1,7 +1,7 @@
 //! Layer 2, part 1: shapes, options, validation and the plan.
 
 use crate::arch::{pad, scratch_len};
-use crate::dispatch::{self, active_tier, KernelEntry, Tier};
+use crate::dispatch::{self, active_tier, KernelEntry, Precision, Tier, Unit};
 use crate::error::{Error, Result};
 use crate::layout::check_cache;
 use crate::types::{Batch, Dtype};
@@ -225,6 +225,17 @@ pub struct Options {
     /// `c · tanh(s / c)`, before masking and before any bias. `None` means
     /// none; `c` must be finite and > 0.
     pub softcap: Option<f32>,
+    /// The multiply-add unit to run on; `None` picks one per shape: the
+    /// AMX tile kernels for bf16 K and V with at least
+    /// [`AMX_MIN_ROWS`] query rows per KV head where the tier is `avx512`
+    /// and the process may use the tiles, else f32 FMA. A unit that is
+    /// unavailable ([`crate::Error::UnitUnavailable`]) or has no kernels for
+    /// the dtypes ([`crate::Error::UnitUnsupported`]) is an error, never a
+    /// silent fallback.
+    pub unit: Option<Unit>,
+    /// How closely the unit's kernels follow the f32 ones. f32 FMA meets
+    /// both classes (it runs the same kernels for each).
+    pub precision: Precision,
 }
 
 impl Options {
@@ -241,6 +252,16 @@ impl Options {
     /// Default options with `threads` workers.
     pub fn with_threads(mut self, threads: usize) -> Options {
         self.threads = threads;
+        self
+    }
+    /// Default options forcing `unit`.
+    pub fn with_unit(mut self, unit: Unit) -> Options {
+        self.unit = Some(unit);
+        self
+    }
+    /// Default options with precision class `p`.
+    pub fn with_precision(mut self, p: Precision) -> Options {
+        self.precision = p;
         self
     }
     /// Default options with a logit softcap `c`.
@@ -296,6 +317,43 @@ pub struct Plan {
     pub(crate) pool: Option<rayon::ThreadPool>,
     /// Software prefetch distance of the kernels, in rows (0: none).
     pub(crate) prefetch: usize,
+    /// The multiply-add unit of the kernels.
+    pub(crate) unit: Unit,
+    /// Their precision class.
+    pub(crate) precision: Precision,
+}
+
+/// Query rows per KV head (group size × query tokens) from which a plan for
+/// bf16 K and V runs on the AMX tiles by itself ([`Options::unit`] `None`).
+/// Below it the f32 kernels keep up with memory: the tile kernel pads the
+/// rows to 16 and pays a transpose per block.
+pub const AMX_MIN_ROWS: usize = 8;
+
+/// The unit of a plan: the forced one if it runs here, else the tile unit
+/// where it serves the shape, else f32 FMA.
+fn choose_unit(shape: &Shape, options: &Options, tier: Tier) -> Result<Unit> {
+    let (k, v) = (shape.k_dtype, shape.v_dtype);
+    match options.unit {
+        Some(unit) => {
+            if !unit.runs(tier, k, v) {
+                return Err(Error::UnitUnsupported { unit, tier, k, v });
+            }
+            match unit.unavailable_reason() {
+                Some(reason) => Err(Error::UnitUnavailable { unit, reason }),
+                None => Ok(unit),
+            }
+        }
+        None => Ok(
+            if shape.rows() >= AMX_MIN_ROWS
+                && Unit::AmxBf16.runs(tier, k, v)
+                && Unit::AmxBf16.is_available()
+            {
+                Unit::AmxBf16
+            } else {
+                Unit::F32Fma
+            },
+        ),
+    }
 }
 
 impl std::fmt::Debug for Plan {
@@ -349,8 +407,13 @@ impl Plan {
             Some(t) => t.require()?,
             None => active_tier()?,
         };
+        let unit = choose_unit(shape, options, tier)?;
+        let precision = options.precision;
         let kernels = (1..=shape.q_len)
             .map(|t| {
+                if let Some(e) = dispatch::unit_entry(unit, precision) {
+                    return e;
+                }
                 dispatch::select(
                     tier,
                     shape.k_dtype,
@@ -399,6 +462,8 @@ impl Plan {
             sinks: None,
             alibi: None,
             prefetch: default_prefetch(tier),
+            unit,
+            precision,
             #[cfg(feature = "rayon")]
             pool: None,
         };
@@ -507,6 +572,14 @@ impl Plan {
     pub fn tier(&self) -> Tier {
         self.tier
     }
+    /// The multiply-add unit the plan's kernels run on.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+    /// The precision class of the plan's kernels.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
     /// The kernel instance that runs full tiles (`r * q_len` rows), e.g.
     /// `decode_f16_d128_r4__avx512`.
     pub fn kernel_name(&self) -> &'static str {
@@ -563,7 +636,10 @@ impl Plan {
     /// f32 of one worker's scratch: the kernel scratch.
     pub(crate) fn worker_len(&self) -> usize {
         let s = &self.shape;
-        pad(scratch_len(s.rows(), s.head_dim_k, s.head_dim_v)) + 2 * pad(s.rows())
+        let kernel = scratch_len(s.rows(), s.head_dim_k, s.head_dim_v).max(
+            crate::arch::unit_scratch_len(self.unit, s.rows(), s.head_dim_k, s.head_dim_v),
+        );
+        pad(kernel) + 2 * pad(s.rows())
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {

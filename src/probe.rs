@@ -138,45 +138,7 @@ pub fn fma_rate(threads: usize) -> f64 {
     best
 }
 
-/// A multiply-add unit of this core: the f32 FMA the kernels run on, and
-/// the dot-product units a kernel could run on instead (each instruction
-/// sums several products into one f32 or i32 lane).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unit {
-    /// f32 fused multiply-add on the best tier's vectors.
-    F32Fma,
-    /// AVX512-BF16 `vdpbf16ps`: two bf16 products per f32 lane.
-    Bf16Dot,
-    /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
-    Int8Dot,
-}
-
-impl Unit {
-    /// Every unit.
-    pub const ALL: [Unit; 3] = [Unit::F32Fma, Unit::Bf16Dot, Unit::Int8Dot];
-
-    /// The unit's name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Unit::F32Fma => "f32-fma",
-            Unit::Bf16Dot => "bf16-dot",
-            Unit::Int8Dot => "int8-dot",
-        }
-    }
-
-    /// Whether this CPU has the unit.
-    pub fn is_available(self) -> bool {
-        match self {
-            Unit::F32Fma => true,
-            #[cfg(target_arch = "x86_64")]
-            Unit::Bf16Dot => crate::arch::x86_64::dots::has_bf16_dot(),
-            #[cfg(target_arch = "x86_64")]
-            Unit::Int8Dot => crate::arch::x86_64::dots::has_int8_dot(),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-}
+pub use crate::dispatch::Unit;
 
 /// Multiply-add rate of `unit` with `threads` threads, each running
 /// independent chains from registers: FLOP/s (int8: integer operations
@@ -198,6 +160,10 @@ pub fn unit_rate(unit: Unit, threads: usize) -> Option<f64> {
             Unit::Bf16Dot => crate::arch::x86_64::dots::bf16_dot_ops(iters),
             #[cfg(target_arch = "x86_64")]
             Unit::Int8Dot => crate::arch::x86_64::dots::int8_dot_ops(iters),
+            #[cfg(target_arch = "x86_64")]
+            Unit::AmxBf16 => crate::arch::x86_64::amx::tile_ops(false, iters / 16),
+            #[cfg(target_arch = "x86_64")]
+            Unit::AmxInt8 => crate::arch::x86_64::amx::tile_ops(true, iters / 16),
             _ => {
                 let _ = iters;
                 None

@@ -308,3 +308,48 @@ fn token_major_caches_walk_chunk_major_with_identical_results() {
         }
     }
 }
+
+/// The tile kernels' own edges: rows that fill no whole tile (groups 5, 7,
+/// 71; several query tokens), head dims that are not multiples of 32,
+/// lengths around the 16-position block and the split, every layout, and
+/// bitwise-equal results at any thread count. Skipped (with a note) where
+/// no unit other than f32 FMA is usable.
+#[test]
+fn tile_unit_edges() {
+    use common::{check_thread_invariance, check_units, units};
+    if units().is_empty() {
+        return;
+    }
+    for (r, d, q_len) in [
+        (5, 64, 1),
+        (7, 33, 2),
+        (71, 64, 1),
+        (16, 128, 1),
+        (8, 96, 3),
+        (3, 576, 1),
+    ] {
+        for lens in [vec![0], vec![1], vec![15, 16, 17], vec![513, 300]] {
+            for layout in [
+                Layout::Bgld,
+                Layout::Blgd,
+                Layout::Paged {
+                    page: 16,
+                    head_major: false,
+                },
+            ] {
+                let lens: Vec<usize> = lens
+                    .iter()
+                    .map(|&l| if l == 0 { 0 } else { l.max(q_len) })
+                    .collect();
+                let sh = Shape::new(lens.len(), 2 * r, 2, d, Dtype::Bf16)
+                    .with_q_len(q_len)
+                    .with_max_kv_len(600);
+                let mut s = Spec::new(sh, lens);
+                s.layout = layout;
+                let c = s.build();
+                check_units(&c);
+                check_thread_invariance(&c, &[2, 3]);
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Bad input: every rejected argument gets a typed error naming it; nothing
 //! panics.
 
-use gqa_kernels::{f16, reference, Dtype, Error, KvTensor, Options, Plan, Shape, Tier};
+use gqa_kernels::{
+    f16, reference, Dtype, Error, KvTensor, Options, Plan, Precision, Shape, Tier, Unit,
+};
 
 fn plan(shape: Shape) -> Result<Plan, Error> {
     Plan::new(&shape, &Options::default())
@@ -100,6 +102,55 @@ fn unavailable_or_unknown_tiers() {
         .unwrap_err();
         assert_eq!(e, Error::TierUnavailable { tier: t });
     }
+}
+
+/// A forced unit is never a silent fallback: no kernels for the types or
+/// tier, or a unit this process cannot use, is a typed error naming it.
+#[test]
+fn forced_units_without_kernels_or_hardware() {
+    let bf = Shape::new(1, 16, 1, 64, Dtype::Bf16);
+    let f = Shape::new(1, 16, 1, 64, Dtype::F16);
+    let best = Tier::best();
+    for unit in Unit::ALL {
+        for shape in [bf, f] {
+            let opts = Options::default().with_tier(best).with_unit(unit);
+            let got = Plan::new(&shape, &opts);
+            let (k, v) = (shape.k_dtype, shape.v_dtype);
+            if !unit.runs(best, k, v) {
+                let e = got.unwrap_err();
+                assert_eq!(
+                    e,
+                    Error::UnitUnsupported {
+                        unit,
+                        tier: best,
+                        k,
+                        v
+                    }
+                );
+                assert!(e.to_string().contains("`unit`"), "{e}");
+            } else if let Some(reason) = unit.unavailable_reason() {
+                assert_eq!(got.unwrap_err(), Error::UnitUnavailable { unit, reason });
+            } else {
+                let p = got.unwrap();
+                assert_eq!(p.unit(), unit);
+                assert_eq!(p.precision(), Precision::Exact);
+            }
+        }
+    }
+    // The tile unit has no kernels on the portable tier, whatever the CPU.
+    let e = Plan::new(
+        &bf,
+        &Options::default()
+            .with_tier(Tier::Scalar)
+            .with_unit(Unit::AmxBf16),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::UnitUnsupported { .. }), "{e:?}");
+    // Left to the plan, f16 and short groups stay on f32 FMA.
+    let p = Plan::new(&f, &Options::default()).unwrap();
+    assert_eq!(p.unit(), Unit::F32Fma);
+    let p = Plan::new(&Shape::new(1, 4, 1, 64, Dtype::Bf16), &Options::default()).unwrap();
+    assert_eq!(p.unit(), Unit::F32Fma);
 }
 
 struct Bufs {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{tiers, Spec};
-use gqa_kernels::{kernel_instances, Dtype, Options, Plan, Shape, Tier};
+use gqa_kernels::{kernel_instances, Dtype, Options, Plan, Shape, Tier, Unit};
 
 #[test]
 fn every_listed_instance_is_selected_and_correct() {
@@ -32,7 +32,10 @@ fn every_listed_instance_is_selected_and_correct() {
             let shape = Shape::new(1, rows, 1, dk, inst.k_dtype)
                 .with_head_dims(dk, dv)
                 .with_dtypes(inst.k_dtype, inst.v_dtype);
-            let plan = Plan::new(&shape, &Options::default().with_tier(tier)).unwrap();
+            // The listed instances are the f32-FMA kernels (left to itself,
+            // a bf16 plan may pick the tile unit).
+            let opts = Options::default().with_tier(tier).with_unit(Unit::F32Fma);
+            let plan = Plan::new(&shape, &opts).unwrap();
             assert_eq!(
                 plan.kernel_name(),
                 inst.name,

@@ -22,7 +22,7 @@ fn dot_unit_rates_exist_where_the_units_do() {
     assert!(!Unit::Bf16Dot.is_available() && !Unit::Int8Dot.is_available());
     // The f32 FMA rate is the report's (and slow under an emulator): only
     // the dot units are timed here.
-    for u in [Unit::Bf16Dot, Unit::Int8Dot] {
+    for u in [Unit::Bf16Dot, Unit::Int8Dot, Unit::AmxBf16, Unit::AmxInt8] {
         match unit_rate(u, 1) {
             // Any core with these units does billions per second.
             Some(r) => assert!(u.is_available() && r.is_finite() && r > 1e9, "{u:?}: {r}"),
@@ -30,5 +30,24 @@ fn dot_unit_rates_exist_where_the_units_do() {
         }
     }
     let names: Vec<&str> = Unit::ALL.iter().map(|u| u.name()).collect();
-    assert_eq!(names, ["f32-fma", "bf16-dot", "int8-dot"]);
+    assert_eq!(
+        names,
+        ["f32-fma", "bf16-dot", "int8-dot", "amx-bf16", "amx-int8"]
+    );
+    // The tile units need the CPU's AMX flags (CPUID leaf 7, EDX bits 22,
+    // 24, 25) and the OS's permission; where CPUID lacks them they are
+    // never available, and a reason is given.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let l7 = core::arch::x86_64::__cpuid_count(7, 0).edx;
+        let (tile, bf, i8) = ((l7 >> 24) & 1, (l7 >> 22) & 1, (l7 >> 25) & 1);
+        if tile == 0 || bf == 0 {
+            assert!(Unit::AmxBf16.unavailable_reason().is_some());
+        }
+        if tile == 0 || i8 == 0 {
+            assert!(Unit::AmxInt8.unavailable_reason().is_some());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(!Unit::AmxBf16.is_available() && !Unit::AmxInt8.is_available());
 }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{check_all, Layout, Mask, MaskKind, Spec};
+use common::{check_all, check_units, units, Layout, Mask, MaskKind, Spec};
 use gqa_kernels::{Dtype, Shape};
 use proptest::prelude::*;
 
@@ -168,5 +168,17 @@ proptest! {
     #[test]
     fn every_tier_matches_reference(s in spec()) {
         check_all(&s.build());
+    }
+
+    /// The same cases with bf16 K and V, on the units that have kernels for
+    /// them (AMX tiles, both precision classes), where this CPU has any.
+    #[test]
+    fn every_unit_matches_reference(s in spec()) {
+        let mut s = s;
+        if units().is_empty() {
+            return Ok(());
+        }
+        s.shape = s.shape.with_dtypes(Dtype::Bf16, Dtype::Bf16);
+        check_units(&s.build());
     }
 }

@@ -176,6 +176,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         threads,
         window: case.window,
         softcap: case.softcap,
+        ..Options::default()
     };
     let Ok(mut plan) = Plan::new(&case.shape, &opts) else {
         return Ok(());

@@ -1157,9 +1157,56 @@ unsafe fn softmax_update<S: Simd>(
     }
 }
 
+/// The part of a block between its scores and its P·V, for kernels that
+/// compute those two themselves (the tile unit): the score transforms
+/// (`transformed`: softcap, ALiBi or bias present), then
+/// [`softmax_update`] with the accumulator at `acc` (`dvp` f32 per row).
+///
+/// # Safety
+/// Those of [`Transform`] and [`softmax_update`]: `sbuf` holds `rows` rows
+/// of `BLOCK` scores of positions `start..start + nb` of the call,
+/// `lsum` `rows * PAD` f32, `acc` `rows * dvp`.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) unsafe fn block_softmax<S: Simd>(
+    a: &ChunkArgs,
+    rows: usize,
+    nb: usize,
+    start: usize,
+    sbuf: *mut f32,
+    lsum: *mut f32,
+    acc: *mut f32,
+    dvp: usize,
+    transformed: bool,
+) {
+    // SAFETY: forwarded preconditions.
+    unsafe {
+        if transformed {
+            S::out_of_line(Transform {
+                a,
+                rows,
+                nb,
+                sbuf,
+                start,
+            });
+        }
+        softmax_update::<S>(
+            rows,
+            nb,
+            sbuf,
+            a.m,
+            a.l,
+            lsum,
+            acc,
+            dvp,
+            dvp.div_ceil(S::LANES),
+        );
+    }
+}
+
 /// Adds each row's lane-wise sum of the call to its running sum `l`.
 #[inline(always)]
-unsafe fn fold_sums<S: Simd>(rows: usize, l: *mut f32, lsum: *const f32) {
+pub(crate) unsafe fn fold_sums<S: Simd>(rows: usize, l: *mut f32, lsum: *const f32) {
     for i in 0..rows {
         // SAFETY: `l` has `rows` floats, `lsum` `rows * PAD`.
         unsafe { *l.add(i) += S::reduce_add(S::load(lsum.add(i * PAD))) };

@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
-use gqa_kernels::reference::{self, tolerance};
+use gqa_kernels::reference::{self, tolerance, Tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan,
-    RingKv, Shape, Tier,
+    Precision, RingKv, Shape, Tier, Unit,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.
@@ -578,12 +578,25 @@ impl Case {
         tier: Tier,
         threads: usize,
     ) -> Result<(Vec<f32>, Vec<f32>, &'static str), String> {
+        self.run_on(tier, Unit::F32Fma, Precision::Exact, threads)
+    }
+
+    /// [`Case::run`] on `unit` with precision class `precision`.
+    pub fn run_on(
+        &self,
+        tier: Tier,
+        unit: Unit,
+        precision: Precision,
+        threads: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, &'static str), String> {
         let opts = Options {
             scale: self.scale,
             tier: Some(tier),
             threads,
             window: self.window,
             softcap: self.softcap,
+            unit: Some(unit),
+            precision,
         };
         let mut plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
         if let Some(sk) = &self.sinks {
@@ -618,6 +631,61 @@ impl Case {
         self.compare(name, &out, &lse, want)
     }
 
+    /// Runs the case on a dot-product or tile unit and compares with the
+    /// reference under that precision class's bound.
+    pub fn check_unit(
+        &self,
+        tier: Tier,
+        unit: Unit,
+        precision: Precision,
+        want: &reference::Reference,
+    ) -> Result<(), String> {
+        let (out, lse, name) = self.run_on(tier, unit, precision, 1)?;
+        self.compare_within(name, &out, &lse, want, self.unit_tolerance(precision))
+    }
+
+    /// The bound of a precision class on this case: the documented
+    /// tolerance for `Exact`; for `Fast` (q and the weights P rounded to
+    /// bf16, 2^-8 relative each) that plus what those roundings can do. A
+    /// score moves by at most `delta = 2^-8 · scale · max Σ_d |q_d k_d|`
+    /// (bounded here by `max_row Σ_d |q_d| · max |k|`), so every normalised
+    /// weight by a factor within `e^(±2 delta)` and the output by `(e^(2
+    /// delta) − 1) · max |v|`; rounded weights against their unrounded sum
+    /// move it by `2^-8 · max |v|` more; `lse` moves by `delta`.
+    pub fn unit_tolerance(&self, precision: Precision) -> (Tolerance, Tolerance) {
+        let (mut o, mut l) = tolerance(self.shape.k_dtype, self.shape.v_dtype);
+        if precision == Precision::Fast {
+            let s = &self.shape;
+            let scale = f64::from(self.scale.unwrap_or(1.0 / (s.head_dim_k as f32).sqrt()));
+            let q1 = self
+                .q
+                .chunks(s.head_dim_k.max(1))
+                .map(|r| r.iter().map(|x| f64::from(x.abs())).sum::<f64>())
+                .fold(0.0, f64::max);
+            let delta = 2f64.powi(-8) * scale * q1 * self.k_max();
+            o.atol += (2.0 * delta).exp_m1() + 2f64.powi(-8);
+            l.atol += delta;
+        }
+        (o, l)
+    }
+
+    /// Largest `|K|` element any sequence may read (0 for an empty cache).
+    pub fn k_max(&self) -> f64 {
+        let data = self.k.data(self.k_off);
+        let mut m = 0.0f64;
+        for b in 0..self.shape.batch {
+            for j in 0..self.seq_lens[b] {
+                for g in 0..self.shape.kv_heads {
+                    let base = self.row_index(false, b, g, j);
+                    for d in 0..self.shape.head_dim_k {
+                        m = m.max(data.value_f64(base + d, g, self.shape.head_dim_k).abs());
+                    }
+                }
+            }
+        }
+        m
+    }
+
     /// Compares a result with the reference under the documented tolerance.
     pub fn compare(
         &self,
@@ -626,7 +694,19 @@ impl Case {
         lse: &[f32],
         want: &reference::Reference,
     ) -> Result<(), String> {
-        let (tol_o, tol_l) = tolerance(self.shape.k_dtype, self.shape.v_dtype);
+        let tol = tolerance(self.shape.k_dtype, self.shape.v_dtype);
+        self.compare_within(name, out, lse, want, tol)
+    }
+
+    /// Compares a result with the reference under `(output, lse)` bounds.
+    pub fn compare_within(
+        &self,
+        name: &str,
+        out: &[f32],
+        lse: &[f32],
+        want: &reference::Reference,
+        (tol_o, tol_l): (Tolerance, Tolerance),
+    ) -> Result<(), String> {
         let vmax = self.v_max();
         let s = &self.shape;
         let ctx = || {
@@ -710,12 +790,62 @@ pub fn tiers() -> Vec<Tier> {
     have
 }
 
-/// Checks a case on every tier; panics with every failure.
+/// The kernels on other units than f32 FMA that this CPU and process can
+/// run, with each precision class: the tile kernels where AMX is usable.
+/// Prints, once per test binary, which were skipped and why.
+pub fn units() -> Vec<(Tier, Unit, Precision)> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let mut v = Vec::new();
+    for (tier, unit) in [(Tier::Avx512, Unit::AmxBf16)] {
+        match unit.unavailable_reason() {
+            None if tier.is_available() => {
+                v.extend([Precision::Exact, Precision::Fast].map(|p| (tier, unit, p)));
+            }
+            why => SAID.call_once(|| {
+                eprintln!(
+                    "note: {} kernels skipped: {}",
+                    unit.name(),
+                    why.unwrap_or("their tier is not available")
+                )
+            }),
+        }
+    }
+    v
+}
+
+/// Checks a case on every tier, and on every other unit that has kernels
+/// for its types; panics with every failure.
 pub fn check_all(case: &Case) {
     let want = case.reference();
+    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
     let errs: Vec<String> = tiers()
         .into_iter()
         .filter_map(|t| case.check_against(t, &want).err())
+        .chain(
+            units()
+                .into_iter()
+                .filter(|&(t, u, _)| u.runs(t, k, v))
+                .filter_map(|(t, u, p)| case.check_unit(t, u, p, &want).err()),
+        )
+        .collect();
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+/// Checks a case on every unit other than f32 FMA that has kernels for
+/// its types ([`units`]); panics with every failure.
+pub fn check_units(case: &Case) {
+    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
+    let run: Vec<_> = units()
+        .into_iter()
+        .filter(|&(t, u, _)| u.runs(t, k, v))
+        .collect();
+    if run.is_empty() {
+        return;
+    }
+    let want = case.reference();
+    let errs: Vec<String> = run
+        .into_iter()
+        .filter_map(|(t, u, p)| case.check_unit(t, u, p, &want).err())
         .collect();
     assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
@@ -739,6 +869,23 @@ pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
                 same,
                 "{name}: {n} threads differ from 1 (layout {:?}, shape {:?}, lens {:?})",
                 case.layout, case.shape, case.seq_lens
+            );
+        }
+    }
+    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
+    for (t, u, p) in units().into_iter().filter(|&(t, u, _)| u.runs(t, k, v)) {
+        let (base, base_lse, name) = case.run_on(t, u, p, 1).unwrap();
+        for &n in threads {
+            let (o, l, _) = case.run_on(t, u, p, n).unwrap();
+            let same = o
+                .iter()
+                .chain(&l)
+                .zip(base.iter().chain(&base_lse))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name}: {n} threads differ from 1 (shape {:?})",
+                case.shape
             );
         }
     }
