@@ -765,6 +765,7 @@ fn make_plan(job: &Job, shape: &Shape) -> Plan {
                 _ => None,
             },
             softcap: matches!(variant, Variant::Softcap | Variant::SoftcapWindow).then_some(50.0),
+            ..Options::default()
         },
     )
     .and_then(|p| match variant {
@@ -1020,7 +1021,7 @@ fn main() {
             .threads
             .iter()
             .flat_map(|&t| {
-                [Unit::Bf16Dot, Unit::Int8Dot]
+                [Unit::Bf16Dot, Unit::Int8Dot, Unit::AmxBf16, Unit::AmxInt8]
                     .into_iter()
                     .filter_map(move |u| probe::unit_rate(u, t).map(|r| (t, u, r)))
             })
@@ -1084,11 +1085,20 @@ fn main() {
                 .find(|a| a.0 == *t)
                 .map_or(f64::NAN, |a| a.2);
             println!(
-                "# probe, {t} thread(s): {} unit at {:.1} G{}/s ({:.2}x the f32 FMA rate; no kernel uses it yet)",
+                "# probe, {t} thread(s): {} unit at {:.1} G{}/s ({:.2}x the f32 FMA rate; {})",
                 u.name(),
                 r / 1e9,
-                if *u == Unit::Int8Dot { "OP" } else { "FLOP" },
-                r / fma
+                if matches!(u, Unit::Int8Dot | Unit::AmxInt8) {
+                    "OP"
+                } else {
+                    "FLOP"
+                },
+                r / fma,
+                if *u == Unit::AmxBf16 {
+                    "bf16 K and V kernels run on it"
+                } else {
+                    "no kernel uses it yet"
+                }
             );
         }
         println!(
@@ -1446,6 +1456,9 @@ fn main() {
 
     if wanted("append") {
         append_report(tier, args.json, min_secs);
+    }
+    if wanted("units") {
+        units_report(tier, &args, &probes);
     }
 
     let mut sweep: Vec<&Row> = Vec::new();
@@ -1826,6 +1839,228 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
                 tokens,
                 bytes / best / 1e9,
                 ratio
+            );
+        }
+    }
+}
+
+/// One shape of the units section.
+struct UnitShape {
+    model: &'static str,
+    h: usize,
+    g: usize,
+    dk: usize,
+    dv: usize,
+    dtype: Dtype,
+    q_len: usize,
+    l: usize,
+}
+
+/// The "Units" section: compute-bound shapes (multi-query, several query
+/// tokens, an MLA-size head) on each multiply-add unit that has kernels
+/// for their types, and each precision class, one thread, runs
+/// interleaved round by round; each row's time over the f32-FMA `Exact`
+/// row of its shape.
+fn units_report(tier: Tier, args: &Args, probes: &Probes) {
+    use gqa_kernels::Precision;
+    let div = if args.quick { 4 } else { 1 };
+    let shapes = [
+        UnitShape {
+            model: "Falcon-7B",
+            h: 71,
+            g: 1,
+            dk: 64,
+            dv: 64,
+            dtype: Dtype::Bf16,
+            q_len: 1,
+            l: 32768,
+        },
+        UnitShape {
+            model: "Falcon-7B",
+            h: 71,
+            g: 1,
+            dk: 64,
+            dv: 64,
+            dtype: Dtype::F16,
+            q_len: 1,
+            l: 32768,
+        },
+        UnitShape {
+            model: "Llama-3-8B",
+            h: 32,
+            g: 8,
+            dk: 128,
+            dv: 128,
+            dtype: Dtype::Bf16,
+            q_len: 1,
+            l: 32768,
+        },
+        UnitShape {
+            model: "Llama-3-8B",
+            h: 32,
+            g: 8,
+            dk: 128,
+            dv: 128,
+            dtype: Dtype::Bf16,
+            q_len: 4,
+            l: 32768,
+        },
+        UnitShape {
+            model: "MLA-size",
+            h: 128,
+            g: 1,
+            dk: 576,
+            dv: 512,
+            dtype: Dtype::Bf16,
+            q_len: 1,
+            l: 8192,
+        },
+    ];
+    let (bw, fma) = probes.get(1);
+    let rate = |u: Unit| {
+        if u == Unit::F32Fma {
+            fma
+        } else {
+            probes
+                .units
+                .iter()
+                .find(|x| x.0 == 1 && x.1 == u)
+                .map_or(f64::NAN, |x| x.2)
+        }
+    };
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    struct Cfg {
+        shape_i: usize,
+        shape: Shape,
+        plan: Plan,
+        best: f64,
+    }
+    struct Data {
+        q: Vec<f32>,
+        k: Vec<u16>,
+        v: Vec<u16>,
+        l: usize,
+    }
+    let mut data = Vec::new();
+    let mut cfgs: Vec<Cfg> = Vec::new();
+    for (i, u) in shapes.iter().enumerate() {
+        let l = u.l / div;
+        let shape = Shape::new(1, u.h, u.g, u.dk, u.dtype)
+            .with_head_dims(u.dk, u.dv)
+            .with_q_len(u.q_len)
+            .with_max_kv_len(l);
+        let bits = |x: f32| match u.dtype {
+            Dtype::Bf16 => bf16::from_f32(x).to_bits(),
+            _ => f16::from_f32(x).to_bits(),
+        };
+        data.push(Data {
+            q: (0..shape.q_elems()).map(|_| next()).collect(),
+            k: (0..l * u.g * u.dk).map(|_| bits(next())).collect(),
+            v: (0..l * u.g * u.dv).map(|_| bits(next())).collect(),
+            l,
+        });
+        let mut kinds = vec![(Unit::F32Fma, Precision::Exact)];
+        if Unit::AmxBf16.runs(tier, u.dtype, u.dtype) {
+            match Unit::AmxBf16.unavailable_reason() {
+                None => kinds.extend([
+                    (Unit::AmxBf16, Precision::Exact),
+                    (Unit::AmxBf16, Precision::Fast),
+                ]),
+                Some(why) if i == 0 => eprintln!("units: amx-bf16 skipped: {why}"),
+                Some(_) => {}
+            }
+        }
+        for (unit, precision) in kinds {
+            let opts = Options::default()
+                .with_tier(tier)
+                .with_unit(unit)
+                .with_precision(precision);
+            let plan = Plan::new(&shape, &opts).unwrap_or_else(|e| panic!("units plan: {e}"));
+            cfgs.push(Cfg {
+                shape_i: i,
+                shape,
+                plan,
+                best: f64::INFINITY,
+            });
+        }
+    }
+    let rounds = if args.quick { 3 } else { 7 };
+    eprintln!("units: {} rows, {rounds} interleaved rounds", cfgs.len());
+    for _ in 0..rounds {
+        for c in cfgs.iter_mut() {
+            let d = &data[c.shape_i];
+            let u = &shapes[c.shape_i];
+            let (k, v): (KvData<'_>, KvData<'_>) = match u.dtype {
+                Dtype::Bf16 => (
+                    bytemuck::cast_slice::<u16, bf16>(&d.k).into(),
+                    bytemuck::cast_slice::<u16, bf16>(&d.v).into(),
+                ),
+                _ => (
+                    bytemuck::cast_slice::<u16, f16>(&d.k).into(),
+                    bytemuck::cast_slice::<u16, f16>(&d.v).into(),
+                ),
+            };
+            let kt = KvTensor::bgld(k, d.l, u.g, u.dk);
+            let vt = KvTensor::bgld(v, d.l, u.g, u.dv);
+            let mut out = vec![0f32; c.shape.out_elems()];
+            let t = Instant::now();
+            c.plan
+                .decode(&d.q, &kt, &vt, &[d.l], &mut out, None)
+                .unwrap_or_else(|e| panic!("units run: {e}"));
+            c.best = c.best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    println!();
+    println!(
+        "## Units (1 thread, [B, G, L, D], B 1; time over the f32-fma exact row of the shape)"
+    );
+    println!(
+        "{:<11} {:>4} {:>2} {:>4} {:>4} {:>5} {:>2} {:>6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>6}",
+        "model",
+        "H",
+        "G",
+        "Dk",
+        "Dv",
+        "L",
+        "q",
+        "kv",
+        "unit",
+        "prec",
+        "seconds",
+        "GFLOP/s",
+        "roofline",
+        "ratio"
+    );
+    for c in &cfgs {
+        let u = &shapes[c.shape_i];
+        let d = &data[c.shape_i];
+        let base = cfgs
+            .iter()
+            .find(|x| x.shape_i == c.shape_i && x.plan.unit() == Unit::F32Fma)
+            .map_or(f64::NAN, |x| x.best);
+        let flops = c.shape.flops(&[d.l]);
+        let t_roof = (c.shape.kv_bytes(&[d.l]) as f64 / bw).max(flops / rate(c.plan.unit()));
+        let (unit, prec) = (c.plan.unit().name(), c.plan.precision().name());
+        let ratio = c.best / base;
+        if args.json {
+            println!(
+                "{{\"section\":\"units\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":1,\"unit\":\"{unit}\",\"precision\":\"{prec}\",\"kernel\":\"{}\",\"seconds\":{:.6e},\"gflops\":{:.3},\"roofline_fraction\":{:.4}}}",
+                u.model, u.h, u.g, u.dk, u.dv, d.l, u.dtype, u.q_len, c.plan.kernel_name(), c.best, flops / c.best / 1e9, t_roof / c.best
+            );
+            println!(
+                "{{\"section\":\"unit_ratio\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":1,\"unit\":\"{unit}\",\"precision\":\"{prec}\",\"t_over_t_f32_exact\":{ratio:.3}}}",
+                u.model, u.h, u.g, u.dk, u.dv, u.dtype, u.q_len
+            );
+        } else {
+            println!(
+                "{:<11} {:>4} {:>2} {:>4} {:>4} {:>5} {:>2} {:>6} {:>9} {:>6} {:>10.6} {:>8.1} {:>8.3} {:>6.3}",
+                u.model, u.h, u.g, u.dk, u.dv, d.l, u.q_len, u.dtype, unit, prec, c.best, flops / c.best / 1e9, t_roof / c.best, ratio
             );
         }
     }
