@@ -1864,58 +1864,24 @@ struct UnitShape {
 fn units_report(tier: Tier, args: &Args, probes: &Probes) {
     use gqa_kernels::Precision;
     let div = if args.quick { 4 } else { 1 };
+    // (model, H, G, Dk, Dv, K and V type, q_len, L)
     let shapes = [
-        UnitShape {
-            model: "Falcon-7B",
-            h: 71,
-            g: 1,
-            dk: 64,
-            dv: 64,
-            dtype: Dtype::Bf16,
-            q_len: 1,
-            l: 32768,
-        },
-        UnitShape {
-            model: "Falcon-7B",
-            h: 71,
-            g: 1,
-            dk: 64,
-            dv: 64,
-            dtype: Dtype::F16,
-            q_len: 1,
-            l: 32768,
-        },
-        UnitShape {
-            model: "Llama-3-8B",
-            h: 32,
-            g: 8,
-            dk: 128,
-            dv: 128,
-            dtype: Dtype::Bf16,
-            q_len: 1,
-            l: 32768,
-        },
-        UnitShape {
-            model: "Llama-3-8B",
-            h: 32,
-            g: 8,
-            dk: 128,
-            dv: 128,
-            dtype: Dtype::Bf16,
-            q_len: 4,
-            l: 32768,
-        },
-        UnitShape {
-            model: "MLA-size",
-            h: 128,
-            g: 1,
-            dk: 576,
-            dv: 512,
-            dtype: Dtype::Bf16,
-            q_len: 1,
-            l: 8192,
-        },
-    ];
+        ("Falcon-7B", 71, 1, 64, 64, Dtype::Bf16, 1, 32768),
+        ("Falcon-7B", 71, 1, 64, 64, Dtype::F16, 1, 32768),
+        ("Llama-3-8B", 32, 8, 128, 128, Dtype::Bf16, 1, 32768),
+        ("Llama-3-8B", 32, 8, 128, 128, Dtype::Bf16, 4, 32768),
+        ("MLA-size", 128, 1, 576, 512, Dtype::Bf16, 1, 8192),
+    ]
+    .map(|(model, h, g, dk, dv, dtype, q_len, l)| UnitShape {
+        model,
+        h,
+        g,
+        dk,
+        dv,
+        dtype,
+        q_len,
+        l,
+    });
     let (bw, fma) = probes.get(1);
     let rate = |u: Unit| {
         if u == Unit::F32Fma {

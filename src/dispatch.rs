@@ -321,29 +321,32 @@ pub(crate) fn table(tier: Tier) -> &'static [KernelEntry] {
     }
 }
 
-/// The tile kernels: bf16 K and V, any dims and rows.
+/// A tile kernel's table entry: bf16 K and V, any dims and rows.
+#[cfg(target_arch = "x86_64")]
+const fn amx_bf16(name: &'static str, f: KernelFn) -> KernelEntry {
+    KernelEntry {
+        name,
+        tier: Tier::Avx512,
+        k: Dtype::Bf16,
+        v: Dtype::Bf16,
+        dk: 0,
+        dv: 0,
+        rows: 0,
+        f,
+    }
+}
+
+/// The tile kernels, `Exact` then `Fast`.
 #[cfg(target_arch = "x86_64")]
 static AMX_BF16: [KernelEntry; 2] = [
-    KernelEntry {
-        name: "decode_bf16_amx_exact__avx512",
-        tier: Tier::Avx512,
-        k: Dtype::Bf16,
-        v: Dtype::Bf16,
-        dk: 0,
-        dv: 0,
-        rows: 0,
-        f: crate::arch::x86_64::amx::decode::<true>,
-    },
-    KernelEntry {
-        name: "decode_bf16_amx_fast__avx512",
-        tier: Tier::Avx512,
-        k: Dtype::Bf16,
-        v: Dtype::Bf16,
-        dk: 0,
-        dv: 0,
-        rows: 0,
-        f: crate::arch::x86_64::amx::decode::<false>,
-    },
+    amx_bf16(
+        "decode_bf16_amx_exact__avx512",
+        crate::arch::x86_64::amx::decode::<true>,
+    ),
+    amx_bf16(
+        "decode_bf16_amx_fast__avx512",
+        crate::arch::x86_64::amx::decode::<false>,
+    ),
 ];
 
 /// The kernel of a unit other than f32 FMA (whose kernels [`select`]
