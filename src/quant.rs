@@ -107,7 +107,10 @@ fn check_len(arg: &'static str, expected: usize, actual: usize) -> Result<()> {
 
 /// Symmetric int8 quantization of one row: returns the row's scale
 /// `absmax / 127` (0 for an all-zero row) and writes
-/// `round(x / scale)` (in `-127..=127`) to `dst`.
+/// `round(x / scale)` (in `-127..=127`) to `dst`: the nearest level, ties to
+/// even. Decoding a value gives `y = scale · q` with
+/// `|x − y| ≤ scale / 2 + 2⁻²⁴·|y|` (the last term is the f32 rounding of
+/// the product).
 pub fn quantize_int8_row(src: &[f32], dst: &mut [i8]) -> Result<f32> {
     check_len("dst", src.len(), dst.len())?;
     check_finite(src)?;
@@ -117,9 +120,15 @@ pub fn quantize_int8_row(src: &[f32], dst: &mut [i8]) -> Result<f32> {
         dst.fill(0);
         return Ok(0.0);
     }
-    let inv = 1.0 / scale;
+    // The quotient in f64 picks the nearest level: a quotient of two f32
+    // values is a half-integer only when it is one exactly, and f64 holds it
+    // well enough to tell. Multiplying by an f32 reciprocal could land on the
+    // farther level for values near a midpoint.
+    let scale64 = f64::from(scale);
     for (q, &x) in dst.iter_mut().zip(src) {
-        *q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *q = (f64::from(x) / scale64)
+            .round_ties_even()
+            .clamp(-127.0, 127.0) as i8;
     }
     Ok(scale)
 }
