@@ -28,7 +28,8 @@
 //! four times the last-level cache), so no row is cached from the previous
 //! run. Rows marked `hot` (`residency` in JSON) run one layer's cache over
 //! and over; a fraction above 1 there means the cache fit in the last-level
-//! cache. The layouts section measures each shape's layouts together (runs
+//! cache. Rows marked `llc` rotate over 32 layers' caches that fit in the
+//! last-level cache together. The layouts section measures each shape's layouts together (runs
 //! interleaved) and its summary divides every step time by the
 //! `[B, G, L, D]` one (`layout_ratio` in JSON), and every 2-thread time by
 //! the 1-thread one (`thread_ratio`). `seconds` is the best of at
@@ -468,6 +469,9 @@ impl Variant {
 enum Layout {
     /// `[B, G, L, D]`, each head's rows contiguous (the default).
     Bgld,
+    /// The same cache with the head-major stream prefetch off
+    /// (`Plan::with_stream_prefetch(0)`): the hardware prefetcher alone.
+    BgldHwPrefetch,
     /// `[B, L, G, D]`, the heads of a position side by side.
     Blgd,
     /// `[B, L, G, D]` with 64 bytes of padding after each position: the
@@ -486,6 +490,7 @@ impl Layout {
     fn key(self) -> String {
         match self {
             Layout::Bgld => "bgld".into(),
+            Layout::BgldHwPrefetch => "bgld-hwpf".into(),
             Layout::Blgd => "blgd".into(),
             Layout::BlgdPad => "blgd+64B".into(),
             Layout::Paged(p) => format!("paged{p}"),
@@ -578,7 +583,7 @@ impl Rig {
         let Job { m, l, layout, .. } = *job;
         let (k, v) = (self.k[i].data(), self.v[i].data());
         match layout {
-            Layout::Bgld => KvCache::strided(
+            Layout::Bgld | Layout::BgldHwPrefetch => KvCache::strided(
                 KvTensor::bgld(k, l, m.g, m.d),
                 KvTensor::bgld(v, l, m.g, m.d),
             ),
@@ -656,7 +661,17 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         .zip(&rigs)
         .map(|(j, rig)| {
             let bytes = shape_of(j).kv_bytes(&vec![l; b]) * rig.k.len();
-            (if bytes >= 2 * llc { "cold" } else { "hot" }, rig.k.len())
+            // A rotation that fits in the last-level cache (32 layers of a
+            // short cache on a big-L3 host) is neither one hot layer nor a
+            // DRAM read: `llc`.
+            let res = if j.hot {
+                "hot"
+            } else if bytes >= 2 * llc {
+                "cold"
+            } else {
+                "llc"
+            };
+            (res, rig.k.len())
         })
         .collect();
     let q: Vec<f32> = (0..shape.q_elems())
@@ -775,6 +790,13 @@ fn make_plan(job: &Job, shape: &Shape) -> Plan {
         }
         Variant::Alibi => p.with_alibi_max_bias(8.0),
         _ => Ok(p),
+    })
+    .map(|p| {
+        if job.layout == Layout::BgldHwPrefetch {
+            p.with_stream_prefetch(0)
+        } else {
+            p
+        }
     })
     .unwrap_or_else(|e| panic!("plan {}: {e}", m.name))
 }
@@ -1232,6 +1254,7 @@ fn main() {
                 false,
                 vec![
                     Layout::Bgld,
+                    Layout::BgldHwPrefetch,
                     Layout::Blgd,
                     Layout::BlgdPad,
                     Layout::Paged(16),
@@ -1431,10 +1454,12 @@ fn main() {
                     "serving" => println!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
                     "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
                     "layouts" => println!(
-                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; blgd [B, L, G, D]; \
+                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; bgld-hwpf the same \
+                         without the stream prefetch (hardware prefetcher only); blgd [B, L, G, D]; \
                          blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
                          pages in shuffled order; ring read in two pieces; res: cold = rotating \
-                         over layer caches, hot = one layer's cache)"
+                         over layer caches, llc = the same but they fit in the last-level cache, \
+                         hot = one layer's cache)"
                     ),
                     "variants" => println!(
                         "## Attention variants, f16, L = 32768, B = 1 \

@@ -317,6 +317,8 @@ pub struct Plan {
     pub(crate) pool: Option<rayon::ThreadPool>,
     /// Software prefetch distance of the kernels, in rows (0: none).
     pub(crate) prefetch: usize,
+    /// Software prefetch distance of head-major streams, in rows (0: none).
+    pub(crate) stream_prefetch: usize,
     /// The multiply-add unit of the kernels.
     pub(crate) unit: Unit,
     /// Their precision class.
@@ -462,6 +464,7 @@ impl Plan {
             sinks: None,
             alibi: None,
             prefetch: default_prefetch(tier),
+            stream_prefetch: default_stream_prefetch(tier, shape),
             unit,
             precision,
             #[cfg(feature = "rayon")]
@@ -600,7 +603,7 @@ impl Plan {
     /// to 32 positions of a token-major cache, a page of a paged one), and each
     /// head's pass hints its share of the window this far ahead (rounded
     /// up to whole windows), as contiguous spans. Head-major rows and large
-    /// pages are left to the hardware prefetcher.
+    /// pages are streams of one head: see [`Plan::stream_prefetch`].
     pub fn prefetch(&self) -> usize {
         self.prefetch
     }
@@ -609,6 +612,21 @@ impl Plan {
     /// memory system better; results are bitwise the same at any distance.
     pub fn with_prefetch(mut self, rows: usize) -> Plan {
         self.prefetch = rows;
+        self
+    }
+    /// How many positions ahead each head-major stream (a KV head's rows
+    /// read in position order: `[B, G, L, D]` caches, and pages whose piece
+    /// of a head is at least 16 KiB) hints its own K and V rows into L2
+    /// while the kernel reads the current ones (0: left to the hardware
+    /// prefetcher). Chosen from the CPU when the plan is made.
+    pub fn stream_prefetch(&self) -> usize {
+        self.stream_prefetch
+    }
+    /// The same plan with a head-major stream prefetch distance of `rows`
+    /// positions (0 turns it off); results are bitwise the same at any
+    /// distance.
+    pub fn with_stream_prefetch(mut self, rows: usize) -> Plan {
+        self.stream_prefetch = rows;
         self
     }
     /// Worker threads used by [`Plan::run`].
@@ -927,6 +945,29 @@ fn default_prefetch(tier: Tier) -> usize {
     } else {
         DEFAULT_PREFETCH
     }
+}
+
+/// The head-major stream prefetch distance a plan starts with, in
+/// positions: `GQA_KERNELS_STREAM_PREFETCH` when set to a number (for
+/// experiments), else none for the portable tier and, for the vector
+/// tiers, the CPU's distance in bytes
+/// ([`crate::arch::stream_prefetch_bytes`]) in rows of the wider of K and
+/// V, 16 to 256 positions.
+fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
+    if let Some(n) = std::env::var("GQA_KERNELS_STREAM_PREFETCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return n;
+    }
+    let bytes = crate::arch::stream_prefetch_bytes();
+    if tier == Tier::Scalar || bytes == 0 {
+        return 0;
+    }
+    let row = (shape.k_dtype.row_bytes(shape.head_dim_k))
+        .max(shape.v_dtype.row_bytes(shape.head_dim_v))
+        .max(1);
+    (bytes / row).clamp(crate::arch::BLOCK, CHUNK)
 }
 
 /// Prefetch distance of the vector tiers, in positions: one window ahead

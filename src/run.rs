@@ -513,11 +513,17 @@ impl Job<'_, '_> {
                     let i = item - first;
                     if let Some(range) = self.item_range(item) {
                         let st = &mut states[i * slen..][..slen];
+                        let ahead = self.plan.stream_prefetch;
+                        let len = self.batch.seq_lens[b];
                         let mut w = range.start;
                         while w < range.end {
-                            let we = (w / CHUNK + 1) * CHUNK;
-                            let none = &mut [Span::default(); 2];
-                            self.run_window(b, g, w..we.min(range.end), st, scratch, none);
+                            let we = ((w / CHUNK + 1) * CHUNK).min(range.end);
+                            let hints = &mut if ahead > 0 {
+                                self.stream_hints(b, g, (w + ahead).min(len)..(we + ahead).min(len))
+                            } else {
+                                [Span::default(); 2]
+                            };
+                            self.run_window(b, g, w..we, st, scratch, hints);
                             w = we;
                         }
                     }
@@ -536,6 +542,14 @@ impl Job<'_, '_> {
                     self.plan.prefetch.div_ceil(window) * window
                 } else {
                     0
+                };
+                // Pages long enough for the hardware prefetcher: each head's
+                // pass is a stream of its own ([`Plan::stream_prefetch`]),
+                // hinted whole windows ahead, so a hint stays in one page.
+                let stream = if walk.prefetch {
+                    0
+                } else {
+                    self.plan.stream_prefetch.div_ceil(window) * window
                 };
                 let mut i0 = 0;
                 while i0 < n_items {
@@ -568,6 +582,13 @@ impl Job<'_, '_> {
                                 let pe = (e + ahead).min(range.end);
                                 let g = g0 + part.0;
                                 self.prefetch_window(b, g, pa..pe, part.0, part.1)
+                            } else if stream > 0 {
+                                let g = g0 + part.0;
+                                self.stream_hints(
+                                    b,
+                                    g,
+                                    (a + stream).min(len)..(e + stream).min(len),
+                                )
                             } else {
                                 [Span::default(); 2]
                             }
@@ -600,6 +621,42 @@ impl Job<'_, '_> {
                 }
             }
         }
+    }
+
+    /// The K and V rows of positions `w` of sequence `b`, KV head `g`, as
+    /// spans for the kernel to hint into L2 while it reads earlier rows of
+    /// the same head ([`Plan::stream_prefetch`]): the first run of
+    /// positions only (a page boundary ends it), and only where the rows
+    /// fill at least half of their span.
+    fn stream_hints(&self, b: usize, g: usize, w: Range<usize>) -> [Span; 2] {
+        let mut out = [Span::default(); 2];
+        if w.is_empty() {
+            return out;
+        }
+        let s = &self.plan.shape;
+        let cache = &self.batch.cache;
+        let (kdata, vdata) = cache.data();
+        let (kt, vt) = token_strides(cache);
+        let mut first = true;
+        for_runs(cache, b, g, w.start, w.end, |run| {
+            if !std::mem::take(&mut first) {
+                return;
+            }
+            let span = |data: &KvData<'_>, o: usize, t: usize, d: usize| {
+                if t > 2 * d {
+                    return Span::default();
+                }
+                Span {
+                    ptr: data.kernel_rows(o, t, d).ptr,
+                    bytes: value_bytes(data, d, (run.n - 1) * t + d),
+                }
+            };
+            out = [
+                span(&kdata, run.k, kt, s.head_dim_k),
+                span(&vdata, run.v, vt, s.head_dim_v),
+            ];
+        });
+        out
     }
 
     /// Share `part` of `parts` of the memory that positions `w` of

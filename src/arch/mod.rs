@@ -591,6 +591,23 @@ pub(crate) unsafe fn exp2<S: Simd>(x: S::V) -> S::V {
 #[cfg(test)]
 pub(crate) mod tests;
 
+/// Bytes ahead of its reads that each head-major K or V stream hints into
+/// L2 by default ([`crate::Plan::stream_prefetch`]; 0: none). On the
+/// 2-core Intel Xeon VM (Sapphire Rapids class), Llama-3-8B f16
+/// `[B, G, L, D]`, L 32768, cold: the hardware prefetcher alone read
+/// 8.3 GB/s with 1 thread and 16.4 with 2; hinting 8 to 128 KiB ahead,
+/// 11.7-12.2 and 22.3-22.5 GB/s, flat across that range (f32 and D = 256
+/// the same), so 32 KiB. Other CPUs are left to their hardware prefetcher
+/// until measured: on the AMD Zen 4 VM head-major caches read at least as
+/// fast as token-major ones with software prefetch.
+pub(crate) fn stream_prefetch_bytes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if x86_64::intel() {
+        return 32 << 10;
+    }
+    0
+}
+
 /// Hints every cache line of the `bytes` bytes from `p` into the core's
 /// second-level cache (x86 `prefetcht1`, aarch64 `prfm pldl2keep`): the
 /// driver's prefetch of the rows a KV head's pass over a token-major or
