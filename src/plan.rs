@@ -960,8 +960,11 @@ fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
     {
         return n;
     }
+    if tier == Tier::Scalar {
+        return 0;
+    }
     let bytes = crate::arch::stream_prefetch_bytes();
-    if tier == Tier::Scalar || bytes == 0 {
+    if bytes == 0 {
         return 0;
     }
     let row = (shape.k_dtype.row_bytes(shape.head_dim_k))
