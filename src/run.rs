@@ -629,15 +629,11 @@ impl Job<'_, '_> {
     /// positions only (a page boundary ends it), and only where the rows
     /// fill at least half of their span.
     fn stream_hints(&self, b: usize, g: usize, w: Range<usize>) -> [Span; 2] {
-        let mut out = [Span::default(); 2];
-        if w.is_empty() {
-            return out;
-        }
-        let s = &self.plan.shape;
-        let cache = &self.batch.cache;
-        let (kdata, vdata) = cache.data();
-        let (kt, vt) = token_strides(cache);
-        let mut first = true;
+        // An empty `w` has no runs: both spans stay empty.
+        let (cache, s) = (&self.batch.cache, &self.plan.shape);
+        let (dk, dv) = (s.head_dim_k, s.head_dim_v);
+        let ((kdata, vdata), (kt, vt)) = (cache.data(), token_strides(cache));
+        let (mut out, mut first) = ([Span::default(); 2], true);
         for_runs(cache, b, g, w.start, w.end, |run| {
             if !std::mem::take(&mut first) {
                 return;
@@ -651,10 +647,7 @@ impl Job<'_, '_> {
                     bytes: value_bytes(data, d, (run.n - 1) * t + d),
                 }
             };
-            out = [
-                span(&kdata, run.k, kt, s.head_dim_k),
-                span(&vdata, run.v, vt, s.head_dim_v),
-            ];
+            out = [span(&kdata, run.k, kt, dk), span(&vdata, run.v, vt, dv)];
         });
         out
     }
