@@ -615,10 +615,14 @@ impl Plan {
         self
     }
     /// How many positions ahead each head-major stream (a KV head's rows
-    /// read in position order: `[B, G, L, D]` caches, and pages whose piece
-    /// of a head is at least 16 KiB) hints its own K and V rows into L2
-    /// while the kernel reads the current ones (0: left to the hardware
-    /// prefetcher). Chosen from the CPU when the plan is made.
+    /// read in position order: `[B, G, L, D]` caches) hints its own K and V
+    /// rows into L2 while the kernel reads the current ones (0: left to the
+    /// hardware prefetcher). Chosen from the CPU when the plan is made.
+    /// Pages whose piece of a head is at least 16 KiB, where it is not 0,
+    /// hint instead the rows of the call that follows (the next head's
+    /// piece of the page, or the first head's of the next page): on an
+    /// Intel core that took pages of 256 from 1.25x to 1.02x the step time
+    /// of `[B, G, L, D]`.
     pub fn stream_prefetch(&self) -> usize {
         self.stream_prefetch
     }

@@ -543,14 +543,12 @@ impl Job<'_, '_> {
                 } else {
                     0
                 };
-                // Pages long enough for the hardware prefetcher: each head's
-                // pass is a stream of its own ([`Plan::stream_prefetch`]),
-                // hinted whole windows ahead, so a hint stays in one page.
-                let stream = if walk.prefetch {
-                    0
-                } else {
-                    self.plan.stream_prefetch.div_ceil(window) * window
-                };
+                // Pages long enough for the hardware prefetcher, where
+                // [`Plan::stream_prefetch`] is on: each call hints the rows
+                // of the call that follows it (the next head's piece of the
+                // window, or the first head's piece of the next window), so
+                // a hint is read one call later, whatever the page order.
+                let stream = !walk.prefetch && self.plan.stream_prefetch > 0;
                 let mut i0 = 0;
                 while i0 < n_items {
                     let i1 = ((first + i0) / heads + 1) * heads - first;
@@ -582,13 +580,11 @@ impl Job<'_, '_> {
                                 let pe = (e + ahead).min(range.end);
                                 let g = g0 + part.0;
                                 self.prefetch_window(b, g, pa..pe, part.0, part.1)
-                            } else if stream > 0 {
-                                let g = g0 + part.0;
-                                self.stream_hints(
-                                    b,
-                                    g,
-                                    (a + stream).min(len)..(e + stream).min(len),
-                                )
+                            } else if stream && part.0 + 1 < part.1 {
+                                self.stream_hints(b, g0 + part.0 + 1, a..e)
+                            } else if stream {
+                                let next = e..(e + window).min(range.end);
+                                self.stream_hints(b, g0, next)
                             } else {
                                 [Span::default(); 2]
                             }
