@@ -67,6 +67,7 @@ mod error;
 mod layout;
 mod merge;
 mod plan;
+mod pool;
 pub mod probe;
 pub mod quant;
 pub mod reference;

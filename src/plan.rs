@@ -313,8 +313,8 @@ pub struct Plan {
     pub(crate) sinks: Option<Vec<f32>>,
     /// ALiBi slope per query head (natural-log units), if any.
     pub(crate) alibi: Option<Vec<f32>>,
-    #[cfg(feature = "rayon")]
-    pub(crate) pool: Option<rayon::ThreadPool>,
+    /// The workers of a plan with `threads > 1`.
+    pub(crate) pool: Option<crate::pool::Pool>,
     /// Software prefetch distance of the kernels, in rows (0: none).
     pub(crate) prefetch: usize,
     /// Software prefetch distance of head-major streams, in rows (0: none).
@@ -396,8 +396,8 @@ fn plan_splits(s: &Shape, window: usize) -> (usize, usize) {
 
 impl Plan {
     /// Validates `shape` and `options` and fixes the tier, the kernels, the
-    /// KV splits and (with more than one thread and the `rayon` feature) the
-    /// plan's own worker pool.
+    /// KV splits and (with more than one thread) the plan's own worker
+    /// threads.
     pub fn new(shape: &Shape, options: &Options) -> Result<Plan> {
         shape.validate()?;
         let scale = match options.scale {
@@ -467,25 +467,20 @@ impl Plan {
             stream_prefetch: default_stream_prefetch(tier, shape),
             unit,
             precision,
-            #[cfg(feature = "rayon")]
             pool: None,
         };
         plan.checked_workspace_len()?;
-        #[cfg(feature = "rayon")]
         let plan = {
             let mut plan = plan;
             if threads > 1 {
-                plan.pool = Some(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .thread_name(|i| format!("gqa-kernels-{i}"))
-                        .build()
-                        .map_err(|_| Error::InvalidDim {
+                plan.pool =
+                    Some(
+                        crate::pool::Pool::new(threads).map_err(|_| Error::InvalidDim {
                             arg: "threads",
                             value: threads,
-                            reason: "the worker pool could not be started",
+                            reason: "the worker threads could not be started",
                         })?,
-                );
+                    );
             }
             plan
         };

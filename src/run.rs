@@ -81,18 +81,38 @@ impl Plan {
             plan: self,
             batch: *batch,
         };
-        if parts == 1 {
-            job.run_items(0, states, false, &mut scratch[..wl]);
-        } else {
-            let (st, sc) = (&mut *states, &mut *scratch);
-            let mut fork = move || job.fork(0, parts, per, 0, st, sc);
-            #[cfg(feature = "rayon")]
-            match &self.pool {
-                Some(pool) => pool.install(fork),
-                None => fork(),
+        match &self.pool {
+            Some(pool) if parts > 1 => {
+                let (n_items, slen) = (self.work_items(), self.state_len());
+                let (states, scratch) = (Base(states.as_mut_ptr()), Base(scratch.as_mut_ptr()));
+                pool.run(&|i| {
+                    let items = (i * per).min(n_items)..((i + 1) * per).min(n_items);
+                    if items.is_empty() {
+                        return;
+                    }
+                    // SAFETY: part `i` takes the states of its own items and
+                    // the `i`-th worker scratch (the pool has `threads`
+                    // parts, and `parts <= threads` scratch slices were
+                    // carved), so no two parts' slices overlap; each part
+                    // runs once, and `pool.run` returns only after all have
+                    // ended, while `states` and `scratch` are still borrowed.
+                    let (st, sc) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(
+                                states.at(items.start * slen),
+                                items.len() * slen,
+                            ),
+                            std::slice::from_raw_parts_mut(scratch.at(i * wl), wl),
+                        )
+                    };
+                    // Odd parts walk backwards: with head-major caches,
+                    // threads walking forwards in lockstep read streams a
+                    // power of two apart, which measured slower than one
+                    // thread (DRAM bank conflicts).
+                    job.run_items(items.start, st, i % 2 == 1, sc);
+                });
             }
-            #[cfg(not(feature = "rayon"))]
-            fork();
+            _ => job.run_items(0, states, false, &mut scratch[..wl]),
         }
         self.finish_states(batch, states, out, lse);
         Ok(())
@@ -448,35 +468,6 @@ struct Job<'p, 'a> {
 }
 
 impl Job<'_, '_> {
-    /// Runs `parts` contiguous parts of `per` items from `first`, forking in
-    /// halves (no allocation: `join` keeps its jobs on the stack). Part `i`
-    /// walks backwards when `i` is odd: with head-major caches, threads
-    /// walking forwards in lockstep read streams a power of two apart, which
-    /// measured slower than one thread (DRAM bank conflicts).
-    fn fork(
-        &self,
-        part0: usize,
-        parts: usize,
-        per: usize,
-        first: usize,
-        states: &mut [f32],
-        scratch: &mut [f32],
-    ) {
-        let (slen, wl) = (self.plan.state_len(), self.plan.worker_len());
-        if parts == 1 || states.len() <= per * slen {
-            self.run_items(first, states, part0 % 2 == 1, &mut scratch[..wl]);
-            return;
-        }
-        let left = parts / 2;
-        let n_left = (left * per).min(states.len() / slen);
-        let (sa, sb) = states.split_at_mut(n_left * slen);
-        let (ca, cb) = scratch.split_at_mut(left * wl);
-        join(
-            || self.fork(part0, left, per, first, sa, ca),
-            || self.fork(part0 + left, parts - left, per, first + n_left, sb, cb),
-        );
-    }
-
     /// Runs items `first..` (one per `state_len` floats of `states`), in
     /// reverse order when `reverse`, walking them as [`walk_window`] says.
     /// Kernel calls are cut at the same positions whatever the order of the
@@ -1021,18 +1012,20 @@ impl Job<'_, '_> {
     }
 }
 
-/// Runs `a` and `b`, in parallel where a pool is available.
-fn join<A: FnOnce() + Send, B: FnOnce() + Send>(a: A, b: B) {
-    #[cfg(feature = "rayon")]
-    {
-        rayon::join(a, b);
+/// The start of the states or scratch of a step, from which each part of
+/// [`Plan::run`] takes its own slice.
+#[derive(Clone, Copy)]
+struct Base(*mut f32);
+
+// SAFETY: the parts that share a `Base` take disjoint slices of it, and the
+// buffer outlives them (see [`Plan::run`]).
+unsafe impl Sync for Base {}
+
+impl Base {
+    /// `n` floats on (a method, so that closures capture the whole `Base`).
+    fn at(self, n: usize) -> *mut f32 {
+        self.0.wrapping_add(n)
     }
-    #[cfg(not(feature = "rayon"))]
-    std::thread::scope(|s| {
-        let h = s.spawn(b);
-        a();
-        h.join().expect("worker panicked");
-    });
 }
 
 #[cfg(test)]
