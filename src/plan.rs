@@ -213,7 +213,11 @@ pub struct Options {
     /// (`GQA_KERNELS_ISA` or the best available).
     pub tier: Option<Tier>,
     /// Worker threads for [`Plan::run`] (0 or 1: the calling thread only).
-    /// Results are bitwise identical for every value.
+    /// Results are bitwise identical for every value. With `n > 1` the plan
+    /// starts `n - 1` threads of its own; the caller runs one part of each
+    /// step, and after a step each worker spins for 200 µs (a core kept
+    /// busy) watching for the next one before it parks, so that a model's
+    /// back-to-back layer calls cost no wake-up.
     pub threads: usize,
     /// Sliding window `W` (Mistral, Gemma-2 local layers): the query at
     /// position `p` sees positions `p − W + 1 ..= p`, exactly `W` positions
