@@ -198,15 +198,10 @@ fn work(shared: &Shared, index: usize) {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // As with the epoch in `run`: a worker that parks after this store
+        // sees `stop` in its check under the lock.
         self.shared.stop.store(true, Ordering::SeqCst);
-        {
-            let _guard = self
-                .shared
-                .parked_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            self.shared.wake.notify_all();
-        }
+        self.shared.wake_all();
         for worker in self.workers.drain(..) {
             // A worker's panics are caught, so it ends normally.
             let _ = worker.join();
