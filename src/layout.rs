@@ -93,7 +93,14 @@ const SHORT_PIECE: usize = 16 << 10;
 /// positions were slower again, and so were 32-position windows of 4 KiB
 /// positions (f32 D = 128: 4 % slower; f16 D = 256: 1 %). Pages keep
 /// windows of their own size (32-position windows over pages of 16 were
-/// 1.6x slower).
+/// 1.6x slower). Nor does one kernel call per head across the pages of a
+/// window pay off: on the Intel development machine (Llama-3-8B f16, pages
+/// of 16 shuffled, L 32768, 1 thread) calls over 32-256 positions, each
+/// hinting the next call's rows 1-4 calls ahead, cut the cache-resident
+/// step from 1.11-1.17x to 1.03-1.10x of `[B, G, L, D]` but made the cold
+/// one 1.17-1.35x against 1.15-1.19x page by page: reading each page's
+/// heads together is worth more to the memory system than the ~50 ns a
+/// kernel call costs.
 const TOKEN_WINDOW_BYTES: usize = 64 << 10;
 
 /// Most positions per token-major window (two blocks).
