@@ -49,6 +49,7 @@
 //! `GQA_KERNELS_PREFETCH=N` sets the kernels' software prefetch distance
 //! (rows; 0 = off) of every plan, for comparing distances.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use gqa_kernels::probe::{StreamProbe, Unit};
@@ -533,17 +534,34 @@ fn llc_bytes() -> usize {
         .map_or(32 << 20, |(_, bytes)| bytes)
 }
 
+/// K and V stores of `layers` layers that the jobs of one measurement with
+/// the same types and sizes share: each layout reads the same memory, so a
+/// ratio between layouts does not depend on where the allocator placed
+/// each one's buffers (on the Intel development VM two 1 GiB sets of the
+/// same `[B, G, L, D]` caches, allocated one after the other, read 6-10 %
+/// apart in 4 runs of 5).
+struct StoreSet {
+    key: (Dtype, Dtype, usize, usize, usize),
+    k: Rc<Vec<Store>>,
+    v: Rc<Vec<Store>>,
+}
+
 /// One job's caches: `layers` K and V stores of one layer each, the block
 /// table of a paged layout and the ring's first positions.
 struct Rig {
-    k: Vec<Store>,
-    v: Vec<Store>,
+    k: Rc<Vec<Store>>,
+    v: Rc<Vec<Store>>,
+    /// Which of the measurement's store sets `k` and `v` are (jobs whose
+    /// caches take the same memory read the same stores).
+    set: usize,
     table: Vec<u32>,
     first_pos: Vec<usize>,
 }
 
 impl Rig {
-    fn new(job: &Job, layers: usize) -> Rig {
+    /// The job's rig over `layers` layer caches, reusing a store set of
+    /// `sets` that has the same types and sizes, else adding one.
+    fn new(job: &Job, layers: usize, sets: &mut Vec<StoreSet>) -> Rig {
         let Job {
             m, b, l, layout, ..
         } = *job;
@@ -566,13 +584,30 @@ impl Rig {
             s ^= s << 17;
             table.swap(i, (s % (i as u64 + 1)) as usize);
         }
+        let key = (job.dtype, job.v_dtype, elems, m.d, layers);
+        let set = match sets.iter().position(|s| s.key == key) {
+            Some(i) => i,
+            None => {
+                sets.push(StoreSet {
+                    key,
+                    k: Rc::new(
+                        (0..layers)
+                            .map(|i| Store::new(job.dtype, elems, m.d, 1 + 2 * i as u64))
+                            .collect(),
+                    ),
+                    v: Rc::new(
+                        (0..layers)
+                            .map(|i| Store::new(job.v_dtype, elems, m.d, 2 + 2 * i as u64))
+                            .collect(),
+                    ),
+                });
+                sets.len() - 1
+            }
+        };
         Rig {
-            k: (0..layers)
-                .map(|i| Store::new(job.dtype, elems, m.d, 1 + 2 * i as u64))
-                .collect(),
-            v: (0..layers)
-                .map(|i| Store::new(job.v_dtype, elems, m.d, 2 + 2 * i as u64))
-                .collect(),
+            k: sets[set].k.clone(),
+            v: sets[set].v.clone(),
+            set,
             table,
             first_pos: vec![l / 2; b],
         }
@@ -640,6 +675,7 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     };
     let shape = shape_of(&jobs[0]);
     let llc = llc_bytes();
+    let mut sets = Vec::new();
     let rigs: Vec<Rig> = jobs
         .iter()
         .map(|j| {
@@ -653,9 +689,13 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
                     .div_ceil(layer_bytes)
                     .clamp(1, MODEL_LAYERS)
             };
-            Rig::new(j, layers)
+            Rig::new(j, layers, &mut sets)
         })
         .collect();
+    // One rotation per store set, shared by its jobs: every run reads the
+    // layer after the one the previous run of that set read, so no job
+    // finds rows another job left in the cache.
+    let set_of: Vec<usize> = rigs.iter().map(|r| r.set).collect();
     let residency: Vec<(&'static str, usize)> = jobs
         .iter()
         .zip(&rigs)
@@ -716,7 +756,7 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
         .collect();
     let mut ws: Vec<Vec<u8>> = plans.iter().map(|p| p.alloc_workspace()).collect();
     let mut times = vec![Vec::new(); jobs.len()];
-    let mut next = vec![0usize; jobs.len()];
+    let mut next = vec![0usize; sets.len()];
     let live = probes.live(jobs[0].threads);
     // The read probes' best pass in these minutes, and the time they took
     // (not counted in `min_secs`).
@@ -729,8 +769,8 @@ fn measure(jobs: &[Job], probes: &Probes, min_secs: f64) -> Vec<Row> {
     for round in 0.. {
         for (i, layers) in batches.iter().enumerate() {
             for rep in 0..burst {
-                let batch = &layers[next[i] % layers.len()];
-                next[i] += 1;
+                let batch = &layers[next[set_of[i]] % layers.len()];
+                next[set_of[i]] += 1;
                 let t = Instant::now();
                 plans[i]
                     .run(batch, &mut out, Some(&mut lse), &mut ws[i])
