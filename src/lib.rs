@@ -61,7 +61,6 @@
 mod append;
 mod arch;
 pub mod capi;
-pub mod convert;
 pub mod dispatch;
 mod error;
 mod layout;

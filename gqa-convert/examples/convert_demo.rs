@@ -6,7 +6,7 @@
 //! d_model = 4096; K/V projection weights N(0, 1/d_model), so keys and
 //! values have unit variance) reads L random context tokens; one random
 //! query per head attends to them. The K and V projections are converted
-//! to G ∈ {16, 8, 4, 2, 1} KV heads with `gqa_kernels::convert`, the
+//! to G ∈ {16, 8, 4, 2, 1} KV heads with `gqa_convert`, the
 //! context's keys and values are recomputed from the converted weights,
 //! and this crate's decode kernels run both the MHA step (G = 32) and each
 //! GQA step on the same queries. The table gives the relative error
@@ -18,9 +18,9 @@
 //! √ρ · W_shared + √(1−ρ) · W_own with ρ = 0.9, a stand-in for the
 //! redundancy across heads that makes GQA work on trained models).
 //!
-//! `cargo run --release --example convert_demo [-- --tokens L]`
+//! `cargo run --release -p gqa-convert --example convert_demo [-- --tokens L]`
 
-use gqa_kernels::convert::{pool_heads, Pooling, ProjShape};
+use gqa_convert::{pool_heads, Pooling, ProjShape};
 use gqa_kernels::{Dtype, KvTensor, Options, Plan, Shape};
 
 const H: usize = 32;

@@ -13,13 +13,20 @@
 //!
 //! Means are accumulated in f64 and rounded once to the tensor's type, so a
 //! pooled value is the correctly rounded mean of its sources (f32, f16 and
-//! bf16). The `gqa-convert` binary (feature `cli`) applies this to every
+//! bf16). The `gqa-convert` binary of this crate applies this to every
 //! layer of a safetensors checkpoint.
+//!
+//! This crate is the converter: the library function here and the command
+//! line tool (`src/main.rs`), apart from the kernel crate so that the
+//! kernels carry no command-line or checkpoint-format dependencies. It
+//! shares the kernel crate's [`Dtype`] and [`Error`].
 
-use half::{bf16, f16};
+use gqa_kernels::{bf16, f16, Dtype, Error, Result};
 
-use crate::error::{Error, Result};
-use crate::types::Dtype;
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// How the KV head of a group is made from the group's source heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +108,8 @@ pub trait Weight: Copy + sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
-    impl Sealed for half::f16 {}
-    impl Sealed for half::bf16 {}
+    impl Sealed for gqa_kernels::f16 {}
+    impl Sealed for gqa_kernels::bf16 {}
 }
 
 impl Weight for f32 {

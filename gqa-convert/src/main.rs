@@ -1,6 +1,6 @@
 //! `gqa-convert`: converts a multi-head (or GQA) safetensors checkpoint to
 //! `G` KV heads per layer by mean-pooling the K and V projection heads of
-//! each group (Ainslie et al., 2023), with [`gqa_kernels::convert`].
+//! each group (Ainslie et al., 2023), with [`gqa_convert::pool_heads`].
 //!
 //! ```text
 //! gqa-convert <INPUT> -o <OUTPUT> -g <GROUPS> [--preset llama|t5] [--pattern P]...
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use gqa_kernels::convert::{pool_heads_le, Pooling, ProjShape};
+use gqa_convert::{pool_heads_le, Pooling, ProjShape};
 use gqa_kernels::Dtype;
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::{SafeTensors, View};
