@@ -17,8 +17,8 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::layout::check_quant;
-use crate::plan::MAX_HEAD_DIM;
 use crate::quant::{quantize_fp8, quantize_int8_row, quantize_q8_0, BlockQ8_0, Fp8, QK8_0};
+use crate::shape::MAX_HEAD_DIM;
 use crate::types::{
     head_major_strides, token_major_strides, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv,
     RingKv,

@@ -1,6 +1,6 @@
 //! The error type of every fallible entry point.
 
-use crate::dispatch::{Tier, Unit};
+use crate::tier::{Tier, Unit};
 use crate::types::Dtype;
 
 /// What went wrong, naming the offending argument and its value.

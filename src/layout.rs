@@ -8,8 +8,13 @@
 
 use crate::arch::BLOCK;
 use crate::error::{Error, Result};
-use crate::plan::{Shape, CHUNK};
+use crate::shape::Shape;
 use crate::types::{KvCache, KvData, KvTensor};
+
+/// Positions per kernel call: every call is cut at multiples of `CHUNK`
+/// (absolute positions), whatever the walk order, so results never depend
+/// on how items are scheduled. A multiple of the kernel block.
+pub(crate) const CHUNK: usize = 256;
 
 /// Rows `pos..pos + n` of one (sequence, KV head), equally spaced: the K row
 /// of `pos` starts at element `k` (V at `v`), later rows one token stride on.

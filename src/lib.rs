@@ -63,6 +63,7 @@ mod arch;
 pub mod capi;
 pub mod dispatch;
 mod error;
+mod format;
 mod layout;
 mod merge;
 mod plan;
@@ -71,16 +72,18 @@ pub mod probe;
 pub mod quant;
 pub mod reference;
 mod run;
+mod shape;
+mod tier;
 mod types;
 
 pub use append::{append, KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
-pub use dispatch::{active_tier, kernel_instances, KernelInfo, Precision, Tier, Unit};
+pub use dispatch::{active_tier, kernel_instances, KernelInfo};
 pub use error::{Error, Result};
 pub use merge::merge_states;
-pub use plan::{
-    alibi_slopes, Options, Plan, Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN,
-};
+pub use plan::{alibi_slopes, Options, Plan};
 pub use run::{Part, Step};
+pub use shape::{Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
+pub use tier::{Precision, Tier, Unit};
 pub use types::{Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].

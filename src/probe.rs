@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::arch::probes;
-use crate::dispatch::Tier;
+use crate::tier::Tier;
 
 /// Streaming read bandwidth in bytes/s: `threads` threads each sum-reduce
 /// their share of a `bytes`-sized buffer (make it far larger than the last
@@ -138,7 +138,7 @@ pub fn fma_rate(threads: usize) -> f64 {
     best
 }
 
-pub use crate::dispatch::Unit;
+pub use crate::tier::Unit;
 
 /// Multiply-add rate of `unit` with `threads` threads, each running
 /// independent chains from registers: FLOP/s (int8: integer operations

@@ -16,7 +16,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
-use crate::plan::{check_batch, Shape};
+use crate::plan::check_batch;
+use crate::shape::Shape;
 use crate::types::{Batch, KvCache, KvData, KvTensor};
 
 /// Output of the reference: `out` as `[T, H, Dv]` and `lse` as `[T, H]`
@@ -172,7 +173,7 @@ pub fn decode_variant(
                 for h in 0..h_count {
                     let row = (tok0 + t) * h_count + h;
                     lse[row] = variant.sinks.map_or(f64::NEG_INFINITY, |s| {
-                        f64::from(s[h].max(crate::plan::LOGIT_FLOOR))
+                        f64::from(s[h].max(crate::shape::LOGIT_FLOOR))
                     });
                 }
                 continue;
@@ -195,7 +196,7 @@ pub fn decode_variant(
                     let qrow = &q[row * dk..(row + 1) * dk];
                     let sink = variant
                         .sinks
-                        .map(|s| f64::from(s[h].max(crate::plan::LOGIT_FLOOR)));
+                        .map(|s| f64::from(s[h].max(crate::shape::LOGIT_FLOOR)));
                     let mut scores = Vec::with_capacity(visible - first);
                     for (jj, krow) in krows.chunks(dk).enumerate() {
                         let j = first + jj;
@@ -225,7 +226,7 @@ pub fn decode_variant(
                         let add = if add == f64::NEG_INFINITY {
                             add
                         } else {
-                            add.max(f64::from(crate::plan::LOGIT_FLOOR))
+                            add.max(f64::from(crate::shape::LOGIT_FLOOR))
                         };
                         scores.push(s + bias + add);
                     }

@@ -22,8 +22,10 @@ use std::ops::Range;
 use crate::arch::{pad, ChunkArgs, Span};
 use crate::dispatch::count_run;
 use crate::error::{Error, Result};
+use crate::layout::CHUNK;
 use crate::layout::{for_runs, head_strides, token_strides, walk};
-use crate::plan::{check_batch, Plan, ALIGN, CHUNK, LOGIT_FLOOR};
+use crate::plan::{check_batch, Plan, ALIGN};
+use crate::shape::LOGIT_FLOOR;
 use crate::types::{Batch, KvData, KvTensor};
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.

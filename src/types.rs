@@ -2,7 +2,7 @@
 
 use half::{bf16, f16};
 
-use crate::quant::{BlockQ8_0, Fp8};
+use crate::format::{BlockQ8_0, Fp8, QK8_0};
 
 /// The element type of a K or V cache.
 ///
@@ -87,7 +87,7 @@ impl Dtype {
             Dtype::F32 => 4 * head_dim,
             Dtype::F16 | Dtype::Bf16 => 2 * head_dim,
             Dtype::Int8 => head_dim + 4,
-            Dtype::Q8_0 => head_dim.div_ceil(crate::quant::QK8_0) * 34,
+            Dtype::Q8_0 => head_dim.div_ceil(QK8_0) * 34,
             Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => head_dim,
         }
     }
@@ -190,7 +190,7 @@ impl<'a> KvData<'a> {
             KvData::F16(s) => s.len(),
             KvData::Bf16(s) => s.len(),
             KvData::Int8 { values, .. } => values.len(),
-            KvData::Q8_0(b) => b.len() * crate::quant::QK8_0,
+            KvData::Q8_0(b) => b.len() * QK8_0,
             KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => values.len(),
         }
     }
@@ -215,8 +215,8 @@ impl<'a> KvData<'a> {
                 f64::from(scales[i / head_dim]) * f64::from(values[i])
             }
             KvData::Q8_0(b) => {
-                let blk = &b[i / crate::quant::QK8_0];
-                f64::from(blk.d) * f64::from(blk.qs[i % crate::quant::QK8_0])
+                let blk = &b[i / QK8_0];
+                f64::from(blk.d) * f64::from(blk.qs[i % QK8_0])
             }
             KvData::Fp8E4M3 { values, scales } => {
                 head_scale(scales) * f64::from(Fp8::E4M3.decode(values[i]))
@@ -251,8 +251,8 @@ impl<'a> KvData<'a> {
                 scale_stride: stride / head_dim,
             },
             KvData::Q8_0(b) => KernelRows {
-                ptr: b.as_ptr().wrapping_add(o / crate::quant::QK8_0).cast(),
-                stride: stride / crate::quant::QK8_0,
+                ptr: b.as_ptr().wrapping_add(o / QK8_0).cast(),
+                stride: stride / QK8_0,
                 scale: std::ptr::null(),
                 scale_stride: 0,
             },

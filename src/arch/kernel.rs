@@ -40,7 +40,7 @@
 use super::{
     exp2, pad, tanh, Ahead, ChunkArgs, Dims, Elem, Simd, SimdOp, BLOCK, MAX_ROW_TILE, PAD, SKEW,
 };
-use crate::plan::LOGIT_FLOOR;
+use crate::shape::LOGIT_FLOOR;
 
 /// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
 /// accumulators are available: as many as fit, up to 16. Every column tile is one pass over the block's V rows;

@@ -43,14 +43,14 @@ pub(crate) const MAX_ROW_TILE: usize = 8;
 /// f32 of scratch the kernels of `unit` need beyond [`scratch_len`] (the
 /// tile kernels carve their own regions; 0 for the f32 kernels).
 pub(crate) fn unit_scratch_len(
-    unit: crate::dispatch::Unit,
+    unit: crate::tier::Unit,
     rows: usize,
     dk: usize,
     dv: usize,
 ) -> usize {
     match unit {
         #[cfg(target_arch = "x86_64")]
-        crate::dispatch::Unit::AmxBf16 => x86_64::amx::scratch_len(rows, dk, dv),
+        crate::tier::Unit::AmxBf16 => x86_64::amx::scratch_len(rows, dk, dv),
         _ => {
             let _ = (rows, dk, dv);
             0

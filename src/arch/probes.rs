@@ -2,7 +2,7 @@
 //! [`Simd`] like the kernel and run on a tier through its `with` entry.
 
 use super::{Elem, Simd, SimdOp};
-use crate::dispatch::Tier;
+use crate::tier::Tier;
 
 struct Sum<'a>(&'a [f32]);
 

@@ -1,7 +1,7 @@
 //! Unit tests of every tier's SIMD primitives against plain scalar code.
 
 use super::{exp2, tanh, Simd, SimdOp};
-use crate::dispatch::Tier;
+use crate::tier::Tier;
 
 /// Runs `f::<S>()` on every available tier.
 fn each_tier<O: SimdOp + Clone>(op: O) -> Vec<(Tier, O::Out)> {

@@ -1,0 +1,121 @@
+//! The vocabulary of dispatch, with no dependencies: kernel tiers, the
+//! multiply-add units a tier's kernels can run on, and precision classes.
+//! What this CPU has, and which kernels run where, is
+//! [`crate::dispatch`]'s business (it adds the detecting methods).
+
+/// A kernel tier: one instruction set the microkernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// Portable Rust, any target.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86-64 with AVX-512 F, BW and VL (plus FMA and F16C).
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Tier {
+    /// Every tier, slowest first.
+    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Neon];
+
+    /// The tier's name as used in kernel names and `GQA_KERNELS_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Scalar => "scalar",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
+        }
+    }
+
+    /// The tier's code in the C ABI (`GQA_TIER_*` in the header). Fixed
+    /// per tier and never reused, whatever the order of [`Tier::ALL`]: a
+    /// new tier takes the next free code.
+    pub const fn abi_code(self) -> i32 {
+        match self {
+            Tier::Scalar => 0,
+            Tier::Avx2 => 1,
+            Tier::Avx512 => 2,
+            Tier::Neon => 3,
+        }
+    }
+
+    /// The tier whose [`Tier::abi_code`] is `code`, if any.
+    pub fn from_abi_code(code: i32) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.abi_code() == code)
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A multiply-add unit of this core: the f32 FMA every tier's kernels run
+/// on, and the dot-product and tile units that sum several narrower
+/// products into one f32 or i32 lane. [`crate::probe::unit_rate`] measures
+/// each; [`crate::Options::unit`] runs a plan's kernels on one
+/// ([`Unit::runs`] says which dtype pairs have kernels on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// f32 fused multiply-add on the tier's vectors.
+    F32Fma,
+    /// AVX512-BF16 `vdpbf16ps`: two bf16 products per f32 lane.
+    Bf16Dot,
+    /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
+    Int8Dot,
+    /// AMX `tdpbf16ps`: 16 × 16 f32 outputs of 32 bf16 products each.
+    AmxBf16,
+    /// AMX `tdpbssd`: 16 × 16 i32 outputs of 64 int8 products each.
+    AmxInt8,
+}
+
+impl Unit {
+    /// Every unit.
+    pub const ALL: [Unit; 5] = [
+        Unit::F32Fma,
+        Unit::Bf16Dot,
+        Unit::Int8Dot,
+        Unit::AmxBf16,
+        Unit::AmxInt8,
+    ];
+
+    /// The unit's name in reports and kernel names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::F32Fma => "f32-fma",
+            Unit::Bf16Dot => "bf16-dot",
+            Unit::Int8Dot => "int8-dot",
+            Unit::AmxBf16 => "amx-bf16",
+            Unit::AmxInt8 => "amx-int8",
+        }
+    }
+}
+
+/// How closely a kernel on a dot-product or tile unit follows the f32
+/// kernels ([`crate::Options::precision`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// The f32 kernels' documented tolerance on every unit: operands that
+    /// the unit cannot take whole (q and the softmax weights P on a bf16
+    /// unit) are split into a high and a low part, each multiplied exactly.
+    #[default]
+    Exact,
+    /// q and P rounded to the unit's type (bf16: 8 significant bits), for
+    /// up to twice the speed where the unit binds; its error bound per unit
+    /// is in the README.
+    Fast,
+}
+
+impl Precision {
+    /// `exact` or `fast`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Fast => "fast",
+        }
+    }
+}
