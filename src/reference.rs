@@ -3,9 +3,13 @@
 //! Written for obviousness, never optimised: for every sequence, query token
 //! and query head it computes all scores in f64, takes their maximum, and
 //! normalises in a second pass. It takes the same batch description as the
-//! kernels ([`Batch`], plain slices underneath) and accepts and rejects
-//! exactly what they do (it calls the driver's validation, so a test can
-//! hand both the same inputs and a fuzz target can require them to agree).
+//! kernels ([`Batch`]: plain slices and strides) and shares no code with
+//! the driver: it validates nothing the driver validates. Hand it inputs
+//! the plan accepted (every test and fuzz target runs the plan first); it
+//! reads them with bounds-checked indexing, so an input the driver wrongly
+//! accepts (a row outside its buffer, a length past the query) panics here
+//! instead of passing unseen. It checks only its own arguments
+//! ([`Variant`]'s window, ALiBi and sink lengths, the scale).
 //! Everything it computes is its own: where each row lives in its buffer
 //! (`row_index`, from the layouts' definitions) and what each stored value
 //! means (`value`, literal decoders of every format from its bits, checked
@@ -16,7 +20,6 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
-use crate::plan::check_batch;
 use crate::shape::Shape;
 use crate::types::{Batch, KvCache, KvData, KvTensor};
 
@@ -109,7 +112,6 @@ pub fn decode_variant(
     batch: &Batch<'_>,
 ) -> Result<Reference> {
     let scale = variant.scale;
-    shape.validate()?;
     if variant.window == Some(0) {
         return Err(Error::InvalidDim {
             arg: "window",
@@ -135,7 +137,10 @@ pub fn decode_variant(
             });
         }
     }
-    let tokens = check_batch(shape, batch, None, None)?;
+    // Query tokens of the batch: the ragged offsets' end, else q_len each.
+    let tokens = batch
+        .q_offsets
+        .map_or(shape.batch * shape.q_len, |o| o[shape.batch]);
     let scale = match scale {
         None => 1.0 / (shape.head_dim_k as f64).sqrt(),
         Some(s) if s.is_finite() && s > 0.0 => f64::from(s),

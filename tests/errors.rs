@@ -1,9 +1,7 @@
 //! Bad input: every rejected argument gets a typed error naming it; nothing
 //! panics.
 
-use gqa_kernels::{
-    f16, reference, Dtype, Error, KvTensor, Options, Plan, Precision, Shape, Tier, Unit,
-};
+use gqa_kernels::{f16, Dtype, Error, KvTensor, Options, Plan, Precision, Shape, Tier, Unit};
 
 fn plan(shape: Shape) -> Result<Plan, Error> {
     Plan::new(&shape, &Options::default())
@@ -287,8 +285,6 @@ fn run_arguments_are_checked_against_the_plan() {
     assert!(matches!(e, Error::Overflow { arg: "k", seq: 1 }), "{e:?}");
     // Nothing was written by the failed calls.
     assert!(b.out.iter().all(|x| *x == 0.0));
-    // The reference rejects the same inputs.
-    assert!(reference::decode(&s, None, &b.q, &kt, &vt, &[3, 11]).is_err());
 }
 
 #[test]

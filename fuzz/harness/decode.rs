@@ -5,9 +5,12 @@
 //! sometimes corrupted (lengths past the buffers, strides that split a
 //! quantized row, page indices outside the pool, short queries), run
 //! through the public API on an arbitrary available tier and thread
-//! count. The run either returns an error, and then the reference rejects
-//! the same input, or succeeds, and then matches the f64 reference under
-//! the documented tolerance (no NaN) and is bitwise the one-thread result.
+//! count. The run either returns an error (the input was invalid: nothing
+//! to compare) or succeeds, and then the f64 reference, which validates
+//! nothing itself and indexes every buffer with bounds checks, reads the
+//! same input without a panic (so the driver accepted no row outside its
+//! buffer) and matches the run under the documented tolerance (no NaN),
+//! which is bitwise the one-thread result.
 //!
 //! Shared by the cargo-fuzz target and the stable regression test
 //! (`tests/fuzz_regressions.rs`).
@@ -151,8 +154,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         );
     }
     let mut case = spec.build();
-    // Sometimes corrupt one thing: the run must then fail cleanly, and the
-    // reference with it.
+    // Sometimes corrupt one thing: the run must then fail cleanly, or the
+    // input was still valid and everything below holds.
     match u.int_in_range(0..=9u8)? {
         0 if batch > 0 => {
             let b = u.choose_index(batch)?;
@@ -203,16 +206,13 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         softcap: case.softcap,
         alibi: case.alibi.as_deref(),
     };
-    let want = reference::decode_variant(&case.shape, &variant, &batch_in);
     match plan.run(&batch_in, &mut out, Some(&mut lse), &mut ws) {
-        Err(e) => assert!(
-            want.is_err(),
-            "{tier}: run rejected ({e}) what the reference accepts"
-        ),
+        Err(_) => {}
         Ok(()) => {
-            let want = want.unwrap_or_else(|e| {
-                panic!("{tier}: run accepted what the reference rejects ({e})")
-            });
+            let want =
+                reference::decode_variant(&case.shape, &variant, &batch_in).unwrap_or_else(|e| {
+                    panic!("{tier}: run accepted a variant the reference rejects ({e})")
+                });
             // A corrupted stride may point a row at a slot the generator
             // filled with NaN (it marks the slots no step may read); NaN in
             // the data propagates, so only the absence of a crash is checked.
