@@ -19,29 +19,15 @@ use crate::types::Dtype;
 impl Tier {
     /// Whether this CPU and build target can run the tier (detected once).
     pub fn is_available(self) -> bool {
-        static DETECTED: OnceLock<[bool; 4]> = OnceLock::new();
+        static DETECTED: OnceLock<[bool; Tier::ALL.len()]> = OnceLock::new();
         DETECTED.get_or_init(|| Tier::ALL.map(detect))[self as usize]
-    }
-
-    /// The CPU features the tier requires.
-    pub fn features(self) -> &'static [&'static str] {
-        match self {
-            Tier::Scalar => &[],
-            #[cfg(target_arch = "x86_64")]
-            Tier::Avx2 => crate::arch::x86_64::avx2::FEATURES,
-            #[cfg(target_arch = "x86_64")]
-            Tier::Avx512 => crate::arch::x86_64::avx512::FEATURES,
-            #[cfg(target_arch = "aarch64")]
-            Tier::Neon => crate::arch::aarch64::neon::FEATURES,
-            #[allow(unreachable_patterns)]
-            _ => &[],
-        }
     }
 
     /// The fastest available tier.
     pub fn best() -> Tier {
-        [Tier::Avx512, Tier::Neon, Tier::Avx2]
+        Tier::ALL
             .into_iter()
+            .rev()
             .find(|t| t.is_available())
             .unwrap_or(Tier::Scalar)
     }
@@ -68,7 +54,7 @@ impl Tier {
     }
 }
 
-static RUNS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static RUNS: [AtomicU64; Tier::ALL.len()] = [const { AtomicU64::new(0) }; Tier::ALL.len()];
 
 pub(crate) fn count_run(tier: Tier) {
     RUNS[tier as usize].fetch_add(1, Ordering::Relaxed);
@@ -86,38 +72,33 @@ impl FromStr for Tier {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Whether this CPU can run code compiled for `t`: every feature of
+/// [`Tier::features`] detected (none for the portable tier).
 fn detect(t: Tier) -> bool {
-    match t {
-        Tier::Scalar => true,
-        Tier::Avx2 => {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        }
-        Tier::Avx512 => {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        }
-        Tier::Neon => false,
-    }
+    t.features().iter().all(|f| has_feature(f))
 }
 
-#[cfg(target_arch = "aarch64")]
-fn detect(t: Tier) -> bool {
-    match t {
-        Tier::Scalar => true,
-        Tier::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+/// Whether this CPU has the target feature `name` (the detection macros
+/// take literals, so each feature a tier names is listed here once).
+fn has_feature(name: &str) -> bool {
+    match name {
+        #[cfg(target_arch = "x86_64")]
+        "avx2" => is_x86_feature_detected!("avx2"),
+        #[cfg(target_arch = "x86_64")]
+        "fma" => is_x86_feature_detected!("fma"),
+        #[cfg(target_arch = "x86_64")]
+        "f16c" => is_x86_feature_detected!("f16c"),
+        #[cfg(target_arch = "x86_64")]
+        "avx512f" => is_x86_feature_detected!("avx512f"),
+        #[cfg(target_arch = "x86_64")]
+        "avx512bw" => is_x86_feature_detected!("avx512bw"),
+        #[cfg(target_arch = "x86_64")]
+        "avx512vl" => is_x86_feature_detected!("avx512vl"),
+        #[cfg(target_arch = "aarch64")]
+        "neon" => std::arch::is_aarch64_feature_detected!("neon"),
+        // A feature of another architecture, or one no tier names.
         _ => false,
     }
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn detect(t: Tier) -> bool {
-    t == Tier::Scalar
 }
 
 /// Name of the environment variable that forces a tier for the process.

@@ -16,35 +16,96 @@ pub enum Tier {
     Neon,
 }
 
+/// One row of the tier table: what the crate knows about a tier that is
+/// not code (the code is the tier's file under `src/arch/`).
+struct TierRow {
+    tier: Tier,
+    /// The name in kernel names, reports and `GQA_KERNELS_ISA`.
+    name: &'static str,
+    /// The code in the C ABI (`GQA_TIER_*`): fixed per tier, never reused.
+    abi_code: i32,
+    /// The CPU features the tier's code is compiled for, spelled as
+    /// `#[target_feature(enable = ...)]` and the feature-detection macros
+    /// spell them. The tier's entry points carry exactly these, joined by
+    /// commas (a test reads the tier files to check it); detection
+    /// requires every one.
+    features: &'static [&'static str],
+}
+
+/// The tier table, slowest first (the order of [`Tier::ALL`], and the
+/// reverse of the order [`Tier::best`] tries). A new tier is a variant, a
+/// row here, its file under `src/arch/` and its line in
+/// `kernels/decode.kernels`.
+const TABLE: [TierRow; 4] = [
+    TierRow {
+        tier: Tier::Scalar,
+        name: "scalar",
+        abi_code: 0,
+        features: &[],
+    },
+    TierRow {
+        tier: Tier::Avx2,
+        name: "avx2",
+        abi_code: 1,
+        features: &["avx2", "fma", "f16c"],
+    },
+    TierRow {
+        tier: Tier::Avx512,
+        name: "avx512",
+        abi_code: 2,
+        features: &["avx512f", "avx512bw", "avx512vl", "fma", "f16c"],
+    },
+    TierRow {
+        tier: Tier::Neon,
+        name: "neon",
+        abi_code: 3,
+        features: &["neon"],
+    },
+];
+
+// Row `i` of the table describes the variant of discriminant `i`, so the
+// methods below index the table with `self as usize`.
+const _: () = {
+    let mut i = 0;
+    while i < TABLE.len() {
+        assert!(TABLE[i].tier as usize == i);
+        i += 1;
+    }
+};
+
 impl Tier {
     /// Every tier, slowest first.
-    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Neon];
+    pub const ALL: [Tier; TABLE.len()] = {
+        let mut all = [Tier::Scalar; TABLE.len()];
+        let mut i = 0;
+        while i < TABLE.len() {
+            all[i] = TABLE[i].tier;
+            i += 1;
+        }
+        all
+    };
 
     /// The tier's name as used in kernel names and `GQA_KERNELS_ISA`.
     pub fn name(self) -> &'static str {
-        match self {
-            Tier::Scalar => "scalar",
-            Tier::Avx2 => "avx2",
-            Tier::Avx512 => "avx512",
-            Tier::Neon => "neon",
-        }
+        TABLE[self as usize].name
     }
 
     /// The tier's code in the C ABI (`GQA_TIER_*` in the header). Fixed
     /// per tier and never reused, whatever the order of [`Tier::ALL`]: a
     /// new tier takes the next free code.
     pub const fn abi_code(self) -> i32 {
-        match self {
-            Tier::Scalar => 0,
-            Tier::Avx2 => 1,
-            Tier::Avx512 => 2,
-            Tier::Neon => 3,
-        }
+        TABLE[self as usize].abi_code
     }
 
     /// The tier whose [`Tier::abi_code`] is `code`, if any.
     pub fn from_abi_code(code: i32) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.abi_code() == code)
+    }
+
+    /// The CPU features the tier requires (in the spelling of
+    /// `#[target_feature]`), whatever the build target.
+    pub fn features(self) -> &'static [&'static str] {
+        TABLE[self as usize].features
     }
 }
 

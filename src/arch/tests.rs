@@ -400,3 +400,44 @@ fn ahead_hands_out_every_line_once() {
         assert_eq!(at, base.wrapping_add(bytes));
     }
 }
+
+/// Each tier's entry points are compiled for exactly the features the tier
+/// table names (`Tier::features`, which detection checks): the
+/// `#[target_feature]` strings of its file are the table's list joined by
+/// commas. The sources are read as text, so every tier is checked on any
+/// build target.
+#[test]
+fn entry_points_carry_the_table_features() {
+    let files = [
+        (Tier::Avx2, include_str!("x86_64/avx2.rs")),
+        (Tier::Avx512, include_str!("x86_64/avx512.rs")),
+        (Tier::Neon, include_str!("aarch64/neon.rs")),
+    ];
+    for (tier, text) in files {
+        assert!(
+            !tier.features().is_empty(),
+            "{tier}: no features in the table"
+        );
+        let want = format!(
+            "#[target_feature(enable = \"{}\")]",
+            tier.features().join(",")
+        );
+        // The two entry points: the kernel's and the primitives' (`with`).
+        let n = text.matches(want.as_str()).count();
+        assert!(n >= 2, "{tier}: {n} entry points carry {want}");
+        // Helpers may enable less, never a feature outside the table.
+        for line in text
+            .lines()
+            .filter(|l| l.contains("#[target_feature(enable"))
+        {
+            let list = line.split('"').nth(1).expect("a quoted feature list");
+            for f in list.split(',') {
+                assert!(
+                    tier.features().contains(&f),
+                    "{tier}: `{line}` enables {f}, which the table does not name"
+                );
+            }
+        }
+    }
+    assert!(Tier::Scalar.features().is_empty());
+}

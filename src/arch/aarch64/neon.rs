@@ -11,9 +11,6 @@ use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
 #[derive(Clone, Copy)]
 pub(crate) struct Neon;
 
-/// The target features this tier is compiled for and requires at run time.
-pub(crate) const FEATURES: &[&str] = &["neon"];
-
 /// Loads 4 u16 at `p`, or only the first `valid` of them (zero elsewhere).
 #[inline(always)]
 unsafe fn load_u16x4(p: *const u16, valid: usize) -> uint16x4_t {
@@ -236,7 +233,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 /// Runs `op` on this tier.
 ///
 /// # Safety
-/// The CPU supports [`FEATURES`].
+/// The CPU supports the tier's features ([`crate::Tier::features`], the
+/// string below).
 #[target_feature(enable = "neon")]
 #[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {

@@ -10,9 +10,6 @@ use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2;
 
-/// The target features this tier is compiled for and requires at run time.
-pub(crate) const FEATURES: &[&str] = &["avx2", "fma", "f16c"];
-
 /// Loads 8 u16 at `p`, or only the first `valid` of them (zero elsewhere).
 #[inline(always)]
 unsafe fn load_u16x8(p: *const u16, valid: usize) -> __m128i {
@@ -261,7 +258,8 @@ impl Simd for Avx2 {
 /// Entry point of every avx2 kernel instance.
 ///
 /// # Safety
-/// The CPU supports [`FEATURES`] and the preconditions of [`ChunkArgs`] hold.
+/// The CPU supports the tier's features ([`crate::Tier::features`], the
+/// string below) and the preconditions of [`ChunkArgs`] hold.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
     // SAFETY: features enabled on this function; forwarded preconditions.
@@ -271,7 +269,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 /// Runs `op` on this tier.
 ///
 /// # Safety
-/// The CPU supports [`FEATURES`].
+/// The CPU supports the tier's features ([`crate::Tier::features`], the
+/// string below).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {

@@ -11,9 +11,6 @@ use super::super::{kernel, ChunkArgs, Dims, Elem, Simd, SimdOp};
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
 
-/// The target features this tier is compiled for and requires at run time.
-pub(crate) const FEATURES: &[&str] = &["avx512f", "avx512bw", "avx512vl", "fma", "f16c"];
-
 #[inline(always)]
 fn tail_mask(valid: usize) -> u16 {
     if valid >= 16 {
@@ -244,7 +241,8 @@ impl Simd for Avx512 {
 /// Entry point of every avx512 kernel instance.
 ///
 /// # Safety
-/// The CPU supports [`FEATURES`] and the preconditions of [`ChunkArgs`] hold.
+/// The CPU supports the tier's features ([`crate::Tier::features`], the
+/// string below) and the preconditions of [`ChunkArgs`] hold.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
     // SAFETY: features enabled on this function; forwarded preconditions.
@@ -254,7 +252,8 @@ pub(crate) unsafe fn entry<K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
 /// Runs `op` on this tier.
 ///
 /// # Safety
-/// The CPU supports [`FEATURES`].
+/// The CPU supports the tier's features ([`crate::Tier::features`], the
+/// string below).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 #[inline(never)]
 pub(crate) unsafe fn with<O: SimdOp>(op: O) -> O::Out {
