@@ -321,6 +321,13 @@ const PROBE_PASSES: usize = 10;
 /// (at least eight times the last-level cache: read from DRAM).
 const LIVE_PROBE_BYTES: usize = 256 << 20;
 
+/// Buffer of the DRAM-sized read probes.
+const PROBE_BYTES: usize = 1 << 30;
+
+/// Buffer of the cache-resident read probes, per thread: 256 KiB, inside
+/// any core's L2.
+const HOT_PROBE_BYTES: usize = 256 << 10;
+
 /// Interleaved rounds of the G sweep.
 const SWEEP_ROUNDS: usize = 3;
 
@@ -340,6 +347,9 @@ struct Probes {
     /// roof is the best of the passes taken in the same minutes as its
     /// runs.
     live: Vec<(StreamProbe, StreamProbe)>,
+    /// One thread reading a cache of pages of 16 positions in the kernel's
+    /// order ([`paged_read_probe`]), bytes/s.
+    paged: f64,
 }
 
 /// Read bandwidth (bytes/s) of `threads` threads reading one stream, and
@@ -1047,9 +1057,28 @@ fn main() {
             std::process::exit(2);
         })
     });
-    let probe_bytes = 1usize << 30;
-    // Cache-resident: 256 KiB per thread, inside any core's L2.
-    let hot_bytes = 256usize << 10;
+    let probes = probe_machine(&args);
+    print_probes(&probes, tier, args.json);
+    let wanted = |s: &str| args.sections.is_empty() || args.sections.iter().any(|x| x == s);
+    let mut jobs = jobs(&args, tier);
+    jobs.retain(|j| wanted(j.section));
+    let min_secs = if args.quick { 0.15 } else { 0.4 };
+    let rows = run_jobs(&jobs, &probes, tier, &args, min_secs);
+    if wanted("append") {
+        append_report(tier, args.json, min_secs);
+    }
+    if wanted("units") {
+        units_report(tier, &args, &probes);
+    }
+    print_summaries(&rows, args.json);
+}
+
+/// Measures the machine: read bandwidth (DRAM-sized and cache-resident,
+/// one stream and two), the f32 FMA rate, the dot-product and tile units,
+/// widen rates per type, the live probes `measure` interleaves with its
+/// runs, and the paged-order read probe.
+fn probe_machine(args: &Args) -> Probes {
+    let (probe_bytes, hot_bytes) = (PROBE_BYTES, HOT_PROBE_BYTES);
     eprintln!(
         "probing read bandwidth ({} MiB and {} KiB per thread buffers; one stream, K and V side by side) and FMA rate…",
         probe_bytes >> 20,
@@ -1067,7 +1096,7 @@ fn main() {
         })
         .collect();
     let live_bytes = LIVE_PROBE_BYTES.max(8 * llc_bytes());
-    let probes = Probes {
+    Probes {
         at: reads
             .iter()
             .map(|r| {
@@ -1103,12 +1132,16 @@ fn main() {
                 )
             })
             .collect(),
-    };
-    // Llama-3-8B f16 with pages of 16 positions: 8 heads of 4 KiB per page,
-    // 128 MiB per pool.
-    let paged = paged_read_probe(4096, 8, 16 * 128 * 2, 3);
+        // Llama-3-8B f16 with pages of 16 positions: 8 heads of 4 KiB per
+        // page, 128 MiB per pool.
+        paged: paged_read_probe(4096, 8, 16 * 128 * 2, 3),
+    }
+}
+
+/// Prints what [`probe_machine`] measured (text or JSON lines).
+fn print_probes(probes: &Probes, tier: Tier, json: bool) {
     let (bw1, _) = probes.get(1);
-    if !args.json {
+    if !json {
         println!(
             "# machine: {} threads available; best tier {}; reporting tier {}",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1128,7 +1161,7 @@ fn main() {
                 r.threads,
                 r.dram_one / 1e9,
                 r.dram_two / 1e9,
-                hot_bytes >> 10,
+                HOT_PROBE_BYTES >> 10,
                 r.hot_one / 1e9,
                 r.hot_two / 1e9
             );
@@ -1165,8 +1198,8 @@ fn main() {
         }
         println!(
             "# probe, 1 thread, read in paged order (pages of 8 × 4 KiB, shuffled): {:.2} GB/s ({:.2} of streaming)",
-            paged / 1e9,
-            paged / bw1
+            probes.paged / 1e9,
+            probes.paged / bw1
         );
     } else {
         for ((t, bw, fma), r) in probes.at.iter().zip(&probes.reads) {
@@ -1185,21 +1218,25 @@ fn main() {
         }
         println!(
             "{{\"section\":\"probe_paged\",\"threads\":1,\"probe_gbps\":{:.3}}}",
-            paged / 1e9
+            probes.paged / 1e9
         );
     }
+}
 
-    let mut jobs: Vec<Job> = Vec::new();
-    let (models, lens, batches): (Vec<Model>, Vec<usize>, Vec<usize>) = if args.quick {
-        (vec![LLAMA3_8B, FALCON_7B], vec![1024, 32768], vec![1])
-    } else {
-        (
-            vec![LLAMA3_8B, QWEN25_7B, PHI3_MINI, FALCON_7B, GEMMA2_9B],
-            vec![1024, 8192, 32768],
-            vec![1, 4, 16],
-        )
-    };
-    let job = |section, m, b, l, dtype, tier, threads, layout, q_len| Job {
+/// A job of plain decode (no variant) with V of K's type, measured cold.
+#[allow(clippy::too_many_arguments)]
+fn job(
+    section: &'static str,
+    m: Model,
+    b: usize,
+    l: usize,
+    dtype: Dtype,
+    tier: Tier,
+    threads: usize,
+    layout: Layout,
+    q_len: usize,
+) -> Job {
+    Job {
         section,
         m,
         b,
@@ -1212,6 +1249,30 @@ fn main() {
         q_len,
         variant: Variant::None,
         hot: false,
+    }
+}
+
+/// Every measurement of the report, in order (before `--section` picks).
+fn jobs(args: &Args, tier: Tier) -> Vec<Job> {
+    let mut jobs = model_jobs(args, tier);
+    jobs.extend(layout_jobs(args, tier));
+    jobs.extend(variant_jobs(args, tier));
+    jobs.extend(sweep_jobs(tier));
+    jobs
+}
+
+/// The model table (every model, length and batch; every KV type of
+/// Llama-3-8B), the serving batch and the tier comparison.
+fn model_jobs(args: &Args, tier: Tier) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
+    let (models, lens, batches): (Vec<Model>, Vec<usize>, Vec<usize>) = if args.quick {
+        (vec![LLAMA3_8B, FALCON_7B], vec![1024, 32768], vec![1])
+    } else {
+        (
+            vec![LLAMA3_8B, QWEN25_7B, PHI3_MINI, FALCON_7B, GEMMA2_9B],
+            vec![1024, 8192, 32768],
+            vec![1, 4, 16],
+        )
     };
     for &threads in &args.threads {
         for m in &models {
@@ -1264,6 +1325,12 @@ fn main() {
             ));
         }
     }
+    jobs
+}
+
+/// The layouts section: each entry's layouts measured together.
+fn layout_jobs(args: &Args, tier: Tier) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
     // Cache layouts and query tokens on the memory-bound shapes: Llama-3-8B
     // (r = 4) and, for q_len, the MHA Phi-3-mini (r = 1), whose four query
     // tokens still leave it memory-bound. Each entry is one measurement of
@@ -1358,6 +1425,13 @@ fn main() {
             }
         }
     }
+    jobs
+}
+
+/// The attention variants and the KV element types, each set measured
+/// together.
+fn variant_jobs(args: &Args, tier: Tier) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
     // Attention variants on the memory-bound shape. Consecutive variant
     // jobs of one model and thread count are measured together, their runs
     // interleaved (see `measure`), and the summary compares each variant's
@@ -1425,6 +1499,12 @@ fn main() {
             });
         }
     }
+    jobs
+}
+
+/// The G sweep.
+fn sweep_jobs(tier: Tier) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
     // The paper's claim at kernel level: H = 32, D = 128, L = 16384, f16.
     // Three interleaved rounds; the summary keeps each G's fastest median, so
     // one disturbed measurement on a shared machine cannot skew the ratios.
@@ -1450,10 +1530,12 @@ fn main() {
             hot: false,
         });
     }
+    jobs
+}
 
-    let wanted = |s: &str| args.sections.is_empty() || args.sections.iter().any(|x| x == s);
-    jobs.retain(|j| wanted(j.section));
-    let min_secs = if args.quick { 0.15 } else { 0.4 };
+/// Runs the jobs, groups of interleaved ones together (see `measure`),
+/// printing each row as it comes, under its section's heading.
+fn run_jobs(jobs: &[Job], probes: &Probes, tier: Tier, args: &Args, min_secs: f64) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut section = "";
     let mut i = 0;
@@ -1481,7 +1563,7 @@ fn main() {
             job.tier,
             job.threads
         );
-        let group = measure(&jobs[i..end], &probes, min_secs);
+        let group = measure(&jobs[i..end], probes, min_secs);
         i = end;
         for row in group {
             let sec = row.section;
@@ -1489,28 +1571,7 @@ fn main() {
                 section = sec;
                 if !args.json {
                     println!();
-                    match sec {
-                    "table" => println!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
-                    "serving" => println!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
-                    "tiers" => println!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
-                    "layouts" => println!(
-                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; bgld-hwpf the same \
-                         without the stream prefetch (hardware prefetcher only); blgd [B, L, G, D]; \
-                         blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
-                         pages in shuffled order; ring read in two pieces; res: cold = rotating \
-                         over layer caches, llc = the same but they fit in the last-level cache, \
-                         hot = one layer's cache)"
-                    ),
-                    "variants" => println!(
-                        "## Attention variants, f16, L = 32768, B = 1 \
-                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
-                    ),
-                    "kv_types" => println!(
-                        "## KV element types, Llama-3-8B, L = 32768, B = 1 \
-                         (KV bytes: values and their scales; kint8_vf16: int8 K, f16 V)"
-                    ),
-                    _ => println!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
-                }
+                    println!("{}", section_title(sec, tier));
                     print_header(false);
                 }
             }
@@ -1518,14 +1579,37 @@ fn main() {
             rows.push(row);
         }
     }
+    rows
+}
 
-    if wanted("append") {
-        append_report(tier, args.json, min_secs);
-    }
-    if wanted("units") {
-        units_report(tier, &args, &probes);
-    }
+/// The text report's heading of a section.
+fn section_title(sec: &str, tier: Tier) -> String {
+    match sec {
+                    "table" => format!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
+                    "serving" => format!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
+                    "tiers" => format!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
+                    "layouts" => format!(
+                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; bgld-hwpf the same \
+                         without the stream prefetch (hardware prefetcher only); blgd [B, L, G, D]; \
+                         blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
+                         pages in shuffled order; ring read in two pieces; res: cold = rotating \
+                         over layer caches, llc = the same but they fit in the last-level cache, \
+                         hot = one layer's cache)"
+                    ),
+                    "variants" => format!(
+                        "## Attention variants, f16, L = 32768, B = 1 \
+                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
+                    ),
+                    "kv_types" => format!(
+                        "## KV element types, Llama-3-8B, L = 32768, B = 1 \
+                         (KV bytes: values and their scales; kint8_vf16: int8 K, f16 V)"
+                    ),
+                    _ => format!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
+                }
+}
 
+/// Prints the summary tables (text) or ratio lines (JSON) of `rows`.
+fn print_summaries(rows: &[Row], json: bool) {
     let mut sweep: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.section == "g_sweep") {
         match sweep.iter_mut().find(|s| s.g == r.g) {
@@ -1539,154 +1623,171 @@ fn main() {
         .find(|r| r.g == 32)
         .map(|r| r.seconds)
         .unwrap_or(f64::NAN);
-    if args.json {
-        for (r, ratio) in variant_summary(&rows) {
+    if json {
+        print_ratio_lines(rows, &sweep, t32);
+    } else {
+        print_sweep_variant_type_tables(rows, &sweep, t32);
+        print_layout_thread_tables(rows);
+    }
+}
+
+/// The summaries as JSON lines: each variant, KV type, layout and thread
+/// count over its baseline, and the G sweep.
+fn print_ratio_lines(rows: &[Row], sweep: &[&Row], t32: f64) {
+    for (r, ratio) in variant_summary(rows) {
+        println!(
+            "{{\"section\":\"variant_ratio\",\"variant\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_none\":{:.3}}}",
+            r.variant, r.threads, r.seconds, ratio
+        );
+    }
+    for (r, ratio) in kv_type_summary(rows) {
+        println!(
+            "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
+            kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction, r.roof
+        );
+    }
+    for (r, ratio) in layout_summary(rows) {
+        println!(
+            "{{\"section\":\"layout_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_bgld\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4}}}",
+            r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction
+        );
+    }
+    for (r, ratio) in thread_summary(rows) {
+        println!(
+            "{{\"section\":\"thread_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_1thread\":{:.3}}}",
+            r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio
+        );
+    }
+    for r in sweep {
+        println!("{{\"section\":\"g_sweep_ratio\",\"g\":{},\"seconds\":{:.6e},\"t_g32_over_t_g\":{:.3}}}", r.g, r.seconds, t32 / r.seconds);
+    }
+}
+
+/// The G sweep, the variants over plain decode and the KV types over f16.
+fn print_sweep_variant_type_tables(rows: &[Row], sweep: &[&Row], t32: f64) {
+    println!();
+    println!("## G sweep: step time relative to MHA (G = 32), best of {SWEEP_ROUNDS} rounds");
+    println!(
+        "{:>3} {:>10} {:>12} {:>12}",
+        "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
+    );
+    for r in sweep {
+        println!(
+            "{:>3} {:>10.6} {:>12.3} {:>12.2}",
+            r.g,
+            r.seconds,
+            r.seconds / t32,
+            t32 / r.seconds
+        );
+    }
+    let variants = variant_summary(rows);
+    if !variants.is_empty() {
+        println!();
+        println!(
+            "## Attention variants: step time over plain decode, Llama-3-8B, best runs, runs interleaved"
+        );
+        println!(
+            "{:<12} {:>3} {:>10} {:>10}",
+            "variant", "thr", "seconds", "/ none"
+        );
+        for (r, ratio) in &variants {
             println!(
-                "{{\"section\":\"variant_ratio\",\"variant\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_none\":{:.3}}}",
+                "{:<12} {:>3} {:>10.6} {:>10.3}",
                 r.variant, r.threads, r.seconds, ratio
             );
         }
-        for (r, ratio) in kv_type_summary(&rows) {
-            println!(
-                "{{\"section\":\"kv_type_ratio\",\"kv_dtype\":\"{}\",\"k_dtype\":\"{}\",\"v_dtype\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_f16\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4},\"roof\":\"{}\"}}",
-                kv_name(r.dtype, r.v_dtype), r.dtype, r.v_dtype, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction, r.roof
-            );
-        }
-        for (r, ratio) in layout_summary(&rows) {
-            println!(
-                "{{\"section\":\"layout_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_bgld\":{:.3},\"roofline_fraction\":{:.4},\"bytes_fraction\":{:.4}}}",
-                r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio, r.fraction, r.bytes_fraction
-            );
-        }
-        for (r, ratio) in thread_summary(&rows) {
-            println!(
-                "{{\"section\":\"thread_ratio\",\"model\":\"{}\",\"b\":{},\"l\":{},\"q_len\":{},\"layout\":\"{}\",\"residency\":\"{}\",\"threads\":{},\"seconds\":{:.6e},\"t_over_t_1thread\":{:.3}}}",
-                r.model, r.b, r.l, r.q_len, r.layout, r.residency, r.threads, r.seconds, ratio
-            );
-        }
-        for r in &sweep {
-            println!("{{\"section\":\"g_sweep_ratio\",\"g\":{},\"seconds\":{:.6e},\"t_g32_over_t_g\":{:.3}}}", r.g, r.seconds, t32 / r.seconds);
-        }
-    } else {
+    }
+    let kv_types = kv_type_summary(rows);
+    if !kv_types.is_empty() {
         println!();
-        println!("## G sweep: step time relative to MHA (G = 32), best of {SWEEP_ROUNDS} rounds");
         println!(
-            "{:>3} {:>10} {:>12} {:>12}",
-            "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
+            "## KV types: step time over f16, Llama-3-8B, L = 32768, best runs, runs interleaved"
         );
-        for r in &sweep {
+        println!(
+            "{:<15} {:>3} {:>10} {:>8} {:>8} {:>9} {:>9} {:>5}",
+            "kv", "thr", "seconds", "KV GB/s", "/ f16", "bytes", "roofline", "roof"
+        );
+        for (r, ratio) in &kv_types {
             println!(
-                "{:>3} {:>10.6} {:>12.3} {:>12.2}",
-                r.g,
+                "{:<15} {:>3} {:>10.6} {:>8.2} {:>8.3} {:>9.3} {:>9.3} {:>5}",
+                kv_name(r.dtype, r.v_dtype),
+                r.threads,
                 r.seconds,
-                r.seconds / t32,
-                t32 / r.seconds
+                r.kv_bytes as f64 / r.seconds / 1e9,
+                ratio,
+                r.bytes_fraction,
+                r.fraction,
+                r.roof
             );
         }
-        let variants = variant_summary(&rows);
-        if !variants.is_empty() {
-            println!();
+    }
+}
+
+/// The layouts over `[B, G, L, D]`, thread counts over one thread, and
+/// the tier ratio.
+fn print_layout_thread_tables(rows: &[Row]) {
+    let layouts = layout_summary(rows);
+    if !layouts.is_empty() {
+        println!();
+        println!(
+            "## Layouts: step time over [B, G, L, D], f16, best runs, runs interleaved (fraction: of the roof; bytes: KV bytes / best read probe)"
+        );
+        println!(
+            "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>8} {:>8} {:>8}",
+            "model",
+            "B",
+            "L",
+            "q",
+            "res",
+            "layout",
+            "thr",
+            "seconds",
+            "/ bgld",
+            "bytes",
+            "roofline"
+        );
+        for (r, ratio) in &layouts {
             println!(
-                "## Attention variants: step time over plain decode, Llama-3-8B, best runs, runs interleaved"
-            );
-            println!(
-                "{:<12} {:>3} {:>10} {:>10}",
-                "variant", "thr", "seconds", "/ none"
-            );
-            for (r, ratio) in &variants {
-                println!(
-                    "{:<12} {:>3} {:>10.6} {:>10.3}",
-                    r.variant, r.threads, r.seconds, ratio
-                );
-            }
-        }
-        let kv_types = kv_type_summary(&rows);
-        if !kv_types.is_empty() {
-            println!();
-            println!(
-                "## KV types: step time over f16, Llama-3-8B, L = 32768, best runs, runs interleaved"
-            );
-            println!(
-                "{:<15} {:>3} {:>10} {:>8} {:>8} {:>9} {:>9} {:>5}",
-                "kv", "thr", "seconds", "KV GB/s", "/ f16", "bytes", "roofline", "roof"
-            );
-            for (r, ratio) in &kv_types {
-                println!(
-                    "{:<15} {:>3} {:>10.6} {:>8.2} {:>8.3} {:>9.3} {:>9.3} {:>5}",
-                    kv_name(r.dtype, r.v_dtype),
-                    r.threads,
-                    r.seconds,
-                    r.kv_bytes as f64 / r.seconds / 1e9,
-                    ratio,
-                    r.bytes_fraction,
-                    r.fraction,
-                    r.roof
-                );
-            }
-        }
-        let layouts = layout_summary(&rows);
-        if !layouts.is_empty() {
-            println!();
-            println!(
-                "## Layouts: step time over [B, G, L, D], f16, best runs, runs interleaved (fraction: of the roof; bytes: KV bytes / best read probe)"
-            );
-            println!(
-                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>8} {:>8} {:>8}",
-                "model",
-                "B",
-                "L",
-                "q",
-                "res",
-                "layout",
-                "thr",
-                "seconds",
-                "/ bgld",
-                "bytes",
-                "roofline"
-            );
-            for (r, ratio) in &layouts {
-                println!(
-                    "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>8.3} {:>8.3} {:>8.3}",
-                    r.model,
-                    r.b,
-                    r.l,
-                    r.q_len,
-                    r.residency,
-                    r.layout,
-                    r.threads,
-                    r.seconds,
-                    ratio,
-                    r.bytes_fraction,
-                    r.fraction
-                );
-            }
-        }
-        let threads = thread_summary(&rows);
-        if !threads.is_empty() {
-            println!();
-            println!("## Threads: step time over the 1-thread step, f16, best runs");
-            println!(
-                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>9}",
-                "model", "B", "L", "q", "res", "layout", "thr", "seconds", "/ 1 thr"
-            );
-            for (r, ratio) in &threads {
-                println!(
-                    "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>9.3}",
-                    r.model, r.b, r.l, r.q_len, r.residency, r.layout, r.threads, r.seconds, ratio
-                );
-            }
-        }
-        let tiers: Vec<&Row> = rows.iter().filter(|r| r.section == "tiers").collect();
-        if let (Some(a), Some(b)) = (
-            tiers.iter().find(|r| r.tier == Tier::Avx512),
-            tiers.iter().find(|r| r.tier == Tier::Avx2),
-        ) {
-            println!();
-            println!(
-                "# avx2 / avx512 step time on the memory-bound shape: {:.3}",
-                b.seconds / a.seconds
+                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>8.3} {:>8.3} {:>8.3}",
+                r.model,
+                r.b,
+                r.l,
+                r.q_len,
+                r.residency,
+                r.layout,
+                r.threads,
+                r.seconds,
+                ratio,
+                r.bytes_fraction,
+                r.fraction
             );
         }
+    }
+    let threads = thread_summary(rows);
+    if !threads.is_empty() {
+        println!();
+        println!("## Threads: step time over the 1-thread step, f16, best runs");
+        println!(
+            "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10} {:>9}",
+            "model", "B", "L", "q", "res", "layout", "thr", "seconds", "/ 1 thr"
+        );
+        for (r, ratio) in &threads {
+            println!(
+                "{:<11} {:>2} {:>6} {:>2} {:<5} {:<9} {:>3} {:>10.6} {:>9.3}",
+                r.model, r.b, r.l, r.q_len, r.residency, r.layout, r.threads, r.seconds, ratio
+            );
+        }
+    }
+    let tiers: Vec<&Row> = rows.iter().filter(|r| r.section == "tiers").collect();
+    if let (Some(a), Some(b)) = (
+        tiers.iter().find(|r| r.tier == Tier::Avx512),
+        tiers.iter().find(|r| r.tier == Tier::Avx2),
+    ) {
+        println!();
+        println!(
+            "# avx2 / avx512 step time on the memory-bound shape: {:.3}",
+            b.seconds / a.seconds
+        );
     }
 }
 
