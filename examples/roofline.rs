@@ -1584,28 +1584,31 @@ fn run_jobs(jobs: &[Job], probes: &Probes, tier: Tier, args: &Args, min_secs: f6
 
 /// The text report's heading of a section.
 fn section_title(sec: &str, tier: Tier) -> String {
-    match sec {
-                    "table" => format!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
-                    "serving" => format!("## Serving batch: Llama-3-8B, f16, B = 16, L = 2048"),
-                    "tiers" => format!("## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread"),
-                    "layouts" => format!(
-                        "## Layouts and query tokens, f16 (bgld [B, G, L, D]; bgld-hwpf the same \
-                         without the stream prefetch (hardware prefetcher only); blgd [B, L, G, D]; \
-                         blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
-                         pages in shuffled order; ring read in two pieces; res: cold = rotating \
-                         over layer caches, llc = the same but they fit in the last-level cache, \
-                         hot = one layer's cache)"
-                    ),
-                    "variants" => format!(
-                        "## Attention variants, f16, L = 32768, B = 1 \
-                         (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink logit per head)"
-                    ),
-                    "kv_types" => format!(
-                        "## KV element types, Llama-3-8B, L = 32768, B = 1 \
-                         (KV bytes: values and their scales; kint8_vf16: int8 K, f16 V)"
-                    ),
-                    _ => format!("## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread"),
-                }
+    let title = match sec {
+        "table" => return format!("## Model shapes ([B, G, L, D] cache, tier {tier})"),
+        "serving" => "## Serving batch: Llama-3-8B, f16, B = 16, L = 2048",
+        "tiers" => "## Tiers on Llama-3-8B, f16, L = 32768, B = 1, 1 thread",
+        "layouts" => {
+            "## Layouts and query tokens, f16 (bgld [B, G, L, D]; bgld-hwpf the same \
+             without the stream prefetch (hardware prefetcher only); blgd [B, L, G, D]; \
+             blgd+64B the same with 64 bytes after each position; paged [G, page, D] \
+             pages in shuffled order; ring read in two pieces; res: cold = rotating \
+             over layer caches, llc = the same but they fit in the last-level cache, \
+             hot = one layer's cache)"
+        }
+        "variants" => {
+            "## Attention variants, f16, L = 32768, B = 1 \
+             (window4096: sliding window of 4096 positions; softcap: cap 50; alibi: \
+             max_bias 8; bias: one f32 per position, broadcast over heads; sinks: a sink \
+             logit per head)"
+        }
+        "kv_types" => {
+            "## KV element types, Llama-3-8B, L = 32768, B = 1 \
+             (KV bytes: values and their scales; kint8_vf16: int8 K, f16 V)"
+        }
+        _ => "## G sweep: H = 32, D = 128, L = 16384, f16, B = 1, 1 thread",
+    };
+    title.to_string()
 }
 
 /// Prints the summary tables (text) or ratio lines (JSON) of `rows`.
@@ -1932,6 +1935,7 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
             widen: Vec::new(),
             units: Vec::new(),
             live: Vec::new(),
+            paged: f64::NAN,
         },
         min_secs,
     )[0]
