@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use crate::arch::Fixed;
 use crate::arch::{Dynamic, KernelFn};
 use crate::error::{Error, Result};
+use crate::formats::Dtype;
 pub use crate::tier::{Precision, Tier, Unit};
-use crate::types::Dtype;
 
 impl Tier {
     /// Whether this CPU and build target can run the tier (detected once).

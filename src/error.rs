@@ -1,7 +1,7 @@
 //! The error type of every fallible entry point.
 
+use crate::formats::Dtype;
 use crate::tier::{Tier, Unit};
-use crate::types::Dtype;
 
 /// What went wrong, naming the offending argument and its value.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,7 +192,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// An argument of a type the call does not take (new rows for
-    /// [`append`](crate::append) must be f32, f16 or bf16).
+    /// [`append`](crate::append()) must be f32, f16 or bf16).
     UnsupportedDtype {
         /// The argument.
         arg: &'static str,
@@ -201,7 +201,7 @@ pub enum Error {
         /// What the call takes.
         reason: &'static str,
     },
-    /// [`append`](crate::append) of `new_tokens` tokens at `position` would
+    /// [`append`](crate::append()) of `new_tokens` tokens at `position` would
     /// pass sequence `seq`'s capacity (positions of a strided cache, block
     /// table row of a paged one, slots of a ring).
     AppendBeyondCapacity {

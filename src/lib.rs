@@ -58,33 +58,32 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod append;
 mod arch;
 pub mod capi;
 pub mod dispatch;
+mod driver;
 mod error;
-mod format;
-mod layout;
-mod merge;
-mod plan;
-mod pool;
+mod formats;
 pub mod probe;
 pub mod quant;
 pub mod reference;
-mod run;
 mod shape;
 mod tier;
-mod types;
+mod views;
 
-pub use append::{append, KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
 pub use dispatch::{active_tier, kernel_instances, KernelInfo};
+pub use driver::append::append;
+pub use driver::merge::merge_states;
+pub use driver::plan::{alibi_slopes, Options, Plan};
+pub use driver::step::{Part, Step};
 pub use error::{Error, Result};
-pub use merge::merge_states;
-pub use plan::{alibi_slopes, Options, Plan};
-pub use run::{Part, Step};
+pub use formats::Dtype;
 pub use shape::{Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
 pub use tier::{Precision, Tier, Unit};
-pub use types::{Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv};
+pub use views::{
+    Batch, Bias, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut, KvTensor,
+    KvTensorMut, NewKv, PagedKv, RingKv,
+};
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].
 pub use half::{bf16, f16};

@@ -25,7 +25,7 @@
 //! dequantization.
 
 use crate::error::{Error, Result};
-pub use crate::format::{BlockQ8_0, Fp8, QK8_0};
+pub use crate::formats::{BlockQ8_0, Fp8, QK8_0};
 use half::f16;
 
 /// The first non-finite element of `src`, as an error.

@@ -21,7 +21,7 @@
 
 use crate::error::{Error, Result};
 use crate::shape::Shape;
-use crate::types::{Batch, KvCache, KvData, KvTensor};
+use crate::views::{Batch, KvCache, KvData, KvTensor};
 
 /// Output of the reference: `out` as `[T, H, Dv]` and `lse` as `[T, H]`
 /// (natural log; `-inf` for a row that sees no position), `T` the query

@@ -4,7 +4,7 @@
 //! all read it.
 
 use crate::error::{Error, Result};
-use crate::types::Dtype;
+use crate::formats::Dtype;
 
 /// Largest head dimension accepted (`Dk`, `Dv`).
 pub const MAX_HEAD_DIM: usize = 4096;

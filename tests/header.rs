@@ -1,5 +1,5 @@
 //! The checked-in C header and the Rust declarations of the C ABI agree:
-//! every function the header declares is exported by `src/capi.rs` with
+//! every function the header declares is exported by `src/capi/` with
 //! the same number of parameters, and the other way round; every
 //! `#define GQA_…` constant that the Rust side also defines has the same
 //! value; and struct sizes match (`gqa_sizeof` against the field lists).
@@ -10,6 +10,27 @@ use std::collections::BTreeMap;
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The C ABI's Rust source: every file of `src/capi/`, in name order.
+fn capi_source() -> String {
+    let dir = format!("{}/src/capi", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .into_string()
+                .expect("a UTF-8 name")
+        })
+        .filter(|n| n.ends_with(".rs"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "src/capi/ holds only {names:?}");
+    names
+        .iter()
+        .map(|n| read(&format!("src/capi/{n}")))
+        .collect()
 }
 
 /// Function name -> parameter count, from C prototypes `type name(params);`.
@@ -71,9 +92,9 @@ fn rust_functions(rs: &str) -> BTreeMap<String, usize> {
 #[test]
 fn header_functions_match_the_rust_exports() {
     let c = c_functions(&read("include/gqa_kernels.h"));
-    let r = rust_functions(&read("src/capi.rs"));
+    let r = rust_functions(&capi_source());
     assert!(c.len() >= 15, "parsed only {c:?}");
-    assert_eq!(c, r, "header (left) and src/capi.rs (right) disagree");
+    assert_eq!(c, r, "header (left) and src/capi/ (right) disagree");
 }
 
 #[test]

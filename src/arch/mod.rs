@@ -15,7 +15,7 @@
 //!
 //! Everything a microkernel sees is in its [`ChunkArgs`]: no allocation, no
 //! validation, no knowledge of batches or layouts. The driver
-//! (`crate::run`) guarantees the preconditions documented on `ChunkArgs`.
+//! (`crate::driver::walk`) guarantees the preconditions documented on `ChunkArgs`.
 
 pub(crate) mod kernel;
 pub(crate) mod probes;

@@ -1,27 +1,7 @@
-//! The storage of the quantized KV formats (see [`crate::quant`] for their
-//! encoders, decoders and error bounds): the `q8_0` block and the two fp8
-//! formats. A leaf: the views ([`crate::KvData`]) hold these types, and the
-//! encoders, which return errors, build on them.
+//! The fp8 formats (OCP E4M3FN and E5M2): one byte per value, scaled per
+//! KV head or per tensor.
 
-use bytemuck::{Pod, Zeroable};
 use float8::{F8E4M3, F8E5M2};
-use half::f16;
-
-/// Elements per [`BlockQ8_0`].
-pub const QK8_0: usize = 32;
-
-/// A `q8_0` block, bit-compatible with llama.cpp's `block_q8_0` (GGUF type
-/// 8): the f16 scale `d`, then 32 signed values; element `i` is
-/// `d · qs[i]`. 34 bytes, 2-byte aligned, no padding, so a host can point
-/// at a GGUF-style buffer directly ([`bytemuck::cast_slice`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
-#[repr(C)]
-pub struct BlockQ8_0 {
-    /// The block's scale.
-    pub d: f16,
-    /// The quantized values.
-    pub qs: [i8; QK8_0],
-}
 
 /// The two OCP 8-bit float formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,12 +1,12 @@
 //! Layer 2, part 1: shapes, options, validation and the plan.
 
+use super::layout::CHUNK;
 use crate::arch::{pad, scratch_len};
 use crate::dispatch::{self, active_tier, KernelEntry};
 use crate::error::{Error, Result};
-use crate::layout::{check_cache, CHUNK};
 use crate::shape::Shape;
 use crate::tier::{Precision, Tier, Unit};
-use crate::types::Batch;
+use crate::views::Batch;
 
 /// Options of a plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -117,7 +117,7 @@ pub struct Plan {
     /// ALiBi slope per query head (natural-log units), if any.
     pub(crate) alibi: Option<Vec<f32>>,
     /// The workers of a plan with `threads > 1`.
-    pub(crate) pool: Option<crate::pool::Pool>,
+    pub(crate) pool: Option<super::pool::Pool>,
     /// Software prefetch distance of the kernels, in rows (0: none).
     pub(crate) prefetch: usize,
     /// Software prefetch distance of head-major streams, in rows (0: none).
@@ -278,7 +278,7 @@ impl Plan {
             if threads > 1 {
                 plan.pool =
                     Some(
-                        crate::pool::Pool::new(threads).map_err(|_| Error::InvalidDim {
+                        super::pool::Pool::new(threads).map_err(|_| Error::InvalidDim {
                             arg: "threads",
                             value: threads,
                             reason: "the worker threads could not be started",
@@ -551,173 +551,6 @@ pub fn alibi_slopes(heads: usize, max_bias: f32) -> Result<Vec<f32>> {
 
 /// Alignment of the f32 regions carved out of caller byte buffers.
 pub(crate) const ALIGN: usize = 64;
-
-/// Checks a batch against the shape: lengths of `q`, `seq_lens`, the ragged
-/// offsets, `out`/`lse` lengths (when given), `q_len_b <= L_b <=
-/// max_kv_len` (an empty sequence, `L_b = 0`, is allowed with any token
-/// count: its rows see nothing), and the cache (types, extents, page indices). Returns the
-/// number of query tokens `T` of the batch.
-pub(crate) fn check_batch(
-    shape: &Shape,
-    batch: &Batch<'_>,
-    out_len: Option<usize>,
-    lse_len: Option<usize>,
-) -> Result<usize> {
-    let expect = |arg, expected: usize, actual: usize| {
-        if expected == actual {
-            Ok(())
-        } else {
-            Err(Error::LengthMismatch {
-                arg,
-                expected,
-                actual,
-            })
-        }
-    };
-    let nb = shape.batch;
-    expect("seq_lens", nb, batch.seq_lens.len())?;
-    let tokens = match batch.q_offsets {
-        None => {
-            for (seq, &l) in batch.seq_lens.iter().enumerate() {
-                if l > 0 && shape.q_len > l {
-                    return Err(Error::QLenExceedsKvLen {
-                        seq,
-                        q_len: shape.q_len,
-                        kv_len: l,
-                    });
-                }
-            }
-            nb * shape.q_len
-        }
-        Some(o) => {
-            expect("q_offsets", nb + 1, o.len())?;
-            if o[0] != 0 {
-                return Err(Error::InvalidQOffsets {
-                    index: 0,
-                    value: o[0],
-                    reason: "must start at 0",
-                });
-            }
-            for b in 0..nb {
-                if o[b + 1] < o[b] {
-                    return Err(Error::InvalidQOffsets {
-                        index: b + 1,
-                        value: o[b + 1],
-                        reason: "offsets must not decrease",
-                    });
-                }
-                let t = o[b + 1] - o[b];
-                if t > shape.q_len {
-                    return Err(Error::InvalidQOffsets {
-                        index: b + 1,
-                        value: o[b + 1],
-                        reason: "a sequence has more tokens than the plan's q_len",
-                    });
-                }
-                if batch.seq_lens[b] > 0 && t > batch.seq_lens[b] {
-                    return Err(Error::QLenExceedsKvLen {
-                        seq: b,
-                        q_len: t,
-                        kv_len: batch.seq_lens[b],
-                    });
-                }
-            }
-            o[nb]
-        }
-    };
-    if shape.max_kv_len > 0 {
-        for (seq, &l) in batch.seq_lens.iter().enumerate() {
-            if l > shape.max_kv_len {
-                return Err(Error::KvLenExceedsPlan {
-                    seq,
-                    kv_len: l,
-                    max_kv_len: shape.max_kv_len,
-                });
-            }
-        }
-    }
-    // tokens <= B * q_len, whose products with H and D were checked by
-    // `Shape::validate`.
-    expect("q", tokens * shape.heads * shape.head_dim_k, batch.q.len())?;
-    if let Some(n) = out_len {
-        expect("out", tokens * shape.heads * shape.head_dim_v, n)?;
-    }
-    if let Some(n) = lse_len {
-        expect("lse", tokens * shape.heads, n)?;
-    }
-    if let Some(bias) = &batch.bias {
-        for seq in 0..nb {
-            let l = batch.seq_lens[seq];
-            let t = match batch.q_offsets {
-                Some(o) => o[seq + 1] - o[seq],
-                None => shape.q_len,
-            };
-            if l == 0 || t == 0 {
-                continue;
-            }
-            let end = seq
-                .checked_mul(bias.seq_stride)
-                .and_then(|x| (t - 1).checked_mul(bias.token_stride)?.checked_add(x))
-                .and_then(|x| {
-                    (shape.heads - 1)
-                        .checked_mul(bias.head_stride)?
-                        .checked_add(x)
-                })
-                .and_then(|x| x.checked_add(l))
-                .ok_or(Error::Overflow { arg: "bias", seq })?;
-            if end > bias.data.len() {
-                return Err(Error::OutOfBounds {
-                    arg: "bias",
-                    seq,
-                    needed: end,
-                    len: bias.data.len(),
-                });
-            }
-            // Every value the step may read (positions < L_b of each token
-            // and head) is finite or -inf: +inf or NaN would make the row
-            // NaN (a softmax of +inf is undefined), so they are rejected
-            // here, naming the first one. Rows a zero stride repeats are
-            // scanned once.
-            let tokens = if bias.token_stride == 0 { 1 } else { t };
-            let heads = if bias.head_stride == 0 {
-                1
-            } else {
-                shape.heads
-            };
-            for tok in 0..tokens {
-                for h in 0..heads {
-                    let base =
-                        seq * bias.seq_stride + tok * bias.token_stride + h * bias.head_stride;
-                    if let Some(j) = first_nan_or_pos_inf(&bias.data[base..base + l]) {
-                        return Err(Error::NonFinite {
-                            arg: "bias",
-                            index: base + j,
-                            value: bias.data[base + j],
-                        });
-                    }
-                }
-            }
-        }
-    }
-    check_cache(shape, &batch.cache, batch.seq_lens)?;
-    Ok(tokens)
-}
-
-/// Index of the first NaN or `+inf` in `x` (vectorisable: blocks of 64 are
-/// tested with a branch-free fold, and only a block that holds one is
-/// searched).
-fn first_nan_or_pos_inf(x: &[f32]) -> Option<usize> {
-    // NaN and +inf are exactly the values not below +inf.
-    let bad = |v: &f32| v.is_nan() || *v == f32::INFINITY;
-    let mut base = 0;
-    for block in x.chunks(64) {
-        if block.iter().fold(false, |acc, v| acc | bad(v)) {
-            return block.iter().position(bad).map(|j| base + j);
-        }
-        base += block.len();
-    }
-    None
-}
 
 /// The software prefetch distance a plan starts with, in positions:
 /// `GQA_KERNELS_PREFETCH` when set to a number (for experiments), else none
