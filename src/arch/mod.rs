@@ -85,47 +85,83 @@ pub(crate) const fn scratch_len(rows: usize, dk: usize, dv: usize) -> usize {
 pub(crate) const SKEW: usize = 80;
 
 /// The arguments of one microkernel call: `n` K/V rows of one KV head for a
-/// tile of `rows` query rows that share that head.
+/// tile of `rows` query rows that share that head, in four groups: the
+/// query tile, the K and V rows ([`KvRows`]), the online-softmax state
+/// ([`State`]) with the kernel's scratch, and the score transforms
+/// ([`Transforms`]); plus the prefetch hints of a later window.
 ///
 /// Preconditions (established by the driver, relied upon by every kernel):
 /// - `q` points to `rows * pad(dk)` f32: the query rows already multiplied by
 ///   `scale * log2(e)`, zero in the padding lanes;
-/// - for every `j < n`, `k + j * k_stride` (in elements of the kernel's K
-///   type) is valid for reads of `dk` elements; likewise `v` with `v_stride`
-///   and `dv`. Nothing outside those ranges is read;
-/// - `m` and `l` point to `rows` f32, `acc` to `rows * pad(dv)` f32: the
-///   online-softmax state (running max in the log2 domain, running sum,
-///   unnormalised output), initialised by the driver to `-inf`, 0, 0;
+/// - for every `j < n`, `k.ptr + j * k.stride` (in elements of the kernel's
+///   K type) is valid for reads of `dk` elements; likewise `v` and `dv`.
+///   Nothing outside those ranges is read;
+/// - `state.m` and `state.l` point to `rows` f32, `state.acc` to
+///   `rows * pad(dv)` f32: the online-softmax state (running max in the
+///   log2 domain, running sum, unnormalised output), initialised by the
+///   driver to `-inf`, 0, 0;
 /// - `scratch` points to `scratch_len(rows, dk, dv)` f32 that the kernel may
 ///   overwrite, aligned to 64 bytes and initialised (any values);
 /// - for a K type with a per-row scale ([`Elem::ROW_SCALE`], int8), the
-///   scale of row `j < n` is the f32 at `k_scale + j * k_scale_stride`
-///   (likewise `v_scale`); for other types these are ignored (null);
-/// - none of these regions overlap, except `k`, `v` and their scales, which
-///   are only read;
-/// - `softcap` is 0 or finite and positive;
-/// - `alibi_slope` and `alibi_off` are both null or both point to `rows`
-///   f32;
-/// - `bias` is null, or for every row `i < rows` the `n` floats from its
-///   row address above are valid for reads.
+///   scale of row `j < n` is the f32 at `k.scale + j * k.scale_stride`
+///   (likewise `v`); for other types these are ignored (null);
+/// - none of these regions overlap, except the K and V rows and their
+///   scales, which are only read;
+/// - the transforms hold [`Transforms`]' conditions.
 pub(crate) struct ChunkArgs {
+    /// The query tile.
     pub q: *const f32,
-    pub k: *const u8,
-    pub k_stride: usize,
-    pub v: *const u8,
-    pub v_stride: usize,
-    pub k_scale: *const f32,
-    pub k_scale_stride: usize,
-    pub v_scale: *const f32,
-    pub v_scale_stride: usize,
-    pub n: usize,
+    /// Query rows of the tile.
     pub rows: usize,
+    /// K rows to read.
+    pub k: KvRows,
+    /// V rows to read.
+    pub v: KvRows,
+    /// K/V rows (positions) of the call.
+    pub n: usize,
+    /// K head dim.
     pub dk: usize,
+    /// V head dim.
     pub dv: usize,
+    /// The tile's online-softmax state.
+    pub state: State,
+    /// The kernel's scratch.
+    pub scratch: *mut f32,
+    /// What happens to the scores before the softmax.
+    pub transforms: Transforms,
+    /// Memory the driver wants hinted into L2 while this call works (see
+    /// [`Ahead`]): a later window's K and V, or empty spans. Hints only:
+    /// any address is allowed.
+    pub ahead: [Span; 2],
+}
+
+/// Where the microkernel reads one run of rows: the first row's values, the
+/// row stride in the kernel's element units, and the per-row scales (int8;
+/// null for other types).
+#[derive(Clone, Copy)]
+pub(crate) struct KvRows {
+    pub ptr: *const u8,
+    pub stride: usize,
+    pub scale: *const f32,
+    pub scale_stride: usize,
+}
+
+/// A tile's online-softmax state: running max `m` and sum `l` per row (log2
+/// domain), and the unnormalised output `acc`, `pad(dv)` floats per row.
+#[derive(Clone, Copy)]
+pub(crate) struct State {
     pub m: *mut f32,
     pub l: *mut f32,
     pub acc: *mut f32,
-    pub scratch: *mut f32,
+}
+
+/// The score transforms, applied in this order between the scores and the
+/// softmax. Conditions: `softcap` is 0 or finite and positive;
+/// `alibi_slope` and `alibi_off` are both null or both point to `rows` f32;
+/// `bias` is null, or for every row `i < rows` the `n` floats from its row
+/// address below are valid for reads.
+#[derive(Clone, Copy)]
+pub(crate) struct Transforms {
     /// Logit softcap in the log2 domain (`cap · log2 e`), or 0 for none:
     /// each score `s` becomes `cap · tanh(s / cap)` before masking.
     pub softcap: f32,
@@ -145,11 +181,14 @@ pub(crate) struct ChunkArgs {
     pub bias_r: usize,
     pub bias_token_stride: usize,
     pub bias_head_stride: usize,
-    /// Memory the driver wants hinted into L2 while this call works (see
-    /// [`Ahead`]): a later window's K and V, or empty spans. Hints only:
-    /// any address is allowed.
-    pub ahead_k: Span,
-    pub ahead_v: Span,
+}
+
+impl Transforms {
+    /// Whether any transform is on.
+    #[inline(always)]
+    pub(crate) fn any(&self) -> bool {
+        self.softcap > 0.0 || !self.alibi_slope.is_null() || !self.bias.is_null()
+    }
 }
 
 /// `bytes` bytes from `ptr`, to hint into L2 ([`prefetch_span`]); the

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use super::layout::{for_runs, head_strides, token_strides, walk, CHUNK};
 use super::plan::Plan;
-use crate::arch::{pad, ChunkArgs, Span};
+use crate::arch::{pad, ChunkArgs, Span, State, Transforms};
 use crate::views::{Batch, KvData};
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.
@@ -522,10 +522,10 @@ impl Job<'_, '_> {
             }
             let mut args = self.args(b, g, t0, t1, &run, state.as_mut_ptr(), scratch.as_mut_ptr());
             if alibi {
-                args.alibi_slope = slope.as_ptr();
-                args.alibi_off = off.as_ptr();
+                args.transforms.alibi_slope = slope.as_ptr();
+                args.transforms.alibi_off = off.as_ptr();
             }
-            [args.ahead_k, args.ahead_v] = std::mem::take(hints);
+            args.ahead = std::mem::take(hints);
             // SAFETY: `args` satisfies `ChunkArgs`' contract, as
             // [`Job::args`] says, with `state` the item's own state and
             // `scratch` the worker scratch less its ALiBi terms; `slope`
@@ -572,7 +572,7 @@ impl Job<'_, '_> {
                 let state = states.wrapping_add(i * slen);
                 let mut args = self.args(b, g0 + dg, 0, tq, &head, state, scratch);
                 if run.pos == a {
-                    [args.ahead_k, args.ahead_v] = hint(i);
+                    args.ahead = hint(i);
                 }
                 // SAFETY: as in [`Job::call`]: item `i`'s state is the
                 // `slen` floats at `state`, inside `states`, and no
@@ -622,41 +622,32 @@ impl Job<'_, '_> {
         let q = state.wrapping_add(2 * pad(all_rows) + all_rows * dvp + row0 * dkp);
         let (kdata, vdata) = self.batch.cache.data();
         let (k_stride, v_stride) = token_strides(&self.batch.cache);
-        let kr = kdata.kernel_rows(run.k, k_stride, s.head_dim_k);
-        let vr = vdata.kernel_rows(run.v, v_stride, s.head_dim_v);
         let bias = self.batch.bias;
         ChunkArgs {
             q,
-            k: kr.ptr,
-            k_stride: kr.stride,
-            v: vr.ptr,
-            v_stride: vr.stride,
-            k_scale: kr.scale,
-            k_scale_stride: kr.scale_stride,
-            v_scale: vr.scale,
-            v_scale_stride: vr.scale_stride,
-            n: run.n,
             rows,
+            k: kdata.kernel_rows(run.k, k_stride, s.head_dim_k),
+            v: vdata.kernel_rows(run.v, v_stride, s.head_dim_v),
+            n: run.n,
             dk: s.head_dim_k,
             dv: s.head_dim_v,
-            m,
-            l,
-            acc,
+            state: State { m, l, acc },
             scratch,
-            softcap: self.plan.softcap * LOG2_E,
-            alibi_slope: std::ptr::null(),
-            alibi_off: std::ptr::null(),
-            // Row 0 of the tile is token t0, head g*r, at run.pos.
-            bias: bias.map_or(std::ptr::null(), |bi| {
-                bi.data.as_ptr().wrapping_add(
-                    b * bi.seq_stride + t0 * bi.token_stride + g * r * bi.head_stride + run.pos,
-                )
-            }),
-            bias_r: r,
-            bias_token_stride: bias.map_or(0, |bi| bi.token_stride),
-            bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
-            ahead_k: Span::default(),
-            ahead_v: Span::default(),
+            transforms: Transforms {
+                softcap: self.plan.softcap * LOG2_E,
+                alibi_slope: std::ptr::null(),
+                alibi_off: std::ptr::null(),
+                // Row 0 of the tile is token t0, head g*r, at run.pos.
+                bias: bias.map_or(std::ptr::null(), |bi| {
+                    bi.data.as_ptr().wrapping_add(
+                        b * bi.seq_stride + t0 * bi.token_stride + g * r * bi.head_stride + run.pos,
+                    )
+                }),
+                bias_r: r,
+                bias_token_stride: bias.map_or(0, |bi| bi.token_stride),
+                bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
+            },
+            ahead: [Span::default(); 2],
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 
+use crate::arch::KvRows;
 use crate::formats::{BlockQ8_0, Dtype, Fp8, QK8_0};
 
 mod mutable;
@@ -54,16 +55,6 @@ pub enum KvData<'a> {
         /// One scale per KV head, or one for the tensor.
         scales: &'a [f32],
     },
-}
-
-/// Where the microkernel reads one run of rows: the first row's values, the
-/// row stride in the kernel's element units, and the per-row scales (int8).
-#[derive(Clone, Copy)]
-pub(crate) struct KernelRows {
-    pub ptr: *const u8,
-    pub stride: usize,
-    pub scale: *const f32,
-    pub scale_stride: usize,
 }
 
 impl<'a> KvData<'a> {
@@ -140,8 +131,8 @@ impl<'a> KvData<'a> {
     /// The kernel's view of rows starting at value offset `o`, `stride`
     /// values apart (the caller validated both, and that they are
     /// multiples of what the type needs).
-    pub(crate) fn kernel_rows(&self, o: usize, stride: usize, head_dim: usize) -> KernelRows {
-        let plain = |p: *const u8, size: usize| KernelRows {
+    pub(crate) fn kernel_rows(&self, o: usize, stride: usize, head_dim: usize) -> KvRows {
+        let plain = |p: *const u8, size: usize| KvRows {
             ptr: p.wrapping_add(o * size),
             stride,
             scale: std::ptr::null(),
@@ -154,13 +145,13 @@ impl<'a> KvData<'a> {
             KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
                 plain(values.as_ptr(), 1)
             }
-            KvData::Int8 { values, scales } => KernelRows {
+            KvData::Int8 { values, scales } => KvRows {
                 ptr: values.as_ptr().cast::<u8>().wrapping_add(o),
                 stride,
                 scale: scales.as_ptr().wrapping_add(o / head_dim),
                 scale_stride: stride / head_dim,
             },
-            KvData::Q8_0(b) => KernelRows {
+            KvData::Q8_0(b) => KvRows {
                 ptr: b.as_ptr().wrapping_add(o / QK8_0).cast(),
                 stride: stride / QK8_0,
                 scale: std::ptr::null(),

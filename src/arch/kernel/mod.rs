@@ -231,8 +231,8 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         // SAFETY: `rows * PAD` floats of `lsum` are inside scratch.
         unsafe { *lsum.add(i) = 0.0 };
     }
-    let k = a.k.cast::<K>();
-    let v = a.v.cast::<V>();
+    let k = a.k.ptr.cast::<K>();
+    let v = a.v.ptr.cast::<V>();
     // With a single row tile every K/V vector is used by exactly one tile, so
     // the kernel widens straight from the cache into registers. With more
     // rows it widens each block once into scratch, K and then V, before the
@@ -243,7 +243,7 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
     // The score transforms run out of line (`Simd::out_of_line`): the
     // plain loop keeps the code and register allocation it has without
     // them, and a transformed call pays one call per block.
-    let transformed = a.softcap > 0.0 || !a.alibi_slope.is_null() || !a.bias.is_null();
+    let transformed = a.transforms.any();
     // Phases run inline in the specialised instances and in the generic
     // kernels of the float types, out of line in the generic kernels of
     // pairs with a quantized type (see `phase`). Instrumented builds
@@ -260,13 +260,13 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         // is inside the buffers described in `ChunkArgs`.
         unsafe {
             let kc_rows = CacheRows {
-                base: k.add(start * a.k_stride),
-                stride: a.k_stride,
+                base: k.add(start * a.k.stride),
+                stride: a.k.stride,
                 d: dk,
             };
             let vc_rows = CacheRows {
-                base: v.add(start * a.v_stride),
-                stride: a.v_stride,
+                base: v.add(start * a.v.stride),
+                stride: a.v.stride,
                 d: dv,
             };
             let step = BlockStep {
@@ -320,8 +320,8 @@ pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkA
         }
         start += nb;
     }
-    // SAFETY: `a.l` has `rows` floats; `lsum` was set up above.
-    unsafe { fold_sums::<S>(rows, a.l, lsum) };
+    // SAFETY: `a.state.l` has `rows` floats; `lsum` was set up above.
+    unsafe { fold_sums::<S>(rows, a.state.l, lsum) };
 }
 
 /// The phases of one block once its K and V row sources are fixed (the
@@ -369,7 +369,7 @@ impl BlockStep<'_> {
         // This block's share of the spans to hint, spread over the
         // positions of the phase that reads the same kind of rows.
         let (i, n) = (start / BLOCK, a.n.div_ceil(BLOCK));
-        let ahead_k = Ahead::new(a.ahead_k.share(i, n), nb);
+        let ahead_k = Ahead::new(a.ahead[0].share(i, n), nb);
         // SAFETY: the struct's precondition, forwarded from the kernel.
         unsafe {
             phase::<S, _>(
@@ -388,7 +388,7 @@ impl BlockStep<'_> {
             );
             ahead_k.finish();
             if K::ROW_SCALE {
-                scale_positions::<S>(rows, nb, sbuf, a.k_scale, a.k_scale_stride, start);
+                scale_positions::<S>(rows, nb, sbuf, a.k.scale, a.k.scale_stride, start);
             }
             if transformed {
                 S::out_of_line(Transform {
@@ -412,9 +412,9 @@ impl BlockStep<'_> {
                 },
             );
             if V::ROW_SCALE {
-                scale_positions::<S>(rows, nb, sbuf, a.v_scale, a.v_scale_stride, start);
+                scale_positions::<S>(rows, nb, sbuf, a.v.scale, a.v.scale_stride, start);
             }
-            let ahead_v = Ahead::new(a.ahead_v.share(i, n), nb);
+            let ahead_v = Ahead::new(a.ahead[1].share(i, n), nb);
             phase::<S, _>(
                 inline,
                 Accumulate {
@@ -424,7 +424,7 @@ impl BlockStep<'_> {
                     vrows,
                     dvp,
                     vc,
-                    acc: a.acc,
+                    acc: a.state.acc,
                     ahead: &ahead_v,
                 },
             );

@@ -86,7 +86,19 @@ impl SimdOp for Softmax<'_> {
             vc,
         } = self;
         // SAFETY: forwarded preconditions of `softmax_update`.
-        unsafe { softmax_update::<S>(rows, nb, sbuf, a.m, a.l, lsum, a.acc, dvp, vc) }
+        unsafe {
+            softmax_update::<S>(
+                rows,
+                nb,
+                sbuf,
+                a.state.m,
+                a.state.l,
+                lsum,
+                a.state.acc,
+                dvp,
+                vc,
+            )
+        }
     }
 }
 

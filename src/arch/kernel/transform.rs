@@ -94,13 +94,20 @@ impl SimdOp for Transform<'_> {
         } = self;
         // SAFETY: the struct's precondition, forwarded from the kernel.
         unsafe {
-            if a.softcap > 0.0 {
-                softcap::<S>(rows, nb, sbuf, a.softcap);
+            if a.transforms.softcap > 0.0 {
+                softcap::<S>(rows, nb, sbuf, a.transforms.softcap);
             }
-            if !a.alibi_slope.is_null() {
-                alibi::<S>(rows, nb, sbuf, a.alibi_slope, a.alibi_off, start);
+            if !a.transforms.alibi_slope.is_null() {
+                alibi::<S>(
+                    rows,
+                    nb,
+                    sbuf,
+                    a.transforms.alibi_slope,
+                    a.transforms.alibi_off,
+                    start,
+                );
             }
-            if !a.bias.is_null() {
+            if !a.transforms.bias.is_null() {
                 add_bias::<S>(a, nb, sbuf, start);
             }
         }
@@ -130,13 +137,14 @@ pub(super) unsafe fn add_bias<S: Simd>(a: &ChunkArgs, nb: usize, sbuf: *mut f32,
             S::splat(2f32.powi(-40)),
         )
     };
+    let t = &a.transforms;
     for i in 0..a.rows {
         // SAFETY: per `ChunkArgs`, row `i`'s bias is valid for positions
         // `start..start + nb` (< n); the partial load reads `nb - s` of
         // them at most; row `i` of `sbuf` holds BLOCK floats.
         unsafe {
-            let row = a.bias.add(
-                (i / a.bias_r) * a.bias_token_stride + (i % a.bias_r) * a.bias_head_stride + start,
+            let row = t.bias.add(
+                (i / t.bias_r) * t.bias_token_stride + (i % t.bias_r) * t.bias_head_stride + start,
             );
             let mut s = 0;
             while s < nb {

@@ -368,8 +368,8 @@ unsafe fn decode_inner<const EXACT: bool>(a: &ChunkArgs) {
         let accp = pbuf.add(r16 * 16);
         (lsum, ctmp, qpack, kpad.cast::<u16>(), vpack, pbuf, accp)
     };
-    // SAFETY: the regions above are inside scratch; `a.acc` has `rows *
-    // dvp` f32, `a.q` `rows * pad(dk)`, `a.m`/`a.l` `rows`.
+    // SAFETY: the regions above are inside scratch; `a.state.acc` has `rows *
+    // dvp` f32, `a.q` `rows * pad(dk)`, `a.state.m`/`a.state.l` `rows`.
     unsafe {
         for i in 0..rows * PAD {
             *lsum.add(i) = 0.0;
@@ -377,9 +377,9 @@ unsafe fn decode_inner<const EXACT: bool>(a: &ChunkArgs) {
         // The accumulator: the state itself when the rows fill whole tiles,
         // else a copy with zero rows up to the next tile.
         let acc = if rows == r16 {
-            a.acc
+            a.state.acc
         } else {
-            std::ptr::copy_nonoverlapping(a.acc, accp, rows * dvp);
+            std::ptr::copy_nonoverlapping(a.state.acc, accp, rows * dvp);
             std::ptr::write_bytes(accp.add(rows * dvp), 0, (r16 - rows) * dvp);
             accp
         };
@@ -401,19 +401,19 @@ unsafe fn decode_inner<const EXACT: bool>(a: &ChunkArgs) {
         ]);
         cfg.load();
 
-        let kb = a.k.cast::<u16>();
-        let vb = a.v.cast::<u16>();
-        let kstride = a.k_stride * 2;
-        let transformed = a.softcap > 0.0 || !a.alibi_slope.is_null() || !a.bias.is_null();
+        let kb = a.k.ptr.cast::<u16>();
+        let vb = a.v.ptr.cast::<u16>();
+        let kstride = a.k.stride * 2;
+        let transformed = a.transforms.any();
         let vpitch = dv32 * 4;
         let mut start = 0;
         while start < a.n {
             let nb = BLOCK.min(a.n - start);
             // K: in place, or a zero-padded copy.
             let (kp, ks_bytes) = if nb == BLOCK && dk == dk32 {
-                (kb.add(start * a.k_stride), kstride)
+                (kb.add(start * a.k.stride), kstride)
             } else {
-                copy_rows(kb.add(start * a.k_stride), a.k_stride, nb, dk, dk32, kpad);
+                copy_rows(kb.add(start * a.k.stride), a.k.stride, nb, dk, dk32, kpad);
                 (kpad as *const u16, dk32 * 2)
             };
             // Scores, up to four column groups of 16 query rows per pass.
@@ -428,7 +428,7 @@ unsafe fn decode_inner<const EXACT: bool>(a: &ChunkArgs) {
             }
             kernel::block_softmax::<Avx512>(a, rows, nb, start, sbuf, lsum, acc, dvp, transformed);
             pack_p::<EXACT>(sbuf, rows, pbuf);
-            pack_v::<EXACT>(vb.add(start * a.v_stride), a.v_stride, nb, dv, dv32, vpack);
+            pack_v::<EXACT>(vb.add(start * a.v.stride), a.v.stride, nb, dv, dv32, vpack);
             for g in 0..cg {
                 accumulate_group(pbuf.add(g * 256), vpack, vpitch, acc.add(g * 16 * dvp), dvp);
             }
@@ -436,9 +436,9 @@ unsafe fn decode_inner<const EXACT: bool>(a: &ChunkArgs) {
         }
         release();
         if rows != r16 {
-            std::ptr::copy_nonoverlapping(accp, a.acc, rows * dvp);
+            std::ptr::copy_nonoverlapping(accp, a.state.acc, rows * dvp);
         }
-        kernel::fold_sums::<Avx512>(rows, a.l, lsum);
+        kernel::fold_sums::<Avx512>(rows, a.state.l, lsum);
     }
 }
 
