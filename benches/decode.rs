@@ -9,9 +9,8 @@
 //! `cargo bench --bench decode` (set `GQA_BENCH_L` to change the KV length).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gqa_kernels::quant::{BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
-    append, bf16, f16, Batch, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
+    append, f16, Batch, Dtype, KvBuffer, KvCache, KvCacheMut, KvData, KvPages, KvPagesMut,
     KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
 
@@ -114,7 +113,7 @@ fn kv_types(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("kv_types/Llama-3-8B/L{l}"));
     group.sample_size(20);
     for (kd, vd) in pairs {
-        let (k, v) = (Owned::new(kd, n, d, g), Owned::new(vd, n, d, g));
+        let (k, v) = (owned(kd, n, d, g), owned(vd, n, d, g));
         let shape = Shape::new(1, h, g, d, kd).with_dtypes(kd, vd);
         let q = vec![0.01f32; shape.q_elems()];
         let mut out = vec![0f32; shape.out_elems()];
@@ -241,12 +240,9 @@ fn append_kv(c: &mut Criterion) {
             (LAYERS * 2 * g * dtype.row_bytes(d)) as u64,
         ));
         let n = table.len() * page * row;
-        let mut layers: Vec<(Owned, Owned)> = (0..LAYERS)
-            .map(|_| (Owned::new(dtype, n, d, g), Owned::new(dtype, n, d, g)))
+        let mut layers: Vec<(KvBuffer, KvBuffer)> = (0..LAYERS)
+            .map(|_| (owned(dtype, n, d, g), owned(dtype, n, d, g)))
             .collect();
-        fn view(x: &mut Owned, _: Dtype) -> KvDataMut<'_> {
-            x.view()
-        }
         for paged in [false, true] {
             let name = if paged { "paged16" } else { "strided" };
             group.bench_function(BenchmarkId::new(name, dtype), |b| {
@@ -254,16 +250,16 @@ fn append_kv(c: &mut Criterion) {
                     for (k, v) in layers.iter_mut() {
                         let mut cache = if paged {
                             KvCacheMut::Paged {
-                                k: KvPagesMut::gpd(view(k, dtype), page, g, d),
-                                v: KvPagesMut::gpd(view(v, dtype), page, g, d),
+                                k: KvPagesMut::gpd(k.data_mut(), page, g, d),
+                                v: KvPagesMut::gpd(v.data_mut(), page, g, d),
                                 page_size: page,
                                 block_table: &table,
                                 blocks_per_seq: table.len(),
                             }
                         } else {
                             KvCacheMut::Strided {
-                                k: KvTensorMut::bgld(view(k, dtype), l + 1, g, d),
-                                v: KvTensorMut::bgld(view(v, dtype), l + 1, g, d),
+                                k: KvTensorMut::bgld(k.data_mut(), l + 1, g, d),
+                                v: KvTensorMut::bgld(v.data_mut(), l + 1, g, d),
                                 capacity: l + 1,
                             }
                         };
@@ -276,47 +272,13 @@ fn append_kv(c: &mut Criterion) {
     group.finish();
 }
 
-/// Owned cache storage of any type, zero-filled (fp8: unit scales).
-enum Owned {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    Bf16(Vec<bf16>),
-    Int8(Vec<i8>, Vec<f32>),
-    Q8_0(Vec<BlockQ8_0>),
-    Fp8(Fp8, Vec<u8>, Vec<f32>),
-}
-
-impl Owned {
-    fn new(dtype: Dtype, n: usize, d: usize, g: usize) -> Owned {
-        match dtype {
-            Dtype::F32 => Owned::F32(vec![0.0; n]),
-            Dtype::F16 => Owned::F16(vec![f16::ZERO; n]),
-            Dtype::Bf16 => Owned::Bf16(vec![bf16::ZERO; n]),
-            Dtype::Int8 => Owned::Int8(vec![0; n], vec![0.0; n / d]),
-            Dtype::Q8_0 => Owned::Q8_0(vec![BlockQ8_0::default(); n / QK8_0]),
-            Dtype::Fp8E4M3 => Owned::Fp8(Fp8::E4M3, vec![0; n], vec![0.01; g]),
-            Dtype::Fp8E5M2 => Owned::Fp8(Fp8::E5M2, vec![0; n], vec![0.01; g]),
-        }
-    }
-    fn data(&self) -> KvData<'_> {
-        match self {
-            Owned::F32(x) => KvData::F32(x),
-            Owned::F16(x) => KvData::F16(x),
-            Owned::Bf16(x) => KvData::Bf16(x),
-            Owned::Int8(x, s) => KvData::int8(x, s),
-            Owned::Q8_0(b) => KvData::Q8_0(b),
-            Owned::Fp8(f, x, s) => KvData::fp8(*f, x, s),
-        }
-    }
-    fn view(&mut self) -> KvDataMut<'_> {
-        match self {
-            Owned::F32(x) => KvDataMut::F32(x),
-            Owned::F16(x) => KvDataMut::F16(x),
-            Owned::Bf16(x) => KvDataMut::Bf16(x),
-            Owned::Int8(x, s) => KvDataMut::int8(x, s),
-            Owned::Q8_0(b) => KvDataMut::Q8_0(b),
-            Owned::Fp8(f, x, s) => KvDataMut::fp8(*f, x, s),
-        }
+/// A zero-filled cache of `n` values of `dtype` (fp8: a scale of 0.01
+/// per KV head).
+fn owned(dtype: Dtype, n: usize, d: usize, g: usize) -> KvBuffer {
+    let buf = KvBuffer::zeros(dtype, n, d).expect("a cache buffer");
+    match dtype {
+        Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => buf.with_scales(vec![0.01; g]).expect("scales"),
+        _ => buf,
     }
 }
 

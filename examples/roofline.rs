@@ -53,9 +53,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use gqa_kernels::probe::{StreamProbe, Unit};
-use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
+use gqa_kernels::quant::Fp8;
 use gqa_kernels::{
-    append, probe, Batch, Bias, Dtype, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvTensor,
+    append, probe, Batch, Bias, Dtype, KvBuffer, KvCache, KvCacheMut, KvData, KvPages, KvTensor,
     KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
 use half::{bf16, f16};
@@ -121,143 +121,44 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// KV storage for one run, `[B, G, L, D]` (each head's rows contiguous).
-enum Store {
-    F32(Lined<f32>),
-    F16(Lined<f16>),
-    Bf16(Lined<bf16>),
-    /// Values and one scale per row of `head_dim`.
-    Int8(Lined<i8>, Vec<f32>),
-    Q8_0(Lined<BlockQ8_0>),
-    /// Values and one per-tensor scale.
-    Fp8(Fp8, Lined<u8>, Vec<f32>),
+/// `n` elements uniform in [-1, 1) (rows of `d`) stored as `dtype`: a
+/// random block of 512 rows repeated (the values do not change the speed;
+/// generating 1 GB of them would), quantized by the crate's encoders (fp8
+/// with one scale of 4 over the format's largest value).
+fn store(dtype: Dtype, n: usize, d: usize, seed: u64) -> KvBuffer {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let block: Vec<f32> = (0..512 * d)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let block = match fp8_format(dtype) {
+        Some(f) => KvBuffer::fp8_from_f32(f, &block, vec![4.0 / f.max()], |_| 0),
+        None => KvBuffer::from_f32(dtype, &block, d),
+    };
+    block
+        .and_then(|b| b.repeat_to(n))
+        .expect("whole rows of finite values")
 }
 
-/// `n` values whose first one starts a cache line, as in a host's tensors
-/// (PyTorch's CPU allocator aligns to 64 bytes). The system allocator's
-/// 16 bytes would leave every row 16 bytes off a line: on an AMD Zen 4
-/// core that made the Llama-3-8B f32 step (1 thread, cold) 1.3x slower,
-/// f16 1.05x, a cost no host with aligned tensors pays.
-struct Lined<T> {
-    v: Vec<T>,
-    off: usize,
-    n: usize,
-}
-
-impl<T: Copy> Lined<T> {
-    /// Values `x(0), x(1), ...`.
-    fn from_iter(n: usize, x: impl Iterator<Item = T>) -> Lined<T> {
-        Lined::from_vec(x.take(n + 64).collect(), n)
-    }
-    /// The `n` values of `v` (`n + 64` long) from its first line start.
-    fn from_vec(v: Vec<T>, n: usize) -> Lined<T> {
-        let size = core::mem::size_of::<T>();
-        let p = v.as_ptr() as usize;
-        // The first offset that starts a line (any `T` of even size has one
-        // below 64; else start at 0).
-        let off = (0..64)
-            .find(|o| (p + o * size).is_multiple_of(64))
-            .unwrap_or(0);
-        Lined { v, off, n }
-    }
-    fn get(&self) -> &[T] {
-        &self.v[self.off..][..self.n]
-    }
-    fn get_mut(&mut self) -> &mut [T] {
-        &mut self.v[self.off..][..self.n]
+/// `n` zeros of `dtype` (rows of `d`; allocated zeroed, so the pages are
+/// mapped when written; fp8 with the scale of [`store`]).
+fn zeroed(dtype: Dtype, n: usize, d: usize) -> KvBuffer {
+    let z = KvBuffer::zeros(dtype, n, d).expect("whole rows");
+    match fp8_format(dtype) {
+        Some(f) => z.with_scales(vec![4.0 / f.max()]).expect("a valid scale"),
+        None => z,
     }
 }
 
-impl Store {
-    /// `n` elements uniform in [-1, 1) (rows of `d`): a random block of
-    /// 512 rows repeated (the values do not change the speed; generating
-    /// 1 GB of them would), quantized by the crate's encoders.
-    fn new(dtype: Dtype, n: usize, d: usize, seed: u64) -> Store {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let block: Vec<f32> = (0..512 * d)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect();
-        fn repeat<T: Copy>(block: &[T], n: usize) -> Lined<T> {
-            Lined::from_iter(n, block.iter().copied().cycle())
-        }
-        match dtype {
-            Dtype::F32 => Store::F32(repeat(&block, n)),
-            Dtype::F16 => Store::F16(repeat(
-                &block.iter().map(|x| f16::from_f32(*x)).collect::<Vec<_>>(),
-                n,
-            )),
-            Dtype::Bf16 => Store::Bf16(repeat(
-                &block.iter().map(|x| bf16::from_f32(*x)).collect::<Vec<_>>(),
-                n,
-            )),
-            Dtype::Int8 => {
-                let mut q = vec![0i8; block.len()];
-                let scales: Vec<f32> = block
-                    .chunks_exact(d)
-                    .zip(q.chunks_exact_mut(d))
-                    .map(|(x, y)| quant::quantize_int8_row(x, y).expect("finite"))
-                    .collect();
-                let scales = scales.iter().copied().cycle().take(n.div_ceil(d)).collect();
-                Store::Int8(repeat(&q, n), scales)
-            }
-            Dtype::Q8_0 => {
-                let mut b = vec![BlockQ8_0::default(); block.len() / QK8_0];
-                quant::quantize_q8_0(&block, &mut b).expect("d is a multiple of 32");
-                Store::Q8_0(repeat(&b, n / QK8_0))
-            }
-            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
-                let f = if dtype == Dtype::Fp8E4M3 {
-                    Fp8::E4M3
-                } else {
-                    Fp8::E5M2
-                };
-                let scale = 4.0 / f.max();
-                let mut q = vec![0u8; block.len()];
-                quant::quantize_fp8(&block, scale, f, &mut q).expect("finite");
-                Store::Fp8(f, repeat(&q, n), vec![scale])
-            }
-        }
-    }
-    /// `n` zeros (allocated zeroed: the pages are mapped when written);
-    /// rows of `d`.
-    fn zeroed(dtype: Dtype, n: usize, d: usize) -> Store {
-        fn zeros<T: Copy + Default>(n: usize) -> Lined<T> {
-            Lined::from_vec(vec![T::default(); n + 64], n)
-        }
-        match dtype {
-            Dtype::F32 => Store::F32(zeros(n)),
-            Dtype::F16 => Store::F16(zeros(n)),
-            Dtype::Bf16 => Store::Bf16(zeros(n)),
-            Dtype::Int8 => Store::Int8(zeros(n), vec![0.0; n.div_ceil(d)]),
-            Dtype::Q8_0 => Store::Q8_0(zeros(n / QK8_0)),
-            Dtype::Fp8E4M3 => Store::Fp8(Fp8::E4M3, zeros(n), vec![4.0 / 448.0]),
-            Dtype::Fp8E5M2 => Store::Fp8(Fp8::E5M2, zeros(n), vec![4.0 / 57344.0]),
-        }
-    }
-    fn data_mut(&mut self) -> KvDataMut<'_> {
-        match self {
-            Store::F32(v) => KvDataMut::F32(v.get_mut()),
-            Store::F16(v) => KvDataMut::F16(v.get_mut()),
-            Store::Bf16(v) => KvDataMut::Bf16(v.get_mut()),
-            Store::Int8(v, s) => KvDataMut::int8(v.get_mut(), s),
-            Store::Q8_0(b) => KvDataMut::Q8_0(b.get_mut()),
-            Store::Fp8(f, v, s) => KvDataMut::fp8(*f, v.get_mut(), s),
-        }
-    }
-    fn data(&self) -> KvData<'_> {
-        match self {
-            Store::F32(v) => KvData::F32(v.get()),
-            Store::F16(v) => KvData::F16(v.get()),
-            Store::Bf16(v) => KvData::Bf16(v.get()),
-            Store::Int8(v, s) => KvData::int8(v.get(), s),
-            Store::Q8_0(b) => KvData::Q8_0(b.get()),
-            Store::Fp8(f, v, s) => KvData::fp8(*f, v.get(), s),
-        }
+fn fp8_format(dtype: Dtype) -> Option<Fp8> {
+    match dtype {
+        Dtype::Fp8E4M3 => Some(Fp8::E4M3),
+        Dtype::Fp8E5M2 => Some(Fp8::E5M2),
+        _ => None,
     }
 }
 
@@ -552,15 +453,15 @@ fn llc_bytes() -> usize {
 /// apart in 4 runs of 5).
 struct StoreSet {
     key: (Dtype, Dtype, usize, usize, usize),
-    k: Rc<Vec<Store>>,
-    v: Rc<Vec<Store>>,
+    k: Rc<Vec<KvBuffer>>,
+    v: Rc<Vec<KvBuffer>>,
 }
 
 /// One job's caches: `layers` K and V stores of one layer each, the block
 /// table of a paged layout and the ring's first positions.
 struct Rig {
-    k: Rc<Vec<Store>>,
-    v: Rc<Vec<Store>>,
+    k: Rc<Vec<KvBuffer>>,
+    v: Rc<Vec<KvBuffer>>,
     /// Which of the measurement's store sets `k` and `v` are (jobs whose
     /// caches take the same memory read the same stores).
     set: usize,
@@ -602,12 +503,12 @@ impl Rig {
                     key,
                     k: Rc::new(
                         (0..layers)
-                            .map(|i| Store::new(job.dtype, elems, m.d, 1 + 2 * i as u64))
+                            .map(|i| store(job.dtype, elems, m.d, 1 + 2 * i as u64))
                             .collect(),
                     ),
                     v: Rc::new(
                         (0..layers)
-                            .map(|i| Store::new(job.v_dtype, elems, m.d, 2 + 2 * i as u64))
+                            .map(|i| store(job.v_dtype, elems, m.d, 2 + 2 * i as u64))
                             .collect(),
                     ),
                 });
@@ -1968,8 +1869,8 @@ fn append_report(tier: Tier, json: bool, min_secs: f64) {
         // position L. Zeroed allocations are mapped lazily, so only the
         // rows written are ever touched.
         let n = (l + 1) * row;
-        let mut caches: Vec<(Store, Store)> = (0..LAYERS)
-            .map(|_| (Store::zeroed(dtype, n, m.d), Store::zeroed(dtype, n, m.d)))
+        let mut caches: Vec<(KvBuffer, KvBuffer)> = (0..LAYERS)
+            .map(|_| (zeroed(dtype, n, m.d), zeroed(dtype, n, m.d)))
             .collect();
         let mut best = f64::INFINITY;
         let started = Instant::now();

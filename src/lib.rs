@@ -81,7 +81,7 @@ pub use formats::Dtype;
 pub use shape::{Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
 pub use tier::{Precision, Tier, Unit};
 pub use views::{
-    Batch, Bias, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut, KvTensor,
+    Batch, Bias, KvBuffer, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut, KvTensor,
     KvTensorMut, NewKv, PagedKv, RingKv,
 };
 

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{check_all, tiers, Layout, Spec, Store};
-use gqa_kernels::{f16, reference, Dtype, KvTensor, Options, Plan, Shape};
+use common::{check_all, tiers, Layout, Spec};
+use gqa_kernels::{f16, reference, Dtype, KvDataMut, KvTensor, Options, Plan, Shape};
 
 /// `d` rounded up to what `dt` takes (q8_0: whole blocks of 32).
 fn fit(dt: Dtype, d: usize) -> usize {
@@ -189,14 +189,14 @@ fn f16_subnormals_are_widened_exactly() {
     let mut s = Spec::new(shape(1, 4, 1, 20, Dtype::F16), vec![25]);
     s.seed = 99;
     let mut c = s.build();
-    if let Store::F16(ref mut k) = c.k {
+    if let KvDataMut::F16(k) = c.k.buf.data_mut() {
         for (i, x) in k.iter_mut().enumerate() {
             if i % 3 == 0 && x.is_finite() {
                 *x = f16::from_bits(1 + (i % 1000) as u16); // subnormal
             }
         }
     }
-    if let Store::F16(ref mut v) = c.v {
+    if let KvDataMut::F16(v) = c.v.buf.data_mut() {
         for (i, x) in v.iter_mut().enumerate() {
             if i % 2 == 0 && x.is_finite() {
                 *x = f16::from_bits(0x8000 | (3 + (i % 500) as u16)); // negative subnormal

@@ -10,7 +10,7 @@
 use arbitrary::{Result, Unstructured};
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
-    append, bf16, f16, Dtype, KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv,
+    append, bf16, f16, Dtype, KvBuffer, KvCacheMut, KvData, KvPagesMut, KvTensorMut, NewKv,
 };
 
 /// Inputs that got past validation to the full check (a coverage signal
@@ -22,38 +22,16 @@ pub fn run(data: &[u8]) {
     let _ = go(&mut Unstructured::new(data));
 }
 
-/// An owned buffer of any type, filled with a sentinel.
-#[derive(Clone, PartialEq, Debug)]
-enum Buf {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    Bf16(Vec<bf16>),
-    Int8(Vec<i8>, Vec<f32>),
-    Q8(Vec<BlockQ8_0>),
-    Fp8(Fp8, Vec<u8>, Vec<f32>),
-}
-
-impl Buf {
-    fn new(t: Dtype, n: usize, d: usize, scales: &[f32]) -> Buf {
-        match t {
-            Dtype::F32 => Buf::F32(vec![-7.0; n]),
-            Dtype::F16 => Buf::F16(vec![f16::from_f32(-7.0); n]),
-            Dtype::Bf16 => Buf::Bf16(vec![bf16::from_f32(-7.0); n]),
-            Dtype::Int8 => Buf::Int8(vec![77; n], vec![-7.0; n / d.max(1)]),
-            Dtype::Q8_0 => Buf::Q8(vec![BlockQ8_0::default(); n / QK8_0]),
-            Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![0x55; n], scales.to_vec()),
-            Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![0x55; n], scales.to_vec()),
-        }
-    }
-    fn view(&mut self) -> KvDataMut<'_> {
-        match self {
-            Buf::F32(x) => KvDataMut::F32(x),
-            Buf::F16(x) => KvDataMut::F16(x),
-            Buf::Bf16(x) => KvDataMut::Bf16(x),
-            Buf::Int8(x, s) => KvDataMut::int8(x, s),
-            Buf::Q8(b) => KvDataMut::Q8_0(b),
-            Buf::Fp8(f, x, s) => KvDataMut::fp8(*f, x, s),
-        }
+/// `n` values of type `t` (rows of `d`) holding a sentinel: -7 for the
+/// float types, 77 with scales of -7 for int8, zero blocks for q8_0, 0x55
+/// with the cache's `scales` for fp8.
+fn sentinel(t: Dtype, n: usize, d: usize, scales: &[f32]) -> KvBuffer {
+    match t {
+        Dtype::Int8 => KvBuffer::int8(&vec![77; n], &vec![-7.0; n / d.max(1)]),
+        Dtype::Fp8E4M3 => KvBuffer::fp8(Fp8::E4M3, &vec![0x55; n], scales),
+        Dtype::Fp8E5M2 => KvBuffer::fp8(Fp8::E5M2, &vec![0x55; n], scales),
+        Dtype::Q8_0 => KvBuffer::zeros(t, n, d).expect("whole blocks"),
+        _ => KvBuffer::from_f32(t, &vec![-7.0; n], 1).expect("a float type"),
     }
 }
 
@@ -75,8 +53,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         _ => b.max(1) * cap * g * d,
     };
     let scales: Vec<f32> = (0..g).map(|h| 0.01 * (h + 1) as f32).collect();
-    let mut k = Buf::new(t, n, d, &scales);
-    let mut v = Buf::new(t, n, d, &scales);
+    let mut k = sentinel(t, n, d, &scales);
+    let mut v = sentinel(t, n, d, &scales);
     // A shuffled pool, sometimes with one entry replaced by any index (out
     // of the pool, or a page another block already uses).
     let mut table: Vec<u32> = (0..(b * cap.div_ceil(page)) as u32).collect();
@@ -153,7 +131,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         }
     };
     let res = {
-        let (kv, vv) = (k.view(), v.view());
+        let (kv, vv) = (k.data_mut(), v.data_mut());
         let strided = |x, skew| KvTensorMut::new(x, cap * g * d, d + skew, cap * d);
         let mut cache = match layout {
             0 => KvCacheMut::Strided {
@@ -223,48 +201,64 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 /// Value `i` of `a` and `b` is bitwise equal (q8_0: its block).
-fn same_value(a: &Buf, b: &Buf, i: usize) -> bool {
-    match (a, b) {
-        (Buf::F32(x), Buf::F32(y)) => x[i].to_bits() == y[i].to_bits(),
-        (Buf::F16(x), Buf::F16(y)) => x[i].to_bits() == y[i].to_bits(),
-        (Buf::Bf16(x), Buf::Bf16(y)) => x[i].to_bits() == y[i].to_bits(),
-        (Buf::Int8(x, _), Buf::Int8(y, _)) => x[i] == y[i],
-        (Buf::Q8(x), Buf::Q8(y)) => x[i / QK8_0] == y[i / QK8_0],
-        (Buf::Fp8(_, x, _), Buf::Fp8(_, y, _)) => x[i] == y[i],
+fn same_value(a: &KvBuffer, b: &KvBuffer, i: usize) -> bool {
+    match (a.data(), b.data()) {
+        (KvData::F32(x), KvData::F32(y)) => x[i].to_bits() == y[i].to_bits(),
+        (KvData::F16(x), KvData::F16(y)) => x[i].to_bits() == y[i].to_bits(),
+        (KvData::Bf16(x), KvData::Bf16(y)) => x[i].to_bits() == y[i].to_bits(),
+        (KvData::Int8 { values: x, .. }, KvData::Int8 { values: y, .. }) => x[i] == y[i],
+        (KvData::Q8_0(x), KvData::Q8_0(y)) => x[i / QK8_0] == y[i / QK8_0],
+        (KvData::Fp8E4M3 { values: x, .. }, KvData::Fp8E4M3 { values: y, .. })
+        | (KvData::Fp8E5M2 { values: x, .. }, KvData::Fp8E5M2 { values: y, .. }) => x[i] == y[i],
         _ => false,
     }
 }
 
 /// The row at `at` holds `row` as the crate converts or encodes it.
-fn check_row(buf: &Buf, at: usize, h: usize, row: &[f32]) {
+fn check_row(buf: &KvBuffer, at: usize, h: usize, row: &[f32]) {
     let d = row.len();
-    match buf {
+    let fp8 = if buf.dtype() == Dtype::Fp8E4M3 {
+        Fp8::E4M3
+    } else {
+        Fp8::E5M2
+    };
+    match buf.data() {
         // NaN stays NaN (its payload may differ between converters).
-        Buf::F32(x) => assert!(x[at..at + d]
+        KvData::F32(x) => assert!(x[at..at + d]
             .iter()
             .zip(row)
             .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))),
-        Buf::F16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
+        KvData::F16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
             let w = f16::from_f32(*b);
             a.to_bits() == w.to_bits() || (a.is_nan() && w.is_nan())
         })),
-        Buf::Bf16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
+        KvData::Bf16(x) => assert!(x[at..at + d].iter().zip(row).all(|(a, b)| {
             let w = bf16::from_f32(*b);
             a.to_bits() == w.to_bits() || (a.is_nan() && w.is_nan())
         })),
-        Buf::Int8(x, s) => {
+        KvData::Int8 {
+            values: x,
+            scales: s,
+        } => {
             let mut q = vec![0i8; d];
             let sc = quant::quantize_int8_row(row, &mut q).expect("an accepted row is finite");
             assert!(x[at..at + d] == q[..] && s[at / d].to_bits() == sc.to_bits());
         }
-        Buf::Q8(blocks) => {
+        KvData::Q8_0(blocks) => {
             let mut q = vec![BlockQ8_0::default(); d / QK8_0];
             quant::quantize_q8_0(row, &mut q).expect("an accepted row is finite");
             assert!(blocks[at / QK8_0..(at + d) / QK8_0] == q[..]);
         }
-        Buf::Fp8(f, x, s) => {
+        KvData::Fp8E4M3 {
+            values: x,
+            scales: s,
+        }
+        | KvData::Fp8E5M2 {
+            values: x,
+            scales: s,
+        } => {
             let mut q = vec![0u8; d];
-            quant::quantize_fp8(row, s[h], *f, &mut q).expect("an accepted row is finite");
+            quant::quantize_fp8(row, s[h], fp8, &mut q).expect("an accepted row is finite");
             assert!(x[at..at + d] == q[..]);
         }
     }

@@ -1,5 +1,6 @@
 //! The read-only views of a KV cache: element buffers ([`KvData`]),
-//! strided tensors, pages, rings, the cache enum and a step's batch.
+//! strided tensors, pages, rings, the cache enum and a step's batch; their
+//! mutable mirrors (`mutable.rs`) and the one owned buffer ([`KvBuffer`]).
 
 use half::{bf16, f16};
 
@@ -7,8 +8,10 @@ use crate::arch::KvRows;
 use crate::formats::{BlockQ8_0, Dtype, Fp8, QK8_0};
 
 mod mutable;
+mod owned;
 
 pub use mutable::{KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
+pub use owned::KvBuffer;
 
 /// A borrowed buffer of cache elements of one dtype.
 ///

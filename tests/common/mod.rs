@@ -5,8 +5,8 @@
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::reference::{self, tolerance, Tolerance};
 use gqa_kernels::{
-    bf16, f16, Batch, Bias, Dtype, KvCache, KvData, KvPages, KvTensor, Options, PagedKv, Plan,
-    Precision, RingKv, Shape, Tier, Unit,
+    bf16, f16, Batch, Bias, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options, PagedKv,
+    Plan, Precision, RingKv, Shape, Tier, Unit,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.
@@ -28,25 +28,12 @@ impl Rng {
     }
 }
 
-/// Owned cache storage of one dtype.
+/// Owned cache storage of one dtype: the crate's [`KvBuffer`], with the
+/// row length of its int8 scales (for views at an offset).
 #[derive(Clone, Debug)]
-pub enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    Bf16(Vec<bf16>),
-    /// Values and one scale per row of `d`.
-    Int8 {
-        values: Vec<i8>,
-        scales: Vec<f32>,
-        d: usize,
-    },
-    Q8_0(Vec<BlockQ8_0>),
-    /// Values and one scale per KV head (or one).
-    Fp8 {
-        format: Fp8,
-        values: Vec<u8>,
-        scales: Vec<f32>,
-    },
+pub struct Store {
+    pub buf: KvBuffer,
+    pub d: usize,
 }
 
 /// Values a quantized buffer's offsets and strides must be multiples of.
@@ -59,20 +46,32 @@ pub fn unit(dtype: Dtype, d: usize) -> usize {
 }
 
 impl Store {
+    /// An empty f32 store.
+    pub fn empty() -> Store {
+        Store {
+            buf: KvBuffer::from(&[][..] as &[f32]),
+            d: 1,
+        }
+    }
+
     /// `x` stored as `dtype`. Quantized types quantize each row (int8, `d`
     /// values), block (q8_0) or value (fp8, with `head_scales[head[i]]`)
     /// with the crate's encoders; non-finite entries (the `fill` of slots
     /// no step may read) become NaN scales (int8, q8_0) or NaN bytes (fp8),
     /// so reading one shows in the output.
     pub fn quantize(dtype: Dtype, x: &[f32], d: usize, head: &[u32], head_scales: &[f32]) -> Store {
-        match dtype {
-            Dtype::F32 => Store::F32(x.to_vec()),
-            Dtype::F16 => Store::F16(x.iter().map(|v| f16::from_f32(*v)).collect()),
-            Dtype::Bf16 => Store::Bf16(x.iter().map(|v| bf16::from_f32(*v)).collect()),
+        let buf = match dtype {
+            Dtype::F32 => KvBuffer::from(x),
+            Dtype::F16 => {
+                KvBuffer::from(&x.iter().map(|v| f16::from_f32(*v)).collect::<Vec<_>>()[..])
+            }
+            Dtype::Bf16 => {
+                KvBuffer::from(&x.iter().map(|v| bf16::from_f32(*v)).collect::<Vec<_>>()[..])
+            }
             Dtype::Int8 => {
                 assert_eq!(x.len() % d, 0);
                 let mut values = vec![0i8; x.len()];
-                let scales = x
+                let scales: Vec<f32> = x
                     .chunks_exact(d)
                     .zip(values.chunks_exact_mut(d))
                     .map(|(row, q)| {
@@ -82,7 +81,7 @@ impl Store {
                         })
                     })
                     .collect();
-                Store::Int8 { values, scales, d }
+                KvBuffer::int8(&values, &scales)
             }
             Dtype::Q8_0 => {
                 assert_eq!(x.len() % QK8_0, 0);
@@ -93,7 +92,7 @@ impl Store {
                         b.qs = [100; QK8_0];
                     }
                 }
-                Store::Q8_0(blocks)
+                KvBuffer::from(&blocks[..])
             }
             Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
                 let format = if dtype == Dtype::Fp8E4M3 {
@@ -101,7 +100,7 @@ impl Store {
                 } else {
                     Fp8::E5M2
                 };
-                let values = x
+                let values: Vec<u8> = x
                     .iter()
                     .zip(head)
                     .map(|(&v, &h)| {
@@ -117,35 +116,36 @@ impl Store {
                         }
                     })
                     .collect();
-                Store::Fp8 {
-                    format,
-                    values,
-                    scales: head_scales.to_vec(),
-                }
+                KvBuffer::fp8(format, &values, head_scales)
             }
-        }
+        };
+        Store { buf, d }
     }
 
     /// The elements starting at `offset` (to test misaligned base
     /// pointers; a multiple of [`unit`] for quantized types).
     pub fn data(&self, offset: usize) -> KvData<'_> {
-        match self {
-            Store::F32(v) => KvData::F32(&v[offset..]),
-            Store::F16(v) => KvData::F16(&v[offset..]),
-            Store::Bf16(v) => KvData::Bf16(&v[offset..]),
-            Store::Int8 { values, scales, d } => {
-                KvData::int8(&values[offset..], &scales[offset / d..])
+        match self.buf.data() {
+            KvData::F32(v) => KvData::F32(&v[offset..]),
+            KvData::F16(v) => KvData::F16(&v[offset..]),
+            KvData::Bf16(v) => KvData::Bf16(&v[offset..]),
+            KvData::Int8 { values, scales } => {
+                KvData::int8(&values[offset..], &scales[offset / self.d..])
             }
-            Store::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
-            Store::Fp8 {
-                format,
-                values,
+            KvData::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
+            KvData::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 {
+                values: &values[offset..],
                 scales,
-            } => KvData::fp8(*format, &values[offset..], scales),
+            },
+            KvData::Fp8E5M2 { values, scales } => KvData::Fp8E5M2 {
+                values: &values[offset..],
+                scales,
+            },
         }
     }
+
     pub fn len(&self) -> usize {
-        self.data(0).len()
+        self.buf.len()
     }
 }
 
@@ -331,8 +331,8 @@ impl Spec {
             seq_lens: self.seq_lens.clone(),
             q_offsets: None,
             q: Vec::new(),
-            k: Store::F32(Vec::new()),
-            v: Store::F32(Vec::new()),
+            k: Store::empty(),
+            v: Store::empty(),
             layout: self.layout,
             k_strides: (0, 0, 0),
             v_strides: (0, 0, 0),
