@@ -10,7 +10,7 @@ use crate::formats::{BlockQ8_0, Dtype, Fp8, QK8_0};
 mod mutable;
 mod owned;
 
-pub use mutable::{KvCacheMut, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
+pub use mutable::{KvCacheMut, KvDataMut, NewKv};
 pub use owned::KvBuffer;
 
 /// A borrowed buffer of cache elements of one dtype.
@@ -211,7 +211,10 @@ pub(crate) fn head_major_strides(len: usize, kv_heads: usize, head_dim: usize) -
     [kv_heads.saturating_mul(head), head_dim, head]
 }
 
-/// A strided view of a K or V cache for a whole batch.
+/// A strided view of a K or V cache for a whole batch, over read-only
+/// elements ([`KvTensor`], what a step reads) or writable ones
+/// ([`KvTensorMut`], what [`append`](crate::append()) writes): the strides
+/// and constructors are the same for both.
 ///
 /// Element `d` of position `j` of KV head `g` of sequence `b` is
 /// `data[b * seq_stride + j * token_stride + g * head_stride + d]`; strides
@@ -222,26 +225,33 @@ pub(crate) fn head_major_strides(len: usize, kv_heads: usize, head_dim: usize) -
 /// position the kernels will read is checked against `data.len()` before any
 /// load.
 #[derive(Clone, Copy, Debug)]
-pub struct KvTensor<'a> {
+pub struct TensorView<D> {
     /// The elements.
-    pub data: KvData<'a>,
+    pub data: D,
     /// Elements between sequence `b` and `b + 1`.
     pub seq_stride: usize,
-    /// Elements between position `j` and `j + 1`.
+    /// Elements between position (or ring slot) `j` and `j + 1`.
     pub token_stride: usize,
     /// Elements between KV head `g` and `g + 1`.
     pub head_stride: usize,
 }
 
-impl<'a> KvTensor<'a> {
+/// A read-only strided view of a K or V cache (see [`TensorView`]).
+pub type KvTensor<'a> = TensorView<KvData<'a>>;
+
+/// A writable strided view, with the strides of [`KvTensor`] (see
+/// [`TensorView`]).
+pub type KvTensorMut<'a> = TensorView<KvDataMut<'a>>;
+
+impl<D> TensorView<D> {
     /// A view with explicit strides (in elements).
     pub fn new(
-        data: impl Into<KvData<'a>>,
+        data: impl Into<D>,
         seq_stride: usize,
         token_stride: usize,
         head_stride: usize,
     ) -> Self {
-        KvTensor {
+        TensorView {
             data: data.into(),
             seq_stride,
             token_stride,
@@ -250,45 +260,50 @@ impl<'a> KvTensor<'a> {
     }
 
     /// A `[B, max_len, G, D]` (token-major) cache.
-    pub fn blgd(
-        data: impl Into<KvData<'a>>,
-        max_len: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    pub fn blgd(data: impl Into<D>, max_len: usize, kv_heads: usize, head_dim: usize) -> Self {
         let [outer, token, head] = token_major_strides(max_len, kv_heads, head_dim);
         Self::new(data, outer, token, head)
     }
 
     /// A `[B, G, max_len, D]` (head-major) cache.
-    pub fn bgld(
-        data: impl Into<KvData<'a>>,
-        max_len: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    pub fn bgld(data: impl Into<D>, max_len: usize, kv_heads: usize, head_dim: usize) -> Self {
         let [outer, token, head] = head_major_strides(max_len, kv_heads, head_dim);
         Self::new(data, outer, token, head)
     }
+}
 
+impl KvTensor<'_> {
     /// The element type.
     pub fn dtype(&self) -> Dtype {
         self.data.dtype()
     }
 }
 
-/// One pool of cache pages (K or V) of a paged cache.
+impl KvTensorMut<'_> {
+    /// The same view, read-only.
+    pub fn as_tensor(&self) -> KvTensor<'_> {
+        KvTensor::new(
+            self.data.as_data(),
+            self.seq_stride,
+            self.token_stride,
+            self.head_stride,
+        )
+    }
+}
+
+/// One pool of cache pages (K or V) of a paged cache, over read-only
+/// elements ([`KvPages`]) or writable ones ([`KvPagesMut`]).
 ///
 /// Element `d` of slot `s` (the position's offset inside its page) of KV
 /// head `g` in page `p` is
 /// `data[p * page_stride + s * token_stride + g * head_stride + d]`
-/// (strides in elements). [`KvPages::pgd`] lays each page out as
-/// `[page_size, G, D]` and [`KvPages::gpd`] as `[G, page_size, D]`; any
+/// (strides in elements). [`PagesView::pgd`] lays each page out as
+/// `[page_size, G, D]` and [`PagesView::gpd`] as `[G, page_size, D]`; any
 /// other strides work too.
 #[derive(Clone, Copy, Debug)]
-pub struct KvPages<'a> {
+pub struct PagesView<D> {
     /// The pool's elements.
-    pub data: KvData<'a>,
+    pub data: D,
     /// Elements between page `p` and `p + 1`.
     pub page_stride: usize,
     /// Elements between slot `s` and `s + 1` of a page.
@@ -297,15 +312,22 @@ pub struct KvPages<'a> {
     pub head_stride: usize,
 }
 
-impl<'a> KvPages<'a> {
+/// A read-only page pool (see [`PagesView`]).
+pub type KvPages<'a> = PagesView<KvData<'a>>;
+
+/// A writable page pool, with the strides of [`KvPages`] (see
+/// [`PagesView`]).
+pub type KvPagesMut<'a> = PagesView<KvDataMut<'a>>;
+
+impl<D> PagesView<D> {
     /// A pool with explicit strides (in elements).
     pub fn new(
-        data: impl Into<KvData<'a>>,
+        data: impl Into<D>,
         page_stride: usize,
         token_stride: usize,
         head_stride: usize,
     ) -> Self {
-        KvPages {
+        PagesView {
             data: data.into(),
             page_stride,
             token_stride,
@@ -314,25 +336,27 @@ impl<'a> KvPages<'a> {
     }
 
     /// Pages laid out `[page_size, G, D]` (token-major, as vLLM stores them).
-    pub fn pgd(
-        data: impl Into<KvData<'a>>,
-        page_size: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    pub fn pgd(data: impl Into<D>, page_size: usize, kv_heads: usize, head_dim: usize) -> Self {
         let [outer, token, head] = token_major_strides(page_size, kv_heads, head_dim);
         Self::new(data, outer, token, head)
     }
 
     /// Pages laid out `[G, page_size, D]` (head-major).
-    pub fn gpd(
-        data: impl Into<KvData<'a>>,
-        page_size: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    pub fn gpd(data: impl Into<D>, page_size: usize, kv_heads: usize, head_dim: usize) -> Self {
         let [outer, token, head] = head_major_strides(page_size, kv_heads, head_dim);
         Self::new(data, outer, token, head)
+    }
+}
+
+impl KvPagesMut<'_> {
+    /// The same pool, read-only.
+    pub fn as_pages(&self) -> KvPages<'_> {
+        KvPages::new(
+            self.data.as_data(),
+            self.page_stride,
+            self.token_stride,
+            self.head_stride,
+        )
     }
 }
 

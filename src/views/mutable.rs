@@ -1,13 +1,12 @@
-//! The mutable views a step's new tokens are written through: they mirror
-//! the read-only ones ([`KvTensorMut`] for [`KvTensor`], [`KvPagesMut`] for
-//! [`KvPages`], [`KvCacheMut`] for [`KvCache`]) and lend them out for the
-//! step with [`KvCacheMut::as_cache`]; and [`NewKv`], the rows to write.
+//! What a step's new tokens are written through: the writable element
+//! buffers ([`KvDataMut`]) and cache ([`KvCacheMut`], which lends itself
+//! out for the step with [`KvCacheMut::as_cache`]), and [`NewKv`], the rows
+//! to write. The strided and paged views are written once, generic over
+//! the two element buffers (`TensorView`, `PagesView` in `mod.rs`).
 
 use half::{bf16, f16};
 
-use super::{
-    head_major_strides, token_major_strides, KvCache, KvData, KvPages, KvTensor, PagedKv, RingKv,
-};
+use super::{KvCache, KvData, KvPagesMut, KvTensorMut, PagedKv, RingKv};
 use crate::formats::{BlockQ8_0, Dtype, Fp8};
 
 /// A mutably borrowed buffer of cache elements of one dtype, with the
@@ -108,130 +107,6 @@ impl<'a> From<&'a mut [bf16]> for KvDataMut<'a> {
 impl<'a> From<&'a mut [BlockQ8_0]> for KvDataMut<'a> {
     fn from(s: &'a mut [BlockQ8_0]) -> Self {
         KvDataMut::Q8_0(s)
-    }
-}
-
-/// A writable strided view, with the strides of [`KvTensor`].
-#[derive(Debug)]
-pub struct KvTensorMut<'a> {
-    /// The elements.
-    pub data: KvDataMut<'a>,
-    /// Elements between sequence `b` and `b + 1`.
-    pub seq_stride: usize,
-    /// Elements between position (or ring slot) `j` and `j + 1`.
-    pub token_stride: usize,
-    /// Elements between KV head `g` and `g + 1`.
-    pub head_stride: usize,
-}
-
-impl<'a> KvTensorMut<'a> {
-    /// A view with explicit strides (in elements).
-    pub fn new(
-        data: impl Into<KvDataMut<'a>>,
-        seq_stride: usize,
-        token_stride: usize,
-        head_stride: usize,
-    ) -> Self {
-        KvTensorMut {
-            data: data.into(),
-            seq_stride,
-            token_stride,
-            head_stride,
-        }
-    }
-
-    /// A `[B, max_len, G, D]` (token-major) cache.
-    pub fn blgd(
-        data: impl Into<KvDataMut<'a>>,
-        max_len: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
-        let [outer, token, head] = token_major_strides(max_len, kv_heads, head_dim);
-        Self::new(data, outer, token, head)
-    }
-
-    /// A `[B, G, max_len, D]` (head-major) cache.
-    pub fn bgld(
-        data: impl Into<KvDataMut<'a>>,
-        max_len: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
-        let [outer, token, head] = head_major_strides(max_len, kv_heads, head_dim);
-        Self::new(data, outer, token, head)
-    }
-
-    /// The same view, read-only.
-    pub fn as_tensor(&self) -> KvTensor<'_> {
-        KvTensor::new(
-            self.data.as_data(),
-            self.seq_stride,
-            self.token_stride,
-            self.head_stride,
-        )
-    }
-}
-
-/// A writable page pool, with the strides of [`KvPages`].
-#[derive(Debug)]
-pub struct KvPagesMut<'a> {
-    /// The pool's elements.
-    pub data: KvDataMut<'a>,
-    /// Elements between page `p` and `p + 1`.
-    pub page_stride: usize,
-    /// Elements between slot `s` and `s + 1` of a page.
-    pub token_stride: usize,
-    /// Elements between KV head `g` and `g + 1` of a page.
-    pub head_stride: usize,
-}
-
-impl<'a> KvPagesMut<'a> {
-    /// A pool with explicit strides (in elements).
-    pub fn new(
-        data: impl Into<KvDataMut<'a>>,
-        page_stride: usize,
-        token_stride: usize,
-        head_stride: usize,
-    ) -> Self {
-        KvPagesMut {
-            data: data.into(),
-            page_stride,
-            token_stride,
-            head_stride,
-        }
-    }
-
-    /// Pages laid out `[page_size, G, D]`.
-    pub fn pgd(
-        data: impl Into<KvDataMut<'a>>,
-        page_size: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
-        let [outer, token, head] = token_major_strides(page_size, kv_heads, head_dim);
-        Self::new(data, outer, token, head)
-    }
-
-    /// Pages laid out `[G, page_size, D]`.
-    pub fn gpd(
-        data: impl Into<KvDataMut<'a>>,
-        page_size: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
-        let [outer, token, head] = head_major_strides(page_size, kv_heads, head_dim);
-        Self::new(data, outer, token, head)
-    }
-
-    /// The same pool, read-only.
-    pub fn as_pages(&self) -> KvPages<'_> {
-        KvPages::new(
-            self.data.as_data(),
-            self.page_stride,
-            self.token_stride,
-            self.head_stride,
-        )
     }
 }
 
