@@ -35,7 +35,7 @@ pub struct Options {
     pub softcap: Option<f32>,
     /// The multiply-add unit to run on; `None` picks one per shape: the
     /// AMX tile kernels for bf16 K and V with at least
-    /// [`AMX_MIN_ROWS`] query rows per KV head where the tier is `avx512`
+    /// `AMX_MIN_ROWS` (8) query rows per KV head where the tier is `avx512`
     /// and the process may use the tiles, else f32 FMA. A unit that is
     /// unavailable ([`crate::Error::UnitUnavailable`]) or has no kernels for
     /// the dtypes ([`crate::Error::UnitUnsupported`]) is an error, never a

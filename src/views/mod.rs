@@ -488,7 +488,7 @@ pub struct Batch<'a> {
     /// `q_offsets[b]..q_offsets[b + 1]` (at most the plan's `q_len`). `None`
     /// gives every sequence the plan's `q_len` tokens.
     pub q_offsets: Option<&'a [usize]>,
-    /// Optional additive bias per (sequence, token, [head,] position).
+    /// Optional additive bias per (sequence, token, head (optional), position).
     pub bias: Option<Bias<'a>>,
 }
 

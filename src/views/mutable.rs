@@ -20,14 +20,14 @@ pub enum KvDataMut<'a> {
     F16(&'a mut [f16]),
     /// bf16 elements.
     Bf16(&'a mut [bf16]),
-    /// int8 values and their per-row scales, both written by [`append`].
+    /// int8 values and their per-row scales, both written by [`append`](crate::append()).
     Int8 {
         /// The values.
         values: &'a mut [i8],
         /// One scale per row of `head_dim` values.
         scales: &'a mut [f32],
     },
-    /// q8_0 blocks (values and block scales written by [`append`]).
+    /// q8_0 blocks (values and block scales written by [`append`](crate::append())).
     Q8_0(&'a mut [BlockQ8_0]),
     /// fp8 E4M3FN bytes; the per-head scales are the host's (calibrated
     /// beforehand) and only read.
