@@ -106,6 +106,10 @@ pub struct Variant<'a> {
 /// adds `slope_h (j - p)` and the batch's bias its value; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
 /// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
+///
+/// One function of 150 lines on purpose: the oracle reads as the
+/// definition above, top to bottom, one loop nest per output row, with no
+/// helper whose correctness the reader must take on trust.
 pub fn decode_variant(
     shape: &Shape,
     variant: &Variant<'_>,

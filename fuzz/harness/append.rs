@@ -35,6 +35,10 @@ fn sentinel(t: Dtype, n: usize, d: usize, scales: &[f32]) -> KvBuffer {
     }
 }
 
+/// One input, drawn and checked in order: the layout, the new rows, the call, then the check of every row. Long on purpose: every
+/// draw depends on the ones before it, and the input's bytes are consumed
+/// in this order, so the regression files replay only if it stays one
+/// straight sequence.
 fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let b = u.int_in_range(0..=3usize)?;
     let g = u.int_in_range(1..=3usize)?;

@@ -70,6 +70,10 @@ fn message_is_set(status: i32) {
     assert_ne!(status, GQA_ERR_PANIC, "the library panicked: {m:?}");
 }
 
+/// One input, drawn and checked in order: each C struct, each call, and the check of its status. Long on purpose: every
+/// draw depends on the ones before it, and the input's bytes are consumed
+/// in this order, so the regression files replay only if it stays one
+/// straight sequence.
 fn go(u: &mut Unstructured<'_>) -> Result<()> {
     // Mostly a plausible shape (so that runs and appends get exercised),
     // sometimes anything at all.

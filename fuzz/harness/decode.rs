@@ -38,6 +38,10 @@ fn fit(t: Dtype, d: usize) -> usize {
     }
 }
 
+/// One input, drawn and checked in order: the shape, the buffers, the call, then the comparison with the reference. Long on purpose: every
+/// draw depends on the ones before it, and the input's bytes are consumed
+/// in this order, so the regression files replay only if it stays one
+/// straight sequence.
 fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let tiers = Tier::available();
     let tier = *u.choose(&tiers)?;

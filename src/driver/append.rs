@@ -39,7 +39,35 @@ use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv
 /// than slots), a block-table entry outside the pool, and any row that
 /// would fall outside its buffer.
 pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> Result<()> {
-    let b = positions.len();
+    check_new(cache, new, positions.len())?;
+    check_room(cache, new, positions)?;
+    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
+    // Pass 2: convert and write (quantized rows go through one f32 row
+    // buffer, zeroed once per call).
+    let mut buf = [0f32; MAX_HEAD_DIM];
+    for (seq, &start) in positions.iter().enumerate() {
+        for (i, tok) in (new.offsets[seq]..new.offsets[seq + 1]).enumerate() {
+            let j = start + i;
+            let (ko, vo, kh, vh) = row_offsets(cache, seq, j, g, dk, dv)?;
+            let (kd, vd) = match cache {
+                KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
+                    (&mut k.data, &mut v.data)
+                }
+                KvCacheMut::Paged { k, v, .. } => (&mut k.data, &mut v.data),
+            };
+            for h in 0..g {
+                write_row(kd, ko + h * kh, h, &new.k, (tok * g + h) * dk, dk, &mut buf);
+                write_row(vd, vo + h * vh, h, &new.v, (tok * g + h) * dv, dv, &mut buf);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The new rows against the cache, for `b` sequences: dims, page size,
+/// offsets, source types, the destination's types and scales, lengths,
+/// and rows bound for a quantized cache finite.
+fn check_new(cache: &KvCacheMut<'_>, new: &NewKv<'_>, b: usize) -> Result<()> {
     let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
     for (arg, value) in [("kv_heads", g), ("head_dim_k", dk), ("head_dim_v", dv)] {
         if value == 0 {
@@ -95,8 +123,14 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
             check_finite(arg, data)?;
         }
     }
-    // Pass 1: every destination row is inside its buffer (and the new
-    // positions inside the sequence's capacity) before anything is written.
+    Ok(())
+}
+
+/// Pass 1 of an append: every destination row is inside its buffer (and
+/// the new positions inside the sequence's capacity) before anything is
+/// written.
+fn check_room(cache: &KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> Result<()> {
+    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
     for (seq, &start) in positions.iter().enumerate() {
         let n = new.offsets[seq + 1] - new.offsets[seq];
         if n == 0 {
@@ -137,25 +171,6 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
         }
         for j in start..end {
             row_offsets(cache, seq, j, g, dk, dv)?;
-        }
-    }
-    // Pass 2: convert and write (quantized rows go through one f32 row
-    // buffer, zeroed once per call).
-    let mut buf = [0f32; MAX_HEAD_DIM];
-    for (seq, &start) in positions.iter().enumerate() {
-        for (i, tok) in (new.offsets[seq]..new.offsets[seq + 1]).enumerate() {
-            let j = start + i;
-            let (ko, vo, kh, vh) = row_offsets(cache, seq, j, g, dk, dv)?;
-            let (kd, vd) = match cache {
-                KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
-                    (&mut k.data, &mut v.data)
-                }
-                KvCacheMut::Paged { k, v, .. } => (&mut k.data, &mut v.data),
-            };
-            for h in 0..g {
-                write_row(kd, ko + h * kh, h, &new.k, (tok * g + h) * dk, dk, &mut buf);
-                write_row(vd, vo + h * vh, h, &new.v, (tok * g + h) * dv, dv, &mut buf);
-            }
         }
     }
     Ok(())

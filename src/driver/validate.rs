@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::formats::{Dtype, QK8_0};
 use crate::shape::Shape;
-use crate::views::{Batch, KvCache, KvData, KvTensor};
+use crate::views::{Batch, Bias, KvCache, KvData, KvTensor, PagedKv, RingKv};
 
 /// Checks a batch against the shape: lengths of `q`, `seq_lens`, the ragged
 /// offsets, `out`/`lse` lengths (when given), `q_len_b <= L_b <=
@@ -20,19 +20,53 @@ pub(crate) fn check_batch(
     out_len: Option<usize>,
     lse_len: Option<usize>,
 ) -> Result<usize> {
-    let expect = |arg, expected: usize, actual: usize| {
-        if expected == actual {
-            Ok(())
-        } else {
-            Err(Error::LengthMismatch {
-                arg,
-                expected,
-                actual,
-            })
+    expect("seq_lens", shape.batch, batch.seq_lens.len())?;
+    let tokens = check_tokens(shape, batch)?;
+    if shape.max_kv_len > 0 {
+        for (seq, &l) in batch.seq_lens.iter().enumerate() {
+            if l > shape.max_kv_len {
+                return Err(Error::KvLenExceedsPlan {
+                    seq,
+                    kv_len: l,
+                    max_kv_len: shape.max_kv_len,
+                });
+            }
         }
-    };
+    }
+    // tokens <= B * q_len, whose products with H and D were checked by
+    // `Shape::validate`.
+    expect("q", tokens * shape.heads * shape.head_dim_k, batch.q.len())?;
+    if let Some(n) = out_len {
+        expect("out", tokens * shape.heads * shape.head_dim_v, n)?;
+    }
+    if let Some(n) = lse_len {
+        expect("lse", tokens * shape.heads, n)?;
+    }
+    if let Some(bias) = &batch.bias {
+        check_bias(shape, batch, bias)?;
+    }
+    check_cache(shape, &batch.cache, batch.seq_lens)?;
+    Ok(tokens)
+}
+
+/// `Err(LengthMismatch)` naming `arg` unless `expected == actual`.
+fn expect(arg: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch {
+            arg,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// The batch's query tokens `T`: `B · q_len`, or the ragged offsets'
+/// last entry once they are checked (from 0, non-decreasing, at most
+/// `q_len` and at most `L_b` tokens per non-empty sequence).
+fn check_tokens(shape: &Shape, batch: &Batch<'_>) -> Result<usize> {
     let nb = shape.batch;
-    expect("seq_lens", nb, batch.seq_lens.len())?;
     let tokens = match batch.q_offsets {
         None => {
             for (seq, &l) in batch.seq_lens.iter().enumerate() {
@@ -82,82 +116,65 @@ pub(crate) fn check_batch(
             o[nb]
         }
     };
-    if shape.max_kv_len > 0 {
-        for (seq, &l) in batch.seq_lens.iter().enumerate() {
-            if l > shape.max_kv_len {
-                return Err(Error::KvLenExceedsPlan {
-                    seq,
-                    kv_len: l,
-                    max_kv_len: shape.max_kv_len,
-                });
-            }
+    Ok(tokens)
+}
+
+/// The bias covers every (token, head, position) a step reads, and every
+/// value it reads is finite or `-inf`.
+fn check_bias(shape: &Shape, batch: &Batch<'_>, bias: &Bias<'_>) -> Result<()> {
+    let nb = shape.batch;
+    for seq in 0..nb {
+        let l = batch.seq_lens[seq];
+        let t = match batch.q_offsets {
+            Some(o) => o[seq + 1] - o[seq],
+            None => shape.q_len,
+        };
+        if l == 0 || t == 0 {
+            continue;
         }
-    }
-    // tokens <= B * q_len, whose products with H and D were checked by
-    // `Shape::validate`.
-    expect("q", tokens * shape.heads * shape.head_dim_k, batch.q.len())?;
-    if let Some(n) = out_len {
-        expect("out", tokens * shape.heads * shape.head_dim_v, n)?;
-    }
-    if let Some(n) = lse_len {
-        expect("lse", tokens * shape.heads, n)?;
-    }
-    if let Some(bias) = &batch.bias {
-        for seq in 0..nb {
-            let l = batch.seq_lens[seq];
-            let t = match batch.q_offsets {
-                Some(o) => o[seq + 1] - o[seq],
-                None => shape.q_len,
-            };
-            if l == 0 || t == 0 {
-                continue;
-            }
-            let end = seq
-                .checked_mul(bias.seq_stride)
-                .and_then(|x| (t - 1).checked_mul(bias.token_stride)?.checked_add(x))
-                .and_then(|x| {
-                    (shape.heads - 1)
-                        .checked_mul(bias.head_stride)?
-                        .checked_add(x)
-                })
-                .and_then(|x| x.checked_add(l))
-                .ok_or(Error::Overflow { arg: "bias", seq })?;
-            if end > bias.data.len() {
-                return Err(Error::OutOfBounds {
-                    arg: "bias",
-                    seq,
-                    needed: end,
-                    len: bias.data.len(),
-                });
-            }
-            // Every value the step may read (positions < L_b of each token
-            // and head) is finite or -inf: +inf or NaN would make the row
-            // NaN (a softmax of +inf is undefined), so they are rejected
-            // here, naming the first one. Rows a zero stride repeats are
-            // scanned once.
-            let tokens = if bias.token_stride == 0 { 1 } else { t };
-            let heads = if bias.head_stride == 0 {
-                1
-            } else {
-                shape.heads
-            };
-            for tok in 0..tokens {
-                for h in 0..heads {
-                    let base =
-                        seq * bias.seq_stride + tok * bias.token_stride + h * bias.head_stride;
-                    if let Some(j) = first_nan_or_pos_inf(&bias.data[base..base + l]) {
-                        return Err(Error::NonFinite {
-                            arg: "bias",
-                            index: base + j,
-                            value: bias.data[base + j],
-                        });
-                    }
+        let end = seq
+            .checked_mul(bias.seq_stride)
+            .and_then(|x| (t - 1).checked_mul(bias.token_stride)?.checked_add(x))
+            .and_then(|x| {
+                (shape.heads - 1)
+                    .checked_mul(bias.head_stride)?
+                    .checked_add(x)
+            })
+            .and_then(|x| x.checked_add(l))
+            .ok_or(Error::Overflow { arg: "bias", seq })?;
+        if end > bias.data.len() {
+            return Err(Error::OutOfBounds {
+                arg: "bias",
+                seq,
+                needed: end,
+                len: bias.data.len(),
+            });
+        }
+        // Every value the step may read (positions < L_b of each token
+        // and head) is finite or -inf: +inf or NaN would make the row
+        // NaN (a softmax of +inf is undefined), so they are rejected
+        // here, naming the first one. Rows a zero stride repeats are
+        // scanned once.
+        let tokens = if bias.token_stride == 0 { 1 } else { t };
+        let heads = if bias.head_stride == 0 {
+            1
+        } else {
+            shape.heads
+        };
+        for tok in 0..tokens {
+            for h in 0..heads {
+                let base = seq * bias.seq_stride + tok * bias.token_stride + h * bias.head_stride;
+                if let Some(j) = first_nan_or_pos_inf(&bias.data[base..base + l]) {
+                    return Err(Error::NonFinite {
+                        arg: "bias",
+                        index: base + j,
+                        value: bias.data[base + j],
+                    });
                 }
             }
         }
     }
-    check_cache(shape, &batch.cache, batch.seq_lens)?;
-    Ok(tokens)
+    Ok(())
 }
 
 /// Index of the first NaN or `+inf` in `x` (vectorisable: blocks of 64 are
@@ -357,104 +374,118 @@ pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]
             check_view("k", k, g, dk, batch, |b| seq_lens[b])?;
             check_view("v", v, g, dv, batch, |b| seq_lens[b])?;
         }
-        KvCache::Ring(r) => {
-            check_dtype("k", &r.k.data, shape.k_dtype)?;
-            check_dtype("v", &r.v.data, shape.v_dtype)?;
-            for (arg, t, d) in [("k", &r.k, dk), ("v", &r.v, dv)] {
-                check_quant(
-                    arg,
-                    &t.data,
-                    [t.seq_stride, t.token_stride, t.head_stride],
-                    g,
-                    d,
-                )?;
-            }
-            if r.first_pos.len() != batch {
-                return Err(Error::LengthMismatch {
-                    arg: "first_pos",
-                    expected: batch,
-                    actual: r.first_pos.len(),
-                });
-            }
-            for (seq, &l) in seq_lens.iter().enumerate() {
-                if l > r.capacity {
-                    return Err(Error::RingTooSmall {
-                        seq,
-                        kv_len: l,
-                        capacity: r.capacity,
-                    });
-                }
-            }
-            // Slots read by sequence b: from first % cap, wrapping once.
-            let slots = |b: usize| {
-                let l = seq_lens[b];
-                if l == 0 {
-                    return 0;
-                }
-                let s = r.first_pos[b] % r.capacity;
-                if l <= r.capacity - s {
-                    s + l
-                } else {
-                    r.capacity
-                }
-            };
-            check_view("k", &r.k, g, dk, batch, slots)?;
-            check_view("v", &r.v, g, dv, batch, slots)?;
+        KvCache::Ring(r) => check_ring(shape, r, seq_lens)?,
+        KvCache::Paged(p) => check_paged(shape, p, seq_lens)?,
+    }
+    Ok(())
+}
+
+/// A ring cache: types, scales, `first_pos`, lengths within the capacity,
+/// and the slots each sequence reads (from `first_pos % capacity`,
+/// wrapping once) inside its views.
+fn check_ring(shape: &Shape, r: &RingKv<'_>, seq_lens: &[usize]) -> Result<()> {
+    let (g, dk, dv) = (shape.kv_heads, shape.head_dim_k, shape.head_dim_v);
+    let batch = seq_lens.len();
+    check_dtype("k", &r.k.data, shape.k_dtype)?;
+    check_dtype("v", &r.v.data, shape.v_dtype)?;
+    for (arg, t, d) in [("k", &r.k, dk), ("v", &r.v, dv)] {
+        check_quant(
+            arg,
+            &t.data,
+            [t.seq_stride, t.token_stride, t.head_stride],
+            g,
+            d,
+        )?;
+    }
+    if r.first_pos.len() != batch {
+        return Err(Error::LengthMismatch {
+            arg: "first_pos",
+            expected: batch,
+            actual: r.first_pos.len(),
+        });
+    }
+    for (seq, &l) in seq_lens.iter().enumerate() {
+        if l > r.capacity {
+            return Err(Error::RingTooSmall {
+                seq,
+                kv_len: l,
+                capacity: r.capacity,
+            });
         }
-        KvCache::Paged(p) => {
-            check_dtype("k_pages", &p.k.data, shape.k_dtype)?;
-            check_dtype("v_pages", &p.v.data, shape.v_dtype)?;
-            for (arg, t, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
-                check_quant(
-                    arg,
-                    &t.data,
-                    [t.page_stride, t.token_stride, t.head_stride],
-                    g,
-                    d,
-                )?;
-            }
-            if p.page_size == 0 {
-                return Err(Error::InvalidDim {
-                    arg: "page_size",
-                    value: 0,
-                    reason: "must be at least 1",
-                });
-            }
-            for (seq, &l) in seq_lens.iter().enumerate() {
-                let needed = l.div_ceil(p.page_size);
-                if needed == 0 {
-                    continue;
-                }
-                let row_start = seq.checked_mul(p.blocks_per_seq);
-                let available = row_start
-                    .map(|s| p.block_table.len().saturating_sub(s))
-                    .unwrap_or(0)
-                    .min(p.blocks_per_seq);
-                if needed > available {
-                    return Err(Error::BlockTableTooShort {
+    }
+    // Slots read by sequence b: from first % cap, wrapping once.
+    let slots = |b: usize| {
+        let l = seq_lens[b];
+        if l == 0 {
+            return 0;
+        }
+        let s = r.first_pos[b] % r.capacity;
+        if l <= r.capacity - s {
+            s + l
+        } else {
+            r.capacity
+        }
+    };
+    check_view("k", &r.k, g, dk, batch, slots)?;
+    check_view("v", &r.v, g, dv, batch, slots)?;
+    Ok(())
+}
+
+/// A paged cache: types, scales, the page size, the block table rows the
+/// lengths need, and every page they name inside its pool.
+fn check_paged(shape: &Shape, p: &PagedKv<'_>, seq_lens: &[usize]) -> Result<()> {
+    let (g, dk, dv) = (shape.kv_heads, shape.head_dim_k, shape.head_dim_v);
+    check_dtype("k_pages", &p.k.data, shape.k_dtype)?;
+    check_dtype("v_pages", &p.v.data, shape.v_dtype)?;
+    for (arg, t, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
+        check_quant(
+            arg,
+            &t.data,
+            [t.page_stride, t.token_stride, t.head_stride],
+            g,
+            d,
+        )?;
+    }
+    if p.page_size == 0 {
+        return Err(Error::InvalidDim {
+            arg: "page_size",
+            value: 0,
+            reason: "must be at least 1",
+        });
+    }
+    for (seq, &l) in seq_lens.iter().enumerate() {
+        let needed = l.div_ceil(p.page_size);
+        if needed == 0 {
+            continue;
+        }
+        let row_start = seq.checked_mul(p.blocks_per_seq);
+        let available = row_start
+            .map(|s| p.block_table.len().saturating_sub(s))
+            .unwrap_or(0)
+            .min(p.blocks_per_seq);
+        if needed > available {
+            return Err(Error::BlockTableTooShort {
+                seq,
+                needed,
+                available,
+            });
+        }
+        let row = &p.block_table[seq * p.blocks_per_seq..][..needed];
+        for (block, &page) in row.iter().enumerate() {
+            let used = (l - block * p.page_size).min(p.page_size);
+            for (arg, pool, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
+                let len = pool.data.len();
+                let end = (page as usize)
+                    .checked_mul(pool.page_stride)
+                    .and_then(|s| extent(s, used, pool.token_stride, g, pool.head_stride, d));
+                if end.is_none_or(|e| e > len) {
+                    return Err(Error::PageOutOfRange {
+                        arg,
                         seq,
-                        needed,
-                        available,
+                        block,
+                        page,
+                        pages: len.checked_div(pool.page_stride).unwrap_or(0),
                     });
-                }
-                let row = &p.block_table[seq * p.blocks_per_seq..][..needed];
-                for (block, &page) in row.iter().enumerate() {
-                    let used = (l - block * p.page_size).min(p.page_size);
-                    for (arg, pool, d) in [("k_pages", &p.k, dk), ("v_pages", &p.v, dv)] {
-                        let len = pool.data.len();
-                        let end = (page as usize).checked_mul(pool.page_stride).and_then(|s| {
-                            extent(s, used, pool.token_stride, g, pool.head_stride, d)
-                        });
-                        if end.is_none_or(|e| e > len) {
-                            return Err(Error::PageOutOfRange {
-                                arg,
-                                seq,
-                                block,
-                                page,
-                                pages: len.checked_div(pool.page_stride).unwrap_or(0),
-                            });
-                        }
-                    }
                 }
             }
         }

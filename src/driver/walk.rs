@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::layout::{for_runs, head_strides, token_strides, walk, CHUNK};
+use super::layout::{for_runs, head_strides, token_strides, walk, Walk, CHUNK};
 use super::plan::Plan;
 use crate::arch::{pad, ChunkArgs, Span, State, Transforms};
 use crate::views::{Batch, KvData};
@@ -123,7 +123,6 @@ impl Job<'_, '_> {
         scratch: &mut [f32],
     ) {
         let slen = self.plan.state_len();
-        let n_items = states.len() / slen;
         for (i, st) in states.chunks_mut(slen).enumerate() {
             self.prep_q(first + i, st);
         }
@@ -132,129 +131,140 @@ impl Job<'_, '_> {
             self.plan.shape.kv_heads,
             self.plan.shape.head_dim_k,
         ) {
-            None => {
-                // Items are numbered (sequence, split, head); walk them as
-                // (sequence, head, split), so that the splits of one head,
-                // which are consecutive in memory, read as one stream.
-                let (heads, splits) = (self.plan.shape.kv_heads, self.plan.splits);
-                let per_seq = heads * splits;
-                // The sequences this part touches, walked whole; items of
-                // other parts are skipped.
-                let seq0 = first / per_seq;
-                let span = (first + n_items).div_ceil(per_seq) * per_seq - seq0 * per_seq;
-                for k in 0..span {
-                    let k = if reverse { span - 1 - k } else { k };
-                    let (b, rest) = (seq0 + k / per_seq, k % per_seq);
-                    let (g, sp) = (rest / splits, rest % splits);
-                    let item = (b * splits + sp) * heads + g;
-                    if item < first || item >= first + n_items {
-                        continue;
-                    }
-                    let i = item - first;
-                    if let Some(range) = self.item_range(item) {
-                        let st = &mut states[i * slen..][..slen];
-                        let ahead = self.plan.stream_prefetch;
-                        let len = self.batch.seq_lens[b];
-                        let mut w = range.start;
-                        while w < range.end {
-                            let we = ((w / CHUNK + 1) * CHUNK).min(range.end);
-                            let hints = &mut if ahead > 0 {
-                                self.stream_hints(b, g, (w + ahead).min(len)..(we + ahead).min(len))
-                            } else {
-                                [Span::default(); 2]
-                            };
-                            self.run_window(b, g, w..we, st, scratch, hints);
-                            w = we;
-                        }
-                    }
+            None => self.walk_items(first, states, reverse, scratch),
+            Some(walk) => self.walk_windows(&walk, first, states, scratch),
+        }
+    }
+
+    /// The items one by one, each over its windows of CHUNK positions.
+    fn walk_items(&self, first: usize, states: &mut [f32], reverse: bool, scratch: &mut [f32]) {
+        let slen = self.plan.state_len();
+        let n_items = states.len() / slen;
+        // Items are numbered (sequence, split, head); walk them as
+        // (sequence, head, split), so that the splits of one head,
+        // which are consecutive in memory, read as one stream.
+        let (heads, splits) = (self.plan.shape.kv_heads, self.plan.splits);
+        let per_seq = heads * splits;
+        // The sequences this part touches, walked whole; items of
+        // other parts are skipped.
+        let seq0 = first / per_seq;
+        let span = (first + n_items).div_ceil(per_seq) * per_seq - seq0 * per_seq;
+        for k in 0..span {
+            let k = if reverse { span - 1 - k } else { k };
+            let (b, rest) = (seq0 + k / per_seq, k % per_seq);
+            let (g, sp) = (rest / splits, rest % splits);
+            let item = (b * splits + sp) * heads + g;
+            if item < first || item >= first + n_items {
+                continue;
+            }
+            let i = item - first;
+            if let Some(range) = self.item_range(item) {
+                let st = &mut states[i * slen..][..slen];
+                let ahead = self.plan.stream_prefetch;
+                let len = self.batch.seq_lens[b];
+                let mut w = range.start;
+                while w < range.end {
+                    let we = ((w / CHUNK + 1) * CHUNK).min(range.end);
+                    let hints = &mut if ahead > 0 {
+                        self.stream_hints(b, g, (w + ahead).min(len)..(we + ahead).min(len))
+                    } else {
+                        [Span::default(); 2]
+                    };
+                    self.run_window(b, g, w..we, st, scratch, hints);
+                    w = we;
                 }
             }
-            Some(walk) => {
-                // Window by window across the KV heads of one (sequence,
-                // split): those share memory pages. Different splits are
-                // different streams and run one after the other.
-                let heads = self.plan.shape.kv_heads;
-                let window = walk.window;
-                // The prefetch distance in whole windows: a window is
-                // hinted once, as a whole (a distance below the window
-                // would hint positions the walk is about to read).
-                let ahead = if walk.prefetch {
-                    self.plan.prefetch.div_ceil(window) * window
+        }
+    }
+
+    /// Window by window across the KV heads of each (sequence, split) of
+    /// the items, as `walk` says (token-major caches, small pages).
+    fn walk_windows(&self, walk: &Walk, first: usize, states: &mut [f32], scratch: &mut [f32]) {
+        let slen = self.plan.state_len();
+        let n_items = states.len() / slen;
+        // Window by window across the KV heads of one (sequence,
+        // split): those share memory pages. Different splits are
+        // different streams and run one after the other.
+        let heads = self.plan.shape.kv_heads;
+        let window = walk.window;
+        // The prefetch distance in whole windows: a window is
+        // hinted once, as a whole (a distance below the window
+        // would hint positions the walk is about to read).
+        let ahead = if walk.prefetch {
+            self.plan.prefetch.div_ceil(window) * window
+        } else {
+            0
+        };
+        // Pages long enough for the hardware prefetcher, where
+        // [`Plan::stream_prefetch`] is on: each call hints the rows
+        // of the call that follows it (the next head's piece of the
+        // window, or the first head's piece of the next window), so
+        // a hint is read one call later, whatever the page order.
+        let stream = !walk.prefetch && self.plan.stream_prefetch > 0;
+        let mut i0 = 0;
+        while i0 < n_items {
+            let i1 = ((first + i0) / heads + 1) * heads - first;
+            let group = i0..i1.min(n_items);
+            i0 = group.end;
+            // The items of a group share their sequence and split,
+            // hence their range and each window's pieces.
+            let (b, _, g0) = self.coords(first + group.start);
+            let Some(range) = self.item_range(first + group.start) else {
+                continue;
+            };
+            let (len, tq) = (self.batch.seq_lens[b], self.plan.tokens(&self.batch, b).0);
+            let mut a = range.start;
+            while a < range.end {
+                let e = (a + window).min(range.end);
+                let pieces = if ahead > 0 {
+                    let pa = (a + ahead).min(range.end);
+                    let pe = (e + ahead).min(range.end);
+                    self.window_pieces(b, pa..pe)
                 } else {
-                    0
+                    None
                 };
-                // Pages long enough for the hardware prefetcher, where
-                // [`Plan::stream_prefetch`] is on: each call hints the rows
-                // of the call that follows it (the next head's piece of the
-                // window, or the first head's piece of the next window), so
-                // a hint is read one call later, whatever the page order.
-                let stream = !walk.prefetch && self.plan.stream_prefetch > 0;
-                let mut i0 = 0;
-                while i0 < n_items {
-                    let i1 = ((first + i0) / heads + 1) * heads - first;
-                    let group = i0..i1.min(n_items);
-                    i0 = group.end;
-                    // The items of a group share their sequence and split,
-                    // hence their range and each window's pieces.
-                    let (b, _, g0) = self.coords(first + group.start);
-                    let Some(range) = self.item_range(first + group.start) else {
-                        continue;
-                    };
-                    let (len, tq) = (self.batch.seq_lens[b], self.plan.tokens(&self.batch, b).0);
-                    let mut a = range.start;
-                    while a < range.end {
-                        let e = (a + window).min(range.end);
-                        let pieces = if ahead > 0 {
-                            let pa = (a + ahead).min(range.end);
-                            let pe = (e + ahead).min(range.end);
-                            self.window_pieces(b, pa..pe)
-                        } else {
-                            None
-                        };
-                        let hint = |i: usize| {
-                            let part = (i - group.start, group.len());
-                            if let Some([k, v]) = pieces {
-                                [k.share(part.0, part.1), v.share(part.0, part.1)]
-                            } else if ahead > 0 {
-                                let pa = (a + ahead).min(range.end);
-                                let pe = (e + ahead).min(range.end);
-                                let g = g0 + part.0;
-                                self.prefetch_window(b, g, pa..pe, part.0, part.1)
-                            } else if stream && part.0 + 1 < part.1 {
-                                self.stream_hints(b, g0 + part.0 + 1, a..e)
-                            } else if stream {
-                                let next = e..(e + window).min(range.end);
-                                self.stream_hints(b, g0, next)
-                            } else {
-                                [Span::default(); 2]
-                            }
-                        };
-                        // Cut at CHUNK boundaries too, as the item-by-item
-                        // walk does.
-                        let cut = (a / CHUNK + 1) * CHUNK;
-                        let seen = |p| self.seen_by(p, len, tq) == (0, tq);
-                        if e <= cut && self.plan.alibi.is_none() && seen(a) && seen(e - 1) {
-                            // Every token sees the whole window (the
-                            // tokens that see a position move with it
-                            // only one way).
-                            let items = group.clone();
-                            self.call_heads(b, g0, a, e, items, states, scratch, hint);
-                        } else {
-                            for i in group.clone() {
-                                let mut hints = hint(i);
-                                let st = &mut states[i * slen..][..slen];
-                                let mut x = a;
-                                while x < e {
-                                    let xe = ((x / CHUNK + 1) * CHUNK).min(e);
-                                    let g = g0 + (i - group.start);
-                                    self.run_window(b, g, x..xe, st, scratch, &mut hints);
-                                    x = xe;
-                                }
-                            }
+                let hint = |i: usize| {
+                    let part = (i - group.start, group.len());
+                    if let Some([k, v]) = pieces {
+                        [k.share(part.0, part.1), v.share(part.0, part.1)]
+                    } else if ahead > 0 {
+                        let pa = (a + ahead).min(range.end);
+                        let pe = (e + ahead).min(range.end);
+                        let g = g0 + part.0;
+                        self.prefetch_window(b, g, pa..pe, part.0, part.1)
+                    } else if stream && part.0 + 1 < part.1 {
+                        self.stream_hints(b, g0 + part.0 + 1, a..e)
+                    } else if stream {
+                        let next = e..(e + window).min(range.end);
+                        self.stream_hints(b, g0, next)
+                    } else {
+                        [Span::default(); 2]
+                    }
+                };
+                // Cut at CHUNK boundaries too, as the item-by-item
+                // walk does.
+                let cut = (a / CHUNK + 1) * CHUNK;
+                let seen = |p| self.seen_by(p, len, tq) == (0, tq);
+                if e <= cut && self.plan.alibi.is_none() && seen(a) && seen(e - 1) {
+                    // Every token sees the whole window (the
+                    // tokens that see a position move with it
+                    // only one way).
+                    let items = group.clone();
+                    self.call_heads(b, g0, a, e, items, states, scratch, hint);
+                } else {
+                    for i in group.clone() {
+                        let mut hints = hint(i);
+                        let st = &mut states[i * slen..][..slen];
+                        let mut x = a;
+                        while x < e {
+                            let xe = ((x / CHUNK + 1) * CHUNK).min(e);
+                            let g = g0 + (i - group.start);
+                            self.run_window(b, g, x..xe, st, scratch, &mut hints);
+                            x = xe;
                         }
-                        a = e;
                     }
                 }
+                a = e;
             }
         }
     }

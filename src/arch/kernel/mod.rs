@@ -206,6 +206,12 @@ impl RowSource for ScratchRows {
 }
 
 /// Runs one chunk. See [`ChunkArgs`] for the preconditions.
+///
+/// Longer than 100 lines on purpose: it is the block loop and the scratch
+/// layout every phase shares (each block's work is `BlockStep::run`), and
+/// half of it is the comments that say why the loop is shaped as it is;
+/// split, the layout would be computed in one function and trusted in
+/// another.
 #[inline(always)]
 pub(crate) unsafe fn decode_chunk<S: Simd, K: Elem, V: Elem, D: Dims>(a: &ChunkArgs) {
     let rows = D::rows(a);
