@@ -498,36 +498,10 @@ fn source_heads(args: &Args, config: Option<&serde_json::Value>) -> Res<usize> {
         })
 }
 
-fn convert(args: &Args) -> Res<String> {
-    let src = locate(&args.input)?;
-    let config: Option<serde_json::Value> = match &src.config {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Some(
-                serde_json::from_str(&t)
-                    .map_err(|e| format!("{}: invalid JSON: {e}", p.display()))?,
-            )
-        }
-        None => None,
-    };
-    let heads = source_heads(args, config.as_ref())?;
-    let groups = args.groups;
-    if groups == 0 || heads == 0 || !heads.is_multiple_of(groups) {
-        return Err(format!(
-            "the source's {heads} KV heads cannot form {groups} groups (H % G must be 0, G >= 1)"
-        ));
-    }
-    let patterns = if args.pattern.is_empty() {
-        args.preset.patterns()
-    } else {
-        args.pattern.clone()
-    };
-    let patterns: Vec<Pattern> = patterns
-        .iter()
-        .map(|p| Pattern::parse(p))
-        .collect::<Res<_>>()?;
-
-    // Output paths, all checked before anything is written.
+/// The output directory and the config's destination, once every output
+/// path is checked before anything is written: no output overwrites an
+/// input, and none exists unless `--force`.
+fn check_outputs(args: &Args, src: &Source) -> Res<(PathBuf, Option<PathBuf>)> {
     let out_dir = if src.output_is_dir {
         args.output.clone()
     } else {
@@ -590,7 +564,11 @@ fn convert(args: &Args) -> Res<String> {
             ));
         }
     }
-    // Map every shard.
+    Ok((out_dir, config_dest))
+}
+
+/// Every shard of the source, memory-mapped.
+fn map_shards(src: &Source) -> Res<Vec<memmap2::Mmap>> {
     let mut maps = Vec::new();
     for s in &src.shards {
         let p = src.dir.join(s);
@@ -602,43 +580,25 @@ fn convert(args: &Args) -> Res<String> {
         let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("{}: {e}", p.display()))?;
         maps.push(m);
     }
-    let mut parsed = Vec::new();
-    for (s, m) in src.shards.iter().zip(&maps) {
-        let st = SafeTensors::deserialize(m).map_err(|e| {
-            format!(
-                "{}: not a safetensors file: {e:?}",
-                src.dir.join(s).display()
-            )
-        })?;
-        let (_, meta) = SafeTensors::read_metadata(m).map_err(|e| {
-            format!(
-                "{}: not a safetensors file: {e:?}",
-                src.dir.join(s).display()
-            )
-        })?;
-        parsed.push((st, meta.metadata().clone()));
-    }
-    // Every tensor by name: (shard, view).
-    let mut all = HashMap::new();
-    for (i, (st, _)) in parsed.iter().enumerate() {
-        for (name, view) in st.iter() {
-            if all.insert(name.to_string(), (i, view)).is_some() {
-                return Err(format!("tensor `{name}` appears in two shards"));
-            }
-        }
-    }
+    Ok(maps)
+}
 
-    // The K/V pairs and their pooled replacements.
-    let how = match args.pooling {
-        Method::Mean => Pooling::Mean,
-        Method::First => Pooling::First,
-    };
+/// The K/V tensors the patterns find among `all` and their pooled
+/// replacements: name -> (new shape, pooling; `None` when G = H and the
+/// tensor is copied); and the number of K/V pairs.
+#[allow(clippy::type_complexity)]
+fn pool_plan(
+    patterns: &[Pattern],
+    all: &HashMap<String, (usize, safetensors::tensor::TensorView<'_>)>,
+    heads: usize,
+    groups: usize,
+) -> Res<(BTreeMap<String, (Vec<usize>, Option<Pool>)>, usize)> {
     let mut names: Vec<&String> = all.keys().collect();
     names.sort();
     // name -> (new shape, layout, type); `None` layout when G = H (copied).
     let mut pooled: BTreeMap<String, (Vec<usize>, Option<Pool>)> = BTreeMap::new();
     let mut layers = 0usize;
-    for pat in &patterns {
+    for pat in patterns {
         for k_name in &names {
             let Some(v_name) = pat.v_partner(k_name) else {
                 continue;
@@ -692,8 +652,65 @@ fn convert(args: &Args) -> Res<String> {
         ));
     }
 
-    // Write: every shard to a temporary file, then the index and config,
-    // then rename all of them.
+    Ok((pooled, layers))
+}
+
+/// Where the converted checkpoint goes: the directory, and the config
+/// with its destination (when the source has one).
+struct Outputs<'a> {
+    dir: &'a Path,
+    config: Option<(serde_json::Value, PathBuf)>,
+}
+
+/// Stages the source's index (with the new `total_size`) and its config
+/// (with `num_key_value_heads` set to the groups), where it has them.
+fn write_json_files(
+    staged: &mut Staged,
+    src: &Source,
+    out: &Outputs<'_>,
+    new_sizes: u64,
+    groups: usize,
+) -> Res<()> {
+    let out_dir = out.dir;
+    let write_json = |staged: &mut Staged, dest: &Path, v: &serde_json::Value| -> Res<()> {
+        let tmp = staged.tmp_for(dest);
+        let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", dest.display()))
+    };
+    if let Some((name, index)) = &src.index {
+        let mut index = index.clone();
+        if let Some(m) = index.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            if m.contains_key("total_size") {
+                m.insert("total_size".into(), new_sizes.into());
+            }
+        }
+        write_json(staged, &out_dir.join(name), &index)?;
+    }
+    if let Some((mut c, dest)) = out.config.clone() {
+        if let Some(obj) = c.as_object_mut() {
+            obj.insert("num_key_value_heads".into(), groups.into());
+        }
+        write_json(staged, &dest, &c)?;
+    }
+    Ok(())
+}
+
+/// Writes every shard (pooling the tensors of `pooled` into `groups`
+/// heads by `how`, copying the rest) to a temporary file, then the index
+/// and the config, then renames all of them; on an error nothing is left
+/// behind.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn write_outputs(
+    args: &Args,
+    src: &Source,
+    out: &Outputs<'_>,
+    parsed: &[(SafeTensors<'_>, Option<HashMap<String, String>>)],
+    maps: &[memmap2::Mmap],
+    pooled: &BTreeMap<String, (Vec<usize>, Option<Pool>)>,
+    all: &HashMap<String, (usize, safetensors::tensor::TensorView<'_>)>,
+    (groups, how): (usize, Pooling),
+) -> Res<()> {
+    let out_dir = out.dir;
     let mut staged = Staged {
         files: Vec::new(),
         created_dir: None,
@@ -771,27 +788,91 @@ fn convert(args: &Args) -> Res<String> {
         }
     }
     bar.finish_and_clear();
-    let write_json = |staged: &mut Staged, dest: &Path, v: &serde_json::Value| -> Res<()> {
-        let tmp = staged.tmp_for(dest);
-        let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())? + "\n";
-        std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", dest.display()))
+    write_json_files(&mut staged, src, out, new_sizes, groups)?;
+    staged.commit()?;
+    Ok(())
+}
+
+fn convert(args: &Args) -> Res<String> {
+    let src = locate(&args.input)?;
+    let config: Option<serde_json::Value> = match &src.config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(
+                serde_json::from_str(&t)
+                    .map_err(|e| format!("{}: invalid JSON: {e}", p.display()))?,
+            )
+        }
+        None => None,
     };
-    if let Some((name, index)) = &src.index {
-        let mut index = index.clone();
-        if let Some(m) = index.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            if m.contains_key("total_size") {
-                m.insert("total_size".into(), new_sizes.into());
+    let heads = source_heads(args, config.as_ref())?;
+    let groups = args.groups;
+    if groups == 0 || heads == 0 || !heads.is_multiple_of(groups) {
+        return Err(format!(
+            "the source's {heads} KV heads cannot form {groups} groups (H % G must be 0, G >= 1)"
+        ));
+    }
+    let patterns = if args.pattern.is_empty() {
+        args.preset.patterns()
+    } else {
+        args.pattern.clone()
+    };
+    let patterns: Vec<Pattern> = patterns
+        .iter()
+        .map(|p| Pattern::parse(p))
+        .collect::<Res<_>>()?;
+
+    // Output paths, all checked before anything is written.
+    let (out_dir, config_dest) = check_outputs(args, &src)?;
+    let maps = map_shards(&src)?;
+    let mut parsed = Vec::new();
+    for (s, m) in src.shards.iter().zip(&maps) {
+        let st = SafeTensors::deserialize(m).map_err(|e| {
+            format!(
+                "{}: not a safetensors file: {e:?}",
+                src.dir.join(s).display()
+            )
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(m).map_err(|e| {
+            format!(
+                "{}: not a safetensors file: {e:?}",
+                src.dir.join(s).display()
+            )
+        })?;
+        parsed.push((st, meta.metadata().clone()));
+    }
+    // Every tensor by name: (shard, view).
+    let mut all = HashMap::new();
+    for (i, (st, _)) in parsed.iter().enumerate() {
+        for (name, view) in st.iter() {
+            if all.insert(name.to_string(), (i, view)).is_some() {
+                return Err(format!("tensor `{name}` appears in two shards"));
             }
         }
-        write_json(&mut staged, &out_dir.join(name), &index)?;
     }
-    if let (Some(mut c), Some(dest)) = (config, config_dest) {
-        if let Some(obj) = c.as_object_mut() {
-            obj.insert("num_key_value_heads".into(), groups.into());
-        }
-        write_json(&mut staged, &dest, &c)?;
-    }
-    staged.commit()?;
+
+    // The K/V pairs and their pooled replacements.
+    let how = match args.pooling {
+        Method::Mean => Pooling::Mean,
+        Method::First => Pooling::First,
+    };
+    let (pooled, layers) = pool_plan(&patterns, &all, heads, groups)?;
+    // Write: every shard to a temporary file, then the index and config,
+    // then rename all of them.
+    let out = Outputs {
+        dir: &out_dir,
+        config: config.zip(config_dest),
+    };
+    write_outputs(
+        args,
+        &src,
+        &out,
+        &parsed,
+        &maps,
+        &pooled,
+        &all,
+        (groups, how),
+    )?;
     Ok(format!(
         "gqa-convert: {layers} K/V pairs ({} tensors) pooled from {heads} to {groups} KV heads; {} tensors copied; wrote {}",
         pooled.len(),
