@@ -17,6 +17,7 @@
 //! validation, no knowledge of batches or layouts. The driver
 //! (`crate::driver::walk`) guarantees the preconditions documented on `ChunkArgs`.
 
+mod args;
 pub(crate) mod kernel;
 pub(crate) mod probes;
 pub(crate) mod scalar;
@@ -26,6 +27,8 @@ pub(crate) mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
+
+pub(crate) use args::*;
 
 /// Every row buffer the driver hands a microkernel (`q`, the state's `acc`,
 /// the scratch blocks) is padded to a multiple of this many f32 so that every
@@ -83,196 +86,6 @@ pub(crate) const fn scratch_len(rows: usize, dk: usize, dv: usize) -> usize {
 /// stores to another; it made no measurable difference on the development
 /// machine, and costs 960 bytes).
 pub(crate) const SKEW: usize = 80;
-
-/// The arguments of one microkernel call: `n` K/V rows of one KV head for a
-/// tile of `rows` query rows that share that head, in four groups: the
-/// query tile, the K and V rows ([`KvRows`]), the online-softmax state
-/// ([`State`]) with the kernel's scratch, and the score transforms
-/// ([`Transforms`]); plus the prefetch hints of a later window.
-///
-/// Preconditions (established by the driver, relied upon by every kernel):
-/// - `q` points to `rows * pad(dk)` f32: the query rows already multiplied by
-///   `scale * log2(e)`, zero in the padding lanes;
-/// - for every `j < n`, `k.ptr + j * k.stride` (in elements of the kernel's
-///   K type) is valid for reads of `dk` elements; likewise `v` and `dv`.
-///   Nothing outside those ranges is read;
-/// - `state.m` and `state.l` point to `rows` f32, `state.acc` to
-///   `rows * pad(dv)` f32: the online-softmax state (running max in the
-///   log2 domain, running sum, unnormalised output), initialised by the
-///   driver to `-inf`, 0, 0;
-/// - `scratch` points to `scratch_len(rows, dk, dv)` f32 that the kernel may
-///   overwrite, aligned to 64 bytes and initialised (any values);
-/// - for a K type with a per-row scale ([`Elem::ROW_SCALE`], int8), the
-///   scale of row `j < n` is the f32 at `k.scale + j * k.scale_stride`
-///   (likewise `v`); for other types these are ignored (null);
-/// - none of these regions overlap, except the K and V rows and their
-///   scales, which are only read;
-/// - the transforms hold [`Transforms`]' conditions.
-pub(crate) struct ChunkArgs {
-    /// The query tile.
-    pub q: *const f32,
-    /// Query rows of the tile.
-    pub rows: usize,
-    /// K rows to read.
-    pub k: KvRows,
-    /// V rows to read.
-    pub v: KvRows,
-    /// K/V rows (positions) of the call.
-    pub n: usize,
-    /// K head dim.
-    pub dk: usize,
-    /// V head dim.
-    pub dv: usize,
-    /// The tile's online-softmax state.
-    pub state: State,
-    /// The kernel's scratch.
-    pub scratch: *mut f32,
-    /// What happens to the scores before the softmax.
-    pub transforms: Transforms,
-    /// Memory the driver wants hinted into L2 while this call works (see
-    /// [`Ahead`]): a later window's K and V, or empty spans. Hints only:
-    /// any address is allowed.
-    pub ahead: [Span; 2],
-}
-
-/// Where the microkernel reads one run of rows: the first row's values, the
-/// row stride in the kernel's element units, and the per-row scales (int8;
-/// null for other types).
-#[derive(Clone, Copy)]
-pub(crate) struct KvRows {
-    pub ptr: *const u8,
-    pub stride: usize,
-    pub scale: *const f32,
-    pub scale_stride: usize,
-}
-
-/// A tile's online-softmax state: running max `m` and sum `l` per row (log2
-/// domain), and the unnormalised output `acc`, `pad(dv)` floats per row.
-#[derive(Clone, Copy)]
-pub(crate) struct State {
-    pub m: *mut f32,
-    pub l: *mut f32,
-    pub acc: *mut f32,
-}
-
-/// The score transforms, applied in this order between the scores and the
-/// softmax. Conditions: `softcap` is 0 or finite and positive;
-/// `alibi_slope` and `alibi_off` are both null or both point to `rows` f32;
-/// `bias` is null, or for every row `i < rows` the `n` floats from its row
-/// address below are valid for reads.
-#[derive(Clone, Copy)]
-pub(crate) struct Transforms {
-    /// Logit softcap in the log2 domain (`cap · log2 e`), or 0 for none:
-    /// each score `s` becomes `cap · tanh(s / cap)` before masking.
-    pub softcap: f32,
-    /// ALiBi, or null for none: per row, the slope in the log2 domain
-    /// (`alibi_slope`) and the distance of the call's first position from
-    /// the row's query position (`alibi_off`, the integer `pos0 − p_row` as
-    /// f32); position `pos0 + j` gets `slope · (alibi_off + j)` added to its
-    /// score, after the softcap.
-    pub alibi_slope: *const f32,
-    pub alibi_off: *const f32,
-    /// Additive bias, or null for none: row `i` of the tile reads its bias
-    /// for the call's position `j` at
-    /// `bias + (i / bias_r) * bias_token_stride + (i % bias_r) * bias_head_stride + j`
-    /// (natural-log units; added after ALiBi). No bias value is `+inf` or
-    /// NaN (the driver checked); values below `LOGIT_FLOOR` count as it.
-    pub bias: *const f32,
-    pub bias_r: usize,
-    pub bias_token_stride: usize,
-    pub bias_head_stride: usize,
-}
-
-impl Transforms {
-    /// Whether any transform is on.
-    #[inline(always)]
-    pub(crate) fn any(&self) -> bool {
-        self.softcap > 0.0 || !self.alibi_slope.is_null() || !self.bias.is_null()
-    }
-}
-
-/// `bytes` bytes from `ptr`, to hint into L2 ([`prefetch_span`]); the
-/// default is empty.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Span {
-    pub ptr: *const u8,
-    pub bytes: usize,
-}
-
-impl Default for Span {
-    fn default() -> Self {
-        Span {
-            ptr: std::ptr::null(),
-            bytes: 0,
-        }
-    }
-}
-
-impl Span {
-    /// The part `[bytes * i / n, bytes * (i + 1) / n)` of the span
-    /// (`i < n`; `n > 0`).
-    pub(crate) fn share(self, i: usize, n: usize) -> Span {
-        let (x, x1) = (self.bytes * i / n, self.bytes * (i + 1) / n);
-        Span {
-            ptr: self.ptr.wrapping_add(x),
-            bytes: x1 - x,
-        }
-    }
-}
-
-/// A [`Span`] hinted into L2 a few cache lines at a time, spread over a
-/// phase's `ticks` steps ([`Ahead::tick`]) instead of in one burst: on an
-/// AMD Zen 4 core a burst of 64-128 `prefetcht1` per kernel call stalled
-/// the loads of the call itself (Llama-3-8B f16 `[B, L, G, D]`, L 32768,
-/// 1 thread cold: 13.4 -> 11.4 ms spread per block, 10.4-11.4 ms spread
-/// over the positions of each phase). [`Ahead::finish`] hints what is left.
-pub(crate) struct Ahead {
-    next: std::cell::Cell<usize>,
-    end: usize,
-    per_tick: usize,
-}
-
-impl Ahead {
-    /// `span` (cache-line aligned down) in `ticks` steps.
-    #[inline(always)]
-    pub(crate) fn new(span: Span, ticks: usize) -> Ahead {
-        let a = span.ptr as usize & !63;
-        let end = (span.ptr as usize).saturating_add(span.bytes);
-        let lines = end.saturating_sub(a).div_ceil(64);
-        Ahead {
-            next: std::cell::Cell::new(a),
-            end,
-            per_tick: 64 * lines.div_ceil(ticks.max(1)),
-        }
-    }
-
-    /// Hints the next `n` steps' lines.
-    #[inline(always)]
-    pub(crate) fn tick(&self, n: usize) {
-        let p = self.next.get();
-        if p < self.end {
-            let bytes = (n * self.per_tick).min(self.end - p);
-            prefetch_span(p as *const u8, bytes);
-            self.next.set(p + bytes);
-        }
-    }
-
-    /// Hints every line not hinted yet.
-    #[inline(always)]
-    pub(crate) fn finish(&self) {
-        let p = self.next.get();
-        if p < self.end {
-            prefetch_span(p as *const u8, self.end - p);
-            self.next.set(self.end);
-        }
-    }
-
-    /// Lines not hinted yet.
-    #[cfg(test)]
-    pub(crate) fn left(&self) -> usize {
-        self.end.saturating_sub(self.next.get()).div_ceil(64)
-    }
-}
 
 /// The type of every microkernel in the dispatch table.
 pub(crate) type KernelFn = unsafe fn(&ChunkArgs);
@@ -629,53 +442,3 @@ pub(crate) unsafe fn exp2<S: Simd>(x: S::V) -> S::V {
 
 #[cfg(test)]
 pub(crate) mod tests;
-
-/// Bytes ahead of its reads that each head-major K or V stream hints into
-/// L2 by default ([`crate::Plan::stream_prefetch`]; 0: none). On the
-/// 2-core Intel Xeon VM (Sapphire Rapids class), Llama-3-8B f16
-/// `[B, G, L, D]`, L 32768, cold: the hardware prefetcher alone read
-/// 8.3 GB/s with 1 thread and 16.4 with 2; hinting 8 to 128 KiB ahead,
-/// 11.7-12.2 and 22.3-22.5 GB/s, flat across that range (f32 and D = 256
-/// the same), so 32 KiB. Other CPUs are left to their hardware prefetcher
-/// until measured: on the AMD Zen 4 VM head-major caches read at least as
-/// fast as token-major ones with software prefetch.
-pub(crate) fn stream_prefetch_bytes() -> usize {
-    // Miri cannot run `cpuid` (inline assembly), and a prefetch changes
-    // no result.
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    if x86_64::intel() {
-        return 32 << 10;
-    }
-    0
-}
-
-/// Hints every cache line of the `bytes` bytes from `p` into the core's
-/// second-level cache (x86 `prefetcht1`, aarch64 `prfm pldl2keep`): the
-/// driver's prefetch of the rows a KV head's pass over a token-major or
-/// small-page cache reads next. Not into L1: on an AMD Zen 4 core,
-/// `prefetcht0` of those rows made the step slower than no prefetch
-/// (Llama-3-8B f16 [B, L, G, D], L = 32768: 20.9 -> 21.8 ms), `prefetcht1`
-/// 1.9x faster (11.1 ms). Safe for any address: a prefetch never faults
-/// and never reads architecturally.
-#[inline]
-pub(crate) fn prefetch_span(p: *const u8, bytes: usize) {
-    let mut a = p.wrapping_sub(p as usize & 63);
-    let end = p.wrapping_add(bytes);
-    while a < end {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch hint (SSE, in every x86_64 CPU) never faults or
-        // reads architecturally, whatever the address.
-        unsafe {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            _mm_prefetch::<_MM_HINT_T1>(a.cast::<i8>())
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: `prfm` is a hint: it never faults or reads
-        // architecturally, whatever the address, and touches no register
-        // but its input.
-        unsafe {
-            core::arch::asm!("prfm pldl2keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
-        }
-        a = a.wrapping_add(64);
-    }
-}

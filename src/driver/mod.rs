@@ -6,7 +6,7 @@
 //! - [`validate`]: the checks every unsafe kernel call relies on;
 //! - [`layout`]: the walk geometry of each cache layout (runs, windows, pages);
 //! - [`walk`]: work items into kernel calls (the one place that builds a
-//!   `ChunkArgs`);
+//!   `ChunkArgs`), and `hints`: the L2 hints the calls issue;
 //! - [`step`]: running a step on the plan's pool or the host's threads, and
 //!   finishing it;
 //! - [`merge`]: merging partial softmax states;
@@ -14,6 +14,7 @@
 //! - [`append`]: writing new tokens into a cache.
 
 pub(crate) mod append;
+mod hints;
 pub(crate) mod layout;
 pub(crate) mod merge;
 pub(crate) mod plan;

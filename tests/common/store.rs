@@ -1,0 +1,124 @@
+//! Owned cache storage for the cases: a `KvBuffer` and the row length of its scales.
+
+use super::*;
+
+/// Owned cache storage of one dtype: the crate's [`KvBuffer`], with the
+/// row length of its int8 scales (for views at an offset).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub buf: KvBuffer,
+    pub d: usize,
+}
+
+/// Values a quantized buffer's offsets and strides must be multiples of.
+pub fn unit(dtype: Dtype, d: usize) -> usize {
+    match dtype {
+        Dtype::Int8 => d,
+        Dtype::Q8_0 => QK8_0,
+        _ => 1,
+    }
+}
+
+impl Store {
+    /// An empty f32 store.
+    pub fn empty() -> Store {
+        Store {
+            buf: KvBuffer::from(&[][..] as &[f32]),
+            d: 1,
+        }
+    }
+
+    /// `x` stored as `dtype`. Quantized types quantize each row (int8, `d`
+    /// values), block (q8_0) or value (fp8, with `head_scales[head[i]]`)
+    /// with the crate's encoders; non-finite entries (the `fill` of slots
+    /// no step may read) become NaN scales (int8, q8_0) or NaN bytes (fp8),
+    /// so reading one shows in the output.
+    pub fn quantize(dtype: Dtype, x: &[f32], d: usize, head: &[u32], head_scales: &[f32]) -> Store {
+        let buf = match dtype {
+            Dtype::F32 => KvBuffer::from(x),
+            Dtype::F16 => {
+                KvBuffer::from(&x.iter().map(|v| f16::from_f32(*v)).collect::<Vec<_>>()[..])
+            }
+            Dtype::Bf16 => {
+                KvBuffer::from(&x.iter().map(|v| bf16::from_f32(*v)).collect::<Vec<_>>()[..])
+            }
+            Dtype::Int8 => {
+                assert_eq!(x.len() % d, 0);
+                let mut values = vec![0i8; x.len()];
+                let scales: Vec<f32> = x
+                    .chunks_exact(d)
+                    .zip(values.chunks_exact_mut(d))
+                    .map(|(row, q)| {
+                        quant::quantize_int8_row(row, q).unwrap_or_else(|_| {
+                            q.fill(100);
+                            f32::NAN
+                        })
+                    })
+                    .collect();
+                KvBuffer::int8(&values, &scales)
+            }
+            Dtype::Q8_0 => {
+                assert_eq!(x.len() % QK8_0, 0);
+                let mut blocks = vec![BlockQ8_0::default(); x.len() / QK8_0];
+                for (b, xs) in blocks.iter_mut().zip(x.chunks_exact(QK8_0)) {
+                    if quant::quantize_q8_0(xs, std::slice::from_mut(b)).is_err() {
+                        b.d = f16::NAN;
+                        b.qs = [100; QK8_0];
+                    }
+                }
+                KvBuffer::from(&blocks[..])
+            }
+            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
+                let format = if dtype == Dtype::Fp8E4M3 {
+                    Fp8::E4M3
+                } else {
+                    Fp8::E5M2
+                };
+                let values: Vec<u8> = x
+                    .iter()
+                    .zip(head)
+                    .map(|(&v, &h)| {
+                        if v.is_finite() {
+                            let sc = head_scales[if head_scales.len() == 1 {
+                                0
+                            } else {
+                                h as usize
+                            }];
+                            format.encode(v / sc)
+                        } else {
+                            0x7F // NaN in both formats
+                        }
+                    })
+                    .collect();
+                KvBuffer::fp8(format, &values, head_scales)
+            }
+        };
+        Store { buf, d }
+    }
+
+    /// The elements starting at `offset` (to test misaligned base
+    /// pointers; a multiple of [`unit`] for quantized types).
+    pub fn data(&self, offset: usize) -> KvData<'_> {
+        match self.buf.data() {
+            KvData::F32(v) => KvData::F32(&v[offset..]),
+            KvData::F16(v) => KvData::F16(&v[offset..]),
+            KvData::Bf16(v) => KvData::Bf16(&v[offset..]),
+            KvData::Int8 { values, scales } => {
+                KvData::int8(&values[offset..], &scales[offset / self.d..])
+            }
+            KvData::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
+            KvData::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 {
+                values: &values[offset..],
+                scales,
+            },
+            KvData::Fp8E5M2 { values, scales } => KvData::Fp8E5M2 {
+                values: &values[offset..],
+                scales,
+            },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+}
