@@ -52,7 +52,10 @@ use accumulate::*;
 use phases::*;
 use scores::*;
 use softmax::*;
-pub(crate) use softmax::{block_softmax, fold_sums};
+// The AMX unit (x86_64) reuses the softmax phase and the final fold.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use softmax::block_softmax;
+pub(crate) use softmax::fold_sums;
 use transform::*;
 
 /// Vectors of `Dv` in a P·V register tile of `rt` rows when `acc`
