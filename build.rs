@@ -1,4 +1,6 @@
-//! Generates the kernel dispatch table from `kernels/decode.kernels`.
+//! Generates the kernel dispatch table from `kernels/decode.kernels`, with
+//! the dtypes of the format registry (the `formats!` lines of
+//! `src/formats/mod.rs`: name, element type, kind).
 //!
 //! The output (`$OUT_DIR/kernels.rs`) is deterministic, starts with a line
 //! naming its source, is rewritten only when its content changes, and is
@@ -10,7 +12,54 @@ use std::path::Path;
 
 const SPEC: &str = "kernels/decode.kernels";
 const TIERS: [&str; 4] = ["avx512", "avx2", "neon", "scalar"];
-const DTYPES: [&str; 7] = ["f32", "f16", "bf16", "int8", "q8_0", "fp8e4m3", "fp8e5m2"];
+const REGISTRY: &str = "src/formats/mod.rs";
+
+/// A format of the registry.
+struct Format {
+    /// `Dtype` variant.
+    variant: &'static str,
+    /// Name in the kernel list and kernel names.
+    name: &'static str,
+    /// The element type the kernels read.
+    elem: &'static str,
+    /// Whether it is a block format (head dims multiples of 32).
+    block: bool,
+}
+
+/// The registry's lines: `Variant code "name" elem, Kind;` inside
+/// `formats! { ... }` (doc comments skipped).
+fn registry() -> Vec<Format> {
+    let text = std::fs::read_to_string(REGISTRY).unwrap_or_else(|e| panic!("{REGISTRY}: {e}"));
+    let body = text
+        .split_once("\nformats! {\n")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .unwrap_or_else(|| panic!("{REGISTRY}: no `formats! {{ ... }}` table"))
+        .0;
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    let formats: Vec<Format> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [variant, _code, name, elem, kind]
+                    if elem.ends_with(',') && kind.ends_with(';') =>
+                {
+                    Format {
+                        variant: leak(variant),
+                        name: leak(name.trim_matches('"')),
+                        elem: leak(elem.trim_end_matches(',')),
+                        block: kind == "Block;",
+                    }
+                }
+                _ => panic!("{REGISTRY}: malformed registry line `{l}`"),
+            }
+        })
+        .collect();
+    assert!(!formats.is_empty(), "{REGISTRY}: empty registry");
+    formats
+}
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Instance {
@@ -49,7 +98,8 @@ fn numbers(line: usize, what: &str, field: &str, max: usize) -> Vec<usize> {
         .collect()
 }
 
-fn parse(text: &str) -> Vec<Instance> {
+fn parse(text: &str, formats: &[Format]) -> Vec<Instance> {
+    let dtypes: Vec<&'static str> = formats.iter().map(|f| f.name).collect();
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for (idx, raw) in text.lines().enumerate() {
@@ -71,11 +121,11 @@ fn parse(text: &str) -> Vec<Instance> {
             .collect();
         let ks: Vec<_> = f[1]
             .split(',')
-            .map(|w| pick(line, "dtype", w, &DTYPES))
+            .map(|w| pick(line, "dtype", w, &dtypes))
             .collect();
         let vs: Option<Vec<_>> = (f[2] != "=").then(|| {
             f[2].split(',')
-                .map(|w| pick(line, "dtype", w, &DTYPES))
+                .map(|w| pick(line, "dtype", w, &dtypes))
                 .collect()
         });
         let dks = numbers(line, "dk", f[3], 4096);
@@ -88,10 +138,11 @@ fn parse(text: &str) -> Vec<Instance> {
                         for &dv in dvs.as_deref().unwrap_or(&[dk]) {
                             for &r in &rows {
                                 for (t, d) in [(k, dk), (v, dv)] {
-                                    if t == "q8_0" && d % 32 != 0 {
+                                    let block = formats.iter().any(|f| f.name == t && f.block);
+                                    if block && d % 32 != 0 {
                                         fail(
                                             line,
-                                            format!("q8_0 head dim {d} is not a multiple of 32"),
+                                            format!("{t} head dim {d} is not a multiple of 32"),
                                         );
                                     }
                                 }
@@ -140,16 +191,13 @@ fn name(i: &Instance) -> String {
     )
 }
 
-fn rust_dtype(d: &str) -> (&'static str, &'static str) {
-    match d {
-        "f32" => ("f32", "Dtype::F32"),
-        "f16" => ("half::f16", "Dtype::F16"),
-        "bf16" => ("half::bf16", "Dtype::Bf16"),
-        "int8" => ("i8", "Dtype::Int8"),
-        "q8_0" => ("crate::quant::BlockQ8_0", "Dtype::Q8_0"),
-        "fp8e4m3" => ("crate::arch::E4M3", "Dtype::Fp8E4M3"),
-        _ => ("crate::arch::E5M2", "Dtype::Fp8E5M2"),
-    }
+/// The element type and `Dtype` path of the format named `d`.
+fn rust_dtype(formats: &[Format], d: &str) -> (&'static str, String) {
+    let f = formats
+        .iter()
+        .find(|f| f.name == d)
+        .expect("a registry name");
+    (f.elem, format!("Dtype::{}", f.variant))
 }
 
 fn tier_info(tier: &str) -> (&'static str, &'static str, Option<&'static str>) {
@@ -176,14 +224,15 @@ fn tier_variant(tier: &str) -> &'static str {
 
 fn entry(
     out: &mut String,
+    formats: &[Format],
     tier: &'static str,
     k: &'static str,
     v: &'static str,
     dims: Option<(usize, usize, usize)>,
 ) {
     let (_, path, _) = tier_info(tier);
-    let (kt, kd) = rust_dtype(k);
-    let (vt, vd) = rust_dtype(v);
+    let (kt, kd) = rust_dtype(formats, k);
+    let (vt, vd) = rust_dtype(formats, v);
     let (nm, d, shape) = match dims {
         Some((dk, dv, rows)) => (
             name(&Instance {
@@ -211,7 +260,7 @@ fn entry(
     .unwrap();
 }
 
-fn generate(instances: &[Instance]) -> String {
+fn generate(instances: &[Instance], formats: &[Format]) -> String {
     let mut out = String::new();
     out.push_str("// @generated by build.rs from kernels/decode.kernels. Do not edit.\n");
     out.push_str("// One static table per tier: the generic kernel of every (K, V) dtype pair,\n");
@@ -222,13 +271,20 @@ fn generate(instances: &[Instance]) -> String {
             writeln!(out, "#[cfg(target_arch = \"{a}\")]").unwrap();
         }
         writeln!(out, "pub(crate) static {stat}: &[KernelEntry] = &[").unwrap();
-        for k in DTYPES {
-            for v in DTYPES {
-                entry(&mut out, tier, k, v, None);
+        for k in formats {
+            for v in formats {
+                entry(&mut out, formats, tier, k.name, v.name, None);
             }
         }
         for i in instances.iter().filter(|i| i.tier == tier) {
-            entry(&mut out, tier, i.k, i.v, Some((i.dk, i.dv, i.rows)));
+            entry(
+                &mut out,
+                formats,
+                tier,
+                i.k,
+                i.v,
+                Some((i.dk, i.dv, i.rows)),
+            );
         }
         out.push_str("];\n\n");
     }
@@ -238,8 +294,10 @@ fn generate(instances: &[Instance]) -> String {
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={REGISTRY}");
+    let formats = registry();
     let text = std::fs::read_to_string(SPEC).unwrap_or_else(|e| panic!("{SPEC}: {e}"));
-    let mut instances = parse(&text);
+    let mut instances = parse(&text, &formats);
     // Feature `generic-only`: the generic kernel of each tier and type pair
     // only (the spec is still parsed and checked). Instrumented builds
     // (cargo-fuzz, Miri, sanitizers) take minutes instead of tens of them;
@@ -248,7 +306,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_GENERIC_ONLY").is_some() {
         instances.clear();
     }
-    let code = generate(&instances);
+    let code = generate(&instances, &formats);
     let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("kernels.rs");
     if std::fs::read_to_string(&dest).ok().as_deref() != Some(code.as_str()) {
         std::fs::write(&dest, code).unwrap();

@@ -55,6 +55,13 @@ extern "C" {
 #define GQA_DTYPE_Q8_0 4     /* llama.cpp block_q8_0: fp16 d + 32 int8 (34 bytes) */
 #define GQA_DTYPE_FP8_E4M3 5 /* OCP E4M3FN bytes, one float scale per KV head (or 1) */
 #define GQA_DTYPE_FP8_E5M2 6 /* OCP E5M2 bytes, one float scale per KV head (or 1) */
+/* GGUF block formats, bit-compatible with llama.cpp's blocks of 32 values
+ * (a gqa_kv's len counts values, 32 per block; any alignment): */
+#define GQA_DTYPE_Q4_0 7     /* block_q4_0: fp16 d + 16 bytes of 4-bit codes (18 bytes) */
+#define GQA_DTYPE_Q4_1 8     /* block_q4_1: fp16 d, fp16 m + 4-bit codes (20 bytes) */
+#define GQA_DTYPE_Q5_0 9     /* block_q5_0: fp16 d + 32 fifth bits + 4-bit codes (22 bytes) */
+#define GQA_DTYPE_Q5_1 10    /* block_q5_1: fp16 d, fp16 m + fifth bits + codes (24 bytes) */
+#define GQA_DTYPE_IQ4_NL 11  /* block_iq4_nl: fp16 d + 4-bit codes into a fixed table (18 bytes) */
 
 /* Tiers. */
 #define GQA_TIER_AUTO (-1) /* GQA_KERNELS_ISA, else the best available */

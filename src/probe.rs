@@ -202,15 +202,23 @@ pub fn widen_rate(dtype: crate::Dtype, threads: usize) -> f64 {
         Dtype::F16 => probes::widen(tier, &[half::f16::ZERO; D], D, passes),
         Dtype::Bf16 => probes::widen(tier, &[half::bf16::ZERO; D], D, passes),
         Dtype::Int8 => probes::widen(tier, &[0i8; D], D, passes),
-        Dtype::Q8_0 => probes::widen(
-            tier,
-            &[crate::quant::BlockQ8_0::default(); D / crate::quant::QK8_0],
-            D,
-            passes,
-        ),
         Dtype::Fp8E4M3 => probes::widen(tier, &[E4M3(0); D], D, passes),
         Dtype::Fp8E5M2 => probes::widen(tier, &[E5M2(0); D], D, passes),
+        block => block
+            .visit_block(Blocks { tier, passes })
+            .expect("every other type is a block format"),
     };
+    /// The widen probe over a row of zero blocks of a block format.
+    struct Blocks {
+        tier: Tier,
+        passes: usize,
+    }
+    impl crate::formats::BlockVisitor for Blocks {
+        type Out = ();
+        fn visit<B: crate::quant::BlockFormat>(self) {
+            probes::widen(self.tier, &[B::default(); D / 32], D, self.passes)
+        }
+    }
     let mut best = 0.0f64;
     for _ in 0..3 {
         let start = Instant::now();

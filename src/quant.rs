@@ -9,6 +9,11 @@
 //! |---|---|---|---|
 //! | `int8` | `i8` per element | one f32 per (token, KV head) row, `absmax / 127` | `<= scale / 2` |
 //! | `q8_0` | [`BlockQ8_0`]: 32 `i8` + one f16 scale (llama.cpp / GGUF layout, 34 bytes) | `absmax / 127` per 32 elements, stored as f16 | `<= d / 2 + absmax · 2^-10` (`d` the stored f16 scale; the f16 rounding of `d` adds the second term) |
+//! | `q4_0` | [`BlockQ4_0`]: 16 bytes of 4-bit codes + f16 scale (GGUF, 18 bytes) | `d = x_max / −8` (the value of largest magnitude, with its sign) per 32, as f16 | `<= |d|` (`|d| / 2` but for values beyond `7|d|` on the side opposite `x_max`, clamped) plus the f16 rounding of `d` times the level |
+//! | `q4_1` | [`BlockQ4_1`]: 4-bit codes + f16 scale and offset (GGUF, 20 bytes) | `d = (max − min) / 15`, `m = min`, as f16 | `<= d / 2` plus the f16 roundings of `d` and `m` |
+//! | `q5_0` | [`BlockQ5_0`]: 5-bit codes (4 + 1 bits) + f16 scale (GGUF, 22 bytes) | `d = x_max / −16`, as f16 | as `q4_0` with 32 levels |
+//! | `q5_1` | [`BlockQ5_1`]: 5-bit codes + f16 scale and offset (GGUF, 24 bytes) | `d = (max − min) / 31`, `m = min`, as f16 | as `q4_1` with 32 levels |
+//! | `iq4_nl` | [`BlockIq4Nl`]: 4-bit codes into [`IQ4_NL_LEVELS`] + f16 scale (GGUF, 18 bytes) | `d = x_max / −127`, then the least-squares scale if better | `<= 12 |d|` (half the widest gap between levels) |
 //! | `fp8e4m3` | OCP E4M3FN byte (no infinities, max 448) | one f32 per KV head (divides before encoding) | `<= 2^-4 · |x|` for `|x| / scale >= 2^-6`, else `<= 2^-10 · scale` |
 //! | `fp8e5m2` | OCP E5M2 byte (max finite 57344) | one f32 per KV head | `<= 2^-3 · |x|` for `|x| / scale >= 2^-14`, else `<= 2^-17 · scale` |
 //!
@@ -25,8 +30,11 @@
 //! dequantization.
 
 use crate::error::{Error, Result};
-pub use crate::formats::{BlockQ8_0, Fp8, QK8_0};
-use half::f16;
+pub use crate::formats::{
+    BlockFormat, BlockInfo, BlockIq4Nl, BlockLayout, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1,
+    BlockQ8_0, Fp8, Quants, IQ4_NL_LEVELS, QK, QK8_0,
+};
+use crate::Dtype;
 
 /// The first non-finite element of `src`, as an error.
 fn check_finite(src: &[f32]) -> Result<()> {
@@ -94,23 +102,60 @@ pub fn dequantize_int8_row(src: &[i8], scale: f32, dst: &mut [f32]) -> Result<()
 /// stored (rounded) scale, so decoding reproduces them as closely as the
 /// format allows.
 pub fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) -> Result<()> {
-    if !src.len().is_multiple_of(QK8_0) {
+    quantize_blocks(src, dst)
+}
+
+/// The head-dim rule of every block format.
+fn check_whole_blocks(dtype: Dtype, len: usize) -> Result<()> {
+    if !len.is_multiple_of(QK) {
         return Err(Error::InvalidDim {
             arg: "head_dim",
-            value: src.len(),
-            reason: "q8_0 stores blocks of 32 elements: the head dim must be a multiple of 32",
+            value: len,
+            reason: dtype.head_dim_rule(),
         });
     }
-    check_len("dst", src.len() / QK8_0, dst.len())?;
+    Ok(())
+}
+
+/// Quantizes `src` (a multiple of 32 elements) into `src.len() / 32`
+/// blocks of format `B` with the format's encoder
+/// ([`BlockFormat::quantize`]; the table above).
+pub fn quantize_blocks<B: BlockFormat>(src: &[f32], dst: &mut [B]) -> Result<()> {
+    check_whole_blocks(B::DTYPE, src.len())?;
+    check_len("dst", src.len() / QK, dst.len())?;
     check_finite(src)?;
-    for (block, xs) in dst.iter_mut().zip(src.chunks_exact(QK8_0)) {
-        let absmax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = f16::from_f32(absmax / 127.0);
-        block.d = d;
-        let d = d.to_f32();
-        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-        for (q, &x) in block.qs.iter_mut().zip(xs) {
-            *q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    for (block, xs) in dst.iter_mut().zip(src.chunks_exact(QK)) {
+        *block = B::quantize(xs);
+    }
+    Ok(())
+}
+
+/// As [`quantize_blocks`] for a block format named at run time, into the
+/// blocks' bytes (`src.len() / 32` blocks of the format's size, any
+/// alignment). Errors: `dtype` is not a block format (`UnsupportedDtype`
+/// naming `dtype`), and those of [`quantize_blocks`].
+pub fn quantize_block_bytes(dtype: Dtype, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    let Some(info) = dtype.block() else {
+        return Err(Error::UnsupportedDtype {
+            arg: "dtype",
+            dtype,
+            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl)",
+        });
+    };
+    check_whole_blocks(dtype, src.len())?;
+    check_len("dst", src.len() / QK * info.bytes, dst.len())?;
+    check_finite(src)?;
+    info.quantize_row(src, dst);
+    Ok(())
+}
+
+/// Decodes blocks of format `B`: element `i` of block `b` is
+/// `b.value(i)` ([`BlockFormat::value`]), rounded to f32.
+pub fn dequantize_blocks<B: BlockFormat>(src: &[B], dst: &mut [f32]) -> Result<()> {
+    check_len("dst", src.len() * QK, dst.len())?;
+    for (block, ys) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+        for (i, y) in ys.iter_mut().enumerate() {
+            *y = block.value(i) as f32;
         }
     }
     Ok(())

@@ -271,7 +271,8 @@ pub fn decode_variant(
 /// Value `i` of a K or V buffer (`head_dim` values per row, KV head `g`),
 /// decoded literally from the format's definition: int8 times its row's
 /// scale (one per `head_dim` values), a q8_0 block's f16 scale times its
-/// value, fp8 times the KV head's scale (or the tensor's single one).
+/// value, fp8 times the KV head's scale (or the tensor's single one), the
+/// other block formats by their format file's literal decoder.
 fn value(data: &KvData<'_>, i: usize, g: usize, head_dim: usize) -> f64 {
     let head_scale = |scales: &[f32]| f64::from(scales[if scales.len() == 1 { 0 } else { g }]);
     match data {
@@ -285,6 +286,10 @@ fn value(data: &KvData<'_>, i: usize, g: usize, head_dim: usize) -> f64 {
         }
         KvData::Fp8E4M3 { values, scales } => head_scale(scales) * e4m3fn(values[i]),
         KvData::Fp8E5M2 { values, scales } => head_scale(scales) * e5m2(values[i]),
+        // The format file's literal decoder (`BlockFormat::value`), which
+        // reads the block's fields by name; the kernels read it through
+        // its layout description instead.
+        KvData::Blocks(b) => b.value(i),
     }
 }
 

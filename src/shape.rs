@@ -173,12 +173,11 @@ impl Shape {
             ("head_dim_k", self.k_dtype, self.head_dim_k),
             ("head_dim_v", self.v_dtype, self.head_dim_v),
         ] {
-            if dtype == Dtype::Q8_0 && !d.is_multiple_of(crate::quant::QK8_0) {
+            if !d.is_multiple_of(dtype.block_len()) {
                 return Err(Error::InvalidDim {
                     arg,
                     value: d,
-                    reason:
-                        "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+                    reason: dtype.head_dim_rule(),
                 });
             }
         }

@@ -4,8 +4,8 @@
 
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
-    append, bf16, f16, reference, Batch, Dtype, Error, KvCacheMut, KvData, KvDataMut, KvPagesMut,
-    KvTensor, KvTensorMut, NewKv, Options, Plan, Shape,
+    append, bf16, f16, reference, Batch, Blocks, BlocksMut, Dtype, Error, KvCacheMut, KvData,
+    KvDataMut, KvPagesMut, KvTensor, KvTensorMut, NewKv, Options, Plan, Shape,
 };
 use proptest::prelude::*;
 
@@ -37,6 +37,8 @@ enum Buf {
     /// Values, one scale per row of `d`.
     Int8(Vec<i8>, Vec<f32>, usize),
     Q8(Vec<BlockQ8_0>),
+    /// The bytes of blocks of another block format.
+    Blocks(Dtype, Vec<u8>),
     /// Values, one scale per KV head.
     Fp8(Fp8, Vec<u8>, Vec<f32>),
 }
@@ -68,6 +70,7 @@ impl Buf {
             ]),
             Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
             Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
+            t => Buf::Blocks(t, sentinel_block(t).repeat(n / QK8_0)),
         }
     }
     fn from_f32(dtype: Dtype, x: &[f32]) -> Buf {
@@ -85,6 +88,7 @@ impl Buf {
             Buf::Bf16(v) => KvData::Bf16(v),
             Buf::Int8(v, s, _) => KvData::int8(v, s),
             Buf::Q8(b) => KvData::Q8_0(b),
+            Buf::Blocks(t, b) => KvData::Blocks(Blocks::new(*t, b).unwrap()),
             Buf::Fp8(f, v, s) => KvData::fp8(*f, v, s),
         }
     }
@@ -95,6 +99,7 @@ impl Buf {
             Buf::Bf16(v) => KvDataMut::Bf16(v),
             Buf::Int8(v, s, _) => KvDataMut::int8(v, s),
             Buf::Q8(b) => KvDataMut::Q8_0(b),
+            Buf::Blocks(t, b) => KvDataMut::Blocks(BlocksMut::new(*t, b).unwrap()),
             Buf::Fp8(f, v, s) => KvDataMut::fp8(*f, v, s),
         }
     }
@@ -132,6 +137,13 @@ impl Buf {
                 quant::quantize_fp8(row, s[h], *f, &mut q).unwrap();
                 assert_eq!(&v[at..at + d], &q[..], "{what}: fp8 bytes");
             }
+            Buf::Blocks(t, b) => {
+                let n = t.block().unwrap().bytes;
+                let mut q = vec![0u8; d / QK8_0 * n];
+                quant::quantize_block_bytes(*t, row, &mut q).unwrap();
+                let got = &b[at / QK8_0 * n..(at + d) / QK8_0 * n];
+                assert_eq!(got, &q[..], "{what}: {t} blocks");
+            }
             _ => unreachable!("quantized types only"),
         }
         written[at..at + d].fill(true);
@@ -150,6 +162,10 @@ impl Buf {
                         && (written[i / QK8_0 * QK8_0] || blk.d.is_nan())
                 }
                 Buf::Fp8(_, v, _) => v[i] == SENTINEL,
+                Buf::Blocks(t, b) => {
+                    let n = t.block().unwrap().bytes;
+                    b[i / QK8_0 * n..][..n] == sentinel_block(*t)[..]
+                }
                 _ => unreachable!("quantized types only"),
             };
             assert!(ok, "{what}: stray write at {i}");
@@ -158,6 +174,14 @@ impl Buf {
     fn len(&self) -> usize {
         self.data().len()
     }
+}
+
+/// A never-written block of block format `t`: sentinel bytes, NaN scale.
+fn sentinel_block(t: Dtype) -> Vec<u8> {
+    let info = t.block().unwrap();
+    let mut b = vec![SENTINEL; info.bytes];
+    b[info.layout.d..][..2].copy_from_slice(&f16::NAN.to_le_bytes());
+    b
 }
 
 /// What `append` must store for source value `x` (already of the source
@@ -271,13 +295,13 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
     let mut rng = Rng(seed | 1);
     let b = 1 + rng.below(3);
     let g = 1 + rng.below(3);
-    // q8_0 rows are whole blocks.
-    let dk = if dst == Dtype::Q8_0 {
+    // Block-format rows are whole blocks.
+    let dk = if dst.block().is_some() {
         QK8_0 * (1 + rng.below(2))
     } else {
         1 + rng.below(9)
     };
-    let dv = if dst == Dtype::Q8_0 {
+    let dv = if dst.block().is_some() {
         QK8_0 * (1 + rng.below(2))
     } else {
         1 + rng.below(9)

@@ -36,6 +36,15 @@ fn from_f32_stores_what_the_encoders_make() {
                 quant::quantize_q8_0(&x, &mut q).unwrap();
                 assert_eq!(blocks, &q[..]);
             }
+            KvData::Blocks(blocks) => {
+                let mut q = vec![0u8; blocks.bytes().len()];
+                quant::quantize_block_bytes(dtype, &x, &mut q).unwrap();
+                assert_eq!(blocks.bytes(), &q[..]);
+                assert_eq!(
+                    blocks.bytes().len(),
+                    x.len() / 32 * dtype.block().unwrap().bytes
+                );
+            }
             KvData::Fp8E4M3 { values, scales } | KvData::Fp8E5M2 { values, scales } => {
                 let f = if dtype == Dtype::Fp8E4M3 {
                     Fp8::E4M3
@@ -108,6 +117,10 @@ fn repeat_keeps_rows_and_their_scales() {
                     },
                 ) => a[src * d..][..d] == c[row * d..][..d] && sa[src] == sc[row],
                 (KvData::Q8_0(a), KvData::Q8_0(c)) => a[src] == c[row],
+                (KvData::Blocks(a), KvData::Blocks(c)) => {
+                    let n = d / 32 * dtype.block().unwrap().bytes;
+                    a.bytes()[src * n..][..n] == c.bytes()[row * n..][..n]
+                }
                 (
                     KvData::Fp8E4M3 {
                         values: a,
@@ -179,7 +192,7 @@ fn bad_input_is_a_typed_error() {
     );
     let mut x = ramp(64);
     x[9] = f32::NAN;
-    for dtype in [Dtype::Int8, Dtype::Q8_0, Dtype::Fp8E4M3] {
+    for dtype in Dtype::ALL.into_iter().filter(|d| d.is_quantized()) {
         let e = KvBuffer::from_f32(dtype, &x, 32).unwrap_err();
         assert!(
             matches!(

@@ -5,13 +5,9 @@ mod common;
 use common::{check_all, tiers, Layout, Spec};
 use gqa_kernels::{f16, reference, Dtype, KvDataMut, KvTensor, Options, Plan, Shape};
 
-/// `d` rounded up to what `dt` takes (q8_0: whole blocks of 32).
+/// `d` rounded up to what `dt` takes (block formats: whole blocks of 32).
 fn fit(dt: Dtype, d: usize) -> usize {
-    if dt == Dtype::Q8_0 {
-        d.next_multiple_of(32)
-    } else {
-        d
-    }
+    d.next_multiple_of(dt.block_len())
 }
 
 fn shape(b: usize, h: usize, g: usize, d: usize, dt: Dtype) -> Shape {

@@ -147,6 +147,12 @@ fn header_constants_match_the_rust_constants() {
         };
         assert_eq!(defines.get(&name), Some(&i64::from(d.abi_code())), "{name}");
     }
+    // ... and the header has no dtype the registry lacks.
+    let dtypes = defines
+        .keys()
+        .filter(|k| k.starts_with("GQA_DTYPE_"))
+        .count();
+    assert_eq!(dtypes, gqa_kernels::Dtype::ALL.len(), "GQA_DTYPE_ defines");
     seen.clear();
     for t in gqa_kernels::Tier::ALL {
         assert!(seen.insert(t.abi_code()), "{t:?}: code reused");
@@ -154,7 +160,7 @@ fn header_constants_match_the_rust_constants() {
         let name = format!("GQA_TIER_{}", t.name().to_ascii_uppercase());
         assert_eq!(defines.get(&name), Some(&i64::from(t.abi_code())), "{name}");
     }
-    for code in [-2, 7, 99, i32::MAX] {
+    for code in [-2, 12, 99, i32::MAX] {
         assert_eq!(gqa_kernels::Dtype::from_abi_code(code), None, "{code}");
     }
     for code in [-1, 4, 99, i32::MIN] {

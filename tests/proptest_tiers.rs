@@ -20,13 +20,9 @@ fn dtype() -> impl Strategy<Value = Dtype> {
     prop::sample::select(Dtype::ALL.to_vec())
 }
 
-/// `d` rounded up to what `dt` takes (q8_0: whole blocks of 32).
+/// `d` rounded up to what `dt` takes (block formats: whole blocks of 32).
 fn fit(dt: Dtype, d: usize) -> usize {
-    if dt == Dtype::Q8_0 {
-        d.next_multiple_of(32)
-    } else {
-        d
-    }
+    d.next_multiple_of(dt.block_len())
 }
 
 fn head_dim() -> impl Strategy<Value = usize> {

@@ -38,10 +38,10 @@ fn quantized_and_mixed_caches_on_every_layout() {
         },
         Layout::Ring { extra: 2 },
     ];
-    let quant = [Dtype::Int8, Dtype::Q8_0, Dtype::Fp8E4M3, Dtype::Fp8E5M2];
+    let quant = Dtype::ALL.into_iter().filter(|d| d.is_quantized());
     let mut seed = 7;
     for layout in layouts {
-        for q in quant {
+        for q in quant.clone() {
             for (k, v) in [(q, q), (q, Dtype::F16), (Dtype::F16, q)] {
                 // Group sizes 5 and 7, lengths that are not multiples of any
                 // tile, two query tokens.
@@ -65,7 +65,7 @@ fn quantized_and_mixed_caches_on_every_layout() {
 /// the softmax finite and exact to the tolerance.
 #[test]
 fn extreme_logits_through_quantized_keys() {
-    for dt in [Dtype::Int8, Dtype::Q8_0, Dtype::Fp8E4M3, Dtype::Fp8E5M2] {
+    for dt in Dtype::ALL.into_iter().filter(|d| d.is_quantized()) {
         let mut s = Spec::new(Shape::new(1, 4, 1, 32, dt), vec![70]);
         s.qk_range = 6.0;
         s.scale = Some(30.0);

@@ -16,7 +16,7 @@ fn every_supported_and_required_tier_runs() {
     let before: Vec<u64> = want.iter().map(|t| t.runs()).collect();
     // A small sweep through the same entry point the other tests use.
     for (i, dt) in Dtype::ALL.into_iter().enumerate() {
-        let d = if dt == Dtype::Q8_0 { 96 } else { 80 };
+        let d = if dt.block().is_some() { 96 } else { 80 };
         let mut s = Spec::new(Shape::new(2, 8, 2, d, dt), vec![33, 5]);
         s.layout = [Layout::Blgd, Layout::Bgld, Layout::Padded][i % 3];
         let c = s.build();

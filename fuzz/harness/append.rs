@@ -23,14 +23,15 @@ pub fn run(data: &[u8]) {
 }
 
 /// `n` values of type `t` (rows of `d`) holding a sentinel: -7 for the
-/// float types, 77 with scales of -7 for int8, zero blocks for q8_0, 0x55
+/// float types, 77 with scales of -7 for int8, zero blocks for the block
+/// formats, 0x55
 /// with the cache's `scales` for fp8.
 fn sentinel(t: Dtype, n: usize, d: usize, scales: &[f32]) -> KvBuffer {
     match t {
         Dtype::Int8 => KvBuffer::int8(&vec![77; n], &vec![-7.0; n / d.max(1)]),
         Dtype::Fp8E4M3 => KvBuffer::fp8(Fp8::E4M3, &vec![0x55; n], scales),
         Dtype::Fp8E5M2 => KvBuffer::fp8(Fp8::E5M2, &vec![0x55; n], scales),
-        Dtype::Q8_0 => KvBuffer::zeros(t, n, d).expect("whole blocks"),
+        _ if t.block().is_some() => KvBuffer::zeros(t, n, d).expect("whole blocks"),
         _ => KvBuffer::from_f32(t, &vec![-7.0; n], 1).expect("a float type"),
     }
 }
@@ -43,7 +44,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let b = u.int_in_range(0..=3usize)?;
     let g = u.int_in_range(1..=3usize)?;
     let t = *u.choose(&Dtype::ALL)?;
-    let d = if t == Dtype::Q8_0 {
+    let d = if t.block().is_some() {
         32 * u.int_in_range(1..=2usize)?
     } else {
         u.int_in_range(1..=40usize)?
@@ -204,7 +205,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Value `i` of `a` and `b` is bitwise equal (q8_0: its block).
+/// Value `i` of `a` and `b` is bitwise equal (block formats: its block).
 fn same_value(a: &KvBuffer, b: &KvBuffer, i: usize) -> bool {
     match (a.data(), b.data()) {
         (KvData::F32(x), KvData::F32(y)) => x[i].to_bits() == y[i].to_bits(),
@@ -212,6 +213,10 @@ fn same_value(a: &KvBuffer, b: &KvBuffer, i: usize) -> bool {
         (KvData::Bf16(x), KvData::Bf16(y)) => x[i].to_bits() == y[i].to_bits(),
         (KvData::Int8 { values: x, .. }, KvData::Int8 { values: y, .. }) => x[i] == y[i],
         (KvData::Q8_0(x), KvData::Q8_0(y)) => x[i / QK8_0] == y[i / QK8_0],
+        (KvData::Blocks(x), KvData::Blocks(y)) => {
+            let n = x.dtype().block().expect("a block format").bytes;
+            x.bytes()[i / QK8_0 * n..][..n] == y.bytes()[i / QK8_0 * n..][..n]
+        }
         (KvData::Fp8E4M3 { values: x, .. }, KvData::Fp8E4M3 { values: y, .. })
         | (KvData::Fp8E5M2 { values: x, .. }, KvData::Fp8E5M2 { values: y, .. }) => x[i] == y[i],
         _ => false,
@@ -252,6 +257,13 @@ fn check_row(buf: &KvBuffer, at: usize, h: usize, row: &[f32]) {
             let mut q = vec![BlockQ8_0::default(); d / QK8_0];
             quant::quantize_q8_0(row, &mut q).expect("an accepted row is finite");
             assert!(blocks[at / QK8_0..(at + d) / QK8_0] == q[..]);
+        }
+        KvData::Blocks(blocks) => {
+            let n = blocks.dtype().block().expect("a block format").bytes;
+            let mut q = vec![0u8; d / QK8_0 * n];
+            quant::quantize_block_bytes(blocks.dtype(), row, &mut q)
+                .expect("an accepted row is finite");
+            assert!(blocks.bytes()[at / QK8_0 * n..(at + d) / QK8_0 * n] == q[..]);
         }
         KvData::Fp8E4M3 {
             values: x,

@@ -30,6 +30,9 @@ pub(crate) mod aarch64;
 
 pub(crate) use args::*;
 
+use crate::formats::{BlockFormat, Quants, QK};
+pub(crate) use crate::formats::{E4M3, E5M2};
+
 /// Every row buffer the driver hands a microkernel (`q`, the state's `acc`,
 /// the scratch blocks) is padded to a multiple of this many f32 so that every
 /// tier (16, 8, 4 or 1 lanes) reads whole vectors from it.
@@ -159,6 +162,12 @@ pub(crate) trait Simd: Copy + 'static {
     /// folds the `2^8` into a per-head scale. The NaN bytes `0x7F`/`0xFF`
     /// read as `±480 · 2^-8` (no encoder here produces them).
     unsafe fn load_e4m3(p: *const u8, valid: usize) -> Self::V;
+    /// As [`Simd::load_f32`] for 4-bit codes packed two per byte: lane
+    /// `l` is `lut[code]` for the low nibble of byte `p[l]` (or its high
+    /// nibble when `high`), widened exactly to f32.
+    unsafe fn load_nibbles(p: *const u8, high: bool, lut: &[i8; 16], valid: usize) -> Self::V;
+    /// Lane `l` is bit `l` of `bits` (0.0 or 1.0).
+    unsafe fn bits(bits: u32) -> Self::V;
     /// Every lane the binary16 `bits` widened to f32.
     unsafe fn splat_f16(bits: u16) -> Self::V;
     /// `v`, as a value the compiler must keep (in a register, or spilled
@@ -251,38 +260,55 @@ impl Elem for i8 {
     }
 }
 
-/// q8_0: rows of `d / 32` blocks (the driver guarantees `d % 32 == 0`), so
-/// a vector (at most 16 lanes, and 32 is a multiple of every tier's lane
-/// count) never straddles two blocks.
-impl Elem for crate::quant::BlockQ8_0 {
+/// Every block format ([`BlockFormat`]: q8_0, q4_0, q4_1, q5_0, q5_1,
+/// iq4_nl), read through its [`BlockLayout`](crate::formats::BlockLayout): rows of `d / 32` blocks (the
+/// driver guarantees `d % 32 == 0`), so a vector (at most 16 lanes, and 16
+/// is a multiple of every tier's lane count) never straddles two blocks,
+/// nor the low and high nibbles of one. The layout is a constant, so each
+/// format's load compiles to its own straight-line code.
+impl<B: BlockFormat> Elem for B {
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
+        const { assert!(QK.is_multiple_of(16)) };
         let o = c * S::LANES;
-        let (blk, i) = (o / crate::quant::QK8_0, o % crate::quant::QK8_0);
+        let (blk, i) = (o / QK, o % QK);
+        let l = B::LAYOUT;
         // SAFETY: the row holds `d / 32` blocks and `o < d`, so block `blk`
-        // exists; its 32 values from `i` hold `min(d - o, 32 - i)` readable
-        // bytes. Blocks are 2-byte aligned (`repr(C)` of f16 and bytes).
+        // exists; every read below stays inside it (the layout's offsets
+        // are the block's fields, `i < 32`, and `valid` counts what is
+        // left of the block's values from `i`). Reads are unaligned.
         unsafe {
-            let b = row.add(blk);
-            let q = core::ptr::addr_of!((*b).qs).cast::<i8>().add(i);
-            let scale = S::splat_f16(core::ptr::addr_of!((*b).d).read().to_bits());
-            S::mul(S::load_i8(q, (d - o).min(crate::quant::QK8_0 - i)), scale)
+            let b = row.add(blk).cast::<u8>();
+            let valid = (d - o).min(QK - i);
+            let scale = S::splat_f16(b.add(l.d).cast::<u16>().read_unaligned());
+            let q = match l.quants {
+                Quants::Bytes => S::load_i8(b.add(l.qs + i).cast::<i8>(), valid),
+                Quants::Nibbles { lut } => {
+                    let half = i / 16;
+                    let q = S::load_nibbles(b.add(l.qs + i % 16), half == 1, &lut, valid);
+                    match l.qh {
+                        Some(h) => {
+                            let bits = u32::from_le(b.add(h).cast::<u32>().read_unaligned()) >> i;
+                            S::fma(S::bits(bits), S::splat(16.0), q)
+                        }
+                        None => q,
+                    }
+                }
+            };
+            match l.m {
+                Some(m) => S::fma(
+                    q,
+                    scale,
+                    S::splat_f16(b.add(m).cast::<u16>().read_unaligned()),
+                ),
+                None => S::mul(q, scale),
+            }
         }
     }
 }
 
-/// An fp8 E4M3FN byte as a kernel element type. The kernel reads it as
-/// `x · 2^-8` ([`Simd::load_e4m3`]); the driver folds `2^8` into the
-/// per-head scale.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub(crate) struct E4M3(pub(crate) u8);
-
-/// An fp8 E5M2 byte as a kernel element type.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub(crate) struct E5M2(pub(crate) u8);
-
+/// An fp8 E4M3FN byte: the kernel reads it as `x · 2^-8`
+/// ([`Simd::load_e4m3`]); the driver folds `2^8` into the per-head scale.
 impl Elem for E4M3 {
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {

@@ -174,6 +174,21 @@ impl Simd for Scalar {
         }
     }
     #[inline(always)]
+    unsafe fn load_nibbles(p: *const u8, high: bool, lut: &[i8; 16], valid: usize) -> f64 {
+        if valid >= 1 {
+            // SAFETY: `valid >= 1` elements are readable at `p`.
+            let b = unsafe { p.read() };
+            let code = if high { b >> 4 } else { b & 0x0F };
+            f64::from(lut[usize::from(code)])
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> f64 {
+        f64::from(bits & 1)
+    }
+    #[inline(always)]
     unsafe fn splat_f16(bits: u16) -> f64 {
         half::f16::from_bits(bits).to_f64()
     }

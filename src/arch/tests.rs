@@ -279,7 +279,7 @@ impl SimdOp for ByteLoads {
 
 #[test]
 fn byte_loads_widen_every_byte_exactly_on_every_tier() {
-    use crate::quant::Fp8;
+    use crate::formats::Fp8;
     let bytes: Vec<u8> = (0..=255u8).collect();
     for (tier, rows) in each_tier(ByteLoads(bytes.clone())) {
         for (start, n, i8s, e5, e4) in rows {
@@ -440,4 +440,88 @@ fn entry_points_carry_the_table_features() {
         }
     }
     assert!(Tier::Scalar.features().is_empty());
+}
+
+/// Every byte through `load_nibbles` (both halves, a non-linear table,
+/// every tail length) and bit patterns through `bits`.
+#[derive(Clone)]
+struct NibbleLoads(Vec<u8>, Vec<u32>);
+impl SimdOp for NibbleLoads {
+    /// (start, valid, high, lanes) for the loads; (bits, lanes) for `bits`.
+    type Out = (Vec<(usize, usize, bool, Vec<f32>)>, Vec<(u32, Vec<f32>)>);
+    unsafe fn run<S: Simd>(self) -> Self::Out {
+        let lut = crate::formats::IQ4_NL_LEVELS;
+        let (bytes, mut loads) = (&self.0, Vec::new());
+        let mut start = 0;
+        while start < bytes.len() {
+            for valid in [S::LANES, S::LANES + 3, 1, S::LANES.saturating_sub(1), 0] {
+                let n = valid.min(S::LANES).min(bytes.len() - start);
+                // Exactly `n` bytes, at the end of their allocation.
+                let src: Vec<u8> = bytes[start..start + n].to_vec();
+                for high in [false, true] {
+                    let mut out = vec![0f32; S::LANES];
+                    // SAFETY: `src` holds `n` bytes and the load reads at
+                    // most `min(n, LANES)` of them; `out` holds LANES floats.
+                    unsafe {
+                        S::store(
+                            out.as_mut_ptr(),
+                            S::load_nibbles(src.as_ptr(), high, &lut, n),
+                        )
+                    };
+                    loads.push((start, n, high, out));
+                }
+            }
+            start += S::LANES;
+        }
+        let bits = self
+            .1
+            .iter()
+            .map(|&b| {
+                let mut out = vec![0f32; S::LANES];
+                // SAFETY: `out` holds LANES floats.
+                unsafe { S::store(out.as_mut_ptr(), S::bits(b)) };
+                (b, out)
+            })
+            .collect();
+        (loads, bits)
+    }
+}
+
+#[test]
+fn nibble_loads_and_bits_match_scalar_code_on_every_tier() {
+    let lut = crate::formats::IQ4_NL_LEVELS;
+    let bytes: Vec<u8> = (0..=255u8)
+        .map(|b| b.wrapping_mul(77).wrapping_add(3))
+        .collect();
+    let patterns = vec![
+        0,
+        u32::MAX,
+        0x8000_0001,
+        0xF0F0_5A5A,
+        0x1234_5678,
+        1 << 15,
+        0xFFFF_0000,
+    ];
+    for (tier, (loads, bits)) in each_tier(NibbleLoads(bytes.clone(), patterns)) {
+        for (start, n, high, lanes) in loads {
+            for (l, &got) in lanes.iter().enumerate() {
+                let want = if l < n {
+                    let b = bytes[start + l];
+                    f32::from(lut[usize::from(if high { b >> 4 } else { b & 0x0F })])
+                } else {
+                    0.0
+                };
+                assert_eq!(got, want, "{tier}: byte {start}+{l} of {n}, high {high}");
+            }
+        }
+        for (b, lanes) in bits {
+            for (l, &got) in lanes.iter().enumerate() {
+                assert_eq!(
+                    got,
+                    f32::from((b >> l & 1) as u8),
+                    "{tier}: bit {l} of {b:#x}"
+                );
+            }
+        }
+    }
 }

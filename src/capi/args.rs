@@ -156,6 +156,21 @@ pub(super) fn tier_code(t: Tier) -> i32 {
     t.abi_code()
 }
 
+/// A block format's `len` (values) must be whole blocks of 32.
+fn whole_blocks(arg: &str, t: Dtype, n: usize) -> R<()> {
+    if t.block().is_some() && !n.is_multiple_of(QK8_0) {
+        return Err(invalid(format!(
+            "`{arg}.len` = {n} is not a whole number of {t} blocks (32 values)"
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of `n` values (whole blocks) of block format `t`.
+fn block_bytes(t: Dtype, n: usize) -> usize {
+    (n / QK8_0).saturating_mul(t.block().map_or(0, |b| b.bytes))
+}
+
 /// The KV data of a `gqa_kv` (read-only).
 ///
 /// # Safety
@@ -163,11 +178,7 @@ pub(super) fn tier_code(t: Tier) -> i32 {
 pub(super) unsafe fn kv_data<'a>(arg: &str, kv: &gqa_kv) -> R<KvData<'a>> {
     let t = dtype(&format!("{arg}.dtype"), kv.dtype)?;
     let (d, n) = (kv.data.cast_const(), kv.len);
-    if t == Dtype::Q8_0 && !n.is_multiple_of(QK8_0) {
-        return Err(invalid(format!(
-            "`{arg}.len` = {n} is not a whole number of q8_0 blocks (32 values)"
-        )));
-    }
+    whole_blocks(arg, t, n)?;
     let sarg = format!("{arg}.scales");
     // SAFETY: the caller's contract: `data` holds `len` values of the type
     // and `scales` `scales_len` floats, readable for `'a`; `slice` checks
@@ -182,6 +193,10 @@ pub(super) unsafe fn kv_data<'a>(arg: &str, kv: &gqa_kv) -> R<KvData<'a>> {
             Dtype::Q8_0 => KvData::Q8_0(slice(arg, d.cast::<BlockQ8_0>(), n / QK8_0)?),
             Dtype::Fp8E4M3 => KvData::fp8(Fp8::E4M3, slice(arg, d.cast::<u8>(), n)?, scales()?),
             Dtype::Fp8E5M2 => KvData::fp8(Fp8::E5M2, slice(arg, d.cast::<u8>(), n)?, scales()?),
+            _ => {
+                let bytes = slice(arg, d.cast::<u8>(), block_bytes(t, n))?;
+                KvData::Blocks(Blocks::new(t, bytes).map_err(Fail::from)?)
+            }
         })
     }
 }
@@ -191,7 +206,7 @@ pub(super) fn spans(kv: &gqa_kv) -> [(usize, usize); 2] {
     let bytes = match dtype("", kv.dtype) {
         Ok(Dtype::F32) => kv.len.saturating_mul(4),
         Ok(Dtype::F16 | Dtype::Bf16) => kv.len.saturating_mul(2),
-        Ok(Dtype::Q8_0) => (kv.len / QK8_0).saturating_mul(34),
+        Ok(t) if t.block().is_some() => block_bytes(t, kv.len),
         _ => kv.len,
     };
     let a = kv.data as usize;
@@ -209,11 +224,7 @@ pub(super) fn spans(kv: &gqa_kv) -> [(usize, usize); 2] {
 pub(super) unsafe fn kv_data_mut<'a>(arg: &str, kv: &gqa_kv) -> R<KvDataMut<'a>> {
     let t = dtype(&format!("{arg}.dtype"), kv.dtype)?;
     let (d, n) = (kv.data, kv.len);
-    if t == Dtype::Q8_0 && !n.is_multiple_of(QK8_0) {
-        return Err(invalid(format!(
-            "`{arg}.len` = {n} is not a whole number of q8_0 blocks (32 values)"
-        )));
-    }
+    whole_blocks(arg, t, n)?;
     let sarg = format!("{arg}.scales");
     // SAFETY: the caller's contract: `data` holds `len` values of the type
     // and `scales` `scales_len` floats, writable for `'a` and used by
@@ -240,6 +251,10 @@ pub(super) unsafe fn kv_data_mut<'a>(arg: &str, kv: &gqa_kv) -> R<KvDataMut<'a>>
                     slice_mut(arg, d.cast::<u8>(), n)?,
                     slice(&sarg, kv.scales.cast_const(), kv.scales_len)?,
                 )
+            }
+            _ => {
+                let bytes = slice_mut(arg, d.cast::<u8>(), block_bytes(t, n))?;
+                KvDataMut::Blocks(BlocksMut::new(t, bytes).map_err(Fail::from)?)
             }
         })
     }

@@ -41,6 +41,7 @@ use crate::{
     Batch, Bias, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
     KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
+use crate::{Blocks, BlocksMut};
 
 /// Success.
 pub const GQA_OK: i32 = 0;
@@ -139,9 +140,10 @@ pub struct gqa_options {
 pub struct gqa_kv {
     /// `GQA_DTYPE_…` code.
     pub dtype: i32,
-    /// The values (q8_0: blocks of 34 bytes).
+    /// The values (the block formats: their blocks, q8_0 2-byte aligned,
+    /// the others at any address).
     pub data: *mut c_void,
-    /// Values in `data` (q8_0: 32 per block).
+    /// Values in `data` (the block formats: 32 per block).
     pub len: usize,
     /// int8: one scale per row of `head_dim` values; fp8: one per KV head
     /// or one; other types: NULL.

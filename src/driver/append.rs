@@ -12,8 +12,8 @@ use half::slice::HalfFloatSliceExt;
 
 use super::validate::check_quant;
 use crate::error::{Error, Result};
-use crate::formats::{Dtype, Fp8, QK8_0};
-use crate::quant::{quantize_fp8, quantize_int8_row, quantize_q8_0};
+use crate::formats::{Fp8, QK};
+use crate::quant::{quantize_block_bytes, quantize_fp8, quantize_int8_row, quantize_q8_0};
 use crate::shape::MAX_HEAD_DIM;
 use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
 
@@ -365,11 +365,11 @@ fn check_destination(cache: &KvCacheMut<'_>, g: usize, dk: usize, dv: usize) -> 
                 reason: "exceeds the supported maximum",
             });
         }
-        if data.dtype() == Dtype::Q8_0 && !d.is_multiple_of(QK8_0) {
+        if data.dtype().block().is_some() && !d.is_multiple_of(QK) {
             return Err(Error::InvalidDim {
                 arg: dim_arg,
                 value: d,
-                reason: "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+                reason: data.dtype().head_dim_rule(),
             });
         }
         check_quant(arg, &data, strides, g, d)?;
@@ -407,7 +407,11 @@ fn write_row(
             KvDataMut::Int8 { values, scales } => {
                 quantize_int8_row(row, &mut values[o..o + d]).map(|sc| scales[o / d] = sc)
             }
-            KvDataMut::Q8_0(blocks) => quantize_q8_0(row, &mut blocks[o / QK8_0..(o + d) / QK8_0]),
+            KvDataMut::Q8_0(blocks) => quantize_q8_0(row, &mut blocks[o / QK..(o + d) / QK]),
+            KvDataMut::Blocks(b) => {
+                let (t, n) = (b.dtype(), b.dtype().block().map_or(0, |i| i.bytes));
+                quantize_block_bytes(t, row, &mut b.bytes_mut()[o / QK * n..(o + d) / QK * n])
+            }
             KvDataMut::Fp8E4M3 { values, scales } => {
                 let sc = scales[if scales.len() == 1 { 0 } else { head }];
                 quantize_fp8(row, sc, Fp8::E4M3, &mut values[o..o + d])

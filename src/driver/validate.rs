@@ -5,7 +5,7 @@
 //! its buffer).
 
 use crate::error::{Error, Result};
-use crate::formats::{Dtype, QK8_0};
+use crate::formats::{Dtype, QK};
 use crate::shape::Shape;
 use crate::views::{Batch, Bias, KvCache, KvData, KvTensor, PagedKv, RingKv};
 
@@ -265,8 +265,8 @@ fn check_dtype(arg: &'static str, data: &KvData<'_>, expected: Dtype) -> Result<
 
 /// Checks what a quantized type needs of a view beyond its extent: strides
 /// that are whole rows (int8: multiples of the head dim, so each row's
-/// scale is `scales[offset / head_dim]`) or whole blocks (q8_0: multiples
-/// of 32), and scale arrays of the right length (int8: one per row of the
+/// scale is `scales[offset / head_dim]`) or whole blocks (the block formats:
+/// multiples of 32), and scale arrays of the right length (int8: one per row of the
 /// buffer; fp8: one per KV head, or one).
 pub(crate) fn check_quant(
     arg: &'static str,
@@ -332,8 +332,12 @@ pub(crate) fn check_quant(
             scales_len(values.len().div_ceil(head_dim), scales.len())
         }
         KvData::Q8_0(_) => multiple(
-            QK8_0,
+            QK,
             "q8_0 stores blocks of 32 values: strides must be multiples of 32",
+        ),
+        KvData::Blocks(_) => multiple(
+            QK,
+            "block formats store blocks of 32 values: strides must be multiples of 32",
         ),
         KvData::Fp8E4M3 { scales, .. } | KvData::Fp8E5M2 { scales, .. } => {
             if scales.len() == 1 {

@@ -3,6 +3,17 @@
 
 use float8::{F8E4M3, F8E5M2};
 
+/// An fp8 E4M3FN byte as a kernel element type (the kernels' reading is
+/// `arch::Elem`'s).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct E4M3(pub(crate) u8);
+
+/// An fp8 E5M2 byte as a kernel element type.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct E5M2(pub(crate) u8);
+
 /// The two OCP 8-bit float formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fp8 {

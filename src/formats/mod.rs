@@ -1,98 +1,213 @@
 //! The KV formats: the element types a cache may hold ([`Dtype`]) and the
 //! storage of the quantized ones. A leaf: the views, the microkernels and
 //! the encoders of [`crate::quant`] (which return errors) build on it.
+//!
+//! **The format registry** is the one table below (`formats!`): a line per
+//! format gives its `Dtype` variant, its stable C ABI code, its name and
+//! the element type its kernels read, and its kind. `build.rs` reads the
+//! same lines (as text) for the kernel list's dtype names and element
+//! types, and `tests/header.rs` checks the header's `GQA_DTYPE_*` against
+//! them. A block format (kind `block`) is one file here implementing
+//! [`BlockFormat`] plus its line: the kernels, views, append, the C ABI and
+//! the reference read it through that trait.
 
+mod block;
 mod fp8;
+mod iq4_nl;
+mod q4_0;
+mod q4_1;
+mod q5_0;
+mod q5_1;
 mod q8_0;
 
+pub(crate) use block::BlockVisitor;
+pub use block::{BlockFormat, BlockInfo, BlockLayout, Quants, QK};
 pub use fp8::Fp8;
+pub(crate) use fp8::{E4M3, E5M2};
+pub use iq4_nl::{BlockIq4Nl, IQ4_NL_LEVELS};
+pub use q4_0::BlockQ4_0;
+pub use q4_1::BlockQ4_1;
+pub use q5_0::BlockQ5_0;
+pub use q5_1::BlockQ5_1;
 pub use q8_0::{BlockQ8_0, QK8_0};
 
-/// The element type of a K or V cache.
-///
-/// The quantized types (see [`crate::quant`] for their formats, error
-/// bounds and encoders) are read by every tier's microkernel directly,
-/// dequantized once per row per group of query heads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// IEEE binary32.
-    F32,
-    /// IEEE binary16.
-    F16,
-    /// bfloat16 (the high half of a binary32).
-    Bf16,
-    /// Symmetric int8 with one f32 scale per (token, KV head) row.
+/// What kind of storage a format has (how its rows are laid out and
+/// scaled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// f32, f16, bf16: one value per element, no scale.
+    Float,
+    /// One byte per value and one f32 scale per row.
     Int8,
+    /// One byte per value, one f32 scale per KV head or per tensor.
+    Fp8,
+    /// Blocks of 32 values with their scales ([`BlockFormat`]).
+    Block,
+}
+
+/// `Some` block functions for kind `block`, `None` for the others (whose
+/// element type is not named here).
+/// `v` run with the block type for kind `block`, `None` for the others.
+macro_rules! visit_block {
+    (Block, $t:ty, $v:ident) => {
+        Some($v.visit::<$t>())
+    };
+    ($other:ident, $t:ty, $v:ident) => {{
+        let _ = $v;
+        None
+    }};
+}
+
+macro_rules! block_info {
+    (Block, $t:ty) => {{
+        const INFO: BlockInfo = BlockInfo::of::<$t>();
+        Some(&INFO)
+    }};
+    ($other:ident, $t:ty) => {
+        None
+    };
+}
+
+/// Expands the registry into [`Dtype`] and its tables.
+macro_rules! formats {
+    ($( $(#[$doc:meta])* $v:ident $code:literal $name:literal $elem:ty, $kind:ident; )*) => {
+        /// The element type of a K or V cache.
+        ///
+        /// The quantized types (see [`crate::quant`] for their formats,
+        /// error bounds and encoders) are read by every tier's microkernel
+        /// directly, dequantized once per row per group of query heads.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Dtype {
+            $( $(#[$doc])* $v, )*
+        }
+
+        impl Dtype {
+            /// Every dtype, in table order.
+            pub const ALL: [Dtype; [$($name),*].len()] = [$(Dtype::$v),*];
+
+            /// The name used in kernel names, reports and errors (`f32`,
+            /// `f16`, `bf16`, `int8`, `q8_0`, `fp8e4m3`, `fp8e5m2`,
+            /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`).
+            pub fn name(self) -> &'static str {
+                match self { $(Dtype::$v => $name,)* }
+            }
+
+            /// The type's code in the C ABI (`GQA_DTYPE_*` in the header).
+            /// Fixed per type and never reused, whatever the order of
+            /// [`Dtype::ALL`]: a new type takes the next free code.
+            pub const fn abi_code(self) -> i32 {
+                match self { $(Dtype::$v => $code,)* }
+            }
+
+            /// The kind of storage.
+            pub(crate) const fn kind(self) -> Kind {
+                match self { $(Dtype::$v => Kind::$kind,)* }
+            }
+
+            /// `v` run with the block type of a block format (`None` for
+            /// the others).
+            pub(crate) fn visit_block<V: BlockVisitor>(self, v: V) -> Option<V::Out> {
+                match self { $(Dtype::$v => visit_block!($kind, $elem, v),)* }
+            }
+
+            /// The functions of a block format (`None` for the others).
+            pub fn block(self) -> Option<&'static BlockInfo> {
+                match self { $(Dtype::$v => block_info!($kind, $elem),)* }
+            }
+        }
+    };
+}
+
+// The registry. One line per format: variant, C ABI code, name, the
+// element type the kernels read, kind. `build.rs` parses these lines.
+formats! {
+    /// IEEE binary32.
+    F32 0 "f32" f32, Float;
+    /// IEEE binary16.
+    F16 1 "f16" half::f16, Float;
+    /// bfloat16 (the high half of a binary32).
+    Bf16 2 "bf16" half::bf16, Float;
+    /// Symmetric int8 with one f32 scale per (token, KV head) row.
+    Int8 3 "int8" i8, Int8;
     /// llama.cpp / GGUF `q8_0` blocks: 32 int8 values and one f16 scale
-    /// ([`crate::quant::BlockQ8_0`]); head dims must be multiples of 32.
-    Q8_0,
+    /// ([`BlockQ8_0`]); head dims must be multiples of 32.
+    Q8_0 4 "q8_0" crate::formats::BlockQ8_0, Block;
     /// OCP fp8 E4M3FN with one f32 scale per KV head (or per tensor).
-    Fp8E4M3,
+    Fp8E4M3 5 "fp8e4m3" crate::formats::E4M3, Fp8;
     /// OCP fp8 E5M2 with one f32 scale per KV head (or per tensor).
-    Fp8E5M2,
+    Fp8E5M2 6 "fp8e5m2" crate::formats::E5M2, Fp8;
+    /// GGUF `q4_0` blocks ([`BlockQ4_0`]): 32 4-bit values and an f16
+    /// scale; head dims must be multiples of 32.
+    Q4_0 7 "q4_0" crate::formats::BlockQ4_0, Block;
+    /// GGUF `q4_1` blocks ([`BlockQ4_1`]): 32 4-bit values, an f16 scale
+    /// and an f16 offset; head dims must be multiples of 32.
+    Q4_1 8 "q4_1" crate::formats::BlockQ4_1, Block;
+    /// GGUF `q5_0` blocks ([`BlockQ5_0`]): 32 5-bit values and an f16
+    /// scale; head dims must be multiples of 32.
+    Q5_0 9 "q5_0" crate::formats::BlockQ5_0, Block;
+    /// GGUF `q5_1` blocks ([`BlockQ5_1`]): 32 5-bit values, an f16 scale
+    /// and an f16 offset; head dims must be multiples of 32.
+    Q5_1 10 "q5_1" crate::formats::BlockQ5_1, Block;
+    /// GGUF `iq4_nl` blocks ([`BlockIq4Nl`]): 32 4-bit codes into a fixed
+    /// non-linear table, and an f16 scale; head dims must be multiples
+    /// of 32.
+    Iq4Nl 11 "iq4_nl" crate::formats::BlockIq4Nl, Block;
 }
 
 impl Dtype {
-    /// Every dtype, in table order.
-    pub const ALL: [Dtype; 7] = [
-        Dtype::F32,
-        Dtype::F16,
-        Dtype::Bf16,
-        Dtype::Int8,
-        Dtype::Q8_0,
-        Dtype::Fp8E4M3,
-        Dtype::Fp8E5M2,
-    ];
-
-    /// The name used in kernel names, reports and errors (`f32`, `f16`,
-    /// `bf16`, `int8`, `q8_0`, `fp8e4m3`, `fp8e5m2`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-            Dtype::Int8 => "int8",
-            Dtype::Q8_0 => "q8_0",
-            Dtype::Fp8E4M3 => "fp8e4m3",
-            Dtype::Fp8E5M2 => "fp8e5m2",
-        }
-    }
-
-    /// The type's code in the C ABI (`GQA_DTYPE_*` in the header). Fixed
-    /// per type and never reused, whatever the order of [`Dtype::ALL`]: a
-    /// new type takes the next free code.
-    pub const fn abi_code(self) -> i32 {
-        match self {
-            Dtype::F32 => 0,
-            Dtype::F16 => 1,
-            Dtype::Bf16 => 2,
-            Dtype::Int8 => 3,
-            Dtype::Q8_0 => 4,
-            Dtype::Fp8E4M3 => 5,
-            Dtype::Fp8E5M2 => 6,
-        }
-    }
-
     /// The type whose [`Dtype::abi_code`] is `code`, if any.
     pub fn from_abi_code(code: i32) -> Option<Dtype> {
         Dtype::ALL.into_iter().find(|d| d.abi_code() == code)
     }
 
+    /// The type named `name` ([`Dtype::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Dtype> {
+        Dtype::ALL.into_iter().find(|d| d.name() == name)
+    }
+
     /// Whether the type stores quantized values (with scales).
     pub fn is_quantized(self) -> bool {
-        !matches!(self, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
+        self.kind() != Kind::Float
+    }
+
+    /// The fp8 format of an fp8 type.
+    pub fn fp8(self) -> Option<Fp8> {
+        match self {
+            Dtype::Fp8E4M3 => Some(Fp8::E4M3),
+            Dtype::Fp8E5M2 => Some(Fp8::E5M2),
+            _ => None,
+        }
+    }
+
+    /// Values per block a head dim and every stride must be a multiple
+    /// of: 32 for the block formats, 1 for the others.
+    pub fn block_len(self) -> usize {
+        if self.kind() == Kind::Block {
+            QK
+        } else {
+            1
+        }
+    }
+
+    /// Why a head dim that is not a multiple of [`Dtype::block_len`] is
+    /// refused (the error's reason).
+    pub(crate) fn head_dim_rule(self) -> &'static str {
+        match self {
+            Dtype::Q8_0 => "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+            _ => "block formats store blocks of 32 values: the head dim must be a multiple of 32",
+        }
     }
 
     /// Bytes a step reads for one row of `head_dim` values: the values and
-    /// the scales stored with them (int8: one f32 per row; q8_0: one f16
-    /// per 32 values; fp8's per-head scale is not counted).
+    /// the scales stored with them (int8: one f32 per row; the block
+    /// formats: their whole blocks; fp8's per-head scale is not counted).
     pub fn row_bytes(self, head_dim: usize) -> usize {
-        match self {
-            Dtype::F32 => 4 * head_dim,
-            Dtype::F16 | Dtype::Bf16 => 2 * head_dim,
-            Dtype::Int8 => head_dim + 4,
-            Dtype::Q8_0 => head_dim.div_ceil(QK8_0) * 34,
-            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => head_dim,
+        match (self, self.block()) {
+            (_, Some(b)) => head_dim.div_ceil(QK) * b.bytes,
+            (Dtype::F32, _) => 4 * head_dim,
+            (Dtype::F16 | Dtype::Bf16, _) => 2 * head_dim,
+            (Dtype::Int8, _) => head_dim + 4,
+            _ => head_dim,
         }
     }
 }

@@ -5,12 +5,12 @@
 use half::{bf16, f16};
 
 use crate::arch::KvRows;
-use crate::formats::{BlockQ8_0, Dtype, Fp8, QK8_0};
+use crate::formats::{BlockFormat, BlockQ8_0, Dtype, Fp8, QK};
 
 mod mutable;
 mod owned;
 
-pub use mutable::{KvCacheMut, KvDataMut, NewKv};
+pub use mutable::{BlocksMut, KvCacheMut, KvDataMut, NewKv};
 pub use owned::KvBuffer;
 
 /// A borrowed buffer of cache elements of one dtype.
@@ -23,8 +23,9 @@ pub use owned::KvBuffer;
 ///   whose scale is `scales[o / head_dim]` (so the scales of a
 ///   `[B, L, G, D]` cache are a `[B, L, G]` array, and every stride must be
 ///   a multiple of the head dim);
-/// - `Q8_0`: the value at offset `o` is value `o % 32` of block `o / 32`
-///   (every stride and the head dim must be multiples of 32);
+/// - `Q8_0` and `Blocks` (every block format: q8_0, q4_0, q4_1, q5_0,
+///   q5_1, iq4_nl): the value at offset `o` is value `o % 32` of block
+///   `o / 32` (every stride and the head dim must be multiples of 32);
 /// - `Fp8E4M3` / `Fp8E5M2`: `scales` holds one f32 per KV head (`G`
 ///   entries) or one for the whole tensor.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +45,9 @@ pub enum KvData<'a> {
     },
     /// q8_0 blocks of 32 values.
     Q8_0(&'a [BlockQ8_0]),
+    /// Blocks of 32 values of any block format (q4_0, q4_1, q5_0, q5_1,
+    /// iq4_nl, q8_0), as their bytes.
+    Blocks(Blocks<'a>),
     /// fp8 E4M3FN bytes.
     Fp8E4M3 {
         /// The encoded values.
@@ -82,19 +86,21 @@ impl<'a> KvData<'a> {
             KvData::Bf16(_) => Dtype::Bf16,
             KvData::Int8 { .. } => Dtype::Int8,
             KvData::Q8_0(_) => Dtype::Q8_0,
+            KvData::Blocks(b) => b.dtype,
             KvData::Fp8E4M3 { .. } => Dtype::Fp8E4M3,
             KvData::Fp8E5M2 { .. } => Dtype::Fp8E5M2,
         }
     }
 
-    /// Number of values (for q8_0, 32 per block).
+    /// Number of values (for the block formats, 32 per block).
     pub fn len(&self) -> usize {
         match self {
             KvData::F32(s) => s.len(),
             KvData::F16(s) => s.len(),
             KvData::Bf16(s) => s.len(),
             KvData::Int8 { values, .. } => values.len(),
-            KvData::Q8_0(b) => b.len() * QK8_0,
+            KvData::Q8_0(b) => b.len() * QK,
+            KvData::Blocks(b) => b.len(),
             KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => values.len(),
         }
     }
@@ -118,10 +124,8 @@ impl<'a> KvData<'a> {
             KvData::Int8 { values, scales } => {
                 f64::from(scales[i / head_dim]) * f64::from(values[i])
             }
-            KvData::Q8_0(b) => {
-                let blk = &b[i / QK8_0];
-                f64::from(blk.d) * f64::from(blk.qs[i % QK8_0])
-            }
+            KvData::Q8_0(b) => b[i / QK].value(i % QK),
+            KvData::Blocks(b) => b.value(i),
             KvData::Fp8E4M3 { values, scales } => {
                 head_scale(scales) * f64::from(Fp8::E4M3.decode(values[i]))
             }
@@ -155,8 +159,14 @@ impl<'a> KvData<'a> {
                 scale_stride: stride / head_dim,
             },
             KvData::Q8_0(b) => KvRows {
-                ptr: b.as_ptr().wrapping_add(o / QK8_0).cast(),
-                stride: stride / QK8_0,
+                ptr: b.as_ptr().wrapping_add(o / QK).cast(),
+                stride: stride / QK,
+                scale: std::ptr::null(),
+                scale_stride: 0,
+            },
+            KvData::Blocks(b) => KvRows {
+                ptr: b.bytes.as_ptr().wrapping_add(o / QK * b.block_bytes()),
+                stride: stride / QK,
                 scale: std::ptr::null(),
                 scale_stride: 0,
             },
@@ -195,6 +205,90 @@ impl<'a> From<&'a [BlockQ8_0]> for KvData<'a> {
     fn from(s: &'a [BlockQ8_0]) -> Self {
         KvData::Q8_0(s)
     }
+}
+impl<'a> From<Blocks<'a>> for KvData<'a> {
+    fn from(b: Blocks<'a>) -> Self {
+        KvData::Blocks(b)
+    }
+}
+
+/// A borrowed buffer of blocks of one block format ([`Dtype::block`]),
+/// as their bytes: whole blocks, any alignment. Made from typed blocks
+/// ([`Blocks::of`]) or from bytes and a dtype ([`Blocks::new`], what a
+/// host pointing at llama.cpp's cache holds).
+#[derive(Clone, Copy, Debug)]
+pub struct Blocks<'a> {
+    dtype: Dtype,
+    bytes: &'a [u8],
+}
+
+impl<'a> Blocks<'a> {
+    /// The blocks of `blocks`.
+    pub fn of<B: BlockFormat>(blocks: &'a [B]) -> Self {
+        Blocks {
+            dtype: B::DTYPE,
+            bytes: bytemuck::cast_slice(blocks),
+        }
+    }
+
+    /// `bytes` read as blocks of `dtype`. Errors: `dtype` is not a block
+    /// format (`UnsupportedDtype`), or `bytes` is not a whole number of
+    /// its blocks (`InvalidDim` naming `bytes`).
+    pub fn new(dtype: Dtype, bytes: &'a [u8]) -> crate::Result<Self> {
+        whole_blocks(dtype, bytes.len())?;
+        Ok(Blocks { dtype, bytes })
+    }
+
+    /// The format.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The blocks' bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Number of values (32 per block).
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.block_bytes() * QK
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn block_bytes(&self) -> usize {
+        self.dtype.block().map_or(1, |b| b.bytes)
+    }
+
+    /// Value `i`, decoded by the format's literal decoder
+    /// ([`BlockFormat::value`]). Panics when out of range.
+    pub fn value(&self, i: usize) -> f64 {
+        let info = self.dtype.block().expect("a block format");
+        let b = i / QK * info.bytes;
+        (info.value)(&self.bytes[b..b + info.bytes], i % QK)
+    }
+}
+
+/// Checks that `len` bytes are whole blocks of `dtype`, a block format.
+pub(crate) fn whole_blocks(dtype: Dtype, len: usize) -> crate::Result<()> {
+    let Some(info) = dtype.block() else {
+        return Err(crate::Error::UnsupportedDtype {
+            arg: "dtype",
+            dtype,
+            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl)",
+        });
+    };
+    if !len.is_multiple_of(info.bytes) {
+        return Err(crate::Error::InvalidDim {
+            arg: "bytes",
+            value: len,
+            reason: "not a whole number of blocks of the format",
+        });
+    }
+    Ok(())
 }
 
 /// `(outer, token, head)` strides of `[outer, len, G, D]` storage (token

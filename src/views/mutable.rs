@@ -6,8 +6,8 @@
 
 use half::{bf16, f16};
 
-use super::{KvCache, KvData, KvPagesMut, KvTensorMut, PagedKv, RingKv};
-use crate::formats::{BlockQ8_0, Dtype, Fp8};
+use super::{Blocks, KvCache, KvData, KvPagesMut, KvTensorMut, PagedKv, RingKv};
+use crate::formats::{BlockFormat, BlockQ8_0, Dtype, Fp8};
 
 /// A mutably borrowed buffer of cache elements of one dtype, with the
 /// layout rules of [`KvData`] (offsets in values; int8 scales per row,
@@ -29,6 +29,9 @@ pub enum KvDataMut<'a> {
     },
     /// q8_0 blocks (values and block scales written by [`append`](crate::append())).
     Q8_0(&'a mut [BlockQ8_0]),
+    /// Blocks of any block format, as their bytes (values and scales
+    /// written by [`append`](crate::append())).
+    Blocks(BlocksMut<'a>),
     /// fp8 E4M3FN bytes; the per-head scales are the host's (calibrated
     /// beforehand) and only read.
     Fp8E4M3 {
@@ -83,6 +86,7 @@ impl<'a> KvDataMut<'a> {
             KvDataMut::Bf16(s) => KvData::Bf16(s),
             KvDataMut::Int8 { values, scales } => KvData::Int8 { values, scales },
             KvDataMut::Q8_0(b) => KvData::Q8_0(b),
+            KvDataMut::Blocks(b) => KvData::Blocks(b.as_blocks()),
             KvDataMut::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 { values, scales },
             KvDataMut::Fp8E5M2 { values, scales } => KvData::Fp8E5M2 { values, scales },
         }
@@ -107,6 +111,53 @@ impl<'a> From<&'a mut [bf16]> for KvDataMut<'a> {
 impl<'a> From<&'a mut [BlockQ8_0]> for KvDataMut<'a> {
     fn from(s: &'a mut [BlockQ8_0]) -> Self {
         KvDataMut::Q8_0(s)
+    }
+}
+impl<'a> From<BlocksMut<'a>> for KvDataMut<'a> {
+    fn from(b: BlocksMut<'a>) -> Self {
+        KvDataMut::Blocks(b)
+    }
+}
+
+/// A mutably borrowed buffer of blocks of one block format, as their
+/// bytes ([`Blocks`]' writable mirror).
+#[derive(Debug)]
+pub struct BlocksMut<'a> {
+    pub(super) dtype: Dtype,
+    pub(super) bytes: &'a mut [u8],
+}
+
+impl<'a> BlocksMut<'a> {
+    /// The blocks of `blocks`.
+    pub fn of<B: BlockFormat>(blocks: &'a mut [B]) -> Self {
+        BlocksMut {
+            dtype: B::DTYPE,
+            bytes: bytemuck::cast_slice_mut(blocks),
+        }
+    }
+
+    /// `bytes` as blocks of `dtype`; the errors of [`Blocks::new`].
+    pub fn new(dtype: Dtype, bytes: &'a mut [u8]) -> crate::Result<Self> {
+        super::whole_blocks(dtype, bytes.len())?;
+        Ok(BlocksMut { dtype, bytes })
+    }
+
+    /// The format.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The blocks' bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+
+    /// The same blocks, read-only.
+    pub fn as_blocks(&self) -> Blocks<'_> {
+        Blocks {
+            dtype: self.dtype,
+            bytes: self.bytes,
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 
 use half::{bf16, f16};
 
-use super::{KvData, KvDataMut};
+use super::{Blocks, BlocksMut, KvData, KvDataMut};
 use crate::error::{Error, Result};
-use crate::formats::{BlockQ8_0, Dtype, Fp8, QK8_0};
-use crate::quant::{quantize_int8_row, quantize_q8_0};
+use crate::formats::{BlockFormat, Dtype, Fp8, QK};
+use crate::quant::{quantize_block_bytes, quantize_int8_row};
 
 /// `n` values whose first one starts a 64-byte cache line, as a host's
 /// tensors do (PyTorch's CPU allocator aligns to 64 bytes). The system
@@ -95,13 +95,14 @@ enum Values {
     F16(Lined<f16>),
     Bf16(Lined<bf16>),
     Int8(Lined<i8>),
-    Q8_0(Lined<BlockQ8_0>),
+    /// The bytes of whole blocks of a block format (q8_0 included).
+    Blocks(Dtype, Lined<u8>),
     Fp8(Fp8, Lined<u8>),
 }
 
 /// An owned buffer of K or V cache elements of one [`Dtype`], with the
 /// scales the type needs (int8: one per row; fp8: one per KV head or one
-/// for the tensor; q8_0 keeps them in its blocks), its first value at the
+/// for the tensor; the block formats keep them in their blocks), its first value at the
 /// start of a 64-byte cache line.
 ///
 /// It is addressed like the views that borrow it ([`KvBuffer::data`],
@@ -138,7 +139,7 @@ impl std::fmt::Debug for KvBuffer {
     }
 }
 
-/// `len` is a whole number of rows of `head_dim` (int8) or of q8_0 blocks.
+/// `len` is a whole number of rows of `head_dim` (int8) or of blocks.
 fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
     if head_dim == 0 {
         return Err(Error::InvalidDim {
@@ -149,8 +150,7 @@ fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
     }
     let unit = match dtype {
         Dtype::Int8 => head_dim,
-        Dtype::Q8_0 => QK8_0,
-        _ => 1,
+        _ => dtype.block_len(),
     };
     if !len.is_multiple_of(unit) {
         return Err(Error::InvalidDim {
@@ -159,19 +159,11 @@ fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
             reason: if dtype == Dtype::Int8 {
                 "an int8 buffer holds whole rows of head_dim values"
             } else {
-                "a q8_0 buffer holds whole blocks of 32 values"
+                "a block-format buffer holds whole blocks of 32 values"
             },
         });
     }
     Ok(())
-}
-
-fn fp8_of(dtype: Dtype) -> Option<Fp8> {
-    match dtype {
-        Dtype::Fp8E4M3 => Some(Fp8::E4M3),
-        Dtype::Fp8E5M2 => Some(Fp8::E5M2),
-        _ => None,
-    }
 }
 
 impl KvBuffer {
@@ -179,9 +171,16 @@ impl KvBuffer {
     /// fp8 with one per-tensor scale of 1, see [`KvBuffer::with_scales`]).
     ///
     /// Errors: `head_dim` 0; an int8 `len` that is not whole rows, or a
-    /// q8_0 `len` that is not whole blocks of 32.
+    /// block format's `len` that is not whole blocks of 32.
     pub fn zeros(dtype: Dtype, len: usize, head_dim: usize) -> Result<KvBuffer> {
         check_rows(dtype, len, head_dim)?;
+        if let Some(b) = dtype.block() {
+            let values = Values::Blocks(dtype, Lined::filled(len / QK * b.bytes, 0));
+            return Ok(KvBuffer {
+                values,
+                scales: vec![],
+            });
+        }
         let (values, scales) = match dtype {
             Dtype::F32 => (Values::F32(Lined::filled(len, 0.0)), vec![]),
             Dtype::F16 => (Values::F16(Lined::filled(len, f16::ZERO)), vec![]),
@@ -190,12 +189,8 @@ impl KvBuffer {
                 Values::Int8(Lined::filled(len, 0)),
                 vec![0.0; len / head_dim],
             ),
-            Dtype::Q8_0 => (
-                Values::Q8_0(Lined::filled(len / QK8_0, BlockQ8_0::default())),
-                vec![],
-            ),
-            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
-                let f = fp8_of(dtype).expect("an fp8 type");
+            _ => {
+                let f = dtype.fp8().expect("an fp8 type");
                 (Values::Fp8(f, Lined::filled(len, 0)), vec![1.0])
             }
         };
@@ -203,8 +198,8 @@ impl KvBuffer {
     }
 
     /// `x` stored as `dtype` in rows of `head_dim`: f16 and bf16 rounded to
-    /// nearest even; int8 and q8_0 quantized by the encoders of
-    /// [`crate::quant`] (a scale per row, per block); fp8 encoded with one
+    /// nearest even; int8 and the block formats quantized by the encoders
+    /// of [`crate::quant`] (a scale per row, per block); fp8 encoded with one
     /// per-tensor scale, `max |x|` over the format's largest value (1 for
     /// an all-zero `x`). For per-head fp8 scales, see
     /// [`KvBuffer::fp8_from_f32`].
@@ -221,6 +216,14 @@ impl KvBuffer {
                     value: x[index],
                 });
             }
+        }
+        if let Some(b) = dtype.block() {
+            let mut bytes = Lined::filled(x.len() / QK * b.bytes, 0u8);
+            quantize_block_bytes(dtype, x, bytes.get_mut())?;
+            return Ok(KvBuffer {
+                values: Values::Blocks(dtype, bytes),
+                scales: vec![],
+            });
         }
         let (values, scales) = match dtype {
             Dtype::F32 => (Values::F32(Lined::from(x)), vec![]),
@@ -249,13 +252,8 @@ impl KvBuffer {
                     .collect::<Result<Vec<f32>>>()?;
                 (Values::Int8(q), scales)
             }
-            Dtype::Q8_0 => {
-                let mut b = Lined::filled(x.len() / QK8_0, BlockQ8_0::default());
-                quantize_q8_0(x, b.get_mut())?;
-                (Values::Q8_0(b), vec![])
-            }
-            Dtype::Fp8E4M3 | Dtype::Fp8E5M2 => {
-                let f = fp8_of(dtype).expect("an fp8 type");
+            _ => {
+                let f = dtype.fp8().expect("an fp8 type");
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let scale = if amax > 0.0 { amax / f.max() } else { 1.0 };
                 return KvBuffer::fp8_from_f32(f, x, vec![scale], |_| 0);
@@ -314,6 +312,16 @@ impl KvBuffer {
         }
     }
 
+    /// Blocks of the block format `dtype`, as their bytes (copied; any
+    /// alignment). Errors: as [`Blocks::new`].
+    pub fn blocks(dtype: Dtype, bytes: &[u8]) -> Result<KvBuffer> {
+        let b = Blocks::new(dtype, bytes)?;
+        Ok(KvBuffer {
+            values: Values::Blocks(b.dtype(), Lined::from(b.bytes())),
+            scales: vec![],
+        })
+    }
+
     /// fp8 `values` of `format` with one scale per KV head or one per
     /// tensor (copied).
     pub fn fp8(format: Fp8, values: &[u8], scales: &[f32]) -> KvBuffer {
@@ -343,10 +351,10 @@ impl KvBuffer {
     }
 
     /// A buffer of `len` values that repeats this one's from its start
-    /// (with int8's row scales; q8_0 in whole blocks): a long synthetic
+    /// (with int8's row scales; block formats in whole blocks): a long synthetic
     /// cache from a short block of data, as benchmarks need.
     ///
-    /// Errors: an empty buffer and `len > 0`; an int8 or q8_0 `len` that is
+    /// Errors: an empty buffer and `len > 0`; an int8 or block `len` that is
     /// not whole rows or blocks.
     pub fn repeat_to(&self, len: usize) -> Result<KvBuffer> {
         let n = self.len();
@@ -373,7 +381,10 @@ impl KvBuffer {
             Values::F16(x) => Values::F16(cycle(x, len)),
             Values::Bf16(x) => Values::Bf16(cycle(x, len)),
             Values::Int8(x) => Values::Int8(cycle(x, len)),
-            Values::Q8_0(x) => Values::Q8_0(cycle(x, len / QK8_0)),
+            Values::Blocks(t, x) => {
+                let b = t.block().expect("a block format").bytes;
+                Values::Blocks(*t, cycle(x, len / QK * b))
+            }
             Values::Fp8(f, x) => Values::Fp8(*f, cycle(x, len)),
         };
         let scales = match &self.values {
@@ -406,7 +417,11 @@ impl KvBuffer {
             Values::F16(x) => KvData::F16(x.get()),
             Values::Bf16(x) => KvData::Bf16(x.get()),
             Values::Int8(x) => KvData::int8(x.get(), s),
-            Values::Q8_0(x) => KvData::Q8_0(x.get()),
+            Values::Blocks(Dtype::Q8_0, x) => KvData::Q8_0(bytemuck::cast_slice(x.get())),
+            Values::Blocks(t, x) => KvData::Blocks(Blocks {
+                dtype: *t,
+                bytes: x.get(),
+            }),
             Values::Fp8(f, x) => KvData::fp8(*f, x.get(), s),
         }
     }
@@ -419,7 +434,13 @@ impl KvBuffer {
             Values::F16(x) => KvDataMut::F16(x.get_mut()),
             Values::Bf16(x) => KvDataMut::Bf16(x.get_mut()),
             Values::Int8(x) => KvDataMut::int8(x.get_mut(), s),
-            Values::Q8_0(x) => KvDataMut::Q8_0(x.get_mut()),
+            Values::Blocks(Dtype::Q8_0, x) => {
+                KvDataMut::Q8_0(bytemuck::cast_slice_mut(x.get_mut()))
+            }
+            Values::Blocks(t, x) => KvDataMut::Blocks(BlocksMut {
+                dtype: *t,
+                bytes: x.get_mut(),
+            }),
             Values::Fp8(f, x) => KvDataMut::fp8(*f, x.get_mut(), s),
         }
     }
@@ -469,10 +490,11 @@ impl From<&[bf16]> for KvBuffer {
     }
 }
 
-impl From<&[BlockQ8_0]> for KvBuffer {
-    fn from(x: &[BlockQ8_0]) -> KvBuffer {
+/// Blocks of any block format (q8_0 included), copied.
+impl<B: BlockFormat> From<&[B]> for KvBuffer {
+    fn from(x: &[B]) -> KvBuffer {
         KvBuffer {
-            values: Values::Q8_0(Lined::from(x)),
+            values: Values::Blocks(B::DTYPE, Lined::from(bytemuck::cast_slice::<B, u8>(x))),
             scales: vec![],
         }
     }
@@ -497,6 +519,7 @@ mod tests {
                     KvData::Bf16(x) => x.as_ptr() as usize,
                     KvData::Int8 { values, .. } => values.as_ptr() as usize,
                     KvData::Q8_0(x) => x.as_ptr() as usize,
+                    KvData::Blocks(b) => b.bytes().as_ptr() as usize,
                     KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
                         values.as_ptr() as usize
                     }

@@ -12,8 +12,8 @@ pub use store::*;
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::reference::{self, tolerance, Tolerance};
 use gqa_kernels::{
-    bf16, f16, Batch, Bias, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options, PagedKv,
-    Plan, Precision, RingKv, Shape, Tier, Unit,
+    bf16, f16, Batch, Bias, Blocks, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options,
+    PagedKv, Plan, Precision, RingKv, Shape, Tier, Unit,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.

@@ -14,8 +14,7 @@ pub struct Store {
 pub fn unit(dtype: Dtype, d: usize) -> usize {
     match dtype {
         Dtype::Int8 => d,
-        Dtype::Q8_0 => QK8_0,
-        _ => 1,
+        _ => dtype.block_len(),
     }
 }
 
@@ -92,6 +91,21 @@ impl Store {
                     .collect();
                 KvBuffer::fp8(format, &values, head_scales)
             }
+            t => {
+                let info = t.block().expect("a block format");
+                let mut bytes = vec![0u8; x.len() / QK8_0 * info.bytes];
+                for (b, xs) in bytes
+                    .chunks_exact_mut(info.bytes)
+                    .zip(x.chunks_exact(QK8_0))
+                {
+                    if quant::quantize_block_bytes(t, xs, b).is_err() {
+                        b.fill(0x77);
+                        let d = info.layout.d;
+                        b[d..d + 2].copy_from_slice(&f16::NAN.to_le_bytes());
+                    }
+                }
+                KvBuffer::blocks(t, &bytes).unwrap()
+            }
         };
         Store { buf, d }
     }
@@ -107,6 +121,10 @@ impl Store {
                 KvData::int8(&values[offset..], &scales[offset / self.d..])
             }
             KvData::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
+            KvData::Blocks(b) => {
+                let n = b.dtype().block().unwrap().bytes;
+                KvData::Blocks(Blocks::new(b.dtype(), &b.bytes()[offset / QK8_0 * n..]).unwrap())
+            }
             KvData::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 {
                 values: &values[offset..],
                 scales,

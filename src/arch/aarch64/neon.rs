@@ -209,6 +209,35 @@ impl Simd for Neon {
         }
     }
     #[inline(always)]
+    unsafe fn load_nibbles(p: *const u8, high: bool, lut: &[i8; 16], valid: usize) -> float32x4_t {
+        // SAFETY: `load_u8x4` reads only `min(valid, 4)` bytes; the codes
+        // (`< 16`) index the 16-byte table through `tbl`, whose levels
+        // sign-extend and convert exactly; a lane past `valid` gets index
+        // 0xFF, which `tbl` reads as zero.
+        unsafe {
+            let b = load_u8x4(p, valid);
+            let b = if high { vshr_n_u8::<4>(b) } else { b };
+            let mut codes = vand_u8(b, vdup_n_u8(0x0F));
+            if valid < 4 {
+                let lane = vcreate_u8(0x0706_0504_0302_0100);
+                let keep = vclt_u8(lane, vdup_n_u8(valid as u8));
+                codes = vorr_u8(codes, vmvn_u8(keep));
+            }
+            let q = vqtbl1_s8(vld1q_s8(lut.as_ptr()), codes);
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(q))))
+        }
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> float32x4_t {
+        // SAFETY: register arithmetic under neon: lane `l` keeps 1.0 where
+        // bit `l` is set.
+        unsafe {
+            let lane_bit = vld1q_u32([1u32, 2, 4, 8].as_ptr());
+            let mask = vtstq_u32(vdupq_n_u32(bits), lane_bit);
+            vreinterpretq_f32_u32(vandq_u32(mask, vreinterpretq_u32_f32(vdupq_n_f32(1.0))))
+        }
+    }
+    #[inline(always)]
     unsafe fn splat_f16(bits: u16) -> float32x4_t {
         // SAFETY: register conversion under neon.
         unsafe { vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(bits))) }

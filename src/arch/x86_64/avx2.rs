@@ -244,6 +244,36 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn load_nibbles(p: *const u8, high: bool, lut: &[i8; 16], valid: usize) -> __m256 {
+        // SAFETY: `load_u8x8` reads only `min(valid, 8)` bytes; the codes
+        // (`< 16`) index the 16-byte table through `vpshufb`, whose levels
+        // sign-extend and convert exactly; a lane past `valid` gets index
+        // 0xFF, which `vpshufb` reads as zero.
+        unsafe {
+            let b = load_u8x8(p, valid);
+            let b = if high { _mm_srli_epi16::<4>(b) } else { b };
+            let mut codes = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+            if valid < 8 {
+                let lane = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+                let keep = _mm_cmplt_epi8(lane, _mm_set1_epi8(valid as i8));
+                codes = _mm_or_si128(codes, _mm_andnot_si128(keep, _mm_set1_epi8(-1)));
+            }
+            let q = _mm_shuffle_epi8(_mm_loadu_si128(lut.as_ptr().cast()), codes);
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
+        }
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> __m256 {
+        // SAFETY: register arithmetic under avx2: lane `l` keeps 1.0 where
+        // bit `l` is set.
+        unsafe {
+            let lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            let set = _mm256_and_si256(_mm256_set1_epi32(bits as i32), lane_bit);
+            let mask = _mm256_cmpeq_epi32(set, lane_bit);
+            _mm256_and_ps(_mm256_castsi256_ps(mask), _mm256_set1_ps(1.0))
+        }
+    }
+    #[inline(always)]
     unsafe fn splat_f16(bits: u16) -> __m256 {
         // SAFETY: register conversion under f16c.
         unsafe { _mm256_cvtph_ps(_mm_set1_epi16(bits as i16)) }

@@ -227,6 +227,27 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn load_nibbles(p: *const u8, high: bool, lut: &[i8; 16], valid: usize) -> __m512 {
+        // SAFETY: masked byte load reads only the valid elements; the
+        // codes (`< 16`) index the 16-byte table through `vpshufb` (lanes
+        // past `valid` zeroed by its mask), whose levels sign-extend and
+        // convert exactly.
+        unsafe {
+            let m = tail_mask(valid);
+            let b = _mm_maskz_loadu_epi8(m, p.cast());
+            let b = if high { _mm_srli_epi16::<4>(b) } else { b };
+            let codes = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+            let q = _mm_maskz_shuffle_epi8(m, _mm_loadu_si128(lut.as_ptr().cast()), codes);
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
+        }
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> __m512 {
+        // SAFETY: register operation under avx512f: the low 16 bits are a
+        // lane mask selecting 1.0.
+        unsafe { _mm512_maskz_mov_ps(bits as u16, _mm512_set1_ps(1.0)) }
+    }
+    #[inline(always)]
     unsafe fn splat_f16(bits: u16) -> __m512 {
         // SAFETY: register conversion under f16c/avx512f.
         unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16)) }
