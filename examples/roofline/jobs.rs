@@ -46,8 +46,9 @@ pub(crate) const GEMMA2_9B: Model = Model {
 };
 
 /// The (K, V) types of the KV-types section: f16 (the baseline), every
-/// type, and an int8 or fp8 K with an f16 V.
-pub(crate) const KV_TYPES: [(Dtype, Dtype); 9] = [
+/// type, an int8 or fp8 K with an f16 V, and llama.cpp's popular q8_0 K
+/// with a q4_0 V.
+pub(crate) const KV_TYPES: [(Dtype, Dtype); 15] = [
     (Dtype::F16, Dtype::F16),
     (Dtype::F32, Dtype::F32),
     (Dtype::Bf16, Dtype::Bf16),
@@ -55,8 +56,14 @@ pub(crate) const KV_TYPES: [(Dtype, Dtype); 9] = [
     (Dtype::Q8_0, Dtype::Q8_0),
     (Dtype::Fp8E4M3, Dtype::Fp8E4M3),
     (Dtype::Fp8E5M2, Dtype::Fp8E5M2),
+    (Dtype::Q4_0, Dtype::Q4_0),
+    (Dtype::Q4_1, Dtype::Q4_1),
+    (Dtype::Q5_0, Dtype::Q5_0),
+    (Dtype::Q5_1, Dtype::Q5_1),
+    (Dtype::Iq4Nl, Dtype::Iq4Nl),
     (Dtype::Int8, Dtype::F16),
     (Dtype::Fp8E4M3, Dtype::F16),
+    (Dtype::Q8_0, Dtype::Q4_0),
 ];
 
 /// Interleaved rounds of the G sweep.
