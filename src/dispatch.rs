@@ -132,8 +132,9 @@ impl Unit {
             Unit::Bf16Dot => (!crate::arch::x86_64::dots::has_bf16_dot())
                 .then_some("this CPU has no AVX512-BF16"),
             #[cfg(target_arch = "x86_64")]
-            Unit::Int8Dot => (!crate::arch::x86_64::dots::has_int8_dot())
-                .then_some("this CPU has no AVX512-VNNI"),
+            Unit::Int8Dot => (!crate::arch::x86_64::dots::has_int8_dot()
+                && !crate::arch::x86_64::dot::has_avx_vnni())
+            .then_some("this CPU has neither AVX512-VNNI nor AVX-VNNI"),
             #[cfg(target_arch = "x86_64")]
             Unit::AmxBf16 => crate::arch::x86_64::amx::status().err(),
             #[cfg(target_arch = "x86_64")]
@@ -143,13 +144,34 @@ impl Unit {
         }
     }
 
+    /// Why the unit's kernels of `tier` cannot run here, or `None` where
+    /// they can: [`Unit::unavailable_reason`], and for `int8-dot` the
+    /// instruction of that tier (AVX512-VNNI on `avx512`, AVX-VNNI on
+    /// `avx2`).
+    pub fn unavailable_on(self, tier: Tier) -> Option<&'static str> {
+        match (self, tier) {
+            #[cfg(target_arch = "x86_64")]
+            (Unit::Int8Dot, Tier::Avx512) => (!crate::arch::x86_64::dots::has_int8_dot())
+                .then_some("this CPU has no AVX512-VNNI (the avx512 tier's int8 dot product)"),
+            #[cfg(target_arch = "x86_64")]
+            (Unit::Int8Dot, Tier::Avx2) => (!crate::arch::x86_64::dot::has_avx_vnni())
+                .then_some("this CPU has no AVX-VNNI (the avx2 tier's int8 dot product)"),
+            _ => self.unavailable_reason(),
+        }
+    }
+
     /// Whether the library has kernels on this unit for K and V of these
-    /// types on `tier`: f32 FMA for every pair and tier, AMX for bf16 K and
-    /// V on the `avx512` tier.
+    /// types on `tier`: f32 FMA for every pair and tier; AMX for bf16 K and
+    /// V on the `avx512` tier; `bf16-dot` for bf16 K on `avx512` and
+    /// `int8-dot` for int8 K on `avx512` and `avx2`, each with V of f32,
+    /// f16, bf16 or int8.
     pub fn runs(self, tier: Tier, k: Dtype, v: Dtype) -> bool {
+        let dot_v = matches!(v, Dtype::F32 | Dtype::F16 | Dtype::Bf16 | Dtype::Int8);
         match self {
             Unit::F32Fma => true,
             Unit::AmxBf16 => tier == Tier::Avx512 && k == Dtype::Bf16 && v == Dtype::Bf16,
+            Unit::Bf16Dot => tier == Tier::Avx512 && k == Dtype::Bf16 && dot_v,
+            Unit::Int8Dot => matches!(tier, Tier::Avx512 | Tier::Avx2) && k == Dtype::Int8 && dot_v,
             _ => false,
         }
     }
@@ -218,15 +240,76 @@ static AMX_BF16: [KernelEntry; 2] = [
     ),
 ];
 
+/// The dot-product units' kernels: one per (unit, tier, V type,
+/// precision), K fixed by the unit.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_kernels {
+    ($( $tier:ident $k:ident $f:ident $kn:literal $un:literal; )*) => {
+        static DOT: &[[KernelEntry; 2]] = &[
+            $(
+                dot_kernels!(@v $tier $k $f $kn $un, F32 "f32" f32),
+                dot_kernels!(@v $tier $k $f $kn $un, F16 "f16" half::f16),
+                dot_kernels!(@v $tier $k $f $kn $un, Bf16 "bf16" half::bf16),
+                dot_kernels!(@v $tier $k $f $kn $un, Int8 "int8" i8),
+            )*
+        ];
+    };
+    (@v $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty) => {
+        [
+            KernelEntry {
+                name: concat!("decode_k", $kn, "_v", $vn, "_", $un, "_exact__", stringify!($tier)),
+                tier: dot_kernels!(@tier $tier),
+                k: Dtype::$k,
+                v: Dtype::$v,
+                dk: 0,
+                dv: 0,
+                rows: 0,
+                f: crate::arch::x86_64::dot::$f::<$vt, true>,
+            },
+            KernelEntry {
+                name: concat!("decode_k", $kn, "_v", $vn, "_", $un, "_fast__", stringify!($tier)),
+                tier: dot_kernels!(@tier $tier),
+                k: Dtype::$k,
+                v: Dtype::$v,
+                dk: 0,
+                dv: 0,
+                rows: 0,
+                f: crate::arch::x86_64::dot::$f::<$vt, false>,
+            },
+        ]
+    };
+    (@tier avx512) => { Tier::Avx512 };
+    (@tier avx2) => { Tier::Avx2 };
+}
+
+#[cfg(target_arch = "x86_64")]
+dot_kernels! {
+    avx512 Bf16 bf16_entry "bf16" "bf16dot";
+    avx512 Int8 int8_entry_512 "int8" "int8dot";
+    avx2 Int8 int8_entry_256 "int8" "int8dot";
+}
+
 /// The kernel of a unit other than f32 FMA (whose kernels [`select`]
 /// finds), or `None` for f32 FMA. Only called for a unit that
-/// [`Unit::runs`] the plan's types and is available.
-pub(crate) fn unit_entry(unit: Unit, precision: Precision) -> Option<&'static KernelEntry> {
+/// [`Unit::runs`] the plan's types on `tier` and is available there.
+pub(crate) fn unit_entry(
+    unit: Unit,
+    precision: Precision,
+    tier: Tier,
+    k: Dtype,
+    v: Dtype,
+) -> Option<&'static KernelEntry> {
+    let fast = (precision == Precision::Fast) as usize;
     match unit {
         #[cfg(target_arch = "x86_64")]
-        Unit::AmxBf16 => Some(&AMX_BF16[(precision == Precision::Fast) as usize]),
+        Unit::AmxBf16 => Some(&AMX_BF16[fast]),
+        #[cfg(target_arch = "x86_64")]
+        Unit::Bf16Dot | Unit::Int8Dot => DOT
+            .iter()
+            .find(|e| e[0].tier == tier && e[0].k == k && e[0].v == v)
+            .map(|e| &e[fast]),
         _ => {
-            let _ = precision;
+            let _ = (fast, tier, k, v);
             None
         }
     }

@@ -337,14 +337,21 @@ fn tile_unit_edges() {
                     .iter()
                     .map(|&l| if l == 0 { 0 } else { l.max(q_len) })
                     .collect();
-                let sh = Shape::new(lens.len(), 2 * r, 2, d, Dtype::Bf16)
-                    .with_q_len(q_len)
-                    .with_max_kv_len(600);
-                let mut s = Spec::new(sh, lens);
-                s.layout = layout;
-                let c = s.build();
-                check_units(&c);
-                check_thread_invariance(&c, &[2, 3]);
+                for (k, v) in [
+                    (Dtype::Bf16, Dtype::Bf16),
+                    (Dtype::Int8, Dtype::F16),
+                    (Dtype::Bf16, Dtype::Int8),
+                ] {
+                    let sh = Shape::new(lens.len(), 2 * r, 2, d, k)
+                        .with_dtypes(k, v)
+                        .with_q_len(q_len)
+                        .with_max_kv_len(600);
+                    let mut s = Spec::new(sh, lens.clone());
+                    s.layout = layout;
+                    let c = s.build();
+                    check_units(&c);
+                    check_thread_invariance(&c, &[2, 3]);
+                }
             }
         }
     }

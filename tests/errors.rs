@@ -108,9 +108,10 @@ fn unavailable_or_unknown_tiers() {
 fn forced_units_without_kernels_or_hardware() {
     let bf = Shape::new(1, 16, 1, 64, Dtype::Bf16);
     let f = Shape::new(1, 16, 1, 64, Dtype::F16);
+    let i8s = Shape::new(1, 16, 1, 64, Dtype::Int8).with_dtypes(Dtype::Int8, Dtype::F16);
     let best = Tier::best();
     for unit in Unit::ALL {
-        for shape in [bf, f] {
+        for shape in [bf, f, i8s] {
             let opts = Options::default().with_tier(best).with_unit(unit);
             let got = Plan::new(&shape, &opts);
             let (k, v) = (shape.k_dtype, shape.v_dtype);
@@ -126,7 +127,7 @@ fn forced_units_without_kernels_or_hardware() {
                     }
                 );
                 assert!(e.to_string().contains("`unit`"), "{e}");
-            } else if let Some(reason) = unit.unavailable_reason() {
+            } else if let Some(reason) = unit.unavailable_on(best) {
                 assert_eq!(got.unwrap_err(), Error::UnitUnavailable { unit, reason });
             } else {
                 let p = got.unwrap();
@@ -135,6 +136,19 @@ fn forced_units_without_kernels_or_hardware() {
             }
         }
     }
+    // The dot-product units have no kernels on the portable tier either,
+    // nor int8-dot for another K type.
+    for (unit, shape) in [(Unit::Bf16Dot, bf), (Unit::Int8Dot, i8s)] {
+        let opts = Options::default().with_tier(Tier::Scalar).with_unit(unit);
+        let e = Plan::new(&shape, &opts).unwrap_err();
+        assert!(matches!(e, Error::UnitUnsupported { .. }), "{e:?}");
+    }
+    let e = Plan::new(
+        &bf,
+        &Options::default().with_tier(best).with_unit(Unit::Int8Dot),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::UnitUnsupported { .. }), "{e:?}");
     // The tile unit has no kernels on the portable tier, whatever the CPU.
     let e = Plan::new(
         &bf,
@@ -148,6 +162,10 @@ fn forced_units_without_kernels_or_hardware() {
     let p = Plan::new(&f, &Options::default()).unwrap();
     assert_eq!(p.unit(), Unit::F32Fma);
     let p = Plan::new(&Shape::new(1, 4, 1, 64, Dtype::Bf16), &Options::default()).unwrap();
+    assert_eq!(p.unit(), Unit::F32Fma);
+    // The dot-product units are never chosen by the plan (measured slower
+    // or no faster on the hosts we have; see the README's Units section).
+    let p = Plan::new(&i8s, &Options::default()).unwrap();
     assert_eq!(p.unit(), Unit::F32Fma);
 }
 

@@ -166,15 +166,21 @@ proptest! {
         check_all(&s.build());
     }
 
-    /// The same cases with bf16 K and V, on the units that have kernels for
-    /// them (AMX tiles, both precision classes), where this CPU has any.
+    /// The same cases on every unit other than f32 FMA that this CPU has
+    /// (both precision classes): bf16 K (the tile unit and bf16-dot) and
+    /// int8 K (int8-dot), each with a V type the units take.
     #[test]
-    fn every_unit_matches_reference(s in spec()) {
-        let mut s = s;
+    fn every_unit_matches_reference(
+        s in spec(),
+        v in prop::sample::select(vec![Dtype::Bf16, Dtype::Bf16, Dtype::F32, Dtype::F16, Dtype::Int8]),
+    ) {
         if units().is_empty() {
             return Ok(());
         }
-        s.shape = s.shape.with_dtypes(Dtype::Bf16, Dtype::Bf16);
-        check_units(&s.build());
+        for k in [Dtype::Bf16, Dtype::Int8] {
+            let mut s = s.clone();
+            s.shape = s.shape.with_dtypes(k, v);
+            check_units(&s.build());
+        }
     }
 }

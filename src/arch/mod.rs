@@ -57,6 +57,11 @@ pub(crate) fn unit_scratch_len(
     match unit {
         #[cfg(target_arch = "x86_64")]
         crate::tier::Unit::AmxBf16 => x86_64::amx::scratch_len(rows, dk, dv),
+        #[cfg(target_arch = "x86_64")]
+        crate::tier::Unit::Bf16Dot => x86_64::dot::unit_scratch_len(true, true, rows, dk, dv),
+        // Sized for the avx512 tier's vectors, which need more than avx2's.
+        #[cfg(target_arch = "x86_64")]
+        crate::tier::Unit::Int8Dot => x86_64::dot::unit_scratch_len(false, true, rows, dk, dv),
         _ => {
             let _ = (rows, dk, dv);
             0

@@ -143,7 +143,7 @@ fn choose_unit(shape: &Shape, options: &Options, tier: Tier) -> Result<Unit> {
             if !unit.runs(tier, k, v) {
                 return Err(Error::UnitUnsupported { unit, tier, k, v });
             }
-            match unit.unavailable_reason() {
+            match unit.unavailable_on(tier) {
                 Some(reason) => Err(Error::UnitUnavailable { unit, reason }),
                 None => Ok(unit),
             }
@@ -216,7 +216,9 @@ impl Plan {
         let precision = options.precision;
         let kernels = (1..=shape.q_len)
             .map(|t| {
-                if let Some(e) = dispatch::unit_entry(unit, precision) {
+                if let Some(e) =
+                    dispatch::unit_entry(unit, precision, tier, shape.k_dtype, shape.v_dtype)
+                {
                     return e;
                 }
                 dispatch::select(

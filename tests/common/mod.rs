@@ -54,25 +54,37 @@ pub fn tiers() -> Vec<Tier> {
     have
 }
 
+/// Every (tier, unit) with kernels other than f32 FMA.
+pub const UNIT_KERNELS: [(Tier, Unit); 4] = [
+    (Tier::Avx512, Unit::AmxBf16),
+    (Tier::Avx512, Unit::Bf16Dot),
+    (Tier::Avx512, Unit::Int8Dot),
+    (Tier::Avx2, Unit::Int8Dot),
+];
+
 /// The kernels on other units than f32 FMA that this CPU and process can
-/// run, with each precision class: the tile kernels where AMX is usable.
-/// Prints, once per test binary, which were skipped and why.
+/// run, with each precision class: the tile kernels where AMX is usable,
+/// the dot-product kernels where the CPU has the instructions. Prints,
+/// once per test binary, which were skipped and why.
 pub fn units() -> Vec<(Tier, Unit, Precision)> {
     static SAID: std::sync::Once = std::sync::Once::new();
     let mut v = Vec::new();
-    for (tier, unit) in [(Tier::Avx512, Unit::AmxBf16)] {
-        match unit.unavailable_reason() {
+    let mut skipped = Vec::new();
+    for (tier, unit) in UNIT_KERNELS {
+        match unit.unavailable_on(tier) {
             None if tier.is_available() => {
                 v.extend([Precision::Exact, Precision::Fast].map(|p| (tier, unit, p)));
             }
-            why => SAID.call_once(|| {
-                eprintln!(
-                    "note: {} kernels skipped: {}",
-                    unit.name(),
-                    why.unwrap_or("their tier is not available")
-                )
-            }),
+            why => skipped.push(format!(
+                "{} on {}: {}",
+                unit.name(),
+                tier.name(),
+                why.unwrap_or("the tier is not available")
+            )),
         }
+    }
+    if !skipped.is_empty() {
+        SAID.call_once(|| eprintln!("note: unit kernels skipped: {}", skipped.join("; ")));
     }
     v
 }

@@ -155,29 +155,44 @@ impl Case {
         want: &reference::Reference,
     ) -> Result<(), String> {
         let (out, lse, name) = self.run_on(tier, unit, precision, 1)?;
-        self.compare_within(name, &out, &lse, want, self.unit_tolerance(precision))
+        self.compare_within(name, &out, &lse, want, self.unit_tolerance(unit, precision))
     }
 
     /// The bound of a precision class on this case: the documented
-    /// tolerance for `Exact`; for `Fast` (q and the weights P rounded to
-    /// bf16, 2^-8 relative each) that plus what those roundings can do. A
-    /// score moves by at most `delta = 2^-8 · scale · max Σ_d |q_d k_d|`
-    /// (bounded here by `max_row Σ_d |q_d| · max |k|`), so every normalised
-    /// weight by a factor within `e^(±2 delta)` and the output by `(e^(2
-    /// delta) − 1) · max |v|`; rounded weights against their unrounded sum
-    /// move it by `2^-8 · max |v|` more; `lse` moves by `delta`.
-    pub fn unit_tolerance(&self, precision: Precision) -> (Tolerance, Tolerance) {
+    /// tolerance for `Exact`; for `Fast` that plus what the unit's
+    /// roundings can do. A score moves by at most `delta = scale ·
+    /// max_row Σ_d |Δq_d| · max |k|`, where the rounding of q is 2^-8
+    /// relative per element on the bf16 units (`Σ_d |Δq_d| ≤ 2^-8 Σ_d
+    /// |q_d|`) and half a step of `max_d |q_d| / (127 · 128)` on int8-dot
+    /// (two int8 parts); so every
+    /// normalised weight moves by a factor within `e^(±2 delta)` and the
+    /// output by `(e^(2 delta) − 1) · max |v|`. Where the unit rounds the
+    /// weights P to bf16 too (the tile unit; bf16-dot with bf16 V), their
+    /// rounding against the unrounded sum moves it by `2^-8 · max |v|`
+    /// more. `lse` moves by `delta`.
+    pub fn unit_tolerance(&self, unit: Unit, precision: Precision) -> (Tolerance, Tolerance) {
         let (mut o, mut l) = tolerance(self.shape.k_dtype, self.shape.v_dtype);
         if precision == Precision::Fast {
             let s = &self.shape;
             let scale = f64::from(self.scale.unwrap_or(1.0 / (s.head_dim_k as f32).sqrt()));
-            let q1 = self
-                .q
-                .chunks(s.head_dim_k.max(1))
-                .map(|r| r.iter().map(|x| f64::from(x.abs())).sum::<f64>())
-                .fold(0.0, f64::max);
-            let delta = 2f64.powi(-8) * scale * q1 * self.k_max();
-            o.atol += (2.0 * delta).exp_m1() + 2f64.powi(-8);
+            let rows = self.q.chunks(s.head_dim_k.max(1));
+            let dq = if unit == Unit::Int8Dot {
+                // Two parts: the remainder's step is `max|q| / (127 · 128)`.
+                rows.map(|r| {
+                    let m = r.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
+                    m / (254.0 * 128.0) * r.len() as f64
+                })
+                .fold(0.0, f64::max)
+            } else {
+                2f64.powi(-8)
+                    * rows
+                        .map(|r| r.iter().map(|x| f64::from(x.abs())).sum::<f64>())
+                        .fold(0.0, f64::max)
+            };
+            let delta = scale * dq * self.k_max();
+            let rounds_p = unit == Unit::AmxBf16
+                || (unit == Unit::Bf16Dot && s.v_dtype == gqa_kernels::Dtype::Bf16);
+            o.atol += (2.0 * delta).exp_m1() + if rounds_p { 2f64.powi(-8) } else { 0.0 };
             l.atol += delta;
         }
         (o, l)

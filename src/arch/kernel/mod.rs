@@ -47,6 +47,9 @@ mod phases;
 mod scores;
 mod softmax;
 mod transform;
+// The dot-product units' block loop; its units are x86-64 ones so far.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod unit;
 
 use accumulate::*;
 use phases::*;
@@ -363,17 +366,14 @@ impl BlockStep<'_> {
         let &BlockStep {
             a,
             inline,
-            transformed,
             rows,
             nb,
             start,
             dkp,
-            dvp,
             kc,
-            vc,
             part,
             sbuf,
-            lsum,
+            ..
         } = self;
         // This block's share of the spans to hint, spread over the
         // positions of the phase that reads the same kind of rows.
@@ -396,6 +396,35 @@ impl BlockStep<'_> {
                 },
             );
             ahead_k.finish();
+            self.after_scores::<S, K, V, VR>(vrows, true);
+        }
+    }
+
+    /// The phases after the scores: int8 K row scales, score transforms,
+    /// softmax, and (`pv`) int8 V row scales and P·V on f32 FMA. A
+    /// dot-product unit ([`unit`]) computes the scores itself and, for
+    /// the V types it takes, P·V too (`pv` false).
+    ///
+    /// # Safety
+    /// As [`BlockStep::run`], with the block's scores in `sbuf`.
+    #[inline(always)]
+    unsafe fn after_scores<S: Simd, K: Elem, V: Elem, VR: RowSource>(&self, vrows: VR, pv: bool) {
+        let &BlockStep {
+            a,
+            inline,
+            transformed,
+            rows,
+            nb,
+            start,
+            dvp,
+            vc,
+            sbuf,
+            lsum,
+            ..
+        } = self;
+        let (i, n) = (start / BLOCK, a.n.div_ceil(BLOCK));
+        // SAFETY: the struct's precondition, forwarded from the kernel.
+        unsafe {
             if K::ROW_SCALE {
                 scale_positions::<S>(rows, nb, sbuf, a.k.scale, a.k.scale_stride, start);
             }
@@ -420,6 +449,9 @@ impl BlockStep<'_> {
                     vc,
                 },
             );
+            if !pv {
+                return;
+            }
             if V::ROW_SCALE {
                 scale_positions::<S>(rows, nb, sbuf, a.v.scale, a.v.scale_stride, start);
             }

@@ -277,7 +277,7 @@ pub(crate) fn tile_ops(int8: bool, iters: usize) -> Option<f64> {
 
 /// Transposes a 16 × 16 matrix of 32-bit values held one row per register.
 #[inline(always)]
-unsafe fn transpose16(r: &mut [__m512; 16]) {
+pub(super) unsafe fn transpose16(r: &mut [__m512; 16]) {
     // SAFETY: register-only AVX-512F shuffles; the caller runs with
     // avx512f enabled.
     unsafe {
@@ -622,7 +622,7 @@ unsafe fn pack_p<const EXACT: bool>(sbuf: *const f32, rows: usize, pbuf: *mut f3
 /// `>= nb`); `EXACT` writes the 8 pair rows twice (rows 8-15 again), to
 /// meet `P_lo` in the A tile.
 #[inline(always)]
-unsafe fn pack_v<const EXACT: bool>(
+pub(super) unsafe fn pack_v<const EXACT: bool>(
     src: *const u16,
     stride: usize,
     nb: usize,

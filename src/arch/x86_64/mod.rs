@@ -3,6 +3,7 @@
 pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod dot;
 pub(crate) mod dots;
 
 /// Whether the CPU says it is an Intel one (CPUID leaf 0 vendor string
