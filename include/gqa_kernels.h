@@ -9,7 +9,9 @@
  *   thread naming the argument. No call aborts or unwinds into the host.
  * - Structs that may grow start with `struct_size`: set it to sizeof(the
  *   struct). A size smaller than the library's is rejected
- *   (GQA_ERR_STRUCT_SIZE); a larger one is read up to the fields the
+ *   (GQA_ERR_STRUCT_SIZE), except the size of an earlier version of a
+ *   struct that grew (gqa_options before `unit` and `precision`), whose
+ *   missing fields read as 0; a larger one is read up to the fields the
  *   library knows.
  * - The caller owns every buffer. Lengths are in elements (values for KV
  *   buffers, 32 per q8_0 block); strides of KV views are in values too.
@@ -70,6 +72,17 @@ extern "C" {
 #define GQA_TIER_AVX512 2
 #define GQA_TIER_NEON 3
 
+/* Multiply-add units (gqa_options.unit, gqa_plan_unit). */
+#define GQA_UNIT_AUTO 0      /* the plan chooses */
+#define GQA_UNIT_F32_FMA 1   /* f32 FMA, every tier and dtype pair */
+#define GQA_UNIT_BF16_DOT 2  /* AVX512-BF16 vdpbf16ps: bf16 K */
+#define GQA_UNIT_INT8_DOT 3  /* vpdpbusd (AVX512-VNNI, AVX-VNNI): int8 K */
+#define GQA_UNIT_AMX_BF16 4  /* AMX tdpbf16ps: bf16 K and V */
+#define GQA_UNIT_AMX_INT8 5  /* AMX tdpbssd (probed only) */
+/* Precision classes (gqa_options.precision). */
+#define GQA_PRECISION_EXACT 0 /* the f32 kernels' tolerance (default) */
+#define GQA_PRECISION_FAST 1  /* q (and P) rounded to the unit's type */
+
 /* Cache layouts. */
 #define GQA_LAYOUT_STRIDED 0
 #define GQA_LAYOUT_PAGED 1
@@ -105,6 +118,8 @@ typedef struct gqa_options {
     size_t threads; /* worker threads of gqa_run (0 or 1: the caller's thread) */
     size_t window;  /* sliding window; 0 = none */
     float softcap;  /* logit softcap; 0 = none */
+    int32_t unit;      /* GQA_UNIT_AUTO or a GQA_UNIT_ code (added later: see struct_size) */
+    int32_t precision; /* a GQA_PRECISION_ code (added with unit) */
 } gqa_options;
 
 /* One K or V buffer. gqa_run reads `data`; gqa_append writes `data` and,
@@ -199,6 +214,10 @@ int32_t gqa_plan_set_alibi_max_bias(gqa_plan *plan, float max_bias);
 /* Exact workspace size gqa_run needs, in bytes (any alignment). */
 int32_t gqa_plan_workspace_bytes(const gqa_plan *plan, size_t *out);
 int32_t gqa_plan_tier(const gqa_plan *plan, int32_t *out);
+/* The plan's multiply-add unit (a GQA_UNIT_ code, never AUTO). */
+int32_t gqa_plan_unit(const gqa_plan *plan, int32_t *out);
+/* "f32-fma", "bf16-dot", "int8-dot", "amx-bf16", "amx-int8"; NULL otherwise. */
+const char *gqa_unit_name(int32_t unit);
 /* The kernel instance of one query token, e.g. "decode_f16_d128_r4__avx512". */
 const char *gqa_plan_kernel_name(const gqa_plan *plan);
 

@@ -469,6 +469,8 @@ fn the_c_abi_reads_block_formats_as_bytes() {
         threads: 1,
         window: 0,
         softcap: 0.0,
+        unit: GQA_UNIT_AUTO,
+        precision: GQA_PRECISION_EXACT,
     };
     let mut cplan: *mut gqa_plan = std::ptr::null_mut();
     // SAFETY: valid structs and out-pointer.

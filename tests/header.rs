@@ -113,7 +113,7 @@ fn header_constants_match_the_rust_constants() {
         }
     }
     use gqa_kernels::capi::*;
-    let rust: [(&str, i32); 16] = [
+    let rust: [(&str, i32); 24] = [
         ("GQA_OK", GQA_OK),
         ("GQA_ERR_NULL", GQA_ERR_NULL),
         ("GQA_ERR_INVALID_ARGUMENT", GQA_ERR_INVALID_ARGUMENT),
@@ -127,6 +127,14 @@ fn header_constants_match_the_rust_constants() {
         ("GQA_ERR_ALIGNMENT", GQA_ERR_ALIGNMENT),
         ("GQA_ERR_PANIC", GQA_ERR_PANIC),
         ("GQA_TIER_AUTO", GQA_TIER_AUTO),
+        ("GQA_UNIT_AUTO", GQA_UNIT_AUTO),
+        ("GQA_UNIT_F32_FMA", GQA_UNIT_F32_FMA),
+        ("GQA_UNIT_BF16_DOT", GQA_UNIT_BF16_DOT),
+        ("GQA_UNIT_INT8_DOT", GQA_UNIT_INT8_DOT),
+        ("GQA_UNIT_AMX_BF16", GQA_UNIT_AMX_BF16),
+        ("GQA_UNIT_AMX_INT8", GQA_UNIT_AMX_INT8),
+        ("GQA_PRECISION_EXACT", GQA_PRECISION_EXACT),
+        ("GQA_PRECISION_FAST", GQA_PRECISION_FAST),
         ("GQA_LAYOUT_STRIDED", GQA_LAYOUT_STRIDED),
         ("GQA_LAYOUT_PAGED", GQA_LAYOUT_PAGED),
         ("GQA_LAYOUT_RING", GQA_LAYOUT_RING),

@@ -79,6 +79,8 @@ fn the_c_abi_on_a_tiny_step() {
         threads: 1,
         window: 0,
         softcap: 0.0,
+        unit: GQA_UNIT_AUTO,
+        precision: GQA_PRECISION_EXACT,
     };
     let mut plan: *mut gqa_plan = std::ptr::null_mut();
     // SAFETY: valid structs and out-pointer.

@@ -47,6 +47,8 @@ class Options(C.Structure):
         ("threads", C.c_size_t),
         ("window", C.c_size_t),
         ("softcap", C.c_float),
+        ("unit", C.c_int32),
+        ("precision", C.c_int32),
     ]
 
 

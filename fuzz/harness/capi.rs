@@ -117,6 +117,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         threads: u.int_in_range(0..=3usize)?,
         window: count(u, 40)?,
         softcap: *u.choose(&[0.0f32, 30.0, -2.0, f32::NAN])?,
+        unit: code(u, 6)?,
+        precision: code(u, 2)?,
     };
     let mut plan: *mut gqa_plan = std::ptr::null_mut();
     let opts = if u.arbitrary()? {

@@ -94,6 +94,77 @@ pub(super) unsafe fn read_struct<T: Copy>(arg: &str, p: *const T) -> R<T> {
     Ok(unsafe { p.read_unaligned() })
 }
 
+/// [`read_struct`] for a struct that grew: a `struct_size` of at least
+/// `since` bytes (the size of its first version) is read up to that size,
+/// the later fields as zero (their defaults).
+///
+/// # Safety
+/// As [`read_struct`]; `T` is valid with every byte zero.
+pub(super) unsafe fn read_struct_since<T: Copy>(arg: &str, p: *const T, since: usize) -> R<T> {
+    if p.is_null() {
+        return Err(null(arg));
+    }
+    // SAFETY: the caller's contract: `p` starts with its `usize` size.
+    let size = unsafe { p.cast::<usize>().read_unaligned() };
+    if size < since {
+        return Err(Fail(
+            GQA_ERR_STRUCT_SIZE,
+            format!(
+                "`{arg}.struct_size` = {size} is smaller than the first version's {since} bytes"
+            ),
+        ));
+    }
+    let n = size.min(size_of::<T>());
+    let mut out = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `n <= size` bytes are readable at `p` and `n <= size_of::<T>()`
+    // fit in `out`; `T` is valid with any bytes past `n` zero (the
+    // caller's contract), and the first `n` come from a `T` the caller
+    // wrote.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), n);
+        Ok(out.assume_init())
+    }
+}
+
+/// The unit of a `GQA_UNIT_…` code (`None` for `GQA_UNIT_AUTO`).
+pub(super) fn unit_of(code: i32) -> R<Option<Unit>> {
+    Ok(Some(match code {
+        GQA_UNIT_AUTO => return Ok(None),
+        GQA_UNIT_F32_FMA => Unit::F32Fma,
+        GQA_UNIT_BF16_DOT => Unit::Bf16Dot,
+        GQA_UNIT_INT8_DOT => Unit::Int8Dot,
+        GQA_UNIT_AMX_BF16 => Unit::AmxBf16,
+        GQA_UNIT_AMX_INT8 => Unit::AmxInt8,
+        c => {
+            return Err(invalid(format!(
+                "`options.unit` = {c} is not a GQA_UNIT_ code"
+            )))
+        }
+    }))
+}
+
+/// The `GQA_UNIT_…` code of a unit.
+pub(super) fn unit_code(u: Unit) -> i32 {
+    match u {
+        Unit::F32Fma => GQA_UNIT_F32_FMA,
+        Unit::Bf16Dot => GQA_UNIT_BF16_DOT,
+        Unit::Int8Dot => GQA_UNIT_INT8_DOT,
+        Unit::AmxBf16 => GQA_UNIT_AMX_BF16,
+        Unit::AmxInt8 => GQA_UNIT_AMX_INT8,
+    }
+}
+
+/// The precision class of a `GQA_PRECISION_…` code.
+pub(super) fn precision_of(code: i32) -> R<Precision> {
+    match code {
+        GQA_PRECISION_EXACT => Ok(Precision::Exact),
+        GQA_PRECISION_FAST => Ok(Precision::Fast),
+        c => Err(invalid(format!(
+            "`options.precision` = {c} is not a GQA_PRECISION_ code"
+        ))),
+    }
+}
+
 /// A slice of `len` `T` at `p` (null allowed only when `len == 0`),
 /// checked for alignment.
 ///

@@ -10,8 +10,10 @@
 //! Structs passed by pointer that may grow (`gqa_shape`, `gqa_options`,
 //! `gqa_cache`, `gqa_batch`, `gqa_new_kv`) start with `struct_size`, which the
 //! caller sets to `sizeof` of the struct it was compiled with; a size
-//! smaller than this version's is rejected, a larger one is read up to the
-//! fields this version knows.
+//! smaller than this version's is rejected (but for the sizes of earlier
+//! versions of a struct that grew, `gqa_options` without `unit` and
+//! `precision`, whose missing fields read as 0), a larger one is read up
+//! to the fields this version knows.
 //!
 //! The caller owns every buffer; pointers must be valid for the lengths
 //! given beside them (that, and that buffers written are not read or
@@ -39,7 +41,7 @@ use half::{bf16, f16};
 use crate::quant::{BlockQ8_0, Fp8, QK8_0};
 use crate::{
     Batch, Bias, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
-    KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
+    KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, Precision, RingKv, Shape, Tier, Unit,
 };
 use crate::{Blocks, BlocksMut};
 
@@ -70,6 +72,23 @@ pub const GQA_ERR_PANIC: i32 = 11;
 
 /// `gqa_options.tier`: let the library choose (`GQA_KERNELS_ISA` or the best).
 pub const GQA_TIER_AUTO: i32 = -1;
+
+/// `gqa_options.unit`: let the plan choose ([`crate::Options::unit`] `None`).
+pub const GQA_UNIT_AUTO: i32 = 0;
+/// `gqa_options.unit` and `gqa_plan_unit`: f32 FMA.
+pub const GQA_UNIT_F32_FMA: i32 = 1;
+/// AVX512-BF16 `vdpbf16ps`.
+pub const GQA_UNIT_BF16_DOT: i32 = 2;
+/// `vpdpbusd` (AVX512-VNNI, AVX-VNNI).
+pub const GQA_UNIT_INT8_DOT: i32 = 3;
+/// AMX `tdpbf16ps`.
+pub const GQA_UNIT_AMX_BF16: i32 = 4;
+/// AMX `tdpbssd`.
+pub const GQA_UNIT_AMX_INT8: i32 = 5;
+/// `gqa_options.precision`: [`crate::Precision::Exact`] (the default).
+pub const GQA_PRECISION_EXACT: i32 = 0;
+/// [`crate::Precision::Fast`].
+pub const GQA_PRECISION_FAST: i32 = 1;
 
 /// Cache layouts (`gqa_cache.layout`).
 pub const GQA_LAYOUT_STRIDED: i32 = 0;
@@ -131,6 +150,13 @@ pub struct gqa_options {
     pub window: usize,
     /// Logit softcap; 0 = none.
     pub softcap: f32,
+    /// `GQA_UNIT_AUTO` (0) or a `GQA_UNIT_…` code. Added after the
+    /// first version: a caller compiled without it passes a smaller
+    /// `struct_size` and gets the default.
+    pub unit: i32,
+    /// `GQA_PRECISION_EXACT` (0) or `GQA_PRECISION_FAST`. Added with
+    /// `unit`.
+    pub precision: i32,
 }
 
 /// One K or V buffer and its strides (in values). `data` is read by

@@ -80,7 +80,9 @@ pub unsafe extern "C" fn gqa_plan_create(
             None
         } else {
             // SAFETY: the caller's contract.
-            Some(unsafe { read_struct("options", options)? })
+            Some(unsafe {
+                read_struct_since("options", options, std::mem::offset_of!(gqa_options, unit))?
+            })
         };
         let sh = Shape::new(s.batch, s.heads, s.kv_heads, s.head_dim_k, Dtype::F32)
             .with_head_dims(s.head_dim_k, s.head_dim_v)
@@ -101,6 +103,8 @@ pub unsafe extern "C" fn gqa_plan_create(
             opts.threads = o.threads;
             opts.window = (o.window > 0).then_some(o.window);
             opts.softcap = (o.softcap != 0.0).then_some(o.softcap);
+            opts.unit = unit_of(o.unit)?;
+            opts.precision = precision_of(o.precision)?;
         }
         let plan = Plan::new(&sh, &opts)?;
         // SAFETY: `out` is non-null and valid for a write.
@@ -209,6 +213,35 @@ pub unsafe extern "C" fn gqa_plan_tier(plan: *const gqa_plan, out: *mut i32) -> 
         // SAFETY: the caller's contract.
         unsafe { put("out", out, tier_code(p.tier())) }
     })
+}
+
+/// The multiply-add unit of the plan's kernels (`GQA_UNIT_…`, never
+/// `GQA_UNIT_AUTO`).
+///
+/// # Safety
+/// `plan` is a live handle; `out` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn gqa_plan_unit(plan: *const gqa_plan, out: *mut i32) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let p = unsafe { plan_ref(plan)? };
+        // SAFETY: the caller's contract.
+        unsafe { put("out", out, unit_code(p.unit())) }
+    })
+}
+
+/// `"f32-fma"`, `"bf16-dot"`, `"int8-dot"`, `"amx-bf16"`, `"amx-int8"`,
+/// or NULL for `GQA_UNIT_AUTO` and unknown codes.
+#[no_mangle]
+pub extern "C" fn gqa_unit_name(unit: i32) -> *const c_char {
+    match unit_of(unit) {
+        Ok(Some(Unit::F32Fma)) => c"f32-fma".as_ptr(),
+        Ok(Some(Unit::Bf16Dot)) => c"bf16-dot".as_ptr(),
+        Ok(Some(Unit::Int8Dot)) => c"int8-dot".as_ptr(),
+        Ok(Some(Unit::AmxBf16)) => c"amx-bf16".as_ptr(),
+        Ok(Some(Unit::AmxInt8)) => c"amx-int8".as_ptr(),
+        _ => std::ptr::null(),
+    }
 }
 
 /// The name of the plan's kernel instance for one query token

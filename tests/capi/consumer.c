@@ -100,6 +100,34 @@ static int error_paths(void) {
         o.tier = GQA_TIER_AUTO;
         o.softcap = -1.0f;
         CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_INVALID_ARGUMENT);
+        o.softcap = 0.0f;
+        o.unit = 77;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(gqa_last_error(), "options.unit") != NULL);
+        o.unit = GQA_UNIT_AUTO;
+        o.precision = 5;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(gqa_last_error(), "options.precision") != NULL);
+        /* A caller compiled before `unit` and `precision` existed. */
+        o.precision = GQA_PRECISION_EXACT;
+        o.struct_size = offsetof(gqa_options, unit);
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_OK);
+        gqa_plan_destroy(p);
+        o.struct_size = offsetof(gqa_options, unit) - 1;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_STRUCT_SIZE);
+        /* f32 FMA forced; a unit without kernels for f32 K is refused. */
+        o.struct_size = sizeof o;
+        o.unit = GQA_UNIT_F32_FMA;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_OK);
+        {
+            int32_t u = 0;
+            CHECK(gqa_plan_unit(p, &u) == GQA_OK && u == GQA_UNIT_F32_FMA);
+            CHECK(strcmp(gqa_unit_name(u), "f32-fma") == 0);
+        }
+        gqa_plan_destroy(p);
+        o.unit = GQA_UNIT_BF16_DOT;
+        CHECK(gqa_plan_create(&s, &o, &p) == GQA_ERR_TYPE);
+        CHECK(gqa_unit_name(GQA_UNIT_AUTO) == NULL);
     }
     CHECK(gqa_plan_workspace_bytes(NULL, NULL) == GQA_ERR_NULL);
     CHECK(gqa_run(NULL, NULL, NULL, 0, NULL, 0, NULL, 0) == GQA_ERR_NULL);
