@@ -58,7 +58,7 @@ use gqa_kernels::{
     append, probe, Batch, Bias, Dtype, KvBuffer, KvCache, KvCacheMut, KvData, KvPages, KvTensor,
     KvTensorMut, NewKv, Options, PagedKv, Plan, RingKv, Shape, Tier,
 };
-use half::{bf16, f16};
+use half::f16;
 
 mod append;
 mod jobs;

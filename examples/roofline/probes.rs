@@ -245,10 +245,11 @@ pub(crate) fn print_probes(probes: &Probes, tier: Tier, json: bool) {
                     "FLOP"
                 },
                 r / fma,
-                if *u == Unit::AmxBf16 {
-                    "bf16 K and V kernels run on it"
-                } else {
-                    "no kernel uses it yet"
+                match u {
+                    Unit::AmxBf16 => "bf16 K and V kernels run on it",
+                    Unit::Bf16Dot => "bf16 K kernels run on it (bf16-dot)",
+                    Unit::Int8Dot => "int8 K kernels run on it (int8-dot)",
+                    _ => "no kernel uses it yet",
                 }
             );
         }

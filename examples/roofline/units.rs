@@ -23,20 +23,22 @@ struct Cfg {
     best: f64,
 }
 
-/// A shape's inputs: q, and K and V as f16 or bf16 bits, `[G, L, D]`.
+/// A shape's inputs: q, and K and V in the shape's type, `[G, L, D]`.
 struct Data {
     q: Vec<f32>,
-    k: Vec<u16>,
-    v: Vec<u16>,
+    k: KvBuffer,
+    v: KvBuffer,
     l: usize,
 }
 
 /// The section's shapes, at a quarter of their lengths with `--quick`.
-fn unit_shapes() -> [UnitShape; 5] {
+fn unit_shapes() -> [UnitShape; 7] {
     // (model, H, G, Dk, Dv, K and V type, q_len, L)
     [
         ("Falcon-7B", 71, 1, 64, 64, Dtype::Bf16, 1, 32768),
         ("Falcon-7B", 71, 1, 64, 64, Dtype::F16, 1, 32768),
+        ("Falcon-7B", 71, 1, 64, 64, Dtype::Int8, 1, 32768),
+        ("Llama-3-8B", 32, 8, 128, 128, Dtype::Int8, 4, 32768),
         ("Llama-3-8B", 32, 8, 128, 128, Dtype::Bf16, 1, 32768),
         ("Llama-3-8B", 32, 8, 128, 128, Dtype::Bf16, 4, 32768),
         ("MLA-size", 128, 1, 576, 512, Dtype::Bf16, 1, 8192),
@@ -67,18 +69,8 @@ pub(crate) fn units_report(tier: Tier, args: &Args, probes: &Probes) {
     for _ in 0..rounds {
         for c in cfgs.iter_mut() {
             let (d, u) = (&data[c.shape_i], &shapes[c.shape_i]);
-            let (k, v): (KvData<'_>, KvData<'_>) = match u.dtype {
-                Dtype::Bf16 => (
-                    bytemuck::cast_slice::<u16, bf16>(&d.k).into(),
-                    bytemuck::cast_slice::<u16, bf16>(&d.v).into(),
-                ),
-                _ => (
-                    bytemuck::cast_slice::<u16, f16>(&d.k).into(),
-                    bytemuck::cast_slice::<u16, f16>(&d.v).into(),
-                ),
-            };
-            let kt = KvTensor::bgld(k, d.l, u.g, u.dk);
-            let vt = KvTensor::bgld(v, d.l, u.g, u.dv);
+            let kt = KvTensor::bgld(d.k.data(), d.l, u.g, u.dk);
+            let vt = KvTensor::bgld(d.v.data(), d.l, u.g, u.dv);
             let mut out = vec![0f32; c.shape.out_elems()];
             let t = Instant::now();
             c.plan
@@ -110,25 +102,23 @@ fn unit_rows(tier: Tier, shapes: &[UnitShape], div: usize) -> (Vec<Data>, Vec<Cf
             .with_head_dims(u.dk, u.dv)
             .with_q_len(u.q_len)
             .with_max_kv_len(l);
-        let bits = |x: f32| match u.dtype {
-            Dtype::Bf16 => bf16::from_f32(x).to_bits(),
-            _ => f16::from_f32(x).to_bits(),
-        };
+        let q: Vec<f32> = (0..shape.q_elems()).map(|_| next()).collect();
+        let k: Vec<f32> = (0..l * u.g * u.dk).map(|_| next()).collect();
+        let v: Vec<f32> = (0..l * u.g * u.dv).map(|_| next()).collect();
         data.push(Data {
-            q: (0..shape.q_elems()).map(|_| next()).collect(),
-            k: (0..l * u.g * u.dk).map(|_| bits(next())).collect(),
-            v: (0..l * u.g * u.dv).map(|_| bits(next())).collect(),
+            q,
+            k: KvBuffer::from_f32(u.dtype, &k, u.dk).expect("units: K buffer"),
+            v: KvBuffer::from_f32(u.dtype, &v, u.dv).expect("units: V buffer"),
             l,
         });
         let mut kinds = vec![(Unit::F32Fma, Precision::Exact)];
-        if Unit::AmxBf16.runs(tier, u.dtype, u.dtype) {
-            match Unit::AmxBf16.unavailable_reason() {
-                None => kinds.extend([
-                    (Unit::AmxBf16, Precision::Exact),
-                    (Unit::AmxBf16, Precision::Fast),
-                ]),
-                Some(why) if i == 0 => eprintln!("units: amx-bf16 skipped: {why}"),
-                Some(_) => {}
+        for unit in [Unit::AmxBf16, Unit::Bf16Dot, Unit::Int8Dot] {
+            if !unit.runs(tier, u.dtype, u.dtype) {
+                continue;
+            }
+            match unit.unavailable_on(tier) {
+                None => kinds.extend([(unit, Precision::Exact), (unit, Precision::Fast)]),
+                Some(why) => eprintln!("units: {} skipped on {}: {why}", unit.name(), u.model),
             }
         }
         for (unit, precision) in kinds {
