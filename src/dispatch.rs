@@ -256,27 +256,22 @@ macro_rules! dot_kernels {
     };
     (@v $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty) => {
         [
-            KernelEntry {
-                name: concat!("decode_k", $kn, "_v", $vn, "_", $un, "_exact__", stringify!($tier)),
-                tier: dot_kernels!(@tier $tier),
-                k: Dtype::$k,
-                v: Dtype::$v,
-                dk: 0,
-                dv: 0,
-                rows: 0,
-                f: crate::arch::x86_64::dot::$f::<$vt, true>,
-            },
-            KernelEntry {
-                name: concat!("decode_k", $kn, "_v", $vn, "_", $un, "_fast__", stringify!($tier)),
-                tier: dot_kernels!(@tier $tier),
-                k: Dtype::$k,
-                v: Dtype::$v,
-                dk: 0,
-                dv: 0,
-                rows: 0,
-                f: crate::arch::x86_64::dot::$f::<$vt, false>,
-            },
+            dot_kernels!(@e $tier $k $f $kn $un, $v $vn $vt, "_exact__", true),
+            dot_kernels!(@e $tier $k $f $kn $un, $v $vn $vt, "_fast__", false),
         ]
+    };
+    (@e $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty,
+     $class:literal, $exact:literal) => {
+        KernelEntry {
+            name: concat!("decode_k", $kn, "_v", $vn, "_", $un, $class, stringify!($tier)),
+            tier: dot_kernels!(@tier $tier),
+            k: Dtype::$k,
+            v: Dtype::$v,
+            dk: 0,
+            dv: 0,
+            rows: 0,
+            f: crate::arch::x86_64::dot::$f::<$vt, $exact>,
+        }
     };
     (@tier avx512) => { Tier::Avx512 };
     (@tier avx2) => { Tier::Avx2 };
