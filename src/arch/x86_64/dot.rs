@@ -3,11 +3,14 @@
 //! AVX-VNNI on the `avx2` tier) for int8 K caches, with the query
 //! quantized to int8.
 //!
-//! **Scores.** One register per position of the 16-position block holds
-//! the lane-wise partial dot products of one query row; the K vector of
-//! each position is loaded in place from the cache (L1 after the block's
-//! first row) and multiplied with the row's packed query; the 16 partial
-//! vectors are reduced by the tier's transpose-and-add tree.
+//! **Scores.** Lanes run over positions: each block's K is transposed in
+//! L1 into pairs (bf16) or quadruples (int8) by position, and each query
+//! row's pair or quadruple is broadcast against them, so a row's 16 scores
+//! accumulate in one register without a horizontal sum (up to [`ROWS`]
+//! rows share each K vector). The row tiles take their row count as a
+//! const parameter, one instance per count: with a run-time count LLVM
+//! kept the accumulators on the stack (a `memcpy` and a load and store
+//! around each dot product).
 //!
 //! - `bf16-dot`: `Fast` rounds q to bf16 (2⁻⁸ relative); `Exact` splits
 //!   each f32 q value into bf16 `hi + mid + lo` (all 24 significant bits),
@@ -212,25 +215,16 @@ impl<const EXACT: bool> DotUnit<Avx512> for Bf16Dot<EXACT> {
             while i0 < rows {
                 let nr = (rows - i0).min(ROWS);
                 let qt = tiles.add(i0 * Self::PARTS * words);
-                let mut acc = [_mm512_setzero_ps(); ROWS];
-                for t in 0..pairs {
-                    let kv =
-                        core::mem::transmute::<__m512, __m512bh>(_mm512_load_ps(kp.add(t * 16)));
-                    let qw = qt.add(t * ROWS * Self::PARTS);
-                    for r in 0..ROWS {
-                        if r < nr {
-                            for p in 0..Self::PARTS {
-                                let q = qw.add(r * Self::PARTS + p);
-                                let w = _mm512_set1_epi32(q.cast::<i32>().read());
-                                let w = core::mem::transmute::<__m512i, __m512bh>(w);
-                                acc[r] = _mm512_dpbf16_ps(acc[r], w, kv);
-                            }
+                let out = sbuf.add(i0 * BLOCK);
+                macro_rules! tile {
+                    ($($n:literal)*) => {
+                        match nr {
+                            $($n => bf16_scores::<$n, EXACT>(qt, kp, pairs, out),)*
+                            _ => unreachable!(),
                         }
-                    }
+                    };
                 }
-                for r in 0..nr {
-                    _mm512_storeu_ps(sbuf.add((i0 + r) * BLOCK), acc[r]);
-                }
+                tile!(1 2 3 4 5 6 7 8);
                 i0 += nr;
             }
         }
@@ -275,34 +269,132 @@ impl<const EXACT: bool> DotUnit<Avx512> for Bf16Dot<EXACT> {
                 let mut d0 = 0;
                 while d0 < vt {
                     let nd = (vt - d0).min(4);
-                    let mut a = [[_mm512_setzero_ps(); 4]; 4];
-                    for r in 0..nr {
-                        for d in 0..nd {
-                            a[r][d] = _mm512_loadu_ps(acc.add((i0 + r) * dvp + (d0 + d) * 16));
-                        }
-                    }
-                    for p in 0..pairs {
-                        let mut vv = [_mm512_setzero_ps(); 4];
-                        for d in 0..nd {
-                            vv[d] = _mm512_loadu_ps(work.add(p * dv32 + (d0 + d) * 16));
-                        }
-                        for r in 0..nr {
-                            let w = _mm512_set1_epi32(pw[r][p] as i32);
-                            let w = core::mem::transmute::<__m512i, __m512bh>(w);
-                            for d in 0..nd {
-                                let x = core::mem::transmute::<__m512, __m512bh>(vv[d]);
-                                a[r][d] = _mm512_dpbf16_ps(a[r][d], w, x);
+                    let (w, a) = (work.add(d0 * 16), acc.add(i0 * dvp + d0 * 16));
+                    macro_rules! tile {
+                        ($(($r:literal, $d:literal))*) => {
+                            match (nr, nd) {
+                                $(($r, $d) => bf16_pv::<$r, $d>(&pw, pairs, w, dv32, a, dvp),)*
+                                _ => unreachable!(),
                             }
-                        }
+                        };
                     }
-                    for r in 0..nr {
-                        for d in 0..nd {
-                            _mm512_storeu_ps(acc.add((i0 + r) * dvp + (d0 + d) * 16), a[r][d]);
-                        }
-                    }
+                    tile!(
+                        (1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(
+                            4, 1
+                        )(4, 2)(4, 3)(4, 4)
+                    );
                     d0 += nd;
                 }
                 i0 += nr;
+            }
+        }
+    }
+}
+
+/// The scores of `NR` query rows of a tile (`qt`, as `interleave` laid
+/// them out) against the block's K pairs (`kp`, pair `t` of the 16
+/// positions at vector `t`), into rows `BLOCK` f32 apart at `out`. Two
+/// accumulators per row (even and odd pairs) keep enough products in
+/// flight to cover `vdpbf16ps`' latency.
+///
+/// # Safety
+/// Under avx512bf16; `qt` holds `pairs` words of `ROWS` rows and
+/// `Bf16Dot::<EXACT>::PARTS` parts, `kp` `pairs` vectors, `out` `NR` rows.
+#[inline(always)]
+unsafe fn bf16_scores<const NR: usize, const EXACT: bool>(
+    qt: *const f32,
+    kp: *const f32,
+    pairs: usize,
+    out: *mut f32,
+) {
+    let parts = Bf16Dot::<EXACT>::PARTS;
+    // SAFETY: the reads stay inside the regions above.
+    unsafe {
+        // Macros, not closures: the intrinsics must inline into the
+        // caller's target features.
+        macro_rules! dot {
+            ($acc:expr, $q:expr, $k:expr) => {{
+                let w = _mm512_set1_epi32($q.cast::<i32>().read());
+                _mm512_dpbf16_ps($acc, core::mem::transmute::<__m512i, __m512bh>(w), $k)
+            }};
+        }
+        macro_rules! kv {
+            ($t:expr) => {
+                core::mem::transmute::<__m512, __m512bh>(_mm512_load_ps(kp.add($t * 16)))
+            };
+        }
+        let mut a0 = [_mm512_setzero_ps(); NR];
+        let mut a1 = [_mm512_setzero_ps(); NR];
+        let mut t = 0;
+        while t + 1 < pairs {
+            let (k0, k1) = (kv!(t), kv!(t + 1));
+            let q0 = qt.add(t * ROWS * parts);
+            let q1 = q0.add(ROWS * parts);
+            for r in 0..NR {
+                for p in 0..parts {
+                    a0[r] = dot!(a0[r], q0.add(r * parts + p), k0);
+                    a1[r] = dot!(a1[r], q1.add(r * parts + p), k1);
+                }
+            }
+            t += 2;
+        }
+        if t < pairs {
+            let k0 = kv!(t);
+            let q0 = qt.add(t * ROWS * parts);
+            for r in 0..NR {
+                for p in 0..parts {
+                    a0[r] = dot!(a0[r], q0.add(r * parts + p), k0);
+                }
+            }
+        }
+        for r in 0..NR {
+            _mm512_storeu_ps(out.add(r * BLOCK), _mm512_add_ps(a0[r], a1[r]));
+        }
+    }
+}
+
+/// `P·V` of `NR` rows (weights `pw`, bf16 pairs of consecutive
+/// positions) and `ND` vectors of `Dv` (V pairs at `w`, pair `p` at `p ·
+/// dv32`), added to the rows at `acc` (`dvp` f32 apart), accumulators in
+/// registers.
+///
+/// # Safety
+/// Under avx512bf16; `w` holds `pairs` pair rows of `ND` vectors, `acc`
+/// `NR` rows of `ND` vectors.
+#[inline(always)]
+unsafe fn bf16_pv<const NR: usize, const ND: usize>(
+    pw: &[[u32; 8]; 4],
+    pairs: usize,
+    w: *const f32,
+    dv32: usize,
+    acc: *mut f32,
+    dvp: usize,
+) {
+    // SAFETY: the reads and writes stay inside the regions above.
+    unsafe {
+        let mut a = [[_mm512_setzero_ps(); ND]; NR];
+        for r in 0..NR {
+            for d in 0..ND {
+                a[r][d] = _mm512_loadu_ps(acc.add(r * dvp + d * 16));
+            }
+        }
+        for p in 0..pairs {
+            let mut vv = [_mm512_setzero_ps(); ND];
+            for d in 0..ND {
+                vv[d] = _mm512_loadu_ps(w.add(p * dv32 + d * 16));
+            }
+            for r in 0..NR {
+                let x = _mm512_set1_epi32(pw[r][p] as i32);
+                let x = core::mem::transmute::<__m512i, __m512bh>(x);
+                for d in 0..ND {
+                    let v = core::mem::transmute::<__m512, __m512bh>(vv[d]);
+                    a[r][d] = _mm512_dpbf16_ps(a[r][d], x, v);
+                }
+            }
+        }
+        for r in 0..NR {
+            for d in 0..ND {
+                _mm512_storeu_ps(acc.add(r * dvp + d * 16), a[r][d]);
             }
         }
     }
@@ -666,33 +758,64 @@ impl<S: ByteDot, const EXACT: bool> DotUnit<S> for Int8Dot<EXACT> {
                         i0 += nr;
                         continue;
                     }
-                    let neg = S::load_i(w);
                     let qt = tiles.add(i0 * Self::PARTS * kc * l);
-                    let mut acc = [[neg; 3]; ROWS];
-                    for t in 0..quads {
-                        let kv = S::load_i(w.add((1 + t) * l));
-                        let qw = qt.add(t * rt * Self::PARTS);
-                        for r in 0..ROWS {
-                            if r < nr {
-                                for p in 0..Self::PARTS {
-                                    let q = qw.add(r * Self::PARTS + p);
-                                    acc[r][p] = S::dpbusd(acc[r][p], S::bcast32(q), kv);
-                                }
+                    let st = steps.add(i0 * Self::PARTS);
+                    let out = sbuf.add(i0 * BLOCK + h);
+                    macro_rules! tile {
+                        ($($n:literal)*) => {
+                            match nr {
+                                $($n => int8_scores::<S, $n, EXACT>(qt, rt, w, quads, st, out),)*
+                                _ => unreachable!(),
                             }
-                        }
+                        };
                     }
-                    for r in 0..nr {
-                        let mut sv = S::zero();
-                        for p in 0..Self::PARTS {
-                            let step = *steps.add((i0 + r) * Self::PARTS + p);
-                            sv = S::fma(S::to_f32(acc[r][p]), S::splat(step), sv);
-                        }
-                        S::store(sbuf.add((i0 + r) * BLOCK + h), sv);
-                    }
+                    tile!(1 2 3 4 5 6 7 8);
                     i0 += nr;
                 }
                 h += l;
             }
+        }
+    }
+}
+
+/// The scores of `NR` query rows of a tile of `rt` rows (`qt`, as
+/// `interleave` laid them out; their parts' steps at `st`) against a
+/// group of `LANES` positions (`w`: the correction vector, then
+/// quadruple `t` of every position at vector `1 + t`), into rows `BLOCK`
+/// f32 apart at `out`; accumulators in registers.
+///
+/// # Safety
+/// Under the unit's features; the regions as `Int8Dot::scores` sets them.
+#[inline(always)]
+unsafe fn int8_scores<S: ByteDot, const NR: usize, const EXACT: bool>(
+    qt: *const f32,
+    rt: usize,
+    w: *const f32,
+    quads: usize,
+    st: *const f32,
+    out: *mut f32,
+) {
+    let parts = Int8Dot::<EXACT>::PARTS;
+    let l = S::LANES;
+    // SAFETY: the reads and writes stay inside the regions above.
+    unsafe {
+        let neg = S::load_i(w);
+        let mut acc = [[neg; 3]; NR];
+        for t in 0..quads {
+            let kv = S::load_i(w.add((1 + t) * l));
+            let qw = qt.add(t * rt * parts);
+            for r in 0..NR {
+                for p in 0..parts {
+                    acc[r][p] = S::dpbusd(acc[r][p], S::bcast32(qw.add(r * parts + p)), kv);
+                }
+            }
+        }
+        for r in 0..NR {
+            let mut sv = S::zero();
+            for p in 0..parts {
+                sv = S::fma(S::to_f32(acc[r][p]), S::splat(*st.add(r * parts + p)), sv);
+            }
+            S::store(out.add(r * BLOCK), sv);
         }
     }
 }
