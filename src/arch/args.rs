@@ -193,21 +193,38 @@ impl Ahead {
 }
 
 /// Bytes ahead of its reads that each head-major K or V stream hints into
-/// L2 by default ([`crate::Plan::stream_prefetch`]; 0: none). On the
-/// 2-core Intel Xeon VM (Sapphire Rapids class), Llama-3-8B f16
-/// `[B, G, L, D]`, L 32768, cold: the hardware prefetcher alone read
-/// 8.3 GB/s with 1 thread and 16.4 with 2; hinting 8 to 128 KiB ahead,
-/// 11.7-12.2 and 22.3-22.5 GB/s, flat across that range (f32 and D = 256
-/// the same), so 32 KiB. Other CPUs are left to their hardware prefetcher
-/// until measured: on the AMD Zen 4 VM head-major caches read at least as
-/// fast as token-major ones with software prefetch.
-pub(crate) fn stream_prefetch_bytes() -> usize {
+/// L2 by default ([`crate::Plan::stream_prefetch`]; 0: none), for a step
+/// whose KV heads each serve `rows` query rows (group size × query
+/// tokens) and whose wider K or V row takes `row_bytes`.
+///
+/// - Intel: on the 2-core Intel Xeon VM (Sapphire Rapids class),
+///   Llama-3-8B f16 `[B, G, L, D]`, L 32768, cold: the hardware
+///   prefetcher alone read 8.3 GB/s with 1 thread and 16.4 with 2;
+///   hinting 8 to 128 KiB ahead, 11.7-12.2 and 22.3-22.5 GB/s, flat
+///   across that range (f32 and D = 256 the same), so 32 KiB.
+/// - AMD family 0x1A (Zen 5; the 2-core EPYC VM), 1 thread, L 32768,
+///   cold, hinting 32 KiB ahead vs none: r = 4, D = 128 bf16 9.2 ->
+///   4.9 ms, int8 9.3 -> 3.8 ms, f32 D = 64 13.2 -> 6.1 ms; r = 8 bf16
+///   11.3 -> 7.9 ms; r = 2 f16 flat (4.5 -> 4.3 ms). But with one row
+///   per head (r = 1, bf16 D = 128: 3.6 -> 4.5 ms) and with 512-byte rows
+///   (bf16 D = 256, r = 4: 13.0 -> 17.0 ms; f32 D = 128 flat) the hints
+///   cost more than they bring, so there they are off.
+/// - Others (Zen 4 among them) are left to their hardware prefetcher
+///   until measured: on the AMD Zen 4 VM head-major caches read at least
+///   as fast as token-major ones with software prefetch.
+pub(crate) fn stream_prefetch_bytes(rows: usize, row_bytes: usize) -> usize {
     // Miri cannot run `cpuid` (inline assembly), and a prefetch changes
     // no result.
     #[cfg(all(target_arch = "x86_64", not(miri)))]
-    if super::x86_64::intel() {
-        return 32 << 10;
+    {
+        if super::x86_64::intel() {
+            return 32 << 10;
+        }
+        if super::x86_64::amd_zen5_or_later() && rows >= 2 && row_bytes <= 256 {
+            return 32 << 10;
+        }
     }
+    let _ = (rows, row_bytes);
     0
 }
 

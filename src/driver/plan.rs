@@ -588,13 +588,13 @@ fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
     if tier == Tier::Scalar {
         return 0;
     }
-    let bytes = crate::arch::stream_prefetch_bytes();
-    if bytes == 0 {
-        return 0;
-    }
     let row = (shape.k_dtype.row_bytes(shape.head_dim_k))
         .max(shape.v_dtype.row_bytes(shape.head_dim_v))
         .max(1);
+    let bytes = crate::arch::stream_prefetch_bytes(shape.rows(), row);
+    if bytes == 0 {
+        return 0;
+    }
     (bytes / row).clamp(crate::arch::BLOCK, CHUNK)
 }
 
