@@ -117,6 +117,15 @@ pub fn active_tier() -> Result<Tier> {
         .clone()
 }
 
+/// Whether the CPU has AMX tiles (AMX-TILE and AMX-BF16), whether or not
+/// this process may use them.
+pub(crate) fn cpu_has_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::arch::x86_64::amx::cpu_has_tiles();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 impl Unit {
     /// Whether this process can use the unit; for AMX that includes the
     /// operating system's permission (see [`Unit::unavailable_reason`]).

@@ -163,10 +163,37 @@ fn forced_units_without_kernels_or_hardware() {
     assert_eq!(p.unit(), Unit::F32Fma);
     let p = Plan::new(&Shape::new(1, 4, 1, 64, Dtype::Bf16), &Options::default()).unwrap();
     assert_eq!(p.unit(), Unit::F32Fma);
-    // The dot-product units are never chosen by the plan (measured slower
-    // or no faster on the hosts we have; see the README's Units section).
+    // int8-dot is never chosen by the plan (no faster on the hosts we
+    // have; see the README's Units section).
     let p = Plan::new(&i8s, &Options::default()).unwrap();
     assert_eq!(p.unit(), Unit::F32Fma);
+    // bf16 K and V with 8 or more rows: AMX where the process may use it,
+    // else bf16-dot only when `Fast` is asked for on a CPU without AMX.
+    let rows8 = Shape::new(1, 8, 1, 64, Dtype::Bf16);
+    let exact = Plan::new(&rows8, &Options::default()).unwrap();
+    let fast = Plan::new(&rows8, &Options::default().with_precision(Precision::Fast)).unwrap();
+    let below = Plan::new(
+        &Shape::new(1, 7, 1, 64, Dtype::Bf16),
+        &Options::default().with_precision(Precision::Fast),
+    )
+    .unwrap();
+    assert_eq!(below.unit(), Unit::F32Fma);
+    #[cfg(target_arch = "x86_64")]
+    // CPUID leaf 7 EDX: AMX-BF16 (bit 22) and AMX-TILE (bit 24).
+    let amx_cpu = {
+        let edx = core::arch::x86_64::__cpuid_count(7, 0).edx;
+        (edx >> 22) & 1 == 1 && (edx >> 24) & 1 == 1
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let amx_cpu = false;
+    let avx512 = exact.tier() == Tier::Avx512;
+    if avx512 && Unit::AmxBf16.is_available() {
+        assert_eq!((exact.unit(), fast.unit()), (Unit::AmxBf16, Unit::AmxBf16));
+    } else if avx512 && Unit::Bf16Dot.is_available() && !amx_cpu {
+        assert_eq!((exact.unit(), fast.unit()), (Unit::F32Fma, Unit::Bf16Dot));
+    } else {
+        assert_eq!((exact.unit(), fast.unit()), (Unit::F32Fma, Unit::F32Fma));
+    }
 }
 
 struct Bufs {

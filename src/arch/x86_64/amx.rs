@@ -70,7 +70,7 @@ pub(crate) fn status() -> Result<(), &'static str> {
 }
 
 /// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
-fn cpu_has_tiles() -> bool {
+pub(crate) fn cpu_has_tiles() -> bool {
     let max = __cpuid(0).eax;
     max >= 7 && {
         let l7 = __cpuid_count(7, 0);
