@@ -252,9 +252,19 @@ fn entry(
             "dk: 0, dv: 0, rows: 0".to_string(),
         ),
     };
+    // The specialised instances stay out of the library's unit-test build
+    // (`cfg(test)`): its tests exercise the tiers' primitives, not the
+    // table, and compiling every instance a second time for it doubled
+    // the README test's build on two cores. The integration tests link the
+    // library as users do, with every instance.
+    let only = if dims.is_some() {
+        "#[cfg(not(test))] "
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "    KernelEntry {{ name: \"{nm}\", tier: {}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
+        "    {only}KernelEntry {{ name: \"{nm}\", tier: {}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
         tier_variant(tier)
     )
     .unwrap();

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-#[cfg(not(feature = "generic-only"))]
+#[cfg(not(any(test, feature = "generic-only")))]
 use crate::arch::Fixed;
 use crate::arch::{Dynamic, KernelFn};
 use crate::error::{Error, Result};
@@ -201,7 +201,7 @@ pub(crate) struct KernelEntry {
 
 mod generated {
     #![allow(clippy::all)]
-    #[cfg(not(feature = "generic-only"))]
+    #[cfg(not(any(test, feature = "generic-only")))]
     use super::Fixed;
     use super::{Dtype, Dynamic, KernelEntry, Tier};
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

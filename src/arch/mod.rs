@@ -346,7 +346,7 @@ pub(crate) trait Dims: Copy + 'static {
 
 /// Compile-time dimensions: `R` query rows, head dims `DK` and `DV`.
 #[derive(Clone, Copy)]
-#[cfg_attr(feature = "generic-only", allow(dead_code))]
+#[cfg_attr(any(test, feature = "generic-only"), allow(dead_code))]
 pub(crate) struct Fixed<const R: usize, const DK: usize, const DV: usize>;
 
 impl<const R: usize, const DK: usize, const DV: usize> Dims for Fixed<R, DK, DV> {
