@@ -166,6 +166,13 @@ impl Plan {
 
     /// Merges the split states of every (sequence, KV head) in split order
     /// and writes `out` and `lse` (lengths checked by the caller).
+    ///
+    /// Rows go in chunks of [`MERGE_ROWS`] and, within a chunk, the splits
+    /// in the outer loop: each split's accumulator rows are read once, in
+    /// address order. Row by row with the splits inside, every read jumped
+    /// a whole state ahead (18 KiB for Falcon-7B's 71 rows), missed the
+    /// caches' prefetchers and took 4-5 % of a 64-split step. The sums run
+    /// in split order either way, so the result is bitwise the same.
     fn finish_states(
         &self,
         batch: &Batch<'_>,
@@ -188,59 +195,80 @@ impl Plan {
                     let (l, acc) = rest.split_at(pad(rows));
                     (m, l, acc)
                 };
-                for t in 0..tq {
-                    for i in 0..r {
-                        let row = t * r + i;
-                        let o = (tok0 + t) * s.heads + g * r + i;
-                        let dst = &mut out[o * dv..][..dv];
-                        // Largest running max of the splits that saw a
-                        // position (log2 domain).
+                // Output row of state row `row` (token-major rows).
+                let orow = |row: usize| (tok0 + row / r) * s.heads + g * r + row % r;
+                let used = tq * r;
+                let mut c0 = 0;
+                while c0 < used {
+                    let n = (used - c0).min(MERGE_ROWS);
+                    // Per row of the chunk: the largest running max of the
+                    // splits that saw a position (log2 domain), and the
+                    // softmax denominator.
+                    let mut mx = [f32::NEG_INFINITY; MERGE_ROWS];
+                    let mut total = [0f32; MERGE_ROWS];
+                    for (c, mxc) in mx[..n].iter_mut().enumerate() {
+                        let row = c0 + c;
                         // An attention sink joins once, as a state of
-                        // weight 1 at its logit and no value.
-                        // Below the logit floor a sink counts as the floor
-                        // (its product with log2 e would overflow).
-                        let sink = self
-                            .sinks
-                            .as_ref()
-                            .map(|sk| sk[g * r + i].max(LOGIT_FLOOR) * LOG2_E);
-                        let mut mx = sink.unwrap_or(f32::NEG_INFINITY);
+                        // weight 1 at its logit and no value. Below the
+                        // logit floor a sink counts as the floor (its
+                        // product with log2 e would overflow).
+                        if let Some(sk) = &self.sinks {
+                            *mxc = sk[g * r + row % r].max(LOGIT_FLOOR) * LOG2_E;
+                        }
                         for sp in 0..self.splits {
                             let (m, l, _) = state(sp);
                             if l[row] > 0.0 {
-                                mx = mx.max(m[row]);
+                                *mxc = mxc.max(m[row]);
                             }
                         }
-                        let mut total = sink.map_or(0.0, |sk| (sk - mx).exp2());
-                        dst.fill(0.0);
-                        if mx > f32::NEG_INFINITY {
-                            for sp in 0..self.splits {
-                                let (m, l, acc) = state(sp);
-                                if l[row] > 0.0 {
-                                    let w = (m[row] - mx).exp2();
-                                    total += l[row] * w;
-                                    for (d, a) in dst.iter_mut().zip(&acc[row * dvp..][..dv]) {
-                                        *d += a * w;
-                                    }
+                    }
+                    for c in 0..n {
+                        let row = c0 + c;
+                        total[c] = self.sinks.as_ref().map_or(0.0, |sk| {
+                            (sk[g * r + row % r].max(LOGIT_FLOOR) * LOG2_E - mx[c]).exp2()
+                        });
+                        out[orow(row) * dv..][..dv].fill(0.0);
+                    }
+                    for sp in 0..self.splits {
+                        let (m, l, acc) = state(sp);
+                        for c in 0..n {
+                            let row = c0 + c;
+                            if mx[c] > f32::NEG_INFINITY && l[row] > 0.0 {
+                                let w = (m[row] - mx[c]).exp2();
+                                total[c] += l[row] * w;
+                                let dst = &mut out[orow(row) * dv..][..dv];
+                                for (d, a) in dst.iter_mut().zip(&acc[row * dvp..][..dv]) {
+                                    *d += a * w;
                                 }
                             }
-                            let inv = vf / total;
-                            for d in dst.iter_mut() {
+                        }
+                    }
+                    for c in 0..n {
+                        let o = orow(c0 + c);
+                        if mx[c] > f32::NEG_INFINITY {
+                            let inv = vf / total[c];
+                            for d in out[o * dv..][..dv].iter_mut() {
                                 *d *= inv;
                             }
                         }
                         if let Some(lse) = lse.as_deref_mut() {
-                            lse[o] = if total > 0.0 {
-                                (mx + total.log2()) * std::f32::consts::LN_2
+                            lse[o] = if total[c] > 0.0 {
+                                (mx[c] + total[c].log2()) * std::f32::consts::LN_2
                             } else {
                                 f32::NEG_INFINITY
                             };
                         }
                     }
+                    c0 += n;
                 }
             }
         }
     }
 }
+
+/// State rows [`Plan::finish_states`] merges together (two f32 arrays of
+/// this length on the stack).
+const MERGE_ROWS: usize = 128;
 
 /// A host-driven step: the item states of one batch, to be filled by
 /// [`Part::run`] on any threads and merged by [`Step::finish`].
