@@ -78,6 +78,9 @@ pub(crate) fn scratch_len_unit<S: Simd, U: DotUnit<S>>(rows: usize, dk: usize, d
 /// Runs one chunk on unit `U` of tier `S`, V elements of type `V`. See
 /// [`ChunkArgs`] for the preconditions, with `scratch` at least
 /// [`scratch_len_unit`] f32 and the CPU supporting the unit's features.
+///
+/// About 100 lines for the reason [`decode_chunk`](super::decode_chunk)
+/// gives: the block loop and the scratch layout its phases share.
 #[inline(always)]
 pub(crate) unsafe fn decode_unit<S: Simd, U: DotUnit<S>, V: Elem>(a: &ChunkArgs) {
     let (rows, dk, dv) = (a.rows, a.dk, a.dv);
