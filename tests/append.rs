@@ -291,6 +291,11 @@ fn target<'a>(
 /// Appends random ragged chunks until every sequence reaches its length,
 /// then checks every resident row bit for bit and that nothing else was
 /// written.
+///
+/// Long on purpose: the draws (shape, layout, capacities, chunks) and the
+/// checks use the same seeded sequence and the same locals; split, each
+/// part would take a dozen arguments and the order of draws would be
+/// harder to see.
 fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
     let mut rng = Rng(seed | 1);
     let b = 1 + rng.below(3);
@@ -552,6 +557,11 @@ fn setup() -> (Vec<f16>, Vec<f16>, Vec<f32>) {
     )
 }
 
+/// Every bad argument of `append` is an error and the cache is untouched.
+///
+/// Long on purpose: a list of cases, not a procedure. Each bad input is
+/// a few lines (the call, the error it must give, and that nothing was
+/// written), so the function is as long as the list.
 #[test]
 fn bad_input_is_rejected_before_any_write() {
     let (mut k, mut v, src) = setup();

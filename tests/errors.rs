@@ -214,6 +214,11 @@ fn bufs(s: &Shape, max_len: usize) -> Bufs {
     }
 }
 
+/// Every argument of a run that disagrees with the plan is a typed error.
+///
+/// Long on purpose: a list of cases, not a procedure. Each bad argument
+/// is a few lines (the call and the error it must give), so the function
+/// is as long as the list.
 #[test]
 fn run_arguments_are_checked_against_the_plan() {
     let s = Shape::new(2, 4, 2, 16, Dtype::F16);

@@ -400,6 +400,10 @@ fn every_tier_matches_the_reference_on_each_layout() {
 /// Through the C ABI: a q4_1 K and an iq4_nl V cache as raw bytes (at an
 /// odd address) give what the Rust API gives, bit for bit; a `len` that
 /// is not whole blocks is an invalid argument.
+///
+/// Long on purpose: the C structs are filled field by field, as a C host
+/// writes them, before the calls; folded into helpers, the test would no
+/// longer show what a host passes.
 #[test]
 fn the_c_abi_reads_block_formats_as_bytes() {
     use gqa_kernels::capi::*;

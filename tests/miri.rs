@@ -56,6 +56,12 @@ fn merge_states_of_two_ranges() {
     assert!(out[0] < 0.5 && out[0] > -0.25);
 }
 
+/// One step through the C ABI under Miri: plan, run, the host-driven
+/// items, merge.
+///
+/// Long on purpose: the C structs are filled field by field, as a C host
+/// writes them, before the calls; folded into helpers, the test would no
+/// longer show what a host passes.
 #[test]
 fn the_c_abi_on_a_tiny_step() {
     use gqa_kernels::capi::*;

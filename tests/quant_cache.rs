@@ -337,6 +337,10 @@ impl Small {
 
 /// Append into a quantized cache: every bad input is rejected before
 /// anything is written.
+///
+/// Long on purpose: a list of cases, not a procedure. Each bad input is
+/// a few lines (the call, the error it must give, and that nothing was
+/// written), so the function is as long as the list.
 #[test]
 fn append_bad_input_for_quantized_caches() {
     let (g, d, cap) = (2usize, 32usize, 3usize);

@@ -487,6 +487,12 @@ fn t5_sharded_with_index() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every bad input exits non-zero with a message and leaves the directory
+/// as it was.
+///
+/// Long on purpose: a list of cases, not a procedure. Each bad input is
+/// a few lines (the call, the error it must give, and that nothing was
+/// written), so the function is as long as the list.
 #[test]
 fn bad_input_exits_non_zero_and_leaves_nothing() {
     let dir = tmpdir("errors");

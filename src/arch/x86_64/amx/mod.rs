@@ -303,9 +303,9 @@ pub(super) unsafe fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
-/// Mask of the first `n` of 32 lanes.
+/// Mask of the first `n` of 32 lanes (the dot-product units use it too).
 #[inline(always)]
-fn mask32(n: usize) -> u32 {
+pub(super) fn mask32(n: usize) -> u32 {
     if n >= 32 {
         u32::MAX
     } else {

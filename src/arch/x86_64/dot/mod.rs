@@ -41,6 +41,7 @@ mod int8;
 
 use super::super::kernel::unit::decode_unit;
 use super::super::{ChunkArgs, Elem};
+use super::amx::mask32;
 use super::avx2::Avx2;
 use super::avx512::Avx512;
 use bf16::Bf16Dot;
@@ -85,16 +86,6 @@ unsafe fn interleave(
                 }
             }
         }
-    }
-}
-
-/// Mask of the first `n` of 32 lanes.
-#[inline(always)]
-fn mask32(n: usize) -> u32 {
-    if n >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << n) - 1
     }
 }
 
