@@ -3,6 +3,7 @@
 //!
 //! - [`plan`]: [`Options`](plan::Options), the [`Plan`](plan::Plan) (kernel,
 //!   unit, splits, prefetch distances, workspace sizes);
+//! - `choose`: what the plan picks for this CPU (unit, prefetch distances);
 //! - [`validate`]: the checks every unsafe kernel call relies on;
 //! - [`layout`]: the walk geometry of each cache layout (runs, windows, pages);
 //! - [`walk`]: work items into kernel calls (the one place that builds a
@@ -14,6 +15,7 @@
 //! - [`append`]: writing new tokens into a cache.
 
 pub(crate) mod append;
+mod choose;
 mod hints;
 pub(crate) mod layout;
 pub(crate) mod merge;
