@@ -42,8 +42,9 @@ fn every_supported_and_required_tier_runs() {
 
 #[test]
 fn best_tier_is_the_expected_one_when_asked() {
-    // CI sets GQA_KERNELS_EXPECT_BEST=avx2 when it runs the suite on an
-    // emulated CPU without AVX-512, to prove the dispatcher falls back.
+    // CI sets GQA_KERNELS_EXPECT_BEST to the best tier the CPU it runs
+    // on should get (avx2 on a CPU without AVX-512, real or emulated), to
+    // prove the dispatcher picks it.
     if let Ok(name) = std::env::var("GQA_KERNELS_EXPECT_BEST") {
         let want: Tier = name.parse().unwrap();
         assert_eq!(Tier::best(), want);
