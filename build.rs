@@ -1,6 +1,7 @@
 //! Generates the kernel dispatch table from `kernels/decode.kernels`, with
-//! the dtypes of the format registry (the `formats!` lines of
-//! `src/formats/mod.rs`: name, element type, kind).
+//! the tiers of the tier table (the `tier_table!` rows of `src/tier.rs`:
+//! variant, name, cfg, module) and the dtypes of the format registry (the
+//! `formats!` lines of `src/formats/mod.rs`: name, element type, kind).
 //!
 //! The output (`$OUT_DIR/kernels.rs`) is deterministic, starts with a line
 //! naming its source, is rewritten only when its content changes, and is
@@ -11,8 +12,64 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 const SPEC: &str = "kernels/decode.kernels";
-const TIERS: [&str; 4] = ["avx512", "avx2", "neon", "scalar"];
+const TIER_TABLE: &str = "src/tier.rs";
 const REGISTRY: &str = "src/formats/mod.rs";
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.trim().to_string().into_boxed_str())
+}
+
+/// A tier of the tier table.
+struct TierRow {
+    /// `Tier` variant.
+    variant: &'static str,
+    /// Name in the kernel list and kernel names.
+    name: &'static str,
+    /// What its code is compiled under, as in `#[cfg(...)]`.
+    cfg: &'static str,
+    /// Its module under `crate::arch`.
+    module: &'static str,
+}
+
+/// The tier table's rows: `Variant code "name" [cfg] module [features];`
+/// inside `$then! { ... }` of `tier_table!` (doc comments skipped; a row
+/// may span lines).
+fn tier_table() -> Vec<TierRow> {
+    let text = std::fs::read_to_string(TIER_TABLE).unwrap_or_else(|e| panic!("{TIER_TABLE}: {e}"));
+    let body = text
+        .split_once("$then! {\n")
+        .and_then(|(_, rest)| rest.split_once("\n        }"))
+        .unwrap_or_else(|| panic!("{TIER_TABLE}: no `$then! {{ ... }}` in `tier_table!`"))
+        .0;
+    let rows: String = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tiers: Vec<TierRow> = rows
+        .split(';')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let bad = || -> ! { panic!("{TIER_TABLE}: malformed tier row `{r}`") };
+            let (head, rest) = r.split_once('[').unwrap_or_else(|| bad());
+            let (cfg, rest) = rest.split_once(']').unwrap_or_else(|| bad());
+            let (module, _features) = rest.split_once('[').unwrap_or_else(|| bad());
+            match head.split_whitespace().collect::<Vec<_>>()[..] {
+                [variant, _code, name] => TierRow {
+                    variant: leak(variant),
+                    name: leak(name.trim_matches('"')),
+                    cfg: leak(cfg),
+                    module: leak(module),
+                },
+                _ => bad(),
+            }
+        })
+        .collect();
+    assert!(!tiers.is_empty(), "{TIER_TABLE}: empty tier table");
+    tiers
+}
 
 /// A format of the registry.
 struct Format {
@@ -35,7 +92,6 @@ fn registry() -> Vec<Format> {
         .and_then(|(_, rest)| rest.split_once("\n}"))
         .unwrap_or_else(|| panic!("{REGISTRY}: no `formats! {{ ... }}` table"))
         .0;
-    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
     let formats: Vec<Format> = body
         .lines()
         .map(str::trim)
@@ -98,7 +154,8 @@ fn numbers(line: usize, what: &str, field: &str, max: usize) -> Vec<usize> {
         .collect()
 }
 
-fn parse(text: &str, formats: &[Format]) -> Vec<Instance> {
+fn parse(text: &str, tiers: &[TierRow], formats: &[Format]) -> Vec<Instance> {
+    let tier_names: Vec<&'static str> = tiers.iter().map(|t| t.name).collect();
     let dtypes: Vec<&'static str> = formats.iter().map(|f| f.name).collect();
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
@@ -117,7 +174,7 @@ fn parse(text: &str, formats: &[Format]) -> Vec<Instance> {
         }
         let tiers: Vec<_> = f[0]
             .split(',')
-            .map(|w| pick(line, "tier", w, &TIERS))
+            .map(|w| pick(line, "tier", w, &tier_names))
             .collect();
         let ks: Vec<_> = f[1]
             .split(',')
@@ -200,43 +257,21 @@ fn rust_dtype(formats: &[Format], d: &str) -> (&'static str, String) {
     (f.elem, format!("Dtype::{}", f.variant))
 }
 
-fn tier_info(tier: &str) -> (&'static str, &'static str, Option<&'static str>) {
-    match tier {
-        "avx512" => (
-            "AVX512",
-            "crate::arch::x86_64::avx512::entry",
-            Some("x86_64"),
-        ),
-        "avx2" => ("AVX2", "crate::arch::x86_64::avx2::entry", Some("x86_64")),
-        "neon" => ("NEON", "crate::arch::aarch64::neon::entry", Some("aarch64")),
-        _ => ("SCALAR", "crate::arch::scalar::entry", None),
-    }
-}
-
-fn tier_variant(tier: &str) -> &'static str {
-    match tier {
-        "avx512" => "Tier::Avx512",
-        "avx2" => "Tier::Avx2",
-        "neon" => "Tier::Neon",
-        _ => "Tier::Scalar",
-    }
-}
-
 fn entry(
     out: &mut String,
     formats: &[Format],
-    tier: &'static str,
+    tier: &TierRow,
     k: &'static str,
     v: &'static str,
     dims: Option<(usize, usize, usize)>,
 ) {
-    let (_, path, _) = tier_info(tier);
+    let path = format!("crate::arch::{}::entry", tier.module);
     let (kt, kd) = rust_dtype(formats, k);
     let (vt, vd) = rust_dtype(formats, v);
     let (nm, d, shape) = match dims {
         Some((dk, dv, rows)) => (
             name(&Instance {
-                tier,
+                tier: tier.name,
                 k,
                 v,
                 dk,
@@ -247,46 +282,61 @@ fn entry(
             format!("dk: {dk}, dv: {dv}, rows: {rows}"),
         ),
         None => (
-            format!("decode_{}_generic__{tier}", dtype_part(k, v)),
+            format!("decode_{}_generic__{}", dtype_part(k, v), tier.name),
             "Dynamic".to_string(),
             "dk: 0, dv: 0, rows: 0".to_string(),
         ),
     };
-    // The specialised instances stay out of the library's unit-test build
-    // (`cfg(test)`): its tests exercise the tiers' primitives, not the
-    // table, and compiling every instance a second time for it doubled
-    // the README test's build on two cores. The integration tests link the
-    // library as users do, with every instance.
-    let only = if dims.is_some() {
-        "#[cfg(not(test))] "
-    } else {
-        ""
-    };
+    // The kernels stay out of the library's unit-test build (`cfg(test)`):
+    // its tests exercise the tiers' primitives, not the table, and
+    // compiling the kernels a second time for it took a third of the
+    // README test's build on two cores. The integration tests link the
+    // library as users do, with every kernel.
+    let only = "#[cfg(not(test))] ";
     writeln!(
         out,
-        "    {only}KernelEntry {{ name: \"{nm}\", tier: {}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
-        tier_variant(tier)
+        "    {only}KernelEntry {{ name: \"{nm}\", tier: Tier::{}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
+        tier.variant
     )
     .unwrap();
 }
 
-fn generate(instances: &[Instance], formats: &[Format]) -> String {
+fn generate(
+    instances: &[Instance],
+    tiers: &[TierRow],
+    built: &[bool],
+    formats: &[Format],
+) -> String {
     let mut out = String::new();
     out.push_str("// @generated by build.rs from kernels/decode.kernels. Do not edit.\n");
     out.push_str("// One static table per tier: the generic kernel of every (K, V) dtype pair,\n");
-    out.push_str("// then the specialised instances in spec order.\n\n");
-    for tier in TIERS {
-        let (stat, _, arch) = tier_info(tier);
-        if let Some(a) = arch {
-            writeln!(out, "#[cfg(target_arch = \"{a}\")]").unwrap();
-        }
+    out.push_str("// then the specialised instances in spec order; `table` picks one.\n\n");
+    let flags: Vec<&str> = built
+        .iter()
+        .map(|&b| if b { "true" } else { "false" })
+        .collect();
+    out.push_str("/// Whether each tier (in `Tier::ALL` order) has kernels in this build.\n");
+    writeln!(
+        out,
+        "pub(crate) const BUILT: [bool; {}] = [{}];\n",
+        built.len(),
+        flags.join(", ")
+    )
+    .unwrap();
+    for (tier, &built) in tiers.iter().zip(built) {
+        writeln!(out, "#[cfg({})]", tier.cfg).unwrap();
+        let stat = tier.variant.to_uppercase();
         writeln!(out, "pub(crate) static {stat}: &[KernelEntry] = &[").unwrap();
+        if !built {
+            out.push_str("];\n\n");
+            continue;
+        }
         for k in formats {
             for v in formats {
                 entry(&mut out, formats, tier, k.name, v.name, None);
             }
         }
-        for i in instances.iter().filter(|i| i.tier == tier) {
+        for i in instances.iter().filter(|i| i.tier == tier.name) {
             entry(
                 &mut out,
                 formats,
@@ -298,16 +348,66 @@ fn generate(instances: &[Instance], formats: &[Format]) -> String {
         }
         out.push_str("];\n\n");
     }
+    out.push_str("/// The kernels of `tier` (none for a tier of another target).\n");
+    out.push_str("pub(crate) fn table(tier: Tier) -> &'static [KernelEntry] {\n    match tier {\n");
+    for tier in tiers {
+        writeln!(
+            out,
+            "        #[cfg({})]\n        Tier::{} => {},",
+            tier.cfg,
+            tier.variant,
+            tier.variant.to_uppercase()
+        )
+        .unwrap();
+    }
+    out.push_str("        #[allow(unreachable_patterns)]\n        _ => &[],\n    }\n}\n");
     out
+}
+
+/// `GQA_KERNELS_TIERS` (a comma-separated list of tier names; unset: every
+/// tier): the tiers whose kernels this build compiles. The portable tier is
+/// always built. A tier left out is never available (`Tier::is_available`),
+/// as on a CPU without it. For instrumented test builds on a CPU that
+/// cannot run a tier anyway (CI's sanitizer and fuzzing stages): its
+/// kernels would be compiled and never run.
+fn built_tiers(tiers: &[TierRow]) -> Vec<bool> {
+    println!("cargo:rerun-if-env-changed=GQA_KERNELS_TIERS");
+    println!("cargo:rustc-check-cfg=cfg(gqa_kernels_some_tiers)");
+    let Ok(list) = std::env::var("GQA_KERNELS_TIERS") else {
+        return vec![true; tiers.len()];
+    };
+    let names: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in &names {
+        assert!(
+            tiers.iter().any(|t| t.name == *n),
+            "GQA_KERNELS_TIERS: unknown tier `{n}`"
+        );
+    }
+    let built: Vec<bool> = tiers
+        .iter()
+        .map(|t| t.variant == "Scalar" || names.contains(&t.name))
+        .collect();
+    if built.contains(&false) {
+        // The left-out tiers' kernel bodies are unreferenced.
+        println!("cargo:rustc-cfg=gqa_kernels_some_tiers");
+    }
+    built
 }
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={REGISTRY}");
+    println!("cargo:rerun-if-changed={TIER_TABLE}");
+    let tiers = tier_table();
+    let built = built_tiers(&tiers);
     let formats = registry();
     let text = std::fs::read_to_string(SPEC).unwrap_or_else(|e| panic!("{SPEC}: {e}"));
-    let mut instances = parse(&text, &formats);
+    let mut instances = parse(&text, &tiers, &formats);
     // Feature `generic-only`: the generic kernel of each tier and type pair
     // only (the spec is still parsed and checked). Instrumented builds
     // (cargo-fuzz, Miri, sanitizers) take minutes instead of tens of them;
@@ -316,7 +416,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_GENERIC_ONLY").is_some() {
         instances.clear();
     }
-    let code = generate(&instances, &formats);
+    let code = generate(&instances, &tiers, &built, &formats);
     let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("kernels.rs");
     if std::fs::read_to_string(&dest).ok().as_deref() != Some(code.as_str()) {
         std::fs::write(&dest, code).unwrap();

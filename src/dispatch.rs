@@ -17,10 +17,13 @@ use crate::formats::Dtype;
 pub use crate::tier::{Precision, Tier, Unit};
 
 impl Tier {
-    /// Whether this CPU and build target can run the tier (detected once).
+    /// Whether this CPU and build target can run the tier (detected once),
+    /// and this build has its kernels (every tier unless the build set
+    /// `GQA_KERNELS_TIERS`).
     pub fn is_available(self) -> bool {
         static DETECTED: OnceLock<[bool; Tier::ALL.len()]> = OnceLock::new();
         DETECTED.get_or_init(|| Tier::ALL.map(detect))[self as usize]
+            && generated::BUILT[self as usize]
     }
 
     /// The fastest available tier.
@@ -72,34 +75,43 @@ impl FromStr for Tier {
     }
 }
 
-/// Whether this CPU can run code compiled for `t`: every feature of
-/// [`Tier::features`] detected (none for the portable tier).
-fn detect(t: Tier) -> bool {
-    t.features().iter().all(|f| has_feature(f))
+/// Whether this CPU has every feature of `features` (the detection macros
+/// take the features as literal tokens, so the tier table's rows are spelled
+/// into them here; a tier of another target is never detected).
+macro_rules! detect_features {
+    ([all()]) => {
+        true
+    };
+    ([target_arch = "x86_64"] $($f:tt)*) => {{
+        #[cfg(target_arch = "x86_64")]
+        let yes = true $(&& std::arch::is_x86_feature_detected!($f))*;
+        #[cfg(not(target_arch = "x86_64"))]
+        let yes = false;
+        yes
+    }};
+    ([target_arch = "aarch64"] $($f:tt)*) => {{
+        #[cfg(target_arch = "aarch64")]
+        let yes = true $(&& std::arch::is_aarch64_feature_detected!($f))*;
+        #[cfg(not(target_arch = "aarch64"))]
+        let yes = false;
+        yes
+    }};
 }
 
-/// Whether this CPU has the target feature `name` (the detection macros
-/// take literals, so each feature a tier names is listed here once).
-fn has_feature(name: &str) -> bool {
-    match name {
-        #[cfg(target_arch = "x86_64")]
-        "avx2" => is_x86_feature_detected!("avx2"),
-        #[cfg(target_arch = "x86_64")]
-        "fma" => is_x86_feature_detected!("fma"),
-        #[cfg(target_arch = "x86_64")]
-        "f16c" => is_x86_feature_detected!("f16c"),
-        #[cfg(target_arch = "x86_64")]
-        "avx512f" => is_x86_feature_detected!("avx512f"),
-        #[cfg(target_arch = "x86_64")]
-        "avx512bw" => is_x86_feature_detected!("avx512bw"),
-        #[cfg(target_arch = "x86_64")]
-        "avx512vl" => is_x86_feature_detected!("avx512vl"),
-        #[cfg(target_arch = "aarch64")]
-        "neon" => std::arch::is_aarch64_feature_detected!("neon"),
-        // A feature of another architecture, or one no tier names.
-        _ => false,
-    }
+/// `detect(t)`: whether this CPU can run code compiled for `t`, every
+/// feature of [`Tier::features`] detected (none for the portable tier);
+/// one arm per row of the tier table.
+macro_rules! define_detect {
+    ($( $(#[$doc:meta])* $v:ident $code:literal $name:literal [$($cfg:tt)*]
+        $m0:ident $(:: $m:ident)* [$($feature:tt)*]; )*) => {
+        fn detect(t: Tier) -> bool {
+            match t {
+                $( Tier::$v => detect_features!([$($cfg)*] $($feature)*), )*
+            }
+        }
+    };
 }
+crate::tier::tier_table!(define_detect);
 
 /// Name of the environment variable that forces a tier for the process.
 pub const ISA_ENV: &str = "GQA_KERNELS_ISA";
@@ -207,22 +219,10 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-pub(crate) fn table(tier: Tier) -> &'static [KernelEntry] {
-    match tier {
-        Tier::Scalar => generated::SCALAR,
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => generated::AVX2,
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => generated::AVX512,
-        #[cfg(target_arch = "aarch64")]
-        Tier::Neon => generated::NEON,
-        #[allow(unreachable_patterns)]
-        _ => &[],
-    }
-}
+pub(crate) use generated::table;
 
 /// A tile kernel's table entry: bf16 K and V, any dims and rows.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(test)))]
 const fn amx_bf16(name: &'static str, f: KernelFn) -> KernelEntry {
     KernelEntry {
         name,
@@ -237,7 +237,7 @@ const fn amx_bf16(name: &'static str, f: KernelFn) -> KernelEntry {
 }
 
 /// The tile kernels, `Exact` then `Fast`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(test)))]
 static AMX_BF16: [KernelEntry; 2] = [
     amx_bf16(
         "decode_bf16_amx_exact__avx512",
@@ -251,7 +251,7 @@ static AMX_BF16: [KernelEntry; 2] = [
 
 /// The dot-product units' kernels: one per (unit, tier, V type,
 /// precision), K fixed by the unit.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(test)))]
 macro_rules! dot_kernels {
     ($( $tier:ident $k:ident $f:ident $kn:literal $un:literal; )*) => {
         static DOT: &[[KernelEntry; 2]] = &[
@@ -286,7 +286,7 @@ macro_rules! dot_kernels {
     (@tier avx2) => { Tier::Avx2 };
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(test)))]
 dot_kernels! {
     avx512 Bf16 bf16_entry "bf16" "bf16dot";
     avx512 Int8 int8_entry_512 "int8" "int8dot";
@@ -304,10 +304,12 @@ pub(crate) fn unit_entry(
     v: Dtype,
 ) -> Option<&'static KernelEntry> {
     let fast = (precision == Precision::Fast) as usize;
+    // Like the kernel tables, the units' kernels stay out of the library's
+    // unit-test build.
     match unit {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(test)))]
         Unit::AmxBf16 => Some(&AMX_BF16[fast]),
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(test)))]
         Unit::Bf16Dot | Unit::Int8Dot => DOT
             .iter()
             .find(|e| e[0].tier == tier && e[0].k == k && e[0].v == v)

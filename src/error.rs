@@ -244,10 +244,14 @@ impl std::fmt::Display for Error {
                 f,
                 "`{arg}` holds {actual} elements but the plan was made for {expected}"
             ),
-            Error::UnknownTier { name } => write!(
-                f,
-                "unknown tier `{name}` (expected one of scalar, avx2, avx512, neon)"
-            ),
+            Error::UnknownTier { name } => {
+                let names: Vec<&str> = Tier::ALL.iter().map(|t| t.name()).collect();
+                write!(
+                    f,
+                    "unknown tier `{name}` (expected one of {})",
+                    names.join(", ")
+                )
+            }
             Error::TierUnavailable { tier } => {
                 write!(f, "tier `{tier}` is not supported by this CPU or build target")
             }

@@ -3,65 +3,88 @@
 //! What this CPU has, and which kernels run where, is
 //! [`crate::dispatch`]'s business (it adds the detecting methods).
 
-/// A kernel tier: one instruction set the microkernels are written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Tier {
-    /// Portable Rust, any target.
-    Scalar,
-    /// x86-64 with AVX2, FMA and F16C.
-    Avx2,
-    /// x86-64 with AVX-512 F, BW and VL (plus FMA and F16C).
-    Avx512,
-    /// aarch64 Advanced SIMD.
-    Neon,
+/// The tier table, slowest first (the order of [`Tier::ALL`], and the
+/// reverse of the order [`Tier::best`] tries): what the crate knows about a
+/// tier that is not code (the code is the tier's file under `src/arch/`).
+/// Each row is
+///
+/// - the `Tier` variant, with its doc comment;
+/// - its code in the C ABI (`GQA_TIER_*`): fixed per tier, never reused (a
+///   new tier takes the next free code, whatever its place in the order);
+/// - its name in kernel names, reports and `GQA_KERNELS_ISA`;
+/// - the `cfg` under which it is compiled (`all()`: everywhere);
+/// - its module under `crate::arch`, which has `entry` (the kernel) and
+///   `with` (the primitives, for probes and tests);
+/// - the CPU features its code is compiled for, spelled as
+///   `#[target_feature(enable = ...)]` and the feature-detection macros
+///   spell them: the tier's entry points carry exactly these, joined by
+///   commas (a test reads the tier files to check it); detection requires
+///   every one.
+///
+/// A new tier is a row here, its file under `src/arch/`, its `GQA_TIER_*`
+/// line in the header and its instances in `kernels/decode.kernels`:
+/// everything that goes over the tiers (the enum, detection, the
+/// primitives' dispatch, the kernel tables `build.rs` writes, the C ABI's
+/// names) is generated from this table. The macro hands the rows to
+/// `$then`; `build.rs` reads them as text.
+macro_rules! tier_table {
+    ($then:ident) => {
+        $then! {
+            /// Portable Rust, any target.
+            Scalar 0 "scalar" [all()] scalar [];
+            /// x86-64 with AVX2, FMA and F16C.
+            Avx2 1 "avx2" [target_arch = "x86_64"] x86_64::avx2 ["avx2" "fma" "f16c"];
+            /// x86-64 with AVX-512 F, BW and VL (plus FMA and F16C).
+            Avx512 2 "avx512" [target_arch = "x86_64"] x86_64::avx512
+                ["avx512f" "avx512bw" "avx512vl" "fma" "f16c"];
+            /// aarch64 Advanced SIMD.
+            Neon 3 "neon" [target_arch = "aarch64"] aarch64::neon ["neon"];
+        }
+    };
+}
+pub(crate) use tier_table;
+
+/// The enum and its table, from the rows of [`tier_table`].
+macro_rules! define_tiers {
+    ($( $(#[$doc:meta])* $v:ident $code:literal $name:literal [$($cfg:tt)*]
+        $m0:ident $(:: $m:ident)* [$($feature:literal)*]; )*) => {
+        /// A kernel tier: one instruction set the microkernels are written for.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Tier {
+            $( $(#[$doc])* $v, )*
+        }
+
+        const TABLE: &[TierRow] = &[
+            $( TierRow {
+                tier: Tier::$v,
+                name: $name,
+                c_name: match CStr::from_bytes_with_nul(concat!($name, "\0").as_bytes()) {
+                    Ok(c) => c,
+                    Err(_) => panic!("a tier name with a NUL"),
+                },
+                abi_code: $code,
+                module: concat!(stringify!($m0) $(, "/", stringify!($m))*),
+                features: &[$($feature),*],
+            }, )*
+        ];
+    };
 }
 
-/// One row of the tier table: what the crate knows about a tier that is
-/// not code (the code is the tier's file under `src/arch/`).
+use std::ffi::CStr;
+
+/// One row of the tier table, as data.
 struct TierRow {
     tier: Tier,
-    /// The name in kernel names, reports and `GQA_KERNELS_ISA`.
     name: &'static str,
-    /// The code in the C ABI (`GQA_TIER_*`): fixed per tier, never reused.
+    c_name: &'static CStr,
     abi_code: i32,
-    /// The CPU features the tier's code is compiled for, spelled as
-    /// `#[target_feature(enable = ...)]` and the feature-detection macros
-    /// spell them. The tier's entry points carry exactly these, joined by
-    /// commas (a test reads the tier files to check it); detection
-    /// requires every one.
+    /// The tier's file under `src/arch/`, without `.rs` (read by a test).
+    #[cfg_attr(not(test), allow(dead_code))]
+    module: &'static str,
     features: &'static [&'static str],
 }
 
-/// The tier table, slowest first (the order of [`Tier::ALL`], and the
-/// reverse of the order [`Tier::best`] tries). A new tier is a variant, a
-/// row here, its file under `src/arch/` and its line in
-/// `kernels/decode.kernels`.
-const TABLE: [TierRow; 4] = [
-    TierRow {
-        tier: Tier::Scalar,
-        name: "scalar",
-        abi_code: 0,
-        features: &[],
-    },
-    TierRow {
-        tier: Tier::Avx2,
-        name: "avx2",
-        abi_code: 1,
-        features: &["avx2", "fma", "f16c"],
-    },
-    TierRow {
-        tier: Tier::Avx512,
-        name: "avx512",
-        abi_code: 2,
-        features: &["avx512f", "avx512bw", "avx512vl", "fma", "f16c"],
-    },
-    TierRow {
-        tier: Tier::Neon,
-        name: "neon",
-        abi_code: 3,
-        features: &["neon"],
-    },
-];
+tier_table!(define_tiers);
 
 // Row `i` of the table describes the variant of discriminant `i`, so the
 // methods below index the table with `self as usize`.
@@ -90,6 +113,11 @@ impl Tier {
         TABLE[self as usize].name
     }
 
+    /// The name as a C string (the C ABI's `gqa_tier_name`).
+    pub(crate) fn c_name(self) -> &'static CStr {
+        TABLE[self as usize].c_name
+    }
+
     /// The tier's code in the C ABI (`GQA_TIER_*` in the header). Fixed
     /// per tier and never reused, whatever the order of [`Tier::ALL`]: a
     /// new tier takes the next free code.
@@ -106,6 +134,13 @@ impl Tier {
     /// `#[target_feature]`), whatever the build target.
     pub fn features(self) -> &'static [&'static str] {
         TABLE[self as usize].features
+    }
+
+    /// The tier's source file under `src/arch/`, without `.rs`
+    /// (`x86_64/avx2`): where its `#[target_feature]` lines are.
+    #[cfg(test)]
+    pub(crate) fn module(self) -> &'static str {
+        TABLE[self as usize].module
     }
 }
 

@@ -30,6 +30,35 @@ pub(crate) mod aarch64;
 
 pub(crate) use args::*;
 
+use crate::tier::Tier;
+
+/// `with_tier(tier, op)`: runs `op` on `tier`'s primitives (the `with` of
+/// the tier's module), one arm per row of the tier table; a tier of another
+/// target runs on the portable one.
+///
+/// # Safety
+///
+/// `tier` must be available on this CPU ([`Tier::is_available`]).
+macro_rules! define_with_tier {
+    ($( $(#[$doc:meta])* $v:ident $code:literal $name:literal [$($cfg:tt)*]
+        $m0:ident $(:: $m:ident)* [$($feature:tt)*]; )*) => {
+        pub(crate) unsafe fn with_tier<O: SimdOp>(tier: Tier, op: O) -> O::Out {
+            match tier {
+                $(
+                    #[cfg($($cfg)*)]
+                    // SAFETY: the caller's contract: the tier's features
+                    // are present.
+                    Tier::$v => unsafe { self::$m0 $(:: $m)* ::with(op) },
+                )*
+                #[allow(unreachable_patterns)]
+                // SAFETY: the portable tier needs no CPU feature.
+                _ => unsafe { self::scalar::with(op) },
+            }
+        }
+    };
+}
+crate::tier::tier_table!(define_with_tier);
+
 use crate::formats::{BlockFormat, Quants, QK};
 pub(crate) use crate::formats::{E4M3, E5M2};
 

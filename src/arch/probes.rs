@@ -98,19 +98,13 @@ impl<E: Elem> SimdOp for Widen<E> {
 }
 
 fn on_tier<O: SimdOp>(tier: Tier, op: O) -> O::Out {
-    match tier {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers pass an available tier (checked below).
-        Tier::Avx512 if tier.is_available() => unsafe { super::x86_64::avx512::with(op) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Tier::Avx2 if tier.is_available() => unsafe { super::x86_64::avx2::with(op) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: neon is baseline on aarch64.
-        Tier::Neon if tier.is_available() => unsafe { super::aarch64::neon::with(op) },
-        // SAFETY: the scalar tier needs no CPU feature.
-        _ => unsafe { super::scalar::with(op) },
-    }
+    let tier = if tier.is_available() {
+        tier
+    } else {
+        Tier::Scalar
+    };
+    // SAFETY: `tier` is available on this CPU (checked above).
+    unsafe { super::with_tier(tier, op) }
 }
 
 /// Sum of `x`, vectorised on `tier` (the bandwidth probe's body).

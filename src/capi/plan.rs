@@ -32,10 +32,7 @@ pub extern "C" fn gqa_sizeof(id: i32) -> usize {
 #[no_mangle]
 pub extern "C" fn gqa_tier_name(tier: i32) -> *const c_char {
     match tier_of(tier) {
-        Ok(Tier::Scalar) => c"scalar".as_ptr(),
-        Ok(Tier::Avx2) => c"avx2".as_ptr(),
-        Ok(Tier::Avx512) => c"avx512".as_ptr(),
-        Ok(Tier::Neon) => c"neon".as_ptr(),
+        Ok(t) => t.c_name().as_ptr(),
         Err(_) => std::ptr::null(),
     }
 }
