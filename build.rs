@@ -19,6 +19,22 @@ fn leak(s: &str) -> &'static str {
     Box::leak(s.trim().to_string().into_boxed_str())
 }
 
+/// The lines of the table in `path` between `open` and the next `close`,
+/// trimmed, without blank lines and comments (the rows' doc comments).
+fn table_lines(path: &str, open: &str, close: &str) -> Vec<&'static str> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let body = text
+        .split_once(open)
+        .and_then(|(_, rest)| rest.split_once(close))
+        .unwrap_or_else(|| panic!("{path}: no table opened by `{}`", open.trim()))
+        .0;
+    body.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .map(leak)
+        .collect()
+}
+
 /// A tier of the tier table.
 struct TierRow {
     /// `Tier` variant.
@@ -35,18 +51,7 @@ struct TierRow {
 /// inside `$then! { ... }` of `tier_table!` (doc comments skipped; a row
 /// may span lines).
 fn tier_table() -> Vec<TierRow> {
-    let text = std::fs::read_to_string(TIER_TABLE).unwrap_or_else(|e| panic!("{TIER_TABLE}: {e}"));
-    let body = text
-        .split_once("$then! {\n")
-        .and_then(|(_, rest)| rest.split_once("\n        }"))
-        .unwrap_or_else(|| panic!("{TIER_TABLE}: no `$then! {{ ... }}` in `tier_table!`"))
-        .0;
-    let rows: String = body
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with("//"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let rows = table_lines(TIER_TABLE, "$then! {\n", "\n        }").join(" ");
     let tiers: Vec<TierRow> = rows
         .split(';')
         .map(str::trim)
@@ -86,16 +91,8 @@ struct Format {
 /// The registry's lines: `Variant code "name" elem, Kind;` inside
 /// `formats! { ... }` (doc comments skipped).
 fn registry() -> Vec<Format> {
-    let text = std::fs::read_to_string(REGISTRY).unwrap_or_else(|e| panic!("{REGISTRY}: {e}"));
-    let body = text
-        .split_once("\nformats! {\n")
-        .and_then(|(_, rest)| rest.split_once("\n}"))
-        .unwrap_or_else(|| panic!("{REGISTRY}: no `formats! {{ ... }}` table"))
-        .0;
-    let formats: Vec<Format> = body
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+    let formats: Vec<Format> = table_lines(REGISTRY, "\nformats! {\n", "\n}")
+        .into_iter()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f[..] {
@@ -292,10 +289,9 @@ fn entry(
     // compiling the kernels a second time for it took a third of the
     // README test's build on two cores. The integration tests link the
     // library as users do, with every kernel.
-    let only = "#[cfg(not(test))] ";
     writeln!(
         out,
-        "    {only}KernelEntry {{ name: \"{nm}\", tier: Tier::{}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
+        "    #[cfg(not(test))] KernelEntry {{ name: \"{nm}\", tier: Tier::{}, k: {kd}, v: {vd}, {shape}, f: {path}::<{kt}, {vt}, {d}> }},",
         tier.variant
     )
     .unwrap();
