@@ -76,3 +76,71 @@ fn prefetch_distance_changes_no_bit() {
         }
     }
 }
+
+/// The token-major window (positions per kernel call of each head in the
+/// windowed walk) may cut calls anywhere: every window from 1 position to
+/// past every chunk, on every tier, token-major strided, paged and ring
+/// caches with lengths that end mid-window, agrees with the reference, and
+/// a plan's result is bitwise the same on 1 and 3 threads. The default is
+/// 16 to 32 positions, and 0 is a typed error.
+#[test]
+fn token_window_any_size() {
+    for layout in [
+        Layout::Blgd,
+        Layout::Paged {
+            page: 16,
+            head_major: false,
+        },
+        Layout::Ring { extra: 7 },
+    ] {
+        let shape = Shape::new(2, 10, 2, 40, Dtype::F16)
+            .with_q_len(2)
+            .with_max_kv_len(700);
+        let mut s = Spec::new(shape, vec![613, 37]);
+        s.layout = layout;
+        let c = s.build();
+        let want = c.reference();
+        for tier in tiers() {
+            let plan = |threads: usize| {
+                let opts = Options {
+                    tier: Some(tier),
+                    threads,
+                    ..Options::default()
+                };
+                Plan::new(&shape, &opts).unwrap()
+            };
+            let default = plan(1).token_window();
+            assert!((16..=32).contains(&default), "default window {default}");
+            let err = plan(1).with_token_window(0).unwrap_err().to_string();
+            assert!(err.contains("token_window"), "{err}");
+            for w in [1usize, 5, 16, 17, 32, 300] {
+                let mut runs = Vec::new();
+                for threads in [1usize, 3] {
+                    let plan = plan(threads).with_token_window(w).unwrap();
+                    assert_eq!(plan.token_window(), w);
+                    let rows = c.tokens() * shape.heads;
+                    let mut out = vec![f32::NAN; rows * shape.head_dim_v];
+                    let mut lse = vec![f32::NAN; rows];
+                    plan.run(
+                        &c.batch(),
+                        &mut out,
+                        Some(&mut lse),
+                        &mut plan.alloc_workspace(),
+                    )
+                    .unwrap();
+                    c.compare(plan.kernel_name(), &out, &lse, &want)
+                        .unwrap_or_else(|e| panic!("{layout:?}, window {w}: {e}"));
+                    runs.push((out, lse));
+                }
+                let bits = |(o, l): &(Vec<f32>, Vec<f32>)| {
+                    o.iter().chain(l).map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    bits(&runs[0]),
+                    bits(&runs[1]),
+                    "{tier}, {layout:?}, window {w}: 3 threads differ from 1"
+                );
+            }
+        }
+    }
+}

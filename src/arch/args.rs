@@ -234,6 +234,38 @@ pub(crate) fn stream_prefetch_bytes(rows: usize, row_bytes: usize) -> usize {
     0
 }
 
+/// K bytes (all KV heads) of a token-major window by default
+/// ([`crate::Plan::token_window`]): 64 KiB, 32 positions of Llama-3-8B
+/// f16 (8 heads of 256 bytes) and 16 of an f32 or `D = 256` cache; 32 KiB
+/// on AMD Zen 3.
+///
+/// - AMD Zen 4 (the 2-core EPYC VM), L 32768, 1 thread, cold, builds
+///   alternately: windows of 32 positions, prefetched a window ahead, cut
+///   the Llama-3-8B f16 `[B, L, G, D]` step by 10 % against windows of 16
+///   (r = 4 and r = 1): half the calls, and a prefetch distance that
+///   covers more of the DRAM latency. Windows of 64 or 128 positions were
+///   slower again, and so were 32-position windows of 4 KiB positions
+///   (f32 D = 128: 4 % slower; f16 D = 256: 1 %).
+/// - AMD Zen 3 (family 0x19 model 1, the 2-core EPYC VM), the other way:
+///   Llama-3-8B f16 `[B, L, G, D]`, L 32768, cold, one binary with the
+///   window set by environment, runs alternating, three pairs: 1 thread
+///   16 positions 12.95-13.38 ms (1.01-1.05x `[B, G, L, D]` in the same
+///   run), 32 positions 14.48-14.97 ms (1.14-1.17x); 2 threads 7.04-7.12
+///   against 7.70-7.78 ms. 64, 128 and 256 positions: 1.21-1.41x. From an
+///   L3-resident cache (L 1024 and 4096) the window made no difference
+///   (1.09-1.18x at every size), so the gain is in how DRAM is read.
+/// - Others: 64 KiB until measured.
+pub(crate) fn token_window_bytes() -> usize {
+    // Miri cannot run `cpuid` (inline assembly).
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        if super::x86_64::amd_zen3() {
+            return 32 << 10;
+        }
+    }
+    64 << 10
+}
+
 /// Hints every cache line of the `bytes` bytes from `p` into the core's
 /// second-level cache (x86 `prefetcht1`, aarch64 `prfm pldl2keep`): the
 /// driver's prefetch of the rows a KV head's pass over a token-major or

@@ -1,9 +1,10 @@
 //! What a plan picks for the CPU it runs on: the unit that computes the
-//! scores and P·V, and the two software prefetch distances. Each choice is
-//! visible on the [`Plan`](super::plan::Plan) and can be overridden there
-//! (`Options::unit`, `Plan::with_prefetch`, `Plan::with_stream_prefetch`).
+//! scores and P·V, the two software prefetch distances and the token-major
+//! window. Each choice is visible on the [`Plan`](super::plan::Plan) and
+//! can be overridden there (`Options::unit`, `Plan::with_prefetch`,
+//! `Plan::with_stream_prefetch`, `Plan::with_token_window`).
 
-use super::layout::CHUNK;
+use super::layout::{token_window, CHUNK};
 use super::plan::Options;
 use crate::error::{Error, Result};
 use crate::formats::Dtype;
@@ -94,6 +95,26 @@ pub(super) fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
         return 0;
     }
     (bytes / row).clamp(crate::arch::BLOCK, CHUNK)
+}
+
+/// Positions per window of the token-major walk a plan starts with:
+/// `GQA_KERNELS_TOKEN_WINDOW` when set to a number above 0 (for
+/// experiments), else the CPU's window bytes
+/// ([`crate::arch::token_window_bytes`]) of K for all KV heads, 16 to 32
+/// positions.
+pub(super) fn default_token_window(shape: &Shape) -> usize {
+    if let Some(n) = std::env::var("GQA_KERNELS_TOKEN_WINDOW")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+    {
+        return n;
+    }
+    token_window(
+        crate::arch::token_window_bytes(),
+        shape.kv_heads,
+        shape.k_dtype.row_bytes(shape.head_dim_k),
+    )
 }
 
 /// Prefetch distance of the vector tiers, in positions: one window ahead

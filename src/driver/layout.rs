@@ -86,36 +86,31 @@ pub(crate) struct Walk {
 /// AMD Zen 4 core at 2 threads).
 const SHORT_PIECE: usize = 16 << 10;
 
-/// K bytes (all KV heads) of a token-major window: 32 positions of
-/// Llama-3-8B f16 (8 heads of 256 bytes), 16 of an f32 or D = 256 cache;
-/// never fewer than a block. On an AMD Zen 4 core (L 32768, 1 thread,
-/// cold, builds alternately) windows of 32 positions, prefetched a window
-/// ahead, cut the Llama-3-8B f16 `[B, L, G, D]` step by 10 % against
-/// windows of 16 (r = 4 and r = 1): half the calls, and a prefetch
-/// distance that covers more of the DRAM latency. Windows of 64 or 128
-/// positions were slower again, and so were 32-position windows of 4 KiB
-/// positions (f32 D = 128: 4 % slower; f16 D = 256: 1 %). Pages keep
-/// windows of their own size (32-position windows over pages of 16 were
-/// 1.6x slower). Nor does one kernel call per head across the pages of a
-/// window pay off: on the Intel development machine (Llama-3-8B f16, pages
-/// of 16 shuffled, L 32768, 1 thread) calls over 32-256 positions, each
-/// hinting the next call's rows 1-4 calls ahead, cut the cache-resident
-/// step from 1.11-1.17x to 1.03-1.10x of `[B, G, L, D]` but made the cold
-/// one 1.17-1.35x against 1.15-1.19x page by page: reading each page's
-/// heads together is worth more to the memory system than the ~50 ns a
-/// kernel call costs.
-const TOKEN_WINDOW_BYTES: usize = 64 << 10;
-
 /// Most positions per token-major window (two blocks).
-const TOKEN_WINDOW_MAX: usize = 2 * BLOCK;
+pub(crate) const TOKEN_WINDOW_MAX: usize = 2 * BLOCK;
 
-/// The walk of `cache` (see [`Walk`]).
-pub(crate) fn walk(cache: &KvCache<'_>, kv_heads: usize, head_dim_k: usize) -> Option<Walk> {
+/// Positions per token-major window of `window_bytes` K bytes for all
+/// `kv_heads` heads of `row_bytes` each: never fewer than a block, never
+/// more than [`TOKEN_WINDOW_MAX`]. Pages keep windows of their own size
+/// (32-position windows over pages of 16 were 1.6x slower on an AMD Zen 4
+/// core). Nor does one kernel call per head across the pages of a window
+/// pay off: on the Intel development machine (Llama-3-8B f16, pages of 16
+/// shuffled, L 32768, 1 thread) calls over 32-256 positions, each hinting
+/// the next call's rows 1-4 calls ahead, cut the cache-resident step from
+/// 1.11-1.17x to 1.03-1.10x of `[B, G, L, D]` but made the cold one
+/// 1.17-1.35x against 1.15-1.19x page by page: reading each page's heads
+/// together is worth more to the memory system than the ~50 ns a kernel
+/// call costs.
+pub(crate) fn token_window(window_bytes: usize, kv_heads: usize, row_bytes: usize) -> usize {
+    (window_bytes / (kv_heads.max(1) * row_bytes).max(1)).clamp(BLOCK, TOKEN_WINDOW_MAX)
+}
+
+/// The walk of `cache` (see [`Walk`]), with windows of `token_window`
+/// positions where it is token-major ([`crate::Plan::token_window`]).
+pub(crate) fn walk(cache: &KvCache<'_>, token_window: usize, head_dim_k: usize) -> Option<Walk> {
     match cache {
         _ if token_major(cache) => Some(Walk {
-            window: (TOKEN_WINDOW_BYTES
-                / (kv_heads.max(1) * cache.data().0.dtype().row_bytes(head_dim_k)).max(1))
-            .clamp(BLOCK, TOKEN_WINDOW_MAX),
+            window: token_window.max(1),
             prefetch: true,
         }),
         KvCache::Paged(p) => Some(Walk {

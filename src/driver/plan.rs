@@ -1,6 +1,6 @@
 //! Layer 2, part 1: shapes, options, validation and the plan.
 
-use super::choose::{choose_unit, default_prefetch, default_stream_prefetch};
+use super::choose::{choose_unit, default_prefetch, default_stream_prefetch, default_token_window};
 use super::layout::CHUNK;
 use crate::arch::{pad, scratch_len};
 use crate::dispatch::{self, active_tier, KernelEntry};
@@ -125,6 +125,8 @@ pub struct Plan {
     pub(crate) prefetch: usize,
     /// Software prefetch distance of head-major streams, in rows (0: none).
     pub(crate) stream_prefetch: usize,
+    /// Positions per window of the token-major walk (at least 1).
+    pub(crate) token_window: usize,
     /// The multiply-add unit of the kernels.
     pub(crate) unit: Unit,
     /// Their precision class.
@@ -145,6 +147,9 @@ impl std::fmt::Debug for Plan {
             .field("softcap", &self.softcap())
             .field("alibi", &self.alibi)
             .field("sinks", &self.sinks)
+            .field("prefetch", &self.prefetch)
+            .field("stream_prefetch", &self.stream_prefetch)
+            .field("token_window", &self.token_window)
             .finish()
     }
 }
@@ -240,6 +245,7 @@ impl Plan {
             alibi: None,
             prefetch: default_prefetch(tier),
             stream_prefetch: default_stream_prefetch(tier, shape),
+            token_window: default_token_window(shape),
             unit,
             precision,
             pool: None,
@@ -402,6 +408,33 @@ impl Plan {
     pub fn with_stream_prefetch(mut self, rows: usize) -> Plan {
         self.stream_prefetch = rows;
         self
+    }
+    /// Positions per window where the driver walks the KV heads of a
+    /// token-major cache together (`[B, L, G, D]`-like strides, strided,
+    /// ring or `[page, G, D]` pages; see [`Plan::prefetch`]): each window
+    /// is one kernel call per head. Chosen when the plan is made from the
+    /// CPU and the shape: 64 KiB of K for all heads (32 KiB on AMD Zen 3),
+    /// 16 to 32 positions; `GQA_KERNELS_TOKEN_WINDOW=n` sets it for every
+    /// plan of the process. Unlike the prefetch distances it decides where
+    /// kernel calls are cut, so two windows may differ in the last bits
+    /// (each within the tolerance); a plan's results stay bitwise the same
+    /// for any thread count.
+    pub fn token_window(&self) -> usize {
+        self.token_window
+    }
+    /// The same plan with token-major windows of `positions` positions,
+    /// for experiments and for hosts that know their memory system better.
+    /// 0 is an error naming `token_window`.
+    pub fn with_token_window(mut self, positions: usize) -> Result<Plan> {
+        if positions == 0 {
+            return Err(Error::InvalidDim {
+                arg: "token_window",
+                value: 0,
+                reason: "a window holds at least one position",
+            });
+        }
+        self.token_window = positions;
+        Ok(self)
     }
     /// Worker threads used by [`Plan::run`].
     pub fn threads(&self) -> usize {

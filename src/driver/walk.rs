@@ -40,7 +40,7 @@ impl Job<'_, '_> {
         }
         match walk(
             &self.batch.cache,
-            self.plan.shape.kv_heads,
+            self.plan.token_window,
             self.plan.shape.head_dim_k,
         ) {
             None => self.walk_items(first, states, reverse, scratch),
