@@ -209,11 +209,17 @@ impl Ahead {
 ///   per head (r = 1, bf16 D = 128: 3.6 -> 4.5 ms) and with 512-byte rows
 ///   (bf16 D = 256, r = 4: 13.0 -> 17.0 ms; f32 D = 128 flat) the hints
 ///   cost more than they bring, so there they are off.
-/// - AMD Zen 3 (family 0x19 model 1; the 2-core EPYC VM), the same rule:
-///   Llama-3-8B f16 (r = 4, 256-byte rows), L 32768, 1 thread, cold, 32
-///   KiB ahead vs none, one run after the other, three pairs: 16.5 ->
-///   14.1, 17.6 -> 14.5, 18.8 -> 14.6 ms; Falcon-7B f16 (r = 71, D 64)
-///   11.3 -> 11.0 ms.
+/// - AMD Zen 3 (family 0x19 model 1; the 2-core EPYC VM), the same rule
+///   but 2 KiB ahead. 32 KiB vs none, one run after the other, three
+///   pairs: Llama-3-8B f16 (r = 4, 256-byte rows), L 32768, 1 thread,
+///   cold, 16.5 -> 14.1, 17.6 -> 14.5, 18.8 -> 14.6 ms; Falcon-7B f16
+///   (r = 71, D 64) 11.3 -> 11.0 ms. A later sweep (one binary, the
+///   distances' runs interleaved, best of 6 rounds over 1 GiB of layer
+///   caches, five runs) put 2 KiB (8 rows) at 0.89-0.90x of 32 KiB with
+///   1 thread (13.9 against 15.4-15.6 ms; 4 KiB 0.92-0.95x, none
+///   0.96-0.99x) and 0.87-0.89x with 2 (7.2 against 8.1-8.3 ms); Falcon
+///   flat (0.99-1.0x); Gemma-2-9B (512-byte rows, off by the rule) 0.86x
+///   with 2 KiB or none against 64 KiB.
 /// - Others (Zen 4 among them) are left to their hardware prefetcher
 ///   until measured: on the AMD Zen 4 VM head-major caches read at least
 ///   as fast as token-major ones with software prefetch.
@@ -225,9 +231,9 @@ pub(crate) fn stream_prefetch_bytes(rows: usize, row_bytes: usize) -> usize {
         if super::x86_64::intel() {
             return 32 << 10;
         }
-        let amd = super::x86_64::amd_zen5_or_later() || super::x86_64::amd_zen3();
-        if amd && rows >= 2 && row_bytes <= 256 {
-            return 32 << 10;
+        let zen3 = super::x86_64::amd_zen3();
+        if (zen3 || super::x86_64::amd_zen5_or_later()) && rows >= 2 && row_bytes <= 256 {
+            return if zen3 { 2 << 10 } else { 32 << 10 };
         }
     }
     let _ = (rows, row_bytes);
