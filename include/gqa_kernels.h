@@ -75,7 +75,7 @@ extern "C" {
 /* Multiply-add units (gqa_options.unit, gqa_plan_unit). */
 #define GQA_UNIT_AUTO 0      /* the plan chooses */
 #define GQA_UNIT_F32_FMA 1   /* f32 FMA, every tier and dtype pair */
-#define GQA_UNIT_BF16_DOT 2  /* AVX512-BF16 vdpbf16ps: bf16 K */
+#define GQA_UNIT_BF16_DOT 2  /* AVX512-BF16 vdpbf16ps or Arm BF16 bfdot: bf16 K */
 #define GQA_UNIT_INT8_DOT 3  /* vpdpbusd (AVX512-VNNI, AVX-VNNI): int8 K */
 #define GQA_UNIT_AMX_BF16 4  /* AMX tdpbf16ps: bf16 K and V */
 #define GQA_UNIT_AMX_INT8 5  /* AMX tdpbssd (probed only) */

@@ -152,6 +152,9 @@ impl Unit {
             #[cfg(target_arch = "x86_64")]
             Unit::Bf16Dot => (!crate::arch::x86_64::dots::has_bf16_dot())
                 .then_some("this CPU has no AVX512-BF16"),
+            #[cfg(target_arch = "aarch64")]
+            Unit::Bf16Dot => (!crate::arch::aarch64::dot::has_bf16_dot())
+                .then_some("this CPU has no BF16 (FEAT_BF16, `bfdot`)"),
             #[cfg(target_arch = "x86_64")]
             Unit::Int8Dot => (!crate::arch::x86_64::dots::has_int8_dot()
                 && !crate::arch::x86_64::dot::has_avx_vnni())
@@ -184,14 +187,14 @@ impl Unit {
     /// Whether the library has kernels on this unit for K and V of these
     /// types on `tier`: f32 FMA for every pair and tier; AMX for bf16 K and
     /// V on the `avx512` tier; `bf16-dot` for bf16 K on `avx512` and
-    /// `int8-dot` for int8 K on `avx512` and `avx2`, each with V of f32,
-    /// f16, bf16 or int8.
+    /// `neon` and `int8-dot` for int8 K on `avx512` and `avx2`, each with V
+    /// of f32, f16, bf16 or int8.
     pub fn runs(self, tier: Tier, k: Dtype, v: Dtype) -> bool {
         let dot_v = matches!(v, Dtype::F32 | Dtype::F16 | Dtype::Bf16 | Dtype::Int8);
         match self {
             Unit::F32Fma => true,
             Unit::AmxBf16 => tier == Tier::Avx512 && k == Dtype::Bf16 && v == Dtype::Bf16,
-            Unit::Bf16Dot => tier == Tier::Avx512 && k == Dtype::Bf16 && dot_v,
+            Unit::Bf16Dot => matches!(tier, Tier::Avx512 | Tier::Neon) && k == Dtype::Bf16 && dot_v,
             Unit::Int8Dot => matches!(tier, Tier::Avx512 | Tier::Avx2) && k == Dtype::Int8 && dot_v,
             _ => false,
         }
@@ -250,26 +253,27 @@ static AMX_BF16: [KernelEntry; 2] = [
 ];
 
 /// The dot-product units' kernels: one per (unit, tier, V type,
-/// precision), K fixed by the unit.
-#[cfg(all(target_arch = "x86_64", not(test)))]
+/// precision), K fixed by the unit; `$arch` is the module under `arch/`
+/// whose `dot` module holds the entry `$f`.
+#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(test)))]
 macro_rules! dot_kernels {
-    ($( $tier:ident $k:ident $f:ident $kn:literal $un:literal; )*) => {
+    ($( $arch:ident $tier:ident $k:ident $f:ident $kn:literal $un:literal; )*) => {
         static DOT: &[[KernelEntry; 2]] = &[
             $(
-                dot_kernels!(@v $tier $k $f $kn $un, F32 "f32" f32),
-                dot_kernels!(@v $tier $k $f $kn $un, F16 "f16" half::f16),
-                dot_kernels!(@v $tier $k $f $kn $un, Bf16 "bf16" half::bf16),
-                dot_kernels!(@v $tier $k $f $kn $un, Int8 "int8" i8),
+                dot_kernels!(@v $arch $tier $k $f $kn $un, F32 "f32" f32),
+                dot_kernels!(@v $arch $tier $k $f $kn $un, F16 "f16" half::f16),
+                dot_kernels!(@v $arch $tier $k $f $kn $un, Bf16 "bf16" half::bf16),
+                dot_kernels!(@v $arch $tier $k $f $kn $un, Int8 "int8" i8),
             )*
         ];
     };
-    (@v $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty) => {
+    (@v $arch:ident $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty) => {
         [
-            dot_kernels!(@e $tier $k $f $kn $un, $v $vn $vt, "_exact__", true),
-            dot_kernels!(@e $tier $k $f $kn $un, $v $vn $vt, "_fast__", false),
+            dot_kernels!(@e $arch $tier $k $f $kn $un, $v $vn $vt, "_exact__", true),
+            dot_kernels!(@e $arch $tier $k $f $kn $un, $v $vn $vt, "_fast__", false),
         ]
     };
-    (@e $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty,
+    (@e $arch:ident $tier:ident $k:ident $f:ident $kn:literal $un:literal, $v:ident $vn:literal $vt:ty,
      $class:literal, $exact:literal) => {
         KernelEntry {
             name: concat!("decode_k", $kn, "_v", $vn, "_", $un, $class, stringify!($tier)),
@@ -279,18 +283,24 @@ macro_rules! dot_kernels {
             dk: 0,
             dv: 0,
             rows: 0,
-            f: crate::arch::x86_64::dot::$f::<$vt, $exact>,
+            f: crate::arch::$arch::dot::$f::<$vt, $exact>,
         }
     };
     (@tier avx512) => { Tier::Avx512 };
     (@tier avx2) => { Tier::Avx2 };
+    (@tier neon) => { Tier::Neon };
 }
 
 #[cfg(all(target_arch = "x86_64", not(test)))]
 dot_kernels! {
-    avx512 Bf16 bf16_entry "bf16" "bf16dot";
-    avx512 Int8 int8_entry_512 "int8" "int8dot";
-    avx2 Int8 int8_entry_256 "int8" "int8dot";
+    x86_64 avx512 Bf16 bf16_entry "bf16" "bf16dot";
+    x86_64 avx512 Int8 int8_entry_512 "int8" "int8dot";
+    x86_64 avx2 Int8 int8_entry_256 "int8" "int8dot";
+}
+
+#[cfg(all(target_arch = "aarch64", not(test)))]
+dot_kernels! {
+    aarch64 neon Bf16 bf16_entry "bf16" "bf16dot";
 }
 
 /// The kernel of a unit other than f32 FMA (whose kernels [`select`]
@@ -309,7 +319,7 @@ pub(crate) fn unit_entry(
     match unit {
         #[cfg(all(target_arch = "x86_64", not(test)))]
         Unit::AmxBf16 => Some(&AMX_BF16[fast]),
-        #[cfg(all(target_arch = "x86_64", not(test)))]
+        #[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(test)))]
         Unit::Bf16Dot | Unit::Int8Dot => DOT
             .iter()
             .find(|e| e[0].tier == tier && e[0].k == k && e[0].v == v)

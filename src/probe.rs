@@ -160,6 +160,9 @@ pub fn unit_rate(unit: Unit, threads: usize) -> Option<f64> {
             Unit::Bf16Dot => crate::arch::x86_64::dots::bf16_dot_ops(iters),
             #[cfg(target_arch = "x86_64")]
             Unit::Int8Dot => crate::arch::x86_64::dots::int8_dot_ops(iters),
+            // Eight `bfdot` per iteration.
+            #[cfg(target_arch = "aarch64")]
+            Unit::Bf16Dot => crate::arch::aarch64::dot::bf16_dot_ops(iters / 8),
             #[cfg(target_arch = "x86_64")]
             Unit::AmxBf16 => crate::arch::x86_64::amx::tile_ops(false, iters / 16),
             #[cfg(target_arch = "x86_64")]

@@ -159,7 +159,8 @@ impl std::fmt::Display for Tier {
 pub enum Unit {
     /// f32 fused multiply-add on the tier's vectors.
     F32Fma,
-    /// AVX512-BF16 `vdpbf16ps`: two bf16 products per f32 lane.
+    /// AVX512-BF16 `vdpbf16ps` (`avx512` tier) or Armv8.6 BF16 `bfdot`
+    /// (`neon` tier): two bf16 products per f32 lane.
     Bf16Dot,
     /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
     Int8Dot,

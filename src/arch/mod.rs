@@ -91,6 +91,8 @@ pub(crate) fn unit_scratch_len(
         // Sized for the avx512 tier's vectors, which need more than avx2's.
         #[cfg(target_arch = "x86_64")]
         crate::tier::Unit::Int8Dot => x86_64::dot::unit_scratch_len(false, true, rows, dk, dv),
+        #[cfg(target_arch = "aarch64")]
+        crate::tier::Unit::Bf16Dot => aarch64::dot::unit_scratch_len(rows, dk, dv),
         _ => {
             let _ = (rows, dk, dv);
             0

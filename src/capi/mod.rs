@@ -77,7 +77,7 @@ pub const GQA_TIER_AUTO: i32 = -1;
 pub const GQA_UNIT_AUTO: i32 = 0;
 /// `gqa_options.unit` and `gqa_plan_unit`: f32 FMA.
 pub const GQA_UNIT_F32_FMA: i32 = 1;
-/// AVX512-BF16 `vdpbf16ps`.
+/// AVX512-BF16 `vdpbf16ps` (`avx512` tier) or Arm BF16 `bfdot` (`neon` tier).
 pub const GQA_UNIT_BF16_DOT: i32 = 2;
 /// `vpdpbusd` (AVX512-VNNI, AVX-VNNI).
 pub const GQA_UNIT_INT8_DOT: i32 = 3;

@@ -36,6 +36,7 @@ pub(super) fn choose_unit(shape: &Shape, options: &Options, tier: Tier) -> Resul
         } else if Unit::AmxBf16.runs(tier, k, v) && Unit::AmxBf16.is_available() {
             Unit::AmxBf16
         } else if options.precision == Precision::Fast
+            && tier == Tier::Avx512
             && (k, v) == (Dtype::Bf16, Dtype::Bf16)
             && Unit::Bf16Dot.runs(tier, k, v)
             && Unit::Bf16Dot.is_available()
@@ -46,6 +47,8 @@ pub(super) fn choose_unit(shape: &Shape, options: &Options, tier: Tier) -> Resul
             // step, Llama-3-8B bf16 q_len 2 and 4 (8 and 16 rows) 0.71x
             // and 0.70x; at 4 rows even. On the Sapphire Rapids core the
             // instruction ran at half the f32 rate, and AMX serves there.
+            // The neon tier's `bfdot` kernels are not measured on a real
+            // core yet, so only a forced unit runs them.
             Unit::Bf16Dot
         } else {
             Unit::F32Fma

@@ -1,3 +1,4 @@
-//! aarch64 tiers.
+//! aarch64 tiers, and the dot-product unit of the `neon` tier.
 
+pub(crate) mod dot;
 pub(crate) mod neon;

@@ -47,8 +47,7 @@ mod phases;
 mod scores;
 mod softmax;
 mod transform;
-// The dot-product units' block loop; its units are x86-64 ones so far.
-#[cfg(target_arch = "x86_64")]
+// The dot-product units' block loop (x86-64 and aarch64 units).
 pub(crate) mod unit;
 
 use accumulate::*;
