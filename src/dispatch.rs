@@ -155,6 +155,9 @@ impl Unit {
             #[cfg(target_arch = "aarch64")]
             Unit::Bf16Dot => (!crate::arch::aarch64::dot::has_bf16_dot())
                 .then_some("this CPU has no BF16 (FEAT_BF16, `bfdot`)"),
+            #[cfg(target_arch = "aarch64")]
+            Unit::Int8Dot => (!crate::arch::aarch64::dot::has_int8_dot())
+                .then_some("this CPU has no dot product (FEAT_DotProd, `sdot`)"),
             #[cfg(target_arch = "x86_64")]
             Unit::Int8Dot => (!crate::arch::x86_64::dots::has_int8_dot()
                 && !crate::arch::x86_64::dot::has_avx_vnni())
@@ -187,15 +190,17 @@ impl Unit {
     /// Whether the library has kernels on this unit for K and V of these
     /// types on `tier`: f32 FMA for every pair and tier; AMX for bf16 K and
     /// V on the `avx512` tier; `bf16-dot` for bf16 K on `avx512` and
-    /// `neon` and `int8-dot` for int8 K on `avx512` and `avx2`, each with V
-    /// of f32, f16, bf16 or int8.
+    /// `neon` and `int8-dot` for int8 K on `avx512`, `avx2` and `neon`,
+    /// each with V of f32, f16, bf16 or int8.
     pub fn runs(self, tier: Tier, k: Dtype, v: Dtype) -> bool {
         let dot_v = matches!(v, Dtype::F32 | Dtype::F16 | Dtype::Bf16 | Dtype::Int8);
         match self {
             Unit::F32Fma => true,
             Unit::AmxBf16 => tier == Tier::Avx512 && k == Dtype::Bf16 && v == Dtype::Bf16,
             Unit::Bf16Dot => matches!(tier, Tier::Avx512 | Tier::Neon) && k == Dtype::Bf16 && dot_v,
-            Unit::Int8Dot => matches!(tier, Tier::Avx512 | Tier::Avx2) && k == Dtype::Int8 && dot_v,
+            Unit::Int8Dot => {
+                matches!(tier, Tier::Avx512 | Tier::Avx2 | Tier::Neon) && k == Dtype::Int8 && dot_v
+            }
             _ => false,
         }
     }
@@ -301,6 +306,7 @@ dot_kernels! {
 #[cfg(all(target_arch = "aarch64", not(test)))]
 dot_kernels! {
     aarch64 neon Bf16 bf16_entry "bf16" "bf16dot";
+    aarch64 neon Int8 int8_entry "int8" "int8dot";
 }
 
 /// The kernel of a unit other than f32 FMA (whose kernels [`select`]

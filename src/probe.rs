@@ -163,6 +163,8 @@ pub fn unit_rate(unit: Unit, threads: usize) -> Option<f64> {
             // Eight `bfdot` per iteration.
             #[cfg(target_arch = "aarch64")]
             Unit::Bf16Dot => crate::arch::aarch64::dot::bf16_dot_ops(iters / 8),
+            #[cfg(target_arch = "aarch64")]
+            Unit::Int8Dot => crate::arch::aarch64::dot::int8_dot_ops(iters / 8),
             #[cfg(target_arch = "x86_64")]
             Unit::AmxBf16 => crate::arch::x86_64::amx::tile_ops(false, iters / 16),
             #[cfg(target_arch = "x86_64")]

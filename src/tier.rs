@@ -162,7 +162,9 @@ pub enum Unit {
     /// AVX512-BF16 `vdpbf16ps` (`avx512` tier) or Armv8.6 BF16 `bfdot`
     /// (`neon` tier): two bf16 products per f32 lane.
     Bf16Dot,
-    /// AVX512-VNNI `vpdpbusd`: four u8 × i8 products per i32 lane.
+    /// AVX512-VNNI or AVX-VNNI `vpdpbusd` (four u8 × i8 products per i32
+    /// lane), or Arm DotProd `sdot` (four i8 × i8 products per i32 lane,
+    /// `neon` tier).
     Int8Dot,
     /// AMX `tdpbf16ps`: 16 × 16 f32 outputs of 32 bf16 products each.
     AmxBf16,

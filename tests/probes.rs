@@ -31,7 +31,12 @@ fn dot_unit_rates_exist_where_the_units_do() {
     );
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     assert!(!Unit::Bf16Dot.is_available());
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        Unit::Int8Dot.is_available(),
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     assert!(!Unit::Int8Dot.is_available());
     // Any core with these units does billions of operations per second;
     // the aarch64 suite runs under qemu-user in CI, which emulates `bfdot`

@@ -92,7 +92,9 @@ pub(crate) fn unit_scratch_len(
         #[cfg(target_arch = "x86_64")]
         crate::tier::Unit::Int8Dot => x86_64::dot::unit_scratch_len(false, true, rows, dk, dv),
         #[cfg(target_arch = "aarch64")]
-        crate::tier::Unit::Bf16Dot => aarch64::dot::unit_scratch_len(rows, dk, dv),
+        crate::tier::Unit::Bf16Dot => aarch64::dot::unit_scratch_len(true, rows, dk, dv),
+        #[cfg(target_arch = "aarch64")]
+        crate::tier::Unit::Int8Dot => aarch64::dot::unit_scratch_len(false, rows, dk, dv),
         _ => {
             let _ = (rows, dk, dv);
             0

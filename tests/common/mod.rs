@@ -55,12 +55,13 @@ pub fn tiers() -> Vec<Tier> {
 }
 
 /// Every (tier, unit) with kernels other than f32 FMA.
-pub const UNIT_KERNELS: [(Tier, Unit); 5] = [
+pub const UNIT_KERNELS: [(Tier, Unit); 6] = [
     (Tier::Avx512, Unit::AmxBf16),
     (Tier::Avx512, Unit::Bf16Dot),
     (Tier::Avx512, Unit::Int8Dot),
     (Tier::Avx2, Unit::Int8Dot),
     (Tier::Neon, Unit::Bf16Dot),
+    (Tier::Neon, Unit::Int8Dot),
 ];
 
 /// The kernels on other units than f32 FMA that this CPU and process can
