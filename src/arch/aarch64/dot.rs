@@ -70,6 +70,7 @@ unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // guarantees; no memory, stack or flags touched.
     unsafe {
         asm!(
+            ".arch_extension dotprod",
             "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
             acc = inout(vreg) acc,
             a = in(vreg) a,
@@ -91,6 +92,9 @@ unsafe fn bfdot(acc: float32x4_t, a: uint16x8_t, b: uint16x8_t) -> float32x4_t {
     // guarantees; no memory, stack or flags touched.
     unsafe {
         asm!(
+            // The assembler takes the instruction in any function this
+            // inlines into (the features are checked at run time).
+            ".arch_extension bf16",
             "bfdot {acc:v}.4s, {a:v}.8h, {b:v}.8h",
             acc = inout(vreg) acc,
             a = in(vreg) a,
@@ -163,48 +167,115 @@ impl<const EXACT: bool> DotUnit<Neon> for Bf16Dot<EXACT> {
         work: *mut f32,
     ) {
         let (n8, full) = (dk8(dk), dk / 8);
-        let k = k.cast::<u16>();
         let q = qp.cast::<u16>();
-        let tail = work.cast::<u16>();
         // SAFETY: K rows `j < nb` hold `dk` values; `work` holds BLOCK
         // pieces of 8 bf16 (`work_len`); the packed query as `pack_q`
         // wrote it; `sbuf` rows hold BLOCK f32 and `j0 + COLS <= BLOCK`.
         unsafe {
-            if full < n8 / 8 {
-                for j in 0..nb {
-                    let src = k.add(j * stride + full * 8);
-                    let dst = tail.add(j * 8);
-                    for d in 0..8 {
-                        *dst.add(d) = if d < dk - full * 8 { *src.add(d) } else { 0 };
-                    }
+            let tail = work.cast::<u16>();
+            let k = k.cast::<u16>();
+            for (i0, nr, j0, at, tails) in tiles(k, stride, nb, dk, 8, tail, rows, ROWS) {
+                let qt = q.add(i0 * Self::PARTS * n8);
+                let out = sbuf.add(i0 * BLOCK + j0);
+                macro_rules! tile {
+                    ($($n:literal)*) => {
+                        match nr {
+                            $($n => score_tile::<$n, EXACT>(qt, n8, full, at, tails, out),)*
+                            _ => unreachable!(),
+                        }
+                    };
                 }
-            }
-            let mut j0 = 0;
-            while j0 < nb {
-                // Positions past `nb` repeat the last one (their scores
-                // are not read).
-                let j = |x: usize| (j0 + x).min(nb - 1);
-                let rows_at = [0, 1, 2, 3].map(|x| k.add(j(x) * stride));
-                let tails = [0, 1, 2, 3].map(|x| tail.add(j(x) * 8).cast_const());
-                let mut i0 = 0;
-                while i0 < rows {
-                    let nr = (rows - i0).min(ROWS);
-                    let qt = q.add(i0 * Self::PARTS * n8);
-                    let out = sbuf.add(i0 * BLOCK + j0);
-                    macro_rules! tile {
-                        ($($n:literal)*) => {
-                            match nr {
-                                $($n => score_tile::<$n, EXACT>(qt, n8, full, rows_at, tails, out),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    tile!(1 2 3 4);
-                    i0 += nr;
-                }
-                j0 += COLS;
+                tile!(1 2 3 4);
             }
         }
+    }
+}
+
+/// The score tiles of a block of `nb` K rows (`stride` elements apart),
+/// in order: `(i0, nr, j0, at, tails)` for `nr <= rt` query rows from
+/// `i0` by `COLS` positions from `j0`, `at[x]` the K row of position
+/// `j0 + x` and `tails[x]` its last piece (see [`tiles`]). Positions past
+/// `nb` repeat the last one (their scores are not read).
+struct Tiles<E> {
+    k: *const E,
+    stride: usize,
+    nb: usize,
+    w: usize,
+    tail: *const E,
+    rows: usize,
+    rt: usize,
+    i0: usize,
+    j0: usize,
+}
+
+impl<E> Iterator for Tiles<E> {
+    type Item = (usize, usize, usize, [*const E; COLS], [*const E; COLS]);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.j0 >= self.nb || self.rows == 0 {
+            return None;
+        }
+        let j = |x: usize| (self.j0 + x).min(self.nb - 1);
+        let at = [0, 1, 2, 3].map(|x| self.k.wrapping_add(j(x) * self.stride));
+        let tails = [0, 1, 2, 3].map(|x| self.tail.wrapping_add(j(x) * self.w));
+        let nr = (self.rows - self.i0).min(self.rt);
+        let item = (self.i0, nr, self.j0, at, tails);
+        self.i0 += nr;
+        if self.i0 == self.rows {
+            self.i0 = 0;
+            self.j0 += COLS;
+        }
+        Some(item)
+    }
+}
+
+/// The score tiles ([`Tiles`]) of a block of `nb` K rows (`dk` valid
+/// elements each) for `rows` query rows in tiles of `rt`, vectors of `w`
+/// elements: where `dk` is not a multiple of `w`, first copies the last
+/// piece of each K row into `tail` (`w` elements per row, zero past `dk`).
+///
+/// # Safety
+/// K rows `j < nb` hold `dk` elements; `tail` holds `nb · w` elements.
+#[inline(always)]
+unsafe fn tiles<E: Copy + Default>(
+    k: *const E,
+    stride: usize,
+    nb: usize,
+    dk: usize,
+    w: usize,
+    tail: *mut E,
+    rows: usize,
+    rt: usize,
+) -> Tiles<E> {
+    let full = dk / w;
+    if !dk.is_multiple_of(w) {
+        for j in 0..nb {
+            // SAFETY: reads of the first `dk` elements of row `j < nb`,
+            // writes of `w` elements of piece `j` of `tail`.
+            unsafe {
+                let src = k.add(j * stride + full * w);
+                let dst = tail.add(j * w);
+                for d in 0..w {
+                    *dst.add(d) = if d < dk - full * w {
+                        *src.add(d)
+                    } else {
+                        E::default()
+                    };
+                }
+            }
+        }
+    }
+    Tiles {
+        k,
+        stride,
+        nb,
+        w,
+        tail,
+        rows,
+        rt,
+        i0: 0,
+        j0: 0,
     }
 }
 
@@ -229,21 +300,26 @@ unsafe fn score_tile<const NR: usize, const EXACT: bool>(
     // register arithmetic under neon and bf16.
     unsafe {
         let mut acc = [[vdupq_n_f32(0.0); COLS]; NR];
-        let mut step = |kv: [uint16x8_t; COLS], c: usize| {
-            for (r, ar) in acc.iter_mut().enumerate() {
-                for p in 0..parts {
-                    let qv = vld1q_u16(q.add((r * parts + p) * n8 + c * 8));
-                    for (a, kx) in ar.iter_mut().zip(kv) {
-                        *a = bfdot(*a, qv, kx);
+        // One 8-value step of every row and position (a macro, not a
+        // closure: it must inline into the kernel's loop).
+        macro_rules! step {
+            ($kv:expr, $c:expr) => {{
+                let (kv, c): ([uint16x8_t; COLS], usize) = ($kv, $c);
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    for p in 0..parts {
+                        let qv = vld1q_u16(q.add((r * parts + p) * n8 + c * 8));
+                        for (a, kx) in ar.iter_mut().zip(kv) {
+                            *a = bfdot(*a, qv, kx);
+                        }
                     }
                 }
-            }
-        };
+            }};
+        }
         for c in 0..full {
-            step(k.map(|p| vld1q_u16(p.add(c * 8))), c);
+            step!(k.map(|p| vld1q_u16(p.add(c * 8))), c);
         }
         if n8 > full * 8 {
-            step(tails.map(|p| vld1q_u16(p)), full);
+            step!(tails.map(|p| vld1q_u16(p)), full);
         }
         for (r, a) in acc.iter().enumerate() {
             let s = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
@@ -328,47 +404,26 @@ impl<const EXACT: bool> DotUnit<Neon> for Int8Dot<EXACT> {
     ) {
         let (n16, full) = (dk16(dk), dk / 16);
         let codes = qp.cast::<i8>();
-        let tail = work.cast::<i8>();
         let rt = (ROWS / Self::PARTS).max(1);
         // SAFETY: K rows `j < nb` hold `dk` bytes; `work` holds BLOCK
         // pieces of 16 bytes (`work_len`); the packed query as `pack_q`
         // wrote it; `sbuf` rows hold BLOCK f32 and `j0 + COLS <= BLOCK`.
         unsafe {
             let steps = qp.add(rows * Self::PARTS * n16 / 4);
-            if full < n16 / 16 {
-                for j in 0..nb {
-                    let src = k.add(j * stride + full * 16);
-                    let dst = tail.add(j * 16);
-                    for d in 0..16 {
-                        *dst.add(d) = if d < dk - full * 16 { *src.add(d) } else { 0 };
-                    }
+            let tail = work.cast::<i8>();
+            for (i0, nr, j0, at, tails) in tiles(k, stride, nb, dk, 16, tail, rows, rt) {
+                let qt = codes.add(i0 * Self::PARTS * n16);
+                let st = steps.add(i0 * Self::PARTS);
+                let out = sbuf.add(i0 * BLOCK + j0);
+                macro_rules! tile {
+                    ($($n:literal)*) => {
+                        match nr {
+                            $($n => int8_tile::<$n, EXACT>(qt, st, n16, full, at, tails, out),)*
+                            _ => unreachable!(),
+                        }
+                    };
                 }
-            }
-            let mut j0 = 0;
-            while j0 < nb {
-                // Positions past `nb` repeat the last one (their scores
-                // are not read).
-                let j = |x: usize| (j0 + x).min(nb - 1);
-                let rows_at = [0, 1, 2, 3].map(|x| k.add(j(x) * stride));
-                let tails = [0, 1, 2, 3].map(|x| tail.add(j(x) * 16).cast_const());
-                let mut i0 = 0;
-                while i0 < rows {
-                    let nr = (rows - i0).min(rt);
-                    let qt = codes.add(i0 * Self::PARTS * n16);
-                    let st = steps.add(i0 * Self::PARTS);
-                    let out = sbuf.add(i0 * BLOCK + j0);
-                    macro_rules! tile {
-                        ($($n:literal)*) => {
-                            match nr {
-                                $($n => int8_tile::<$n, EXACT>(qt, st, n16, full, rows_at, tails, out),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    tile!(1 2);
-                    i0 += nr;
-                }
-                j0 += COLS;
+                tile!(1 2);
             }
         }
     }
@@ -397,21 +452,25 @@ unsafe fn int8_tile<const NR: usize, const EXACT: bool>(
     // register arithmetic under neon and dotprod.
     unsafe {
         let mut acc = [[[vdupq_n_s32(0); COLS]; 3]; NR];
-        let mut step = |kv: [int8x16_t; COLS], c: usize| {
-            for (r, ar) in acc.iter_mut().enumerate() {
-                for (p, ap) in ar.iter_mut().enumerate().take(parts) {
-                    let qv = vld1q_s8(q.add((r * parts + p) * n16 + c * 16));
-                    for (a, kx) in ap.iter_mut().zip(kv) {
-                        *a = sdot(*a, qv, kx);
+        // One 16-byte step of every row, part and position.
+        macro_rules! step {
+            ($kv:expr, $c:expr) => {{
+                let (kv, c): ([int8x16_t; COLS], usize) = ($kv, $c);
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    for (p, ap) in ar.iter_mut().enumerate().take(parts) {
+                        let qv = vld1q_s8(q.add((r * parts + p) * n16 + c * 16));
+                        for (a, kx) in ap.iter_mut().zip(kv) {
+                            *a = sdot(*a, qv, kx);
+                        }
                     }
                 }
-            }
-        };
+            }};
+        }
         for c in 0..full {
-            step(k.map(|p| vld1q_s8(p.add(c * 16))), c);
+            step!(k.map(|p| vld1q_s8(p.add(c * 16))), c);
         }
         if n16 > full * 16 {
-            step(tails.map(|p| vld1q_s8(p)), full);
+            step!(tails.map(|p| vld1q_s8(p)), full);
         }
         for (r, ar) in acc.iter().enumerate() {
             let mut s = vdupq_n_f32(0.0);
