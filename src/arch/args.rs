@@ -51,6 +51,10 @@ pub(crate) struct ChunkArgs {
     /// [`Ahead`]): a later window's K and V, or empty spans. Hints only:
     /// any address is allowed.
     pub ahead: [Span; 2],
+    /// Whether the kernel hints each block's V rows into L1 while it
+    /// scores the block's K rows ([`block_v_prefetch`]; rows read straight
+    /// from the cache only). A hint: results are the same either way.
+    pub touch_v: bool,
 }
 
 /// Where the microkernel reads one run of rows: the first row's values, the
@@ -175,6 +179,12 @@ impl Ahead {
         }
     }
 
+    /// Whether any line is left to hint.
+    #[inline(always)]
+    pub(crate) fn pending(&self) -> bool {
+        self.next.get() < self.end
+    }
+
     /// Hints every line not hinted yet.
     #[inline(always)]
     pub(crate) fn finish(&self) {
@@ -209,17 +219,18 @@ impl Ahead {
 ///   per head (r = 1, bf16 D = 128: 3.6 -> 4.5 ms) and with 512-byte rows
 ///   (bf16 D = 256, r = 4: 13.0 -> 17.0 ms; f32 D = 128 flat) the hints
 ///   cost more than they bring, so there they are off.
-/// - AMD Zen 3 (family 0x19 model 1; the 2-core EPYC VM), the same rule
-///   but 2 KiB ahead. 32 KiB vs none, one run after the other, three
-///   pairs: Llama-3-8B f16 (r = 4, 256-byte rows), L 32768, 1 thread,
-///   cold, 16.5 -> 14.1, 17.6 -> 14.5, 18.8 -> 14.6 ms; Falcon-7B f16
-///   (r = 71, D 64) 11.3 -> 11.0 ms. A later sweep (one binary, the
-///   distances' runs interleaved, best of 6 rounds over 1 GiB of layer
-///   caches, five runs) put 2 KiB (8 rows) at 0.89-0.90x of 32 KiB with
-///   1 thread (13.9 against 15.4-15.6 ms; 4 KiB 0.92-0.95x, none
-///   0.96-0.99x) and 0.87-0.89x with 2 (7.2 against 8.1-8.3 ms); Falcon
-///   flat (0.99-1.0x); Gemma-2-9B (512-byte rows, off by the rule) 0.86x
-///   with 2 KiB or none against 64 KiB.
+/// - AMD Zen 3 (family 0x19 model 1; the 2-core EPYC VM): 2 or more
+///   rows of at most 512 bytes, 3 KiB ahead. 32 KiB vs none, one run
+///   after the other, three pairs: Llama-3-8B f16 (r = 4, 256-byte rows),
+///   L 32768, 1 thread, cold, 16.5 -> 14.1, 17.6 -> 14.5, 18.8 -> 14.6 ms;
+///   Falcon-7B f16 (r = 71, D 64) 11.3 -> 11.0 ms. Later sweeps (one
+///   binary, the distances' runs interleaved, best of 6 rounds over 1 GiB
+///   of layer caches): 8 rows at 0.89-0.90x of 128 with 1 thread, 0.87-0.89x
+///   with 2; with the one-position score loop of 512-byte rows ticking
+///   its hints (it sent them in one burst per block before), 12 rows
+///   (3 KiB) at 0.84-0.86x of 16 in four runs (1 thread; 0.95-0.97x with
+///   2), f32 `D = 128` 4-6 rows 0.86-0.93x of none, Gemma-2-9B (f16
+///   `D = 256`, r = 2) 6 rows 0.73x of none (0.72-0.78x with 2 threads).
 /// - Others (Zen 4 among them) are left to their hardware prefetcher
 ///   until measured: on the AMD Zen 4 VM head-major caches read at least
 ///   as fast as token-major ones with software prefetch.
@@ -231,9 +242,11 @@ pub(crate) fn stream_prefetch_bytes(rows: usize, row_bytes: usize) -> usize {
         if super::x86_64::intel() {
             return 32 << 10;
         }
-        let zen3 = super::x86_64::amd_zen3();
-        if (zen3 || super::x86_64::amd_zen5_or_later()) && rows >= 2 && row_bytes <= 256 {
-            return if zen3 { 2 << 10 } else { 32 << 10 };
+        if super::x86_64::amd_zen3() && rows >= 2 && row_bytes <= 512 {
+            return 3 << 10;
+        }
+        if super::x86_64::amd_zen5_or_later() && rows >= 2 && row_bytes <= 256 {
+            return 32 << 10;
         }
     }
     let _ = (rows, row_bytes);
@@ -270,6 +283,57 @@ pub(crate) fn token_window_bytes() -> usize {
         }
     }
     64 << 10
+}
+
+/// Whether a plan's kernels hint each 16-position block's V rows into L1
+/// while they score its K rows, a row per scored position, by default
+/// ([`crate::Plan::v_prefetch`]). Where a V row is wider than the
+/// registers one pass of P·V can hold, P·V reads the block column tile by
+/// column tile, so its first pass touches a slice of every row: from
+/// DRAM that read slower than whole rows in order.
+///
+/// - AMD Zen 3 (family 0x19 model 1; the 2-core EPYC VM), AVX2, 1 thread,
+///   L 32768, cold. An AVX2 loop shaped like the kernel (16 K rows scored,
+///   then P·V in half-row column tiles per query row; f32 `D = 128`,
+///   r = 4), interleaved in one binary: 38.6-40.3 ms, 32.5 with the V
+///   rows hinted into L1 during the scores, the same as whole-row P·V
+///   (31.0-33.9). The kernel itself: see the README's Zen 3 section.
+/// - Others: off until measured.
+pub(crate) fn block_v_prefetch() -> bool {
+    // Miri cannot run `cpuid` (inline assembly).
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        if super::x86_64::amd_zen3() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Hints every cache line of the `bytes` bytes from `p` into L1 (x86
+/// `prefetcht0`, aarch64 `prfm pldl1keep`): a block's V rows while the
+/// kernel scores the block ([`block_v_prefetch`]). Safe for any address.
+#[inline(always)]
+pub(crate) fn prefetch_span_l1(p: *const u8, bytes: usize) {
+    let mut a = p.wrapping_sub(p as usize & 63);
+    let end = p.wrapping_add(bytes);
+    while a < end {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch hint (SSE, in every x86_64 CPU) never faults or
+        // reads architecturally, whatever the address.
+        unsafe {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(a.cast::<i8>())
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `prfm` is a hint: it never faults or reads
+        // architecturally, whatever the address, and touches no register
+        // but its input.
+        unsafe {
+            core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
+        }
+        a = a.wrapping_add(64);
+    }
 }
 
 /// Hints every cache line of the `bytes` bytes from `p` into the core's

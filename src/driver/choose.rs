@@ -79,7 +79,7 @@ pub(super) fn default_prefetch(tier: Tier) -> usize {
 /// experiments), else none for the portable tier and, for the vector
 /// tiers, the CPU's distance in bytes
 /// ([`crate::arch::stream_prefetch_bytes`]) in rows of the wider of K and
-/// V, 16 to 256 positions.
+/// V, 1 to 256 positions.
 pub(super) fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
     if let Some(n) = std::env::var("GQA_KERNELS_STREAM_PREFETCH")
         .ok()
@@ -97,7 +97,24 @@ pub(super) fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
     if bytes == 0 {
         return 0;
     }
-    (bytes / row).clamp(crate::arch::BLOCK, CHUNK)
+    (bytes / row).clamp(1, CHUNK)
+}
+
+/// Whether a plan's kernels start with the V-block hint
+/// ([`crate::Plan::v_prefetch`]): `GQA_KERNELS_V_PREFETCH` when set to 0
+/// or 1 (for experiments), else off for the portable tier and the CPU's
+/// choice ([`crate::arch::block_v_prefetch`]) for the vector tiers.
+pub(super) fn default_v_prefetch(tier: Tier) -> bool {
+    match std::env::var("GQA_KERNELS_V_PREFETCH")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("0") => return false,
+        Some("1") => return true,
+        _ => {}
+    }
+    tier != Tier::Scalar && crate::arch::block_v_prefetch()
 }
 
 /// Positions per window of the token-major walk a plan starts with:

@@ -1,6 +1,9 @@
 //! Layer 2, part 1: shapes, options, validation and the plan.
 
-use super::choose::{choose_unit, default_prefetch, default_stream_prefetch, default_token_window};
+use super::choose::{
+    choose_unit, default_prefetch, default_stream_prefetch, default_token_window,
+    default_v_prefetch,
+};
 use super::layout::CHUNK;
 use crate::arch::{pad, scratch_len};
 use crate::dispatch::{self, active_tier, KernelEntry};
@@ -125,6 +128,9 @@ pub struct Plan {
     pub(crate) prefetch: usize,
     /// Software prefetch distance of head-major streams, in rows (0: none).
     pub(crate) stream_prefetch: usize,
+    /// Whether the kernels hint each block's V rows into L1 while they
+    /// score it.
+    pub(crate) v_prefetch: bool,
     /// Positions per window of the token-major walk (at least 1).
     pub(crate) token_window: usize,
     /// The multiply-add unit of the kernels.
@@ -149,6 +155,7 @@ impl std::fmt::Debug for Plan {
             .field("sinks", &self.sinks)
             .field("prefetch", &self.prefetch)
             .field("stream_prefetch", &self.stream_prefetch)
+            .field("v_prefetch", &self.v_prefetch)
             .field("token_window", &self.token_window)
             .finish()
     }
@@ -245,6 +252,7 @@ impl Plan {
             alibi: None,
             prefetch: default_prefetch(tier),
             stream_prefetch: default_stream_prefetch(tier, shape),
+            v_prefetch: default_v_prefetch(tier),
             token_window: default_token_window(shape),
             unit,
             precision,
@@ -407,6 +415,20 @@ impl Plan {
     /// distance.
     pub fn with_stream_prefetch(mut self, rows: usize) -> Plan {
         self.stream_prefetch = rows;
+        self
+    }
+    /// Whether the kernels hint each 16-position block's V rows into L1,
+    /// a row per position, while they score the block's K rows (rows read
+    /// straight from the cache: groups up to the tier's register tile).
+    /// Chosen from the CPU when the plan is made (on where P·V reads wide
+    /// rows column tile by column tile and that read DRAM slower).
+    pub fn v_prefetch(&self) -> bool {
+        self.v_prefetch
+    }
+    /// The same plan with the V-block hint of [`Plan::v_prefetch`] on or
+    /// off; results are bitwise the same either way.
+    pub fn with_v_prefetch(mut self, on: bool) -> Plan {
+        self.v_prefetch = on;
         self
     }
     /// Positions per window where the driver walks the KV heads of a

@@ -459,6 +459,7 @@ impl Job<'_, '_> {
                 bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
             },
             ahead: [Span::default(); 2],
+            touch_v: self.plan.v_prefetch,
         }
     }
 }

@@ -108,8 +108,45 @@ trait RowSource: Copy {
     fn row_bytes(self) -> usize {
         0
     }
+    /// Where the block's rows lie in memory, to hint into L1 ([`Touch`]);
+    /// nothing for scratch copies.
+    fn touch(self) -> Touch {
+        Touch::NONE
+    }
     /// Vector `c` of row `j` of the current block, as f32.
     unsafe fn load<S: Simd>(self, j: usize, c: usize) -> S::V;
+}
+
+/// A block's V rows in the cache, hinted into L1 a row at a time while the
+/// block's K rows are scored ([`ChunkArgs::touch_v`]): `bytes` from row
+/// `j`'s address `base + j * stride`. Hints only: any address is allowed.
+#[derive(Clone, Copy)]
+pub(super) struct Touch {
+    base: *const u8,
+    stride: usize,
+    bytes: usize,
+}
+
+impl Touch {
+    const NONE: Touch = Touch {
+        base: std::ptr::null(),
+        stride: 0,
+        bytes: 0,
+    };
+
+    /// Whether there is anything to hint.
+    #[inline(always)]
+    fn on(self) -> bool {
+        self.bytes > 0
+    }
+
+    /// Hints rows `j..j + n`.
+    #[inline(always)]
+    fn rows(self, j: usize, n: usize) {
+        for i in j..j + n {
+            crate::arch::prefetch_span_l1(self.base.wrapping_add(i * self.stride), self.bytes);
+        }
+    }
 }
 
 /// Cache rows of at least this many bytes are scored one position at a
@@ -183,6 +220,14 @@ impl<E: Elem> RowSource for CacheRows<E> {
             self.d
         } else {
             self.d * core::mem::size_of::<E>()
+        }
+    }
+    #[inline(always)]
+    fn touch(self) -> Touch {
+        Touch {
+            base: self.base.cast(),
+            stride: self.stride * core::mem::size_of::<E>(),
+            bytes: self.row_bytes(),
         }
     }
     #[inline(always)]
@@ -380,6 +425,12 @@ impl BlockStep<'_> {
         // positions of the phase that reads the same kind of rows.
         let (i, n) = (start / BLOCK, a.n.div_ceil(BLOCK));
         let ahead_k = Ahead::new(a.ahead[0].share(i, n), nb);
+        // The block's own V rows, into L1 while its K rows are scored.
+        let touch = if a.touch_v {
+            vrows.touch()
+        } else {
+            Touch::NONE
+        };
         // SAFETY: the struct's precondition, forwarded from the kernel.
         unsafe {
             phase::<S, _>(
@@ -394,6 +445,7 @@ impl BlockStep<'_> {
                     part,
                     sbuf,
                     ahead: &ahead_k,
+                    touch,
                 },
             );
             ahead_k.finish();

@@ -39,6 +39,7 @@ pub(super) struct Scores<'h, R> {
     pub(super) part: *mut f32,
     pub(super) sbuf: *mut f32,
     pub(super) ahead: &'h Ahead,
+    pub(super) touch: Touch,
 }
 
 impl<R: RowSource> SimdOp for Scores<'_, R> {
@@ -55,9 +56,10 @@ impl<R: RowSource> SimdOp for Scores<'_, R> {
             part,
             sbuf,
             ahead,
+            touch,
         } = self;
         // SAFETY: forwarded preconditions of `scores`.
-        unsafe { scores::<S, R>(q, rows, dkp, kc, krows, nb, part, sbuf, ahead) }
+        unsafe { scores::<S, R>(q, rows, dkp, kc, krows, nb, part, sbuf, ahead, touch) }
     }
 }
 

@@ -16,23 +16,26 @@ pub(super) unsafe fn scores<S: Simd, R: RowSource>(
     part: *mut f32,
     sbuf: *mut f32,
     ahead: &Ahead,
+    touch: Touch,
 ) {
     let mut i0 = 0;
     while i0 < rows {
         let rt = S::ROW_TILE.min(rows - i0);
+        // The V rows are hinted once, along the first row tile.
+        let touch = if i0 == 0 { touch } else { Touch::NONE };
         // SAFETY: rows `i0..i0 + rt` exist in `q` and `sbuf`.
         unsafe {
             let qt = q.add(i0 * dkp);
             let st = sbuf.add(i0 * BLOCK);
             match rt {
-                8 => score_tile::<S, R, 8>(qt, dkp, kc, krows, nb, part, st, ahead),
-                7 => score_tile::<S, R, 7>(qt, dkp, kc, krows, nb, part, st, ahead),
-                6 => score_tile::<S, R, 6>(qt, dkp, kc, krows, nb, part, st, ahead),
-                5 => score_tile::<S, R, 5>(qt, dkp, kc, krows, nb, part, st, ahead),
-                4 => score_tile::<S, R, 4>(qt, dkp, kc, krows, nb, part, st, ahead),
-                3 => score_tile::<S, R, 3>(qt, dkp, kc, krows, nb, part, st, ahead),
-                2 => score_tile::<S, R, 2>(qt, dkp, kc, krows, nb, part, st, ahead),
-                _ => score_tile::<S, R, 1>(qt, dkp, kc, krows, nb, part, st, ahead),
+                8 => score_tile::<S, R, 8>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                7 => score_tile::<S, R, 7>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                6 => score_tile::<S, R, 6>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                5 => score_tile::<S, R, 5>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                4 => score_tile::<S, R, 4>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                3 => score_tile::<S, R, 3>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                2 => score_tile::<S, R, 2>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
+                _ => score_tile::<S, R, 1>(qt, dkp, kc, krows, nb, part, st, ahead, touch),
             }
         }
         i0 += rt;
@@ -49,6 +52,7 @@ pub(super) unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
     part: *mut f32,
     sbuf: *mut f32,
     ahead: &Ahead,
+    touch: Touch,
 ) {
     // Two call sites, each with a constant `np`, so that the group's
     // register arrays stay in registers.
@@ -59,10 +63,10 @@ pub(super) unsafe fn score_tile<S: Simd, R: RowSource, const RT: usize>(
         if RT <= WIDE_ROW_TILE && bytes >= WIDE_ROW_BYTES
             || RT <= MID_ROW_TILE && bytes >= MID_ROW_BYTES
         {
-            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1, ahead);
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, 1, ahead, touch);
         } else {
             let np = tile_cols(S::ACC, RT);
-            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, np, ahead);
+            score_positions::<S, R, RT>(q, dkp, kc, krows, nb, part, sbuf, np, ahead, touch);
         }
     }
 }
@@ -79,6 +83,7 @@ pub(super) unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
     sbuf: *mut f32,
     np: usize,
     ahead: &Ahead,
+    touch: Touch,
 ) {
     let l = S::LANES;
     // `np` positions per step, so each loaded q vector feeds that many
@@ -89,9 +94,23 @@ pub(super) unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
     let in_regs = 2 * RT * np > l;
     let mut j = 0;
     if np == 1 && !in_regs && RT * kc <= HOISTED_Q_VECS.min(2 * S::ACC) {
+        touch.rows(0, nb);
         // SAFETY: as below, for every position `j < nb`.
         unsafe { score_rows_hoisted::<S, R, RT>(q, dkp, kc, krows, nb, part) };
         j = nb;
+    }
+    if touch.on() || np == 1 && ahead.pending() {
+        // With hints to spread: the block's later K rows and V rows into
+        // L2 (`ahead`) and its own V rows into L1 (`touch`), a step's
+        // worth per step. The loop without hints stays as it was (below).
+        while j + np <= nb {
+            // SAFETY: as below.
+            unsafe { score_group::<S, R, RT>(q, dkp, kc, krows, j, np, part, sbuf, in_regs) };
+            ahead.tick(np);
+            touch.rows(j, np);
+            j += np;
+        }
+        touch.rows(j, nb - j);
     }
     while j + np <= nb {
         // SAFETY: positions `j..j + np` are `< nb`; q rows `0..RT` of the
@@ -102,7 +121,7 @@ pub(super) unsafe fn score_positions<S: Simd, R: RowSource, const RT: usize>(
         // one-position loop of wide rows a tick per position made the
         // Gemma-2-9B step (D = 256, r = 2, [B, G, L, D], nothing to hint)
         // 18.5-20.1 ms against 14.8-16.3 without it (AMD Zen 4, 1 thread,
-        // cold); there the block's K hints go out at the phase's end.
+        // cold), so with something to hint that loop is the one above.
         if np > 1 {
             ahead.tick(np);
         }
