@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{tiers, Layout, Spec};
+use common::{tiers, Case, Layout, Spec};
 use gqa_kernels::{Dtype, Options, Plan, Shape};
 
 #[test]
@@ -72,18 +72,7 @@ fn prefetch_distance_changes_no_bit() {
                         (plan.prefetch(), plan.stream_prefetch(), plan.v_prefetch()),
                         (pf, spf, v)
                     );
-                    let rows = c.tokens() * shape.heads;
-                    let mut out = vec![f32::NAN; rows * shape.head_dim_v];
-                    let mut lse = vec![f32::NAN; rows];
-                    plan.run(
-                        &c.batch(),
-                        &mut out,
-                        Some(&mut lse),
-                        &mut plan.alloc_workspace(),
-                    )
-                    .unwrap();
-                    c.compare(plan.kernel_name(), &out, &lse, &want)
-                        .unwrap_or_else(|e| panic!("prefetch {pf}: {e}"));
+                    let (out, lse) = run_checked(&plan, &c, &want, &format!("prefetch {pf}"));
                     match &base {
                         None => base = Some((out, lse)),
                         Some((o, l)) => assert!(
@@ -139,19 +128,12 @@ fn token_window_any_size() {
                 for threads in [1usize, 3] {
                     let plan = plan(threads).with_token_window(w).unwrap();
                     assert_eq!(plan.token_window(), w);
-                    let rows = c.tokens() * shape.heads;
-                    let mut out = vec![f32::NAN; rows * shape.head_dim_v];
-                    let mut lse = vec![f32::NAN; rows];
-                    plan.run(
-                        &c.batch(),
-                        &mut out,
-                        Some(&mut lse),
-                        &mut plan.alloc_workspace(),
-                    )
-                    .unwrap();
-                    c.compare(plan.kernel_name(), &out, &lse, &want)
-                        .unwrap_or_else(|e| panic!("{layout:?}, window {w}: {e}"));
-                    runs.push((out, lse));
+                    runs.push(run_checked(
+                        &plan,
+                        &c,
+                        &want,
+                        &format!("{layout:?}, window {w}"),
+                    ));
                 }
                 let bits = |(o, l): &(Vec<f32>, Vec<f32>)| {
                     o.iter().chain(l).map(|x| x.to_bits()).collect::<Vec<_>>()
@@ -164,4 +146,27 @@ fn token_window_any_size() {
             }
         }
     }
+}
+
+/// `plan` on case `c`: its output and lse, checked against the reference
+/// `want` (`what` names the run in a failure).
+fn run_checked(
+    plan: &Plan,
+    c: &Case,
+    want: &gqa_kernels::reference::Reference,
+    what: &str,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = c.tokens() * plan.shape().heads;
+    let mut out = vec![f32::NAN; rows * plan.shape().head_dim_v];
+    let mut lse = vec![f32::NAN; rows];
+    plan.run(
+        &c.batch(),
+        &mut out,
+        Some(&mut lse),
+        &mut plan.alloc_workspace(),
+    )
+    .unwrap();
+    c.compare(plan.kernel_name(), &out, &lse, want)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    (out, lse)
 }

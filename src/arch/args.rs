@@ -315,25 +315,7 @@ pub(crate) fn block_v_prefetch() -> bool {
 /// kernel scores the block ([`block_v_prefetch`]). Safe for any address.
 #[inline(always)]
 pub(crate) fn prefetch_span_l1(p: *const u8, bytes: usize) {
-    let mut a = p.wrapping_sub(p as usize & 63);
-    let end = p.wrapping_add(bytes);
-    while a < end {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch hint (SSE, in every x86_64 CPU) never faults or
-        // reads architecturally, whatever the address.
-        unsafe {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(a.cast::<i8>())
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: `prfm` is a hint: it never faults or reads
-        // architecturally, whatever the address, and touches no register
-        // but its input.
-        unsafe {
-            core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
-        }
-        a = a.wrapping_add(64);
-    }
+    prefetch_lines::<true>(p, bytes);
 }
 
 /// Hints every cache line of the `bytes` bytes from `p` into the core's
@@ -346,6 +328,13 @@ pub(crate) fn prefetch_span_l1(p: *const u8, bytes: usize) {
 /// and never reads architecturally.
 #[inline]
 pub(crate) fn prefetch_span(p: *const u8, bytes: usize) {
+    prefetch_lines::<false>(p, bytes);
+}
+
+/// Every cache line of the `bytes` bytes from `p`, hinted into L1 (`L1`)
+/// or L2.
+#[inline(always)]
+fn prefetch_lines<const L1: bool>(p: *const u8, bytes: usize) {
     let mut a = p.wrapping_sub(p as usize & 63);
     let end = p.wrapping_add(bytes);
     while a < end {
@@ -353,15 +342,23 @@ pub(crate) fn prefetch_span(p: *const u8, bytes: usize) {
         // SAFETY: a prefetch hint (SSE, in every x86_64 CPU) never faults or
         // reads architecturally, whatever the address.
         unsafe {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            _mm_prefetch::<_MM_HINT_T1>(a.cast::<i8>())
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+            if L1 {
+                _mm_prefetch::<_MM_HINT_T0>(a.cast::<i8>())
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(a.cast::<i8>())
+            }
         };
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `prfm` is a hint: it never faults or reads
         // architecturally, whatever the address, and touches no register
         // but its input.
         unsafe {
-            core::arch::asm!("prfm pldl2keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
+            if L1 {
+                core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
+            } else {
+                core::arch::asm!("prfm pldl2keep, [{0}]", in(reg) a, options(nostack, readonly, preserves_flags));
+            }
         }
         a = a.wrapping_add(64);
     }
