@@ -312,7 +312,7 @@ fn token_major_caches_walk_chunk_major_with_identical_results() {
 /// no unit other than f32 FMA is usable.
 #[test]
 fn tile_unit_edges() {
-    use common::{check_thread_invariance, check_units, units};
+    use common::{check_units_threads, units};
     if units().is_empty() {
         return;
     }
@@ -349,8 +349,7 @@ fn tile_unit_edges() {
                     let mut s = Spec::new(sh, lens.clone());
                     s.layout = layout;
                     let c = s.build();
-                    check_units(&c);
-                    check_thread_invariance(&c, &[2, 3]);
+                    check_units_threads(&c, &[2, 3]);
                 }
             }
         }

@@ -10,7 +10,7 @@ pub use case::*;
 pub use store::*;
 
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
-use gqa_kernels::reference::{self, tolerance, Tolerance};
+use gqa_kernels::reference::{self, tolerance, Reference, Tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Blocks, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options,
     PagedKv, Plan, Precision, RingKv, Shape, Tier, Unit,
@@ -112,25 +112,57 @@ pub fn check_all(case: &Case) {
 /// Checks a case on every unit other than f32 FMA that has kernels for
 /// its types ([`units`]); panics with every failure.
 pub fn check_units(case: &Case) {
+    check_units_threads(case, &[]);
+}
+
+/// [`check_units`], and that each of those units gives bitwise the same
+/// result for each of `threads` as for one thread.
+pub fn check_units_threads(case: &Case, threads: &[usize]) {
     let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
     let run: Vec<_> = units()
         .into_iter()
         .filter(|&(t, u, _)| u.runs(t, k, v))
         .collect();
-    if run.is_empty() {
-        return;
+    if !run.is_empty() {
+        units_against(case, &case.reference(), &run, threads);
     }
-    let want = case.reference();
-    let errs: Vec<String> = run
-        .into_iter()
-        .filter_map(|(t, u, p)| case.check_unit(t, u, p, &want).err())
-        .collect();
+}
+
+/// The checks of [`check_units_threads`] on units `run`, against `want`.
+fn units_against(
+    case: &Case,
+    want: &Reference,
+    run: &[(Tier, Unit, Precision)],
+    threads: &[usize],
+) {
+    let mut errs = Vec::new();
+    for &(t, u, p) in run {
+        let (base, base_lse, name) = case.run_on(t, u, p, 1).unwrap();
+        let tol = case.unit_tolerance(u, p);
+        if let Err(e) = case.compare_within(name, &base, &base_lse, want, tol) {
+            errs.push(e);
+        }
+        for &n in threads {
+            let (o, l, _) = case.run_on(t, u, p, n).unwrap();
+            let same = o
+                .iter()
+                .chain(&l)
+                .zip(base.iter().chain(&base_lse))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            if !same {
+                errs.push(format!(
+                    "{name}: {n} threads differ from 1 (layout {:?}, shape {:?}, lens {:?})",
+                    case.layout, case.shape, case.seq_lens
+                ));
+            }
+        }
+    }
     assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
 
 /// Checks that every tier gives bitwise the same result for each thread
 /// count as for one thread, and that the one-thread result matches the
-/// reference.
+/// reference; then the same on every other unit ([`check_units_threads`]).
 pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
     let want = case.reference();
     for t in tiers() {
@@ -151,20 +183,9 @@ pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
         }
     }
     let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
-    for (t, u, p) in units().into_iter().filter(|&(t, u, _)| u.runs(t, k, v)) {
-        let (base, base_lse, name) = case.run_on(t, u, p, 1).unwrap();
-        for &n in threads {
-            let (o, l, _) = case.run_on(t, u, p, n).unwrap();
-            let same = o
-                .iter()
-                .chain(&l)
-                .zip(base.iter().chain(&base_lse))
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{name}: {n} threads differ from 1 (shape {:?})",
-                case.shape
-            );
-        }
-    }
+    let run: Vec<_> = units()
+        .into_iter()
+        .filter(|&(t, u, _)| u.runs(t, k, v))
+        .collect();
+    units_against(case, &want, &run, threads);
 }
