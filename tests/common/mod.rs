@@ -91,18 +91,26 @@ pub fn units() -> Vec<(Tier, Unit, Precision)> {
     v
 }
 
+/// The usable units other than f32 FMA ([`units`]) that have kernels for
+/// the case's K and V types.
+fn units_for(case: &Case) -> Vec<(Tier, Unit, Precision)> {
+    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
+    units()
+        .into_iter()
+        .filter(|&(t, u, _)| u.runs(t, k, v))
+        .collect()
+}
+
 /// Checks a case on every tier, and on every other unit that has kernels
 /// for its types; panics with every failure.
 pub fn check_all(case: &Case) {
     let want = case.reference();
-    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
     let errs: Vec<String> = tiers()
         .into_iter()
         .filter_map(|t| case.check_against(t, &want).err())
         .chain(
-            units()
+            units_for(case)
                 .into_iter()
-                .filter(|&(t, u, _)| u.runs(t, k, v))
                 .filter_map(|(t, u, p)| case.check_unit(t, u, p, &want).err()),
         )
         .collect();
@@ -118,11 +126,7 @@ pub fn check_units(case: &Case) {
 /// [`check_units`], and that each of those units gives bitwise the same
 /// result for each of `threads` as for one thread.
 pub fn check_units_threads(case: &Case, threads: &[usize]) {
-    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
-    let run: Vec<_> = units()
-        .into_iter()
-        .filter(|&(t, u, _)| u.runs(t, k, v))
-        .collect();
+    let run = units_for(case);
     if !run.is_empty() {
         units_against(case, &case.reference(), &run, threads);
     }
@@ -182,10 +186,5 @@ pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
             );
         }
     }
-    let (k, v) = (case.shape.k_dtype, case.shape.v_dtype);
-    let run: Vec<_> = units()
-        .into_iter()
-        .filter(|&(t, u, _)| u.runs(t, k, v))
-        .collect();
-    units_against(case, &want, &run, threads);
+    units_against(case, &want, &units_for(case), threads);
 }
