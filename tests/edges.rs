@@ -309,21 +309,25 @@ fn token_major_caches_walk_chunk_major_with_identical_results() {
 /// 71; several query tokens), head dims that are not multiples of 32,
 /// lengths around the 16-position block and the split, every layout, and
 /// bitwise-equal results at any thread count. Skipped (with a note) where
-/// no unit other than f32 FMA is usable.
+/// no unit other than f32 FMA is usable. Two tests, so that the harness
+/// runs them side by side (under qemu-user they are the suite's longest).
 #[test]
-fn tile_unit_edges() {
+fn tile_unit_edges_groups() {
+    tile_unit_edges(&[(5, 64, 1), (7, 33, 2), (71, 64, 1), (16, 128, 1)]);
+}
+
+#[test]
+fn tile_unit_edges_tokens_and_wide_rows() {
+    tile_unit_edges(&[(8, 96, 3), (3, 576, 1)]);
+}
+
+/// The cases above for each `(group size, head dim, query tokens)` shape.
+fn tile_unit_edges(shapes: &[(usize, usize, usize)]) {
     use common::{check_units_threads, units};
     if units().is_empty() {
         return;
     }
-    for (r, d, q_len) in [
-        (5, 64, 1),
-        (7, 33, 2),
-        (71, 64, 1),
-        (16, 128, 1),
-        (8, 96, 3),
-        (3, 576, 1),
-    ] {
+    for &(r, d, q_len) in shapes {
         for lens in [vec![0], vec![1], vec![15, 16, 17], vec![513, 300]] {
             for layout in [
                 Layout::Bgld,
