@@ -364,7 +364,7 @@ fn generate(
 /// tier): the tiers whose kernels this build compiles. The portable tier is
 /// always built. A tier left out is never available (`Tier::is_available`),
 /// as on a CPU without it. For instrumented test builds on a CPU that
-/// cannot run a tier anyway (CI's sanitizer and fuzzing stages): its
+/// cannot run a tier anyway (CI's sanitizer stage, a fuzzing build): its
 /// kernels would be compiled and never run.
 fn built_tiers(tiers: &[TierRow]) -> Vec<bool> {
     println!("cargo:rerun-if-env-changed=GQA_KERNELS_TIERS");
