@@ -239,11 +239,22 @@ pub fn decode_variant(
                         };
                         scores.push(s + bias + add);
                     }
+                    // A NaN score (NaN in the cache rows or the query)
+                    // makes the row NaN: `f64::max` alone would drop it,
+                    // and beside -inf-masked positions call the row fully
+                    // masked (zeros), hiding the NaN from the callers
+                    // that skip NaN inputs.
                     let m = scores
                         .iter()
                         .cloned()
                         .chain(sink)
-                        .fold(f64::NEG_INFINITY, f64::max);
+                        .fold(f64::NEG_INFINITY, |a, b| {
+                            if a.is_nan() || b.is_nan() {
+                                f64::NAN
+                            } else {
+                                a.max(b)
+                            }
+                        });
                     if m == f64::NEG_INFINITY {
                         // Every visible position masked by -inf and no
                         // sink: zeros and lse = -inf, as with no position.
