@@ -26,6 +26,7 @@
 /// - none of these regions overlap, except the K and V rows and their
 ///   scales, which are only read;
 /// - the transforms hold [`Transforms`]' conditions.
+#[derive(Clone, Copy)]
 pub(crate) struct ChunkArgs {
     /// The query tile.
     pub q: *const f32,

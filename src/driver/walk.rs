@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use super::hints::Pieces;
 use super::layout::{for_runs, head_strides, token_strides, walk, Walk, CHUNK};
 use super::plan::Plan;
 use crate::arch::{pad, ChunkArgs, Span, State, Transforms};
@@ -138,7 +139,7 @@ impl Job<'_, '_> {
                 let hint = |i: usize| {
                     let part = (i - group.start, group.len());
                     if let Some([k, v]) = pieces {
-                        [k.share(part.0, part.1), v.share(part.0, part.1)]
+                        Pieces::kv_share(k, v, part.0, part.1)
                     } else if ahead > 0 {
                         let pa = (a + ahead).min(range.end);
                         let pe = (e + ahead).min(range.end);
@@ -372,16 +373,28 @@ impl Job<'_, '_> {
         let states = states.as_mut_ptr();
         let scratch = scratch.as_mut_ptr();
         for_runs(&self.batch.cache, b, g0, a, e, |run| {
+            // Head g0 + dg lies `dg` head strides further on.
+            let head = |dg: usize| super::layout::Run {
+                k: run.k + dg * kh,
+                v: run.v + dg * vh,
+                ..run
+            };
+            let state = |i: usize| states.wrapping_add(i * slen);
+            // The arguments of head g0 + dg differ from head g0's by `dg`
+            // times a fixed step in each pointer: states are `slen` floats
+            // apart, and head strides are whole rows (whole blocks, whole
+            // int8 rows: `check_cache`), so each pointer `args` computes
+            // is linear in the head. Worked out once per run, not per head
+            // (this was ~2 % of a token-major step).
+            let first = self.args(b, g0, 0, tq, &head(0), state(items.start), scratch);
+            let next = (items.len() > 1)
+                .then(|| self.args(b, g0 + 1, 0, tq, &head(1), state(items.start + 1), scratch));
             for i in items.clone() {
                 let dg = i - items.start;
-                // Head g0 + dg lies `dg` head strides further on.
-                let head = super::layout::Run {
-                    k: run.k + dg * kh,
-                    v: run.v + dg * vh,
-                    ..run
+                let mut args = match &next {
+                    Some(next) if dg > 0 => stepped(&first, next, dg),
+                    _ => first,
                 };
-                let state = states.wrapping_add(i * slen);
-                let mut args = self.args(b, g0 + dg, 0, tq, &head, state, scratch);
                 if run.pos == a {
                     args.ahead = hint(i);
                 }
@@ -462,4 +475,24 @@ impl Job<'_, '_> {
             touch_v: self.plan.v_prefetch,
         }
     }
+}
+
+/// `first` moved `i` times the step from `first` to `next` in each pointer
+/// (the arguments of the head `i` heads on, where `next` are those of the
+/// head after `first`'s; see [`Job::call_heads`]).
+fn stepped(first: &ChunkArgs, next: &ChunkArgs, i: usize) -> ChunkArgs {
+    fn on<T>(p0: *const T, p1: *const T, i: usize) -> *const T {
+        p0.wrapping_byte_add((p1 as usize).wrapping_sub(p0 as usize).wrapping_mul(i))
+    }
+    let mut a = *first;
+    a.q = on(first.q, next.q, i);
+    a.k.ptr = on(first.k.ptr, next.k.ptr, i);
+    a.k.scale = on(first.k.scale, next.k.scale, i);
+    a.v.ptr = on(first.v.ptr, next.v.ptr, i);
+    a.v.scale = on(first.v.scale, next.v.scale, i);
+    a.state.m = on(first.state.m, next.state.m, i).cast_mut();
+    a.state.l = on(first.state.l, next.state.l, i).cast_mut();
+    a.state.acc = on(first.state.acc, next.state.acc, i).cast_mut();
+    a.transforms.bias = on(first.transforms.bias, next.transforms.bias, i);
+    a
 }
