@@ -90,9 +90,7 @@ impl Pieces {
         }
         Span::default()
     }
-}
 
-impl Pieces {
     /// What call `i` of the `n` calls over a window hints of a later
     /// window's K pieces `k` and V pieces `v`: where each is one piece
     /// (a token-major window, a `[page, G, D]` page), the first
