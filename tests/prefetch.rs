@@ -61,7 +61,7 @@ fn prefetch_distance_changes_no_bit() {
                     if tier == gqa_kernels::Tier::Scalar {
                         // The portable tier has no prefetch instruction.
                         assert_eq!((plan.prefetch(), plan.stream_prefetch()), (0, 0));
-                        assert!(!plan.v_prefetch());
+                        assert!(!plan.v_prefetch() && !plan.v_prefetch_windows());
                     }
                     assert!(plan.stream_prefetch() <= 256, "{}", plan.stream_prefetch());
                     let plan = plan
@@ -72,6 +72,7 @@ fn prefetch_distance_changes_no_bit() {
                         (plan.prefetch(), plan.stream_prefetch(), plan.v_prefetch()),
                         (pf, spf, v)
                     );
+                    assert_eq!(plan.v_prefetch_windows(), v);
                     let (out, lse) = run_checked(&plan, &c, &want, &format!("prefetch {pf}"));
                     match &base {
                         None => base = Some((out, lse)),

@@ -288,7 +288,9 @@ pub(crate) fn token_window_bytes() -> usize {
 
 /// Whether a plan's kernels hint each 16-position block's V rows into L1
 /// while they score its K rows, a row per scored position, by default
-/// ([`crate::Plan::v_prefetch`]). Where a V row is wider than the
+/// ([`crate::Plan::v_prefetch`]): `[head-major walk, window walk]` (the
+/// window walk: token-major caches and pages, see
+/// [`crate::Plan::token_window`]). Where a V row is wider than the
 /// registers one pass of P·V can hold, P·V reads the block column tile by
 /// column tile, so its first pass touches a slice of every row: from
 /// DRAM that read slower than whole rows in order.
@@ -298,17 +300,30 @@ pub(crate) fn token_window_bytes() -> usize {
 ///   then P·V in half-row column tiles per query row; f32 `D = 128`,
 ///   r = 4), interleaved in one binary: 38.6-40.3 ms, 32.5 with the V
 ///   rows hinted into L1 during the scores, the same as whole-row P·V
-///   (31.0-33.9). The kernel itself: see the README's Zen 3 section.
+///   (31.0-33.9). The kernel itself: see the README's Zen 3 section. Both
+///   walks.
+/// - Intel (Sapphire Rapids, family 6 model 207, a 16-core KVM guest),
+///   AVX-512, Llama-3-8B f16 L 32768, cold, one process, per-pair medians
+///   of 15 steps against the step without the hint: `[B, G, L, D]`
+///   0.918x / 0.937x (B 1, 1 / 2 threads) and 0.888x / 0.880x (B 4); on
+///   `[B, L, G, D]` 1.077x / 1.017x / 1.022x / 1.010x, so the window walk
+///   goes without. Then, without the hint over with it, head-major, 21
+///   pairs (1 / 2 threads): Llama-3-8B f16 B 1 1.082 / 1.092, B 4 1.078 /
+///   0.987, f32 1.012 / 1.057, Gemma-2-9B 1.034 / 0.969, Phi-3-mini
+///   1.061 / 0.876 (the two-thread pairs spread by up to 8 %).
 /// - Others: off until measured.
-pub(crate) fn block_v_prefetch() -> bool {
+pub(crate) fn block_v_prefetch() -> [bool; 2] {
     // Miri cannot run `cpuid` (inline assembly).
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         if super::x86_64::amd_zen3() {
-            return true;
+            return [true, true];
+        }
+        if super::x86_64::intel() {
+            return [true, false];
         }
     }
-    false
+    [false, false]
 }
 
 /// Hints every cache line of the `bytes` bytes from `p` into L1 (x86

@@ -101,20 +101,25 @@ pub(super) fn default_stream_prefetch(tier: Tier, shape: &Shape) -> usize {
 }
 
 /// Whether a plan's kernels start with the V-block hint
-/// ([`crate::Plan::v_prefetch`]): `GQA_KERNELS_V_PREFETCH` when set to 0
-/// or 1 (for experiments), else off for the portable tier and the CPU's
-/// choice ([`crate::arch::block_v_prefetch`]) for the vector tiers.
-pub(super) fn default_v_prefetch(tier: Tier) -> bool {
+/// ([`crate::Plan::v_prefetch`]), on the head-major walk and on the window
+/// walk: `GQA_KERNELS_V_PREFETCH` when set to 0 or 1 (for experiments; both
+/// walks), else off for the portable tier and the CPU's choice
+/// ([`crate::arch::block_v_prefetch`]) for the vector tiers.
+pub(super) fn default_v_prefetch(tier: Tier) -> [bool; 2] {
     match std::env::var("GQA_KERNELS_V_PREFETCH")
         .ok()
         .as_deref()
         .map(str::trim)
     {
-        Some("0") => return false,
-        Some("1") => return true,
+        Some("0") => return [false; 2],
+        Some("1") => return [true; 2],
         _ => {}
     }
-    tier != Tier::Scalar && crate::arch::block_v_prefetch()
+    if tier == Tier::Scalar {
+        [false; 2]
+    } else {
+        crate::arch::block_v_prefetch()
+    }
 }
 
 /// Positions per window of the token-major walk a plan starts with:

@@ -129,8 +129,8 @@ pub struct Plan {
     /// Software prefetch distance of head-major streams, in rows (0: none).
     pub(crate) stream_prefetch: usize,
     /// Whether the kernels hint each block's V rows into L1 while they
-    /// score it.
-    pub(crate) v_prefetch: bool,
+    /// score it: on the head-major walk, and on the window walk.
+    pub(crate) v_prefetch: [bool; 2],
     /// Positions per window of the token-major walk (at least 1).
     pub(crate) token_window: usize,
     /// The multiply-add unit of the kernels.
@@ -419,16 +419,23 @@ impl Plan {
     }
     /// Whether the kernels hint each 16-position block's V rows into L1,
     /// a row per position, while they score the block's K rows (rows read
-    /// straight from the cache: groups up to the tier's register tile).
-    /// Chosen from the CPU when the plan is made (on where P·V reads wide
-    /// rows column tile by column tile and that read DRAM slower).
+    /// straight from the cache: groups up to the tier's register tile), on
+    /// head-major caches. Chosen from the CPU when the plan is made (on
+    /// where P·V reads wide rows column tile by column tile and that read
+    /// DRAM slower: AMD Zen 3, Intel).
     pub fn v_prefetch(&self) -> bool {
-        self.v_prefetch
+        self.v_prefetch[0]
+    }
+    /// The same as [`Plan::v_prefetch`] for the window walk (token-major
+    /// caches and pages, see [`Plan::token_window`]): chosen apart, as it
+    /// measured otherwise there (off on Intel, on on AMD Zen 3).
+    pub fn v_prefetch_windows(&self) -> bool {
+        self.v_prefetch[1]
     }
     /// The same plan with the V-block hint of [`Plan::v_prefetch`] on or
-    /// off; results are bitwise the same either way.
+    /// off on both walks; results are bitwise the same either way.
     pub fn with_v_prefetch(mut self, on: bool) -> Plan {
-        self.v_prefetch = on;
+        self.v_prefetch = [on; 2];
         self
     }
     /// Positions per window where the driver walks the KV heads of a

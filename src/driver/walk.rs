@@ -182,6 +182,17 @@ impl Job<'_, '_> {
         }
     }
 
+    /// Whether this batch's cache is walked window by window
+    /// ([`Job::walk_windows`]) rather than item by item.
+    fn windowed(&self) -> bool {
+        walk(
+            &self.batch.cache,
+            self.plan.token_window,
+            self.plan.shape.head_dim_k,
+        )
+        .is_some()
+    }
+
     /// (sequence, split, KV head) of an item.
     fn coords(&self, item: usize) -> (usize, usize, usize) {
         let g = self.plan.shape.kv_heads;
@@ -472,7 +483,7 @@ impl Job<'_, '_> {
                 bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
             },
             ahead: [Span::default(); 2],
-            touch_v: self.plan.v_prefetch,
+            touch_v: self.plan.v_prefetch[usize::from(self.windowed())],
         }
     }
 }
