@@ -169,6 +169,15 @@ typedef struct gqa_batch {
     size_t bias_seq_stride;
     size_t bias_token_stride;
     size_t bias_head_stride; /* 0: one bias for every head */
+    /* Added after the first version (a smaller struct_size passes none): */
+    const uint64_t *tree_mask; /* NULL, or a draft-tree mask, a word per
+                                  query token: bit j of token t's word set
+                                  when t sees draft token j of its own
+                                  sequence (the token at L_b - q_len_b + j);
+                                  bit t set, no bit above t, at most 64
+                                  tokens a sequence. The cached positions
+                                  before the draft follow the causal rule. */
+    size_t tree_mask_len;
 } gqa_batch;
 
 /* New K/V rows for gqa_append: [T, G, D] of f32, f16 or bf16. */

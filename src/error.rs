@@ -128,6 +128,16 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// `tree_mask` is not a draft tree: a token's word must have its own
+    /// bit set and no bit above it (ancestors come first).
+    InvalidTreeMask {
+        /// The offending word (the batch's query token).
+        token: usize,
+        /// Its value.
+        value: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A sequence has more query tokens than cached positions.
     QLenExceedsKvLen {
         /// The sequence.
@@ -273,6 +283,9 @@ impl std::fmt::Display for Error {
             ),
             Error::InvalidQOffsets { index, value, reason } => {
                 write!(f, "invalid `q_offsets[{index}]` = {value}: {reason}")
+            }
+            Error::InvalidTreeMask { token, value, reason } => {
+                write!(f, "invalid `tree_mask[{token}]` = {value:#x}: {reason}")
             }
             Error::QLenExceedsKvLen { seq, q_len, kv_len } => write!(
                 f,

@@ -101,8 +101,9 @@ pub struct Variant<'a> {
 
 /// Decodes one step of any batch with attention variants: for the query at
 /// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
-/// the visible positions are `j <= p`, and `j >= p - W + 1` with a window;
-/// a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
+/// the visible positions are `j <= p`, and `j >= p - W + 1` with a window,
+/// and with a tree mask, of the draft positions `j >= L_b - q_len_b`, those
+/// whose bit `j - (L_b - q_len_b)` token `t`'s word sets; a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
 /// adds `slope_h (j - p)` and the batch's bias its value; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
 /// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
@@ -176,7 +177,15 @@ pub fn decode_variant(
                 Some(w) => visible.saturating_sub(w),
                 None => 0,
             };
-            if visible == first {
+            // A tree mask: among the draft tokens (the last q_len
+            // positions) token t sees those whose bits its word sets.
+            let seen: Vec<usize> = (first..visible)
+                .filter(|&j| match batch.tree_mask {
+                    Some(tree) if j + q_len >= len => tree[tok0 + t] >> (j + q_len - len) & 1 == 1,
+                    _ => true,
+                })
+                .collect();
+            if seen.is_empty() {
                 // No visible position: zeros, and lse = -inf (or the
                 // sink's logit).
                 for h in 0..h_count {
@@ -191,8 +200,8 @@ pub fn decode_variant(
                 // The visible K and V rows of KV head g, dequantized once
                 // for the r query heads that share them.
                 let rows = |is_v: bool, d_count: usize, data: &KvData<'_>| -> Vec<f64> {
-                    (first..visible)
-                        .flat_map(|j| {
+                    seen.iter()
+                        .flat_map(|&j| {
                             let base = row_index(&batch.cache, is_v, b, g, j);
                             (0..d_count).map(move |d| value(data, base + d, g, d_count))
                         })
@@ -206,9 +215,8 @@ pub fn decode_variant(
                     let sink = variant
                         .sinks
                         .map(|s| f64::from(s[h].max(crate::shape::LOGIT_FLOOR)));
-                    let mut scores = Vec::with_capacity(visible - first);
-                    for (jj, krow) in krows.chunks(dk).enumerate() {
-                        let j = first + jj;
+                    let mut scores = Vec::with_capacity(seen.len());
+                    for (&j, krow) in seen.iter().zip(krows.chunks(dk)) {
                         let mut dot = 0.0f64;
                         for d in 0..dk {
                             dot += f64::from(qrow[d]) * krow[d];

@@ -134,6 +134,8 @@ fn c_abi_items_on_many_threads_match_gqa_run() {
         bias_seq_stride: 0,
         bias_token_stride: 0,
         bias_head_stride: 0,
+        tree_mask: std::ptr::null(),
+        tree_mask_len: 0,
     };
     let (mut ws_len, mut items, mut st_len, mut sc_len) = (0, 0, 0, 0);
     // SAFETY: a live plan and valid out-pointers.

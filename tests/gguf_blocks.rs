@@ -519,6 +519,8 @@ fn the_c_abi_reads_block_formats_as_bytes() {
             bias_seq_stride: 0,
             bias_token_stride: 0,
             bias_head_stride: 0,
+            tree_mask: std::ptr::null(),
+            tree_mask_len: 0,
         };
         let mut out = vec![f32::NAN; h * d];
         // SAFETY: every pointer is valid for its length (the short `len`

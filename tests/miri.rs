@@ -133,6 +133,8 @@ fn the_c_abi_on_a_tiny_step() {
         bias_seq_stride: 0,
         bias_token_stride: 0,
         bias_head_stride: 0,
+        tree_mask: std::ptr::null(),
+        tree_mask_len: 0,
     };
     let mut ws_len = 0;
     // SAFETY: a live plan.

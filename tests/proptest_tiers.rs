@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes (plain and quantized, K and V independent), lengths, query tokens (uniform and ragged), sliding windows,
-//! logit softcaps, ALiBi, additive biases (with masks of `-inf`,
+//! logit softcaps, ALiBi, draft-tree masks, additive biases (with masks of `-inf`,
 //! `-f32::MAX` and `-1e30` in every pattern hosts write), attention sinks
 //! and values, on every tier this CPU has, through the public API, against
 //! the f64 reference under the documented tolerance. A fifth of the
@@ -147,6 +147,9 @@ prop_compose! {
         s.scale = scale;
         s.offset = offset;
         s.seed = seed;
+        // A draft-tree mask on a third of the multi-token cases (from the
+        // seed, so the other draws of a stored regression stay the same).
+        s.tree = q_len > 1 && seed.is_multiple_of(3);
         s
     }
 }

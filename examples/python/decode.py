@@ -2,8 +2,9 @@
 
 Loads the cdylib (`cargo build --release` makes target/release/
 libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
-numpy arrays, fills an int8 cache token by token with gqa_append and
-decodes it, and checks both against a numpy float64 reference. Exits
+numpy arrays, verifies a 4-token draft tree over it (a tree mask), fills
+an int8 cache token by token with gqa_append and decodes it, and checks
+each against a numpy float64 reference. Exits
 non-zero on any mismatch.
 
     cargo build --release && python3 examples/python/decode.py [path/to/libgqa_kernels.so]
@@ -94,6 +95,8 @@ class BatchS(C.Structure):
         ("bias_seq_stride", C.c_size_t),
         ("bias_token_stride", C.c_size_t),
         ("bias_head_stride", C.c_size_t),
+        ("tree_mask", C.POINTER(C.c_uint64)),
+        ("tree_mask_len", C.c_size_t),
     ]
 
 
@@ -159,7 +162,28 @@ def reference(q, k, v, lens, g):
     return out
 
 
-def decode(lib, shape, cache, q, lens):
+def tree_reference(q, k, v, lens, g, q_len, tree):
+    """float64 decode of q_len draft tokens per sequence under a tree mask:
+    q [B * q_len, H, D]; token t of sequence b sees the positions before
+    its draft and draft token j where bit j of tree[b * q_len + t] is set."""
+    tokens, h_count, d = q.shape
+    r = h_count // g
+    out = np.zeros((tokens, h_count, v.shape[-1]))
+    for b in range(len(lens)):
+        first = lens[b] - q_len
+        for t in range(q_len):
+            word = int(tree[b * q_len + t])
+            seen = list(range(first)) + [first + j for j in range(q_len) if word >> j & 1]
+            for h in range(h_count):
+                kk = k[b, h // r, seen].astype(np.float64)
+                vv = v[b, h // r, seen].astype(np.float64)
+                s = kk @ q[b * q_len + t, h].astype(np.float64) / np.sqrt(d)
+                w = np.exp(s - s.max())
+                out[b * q_len + t, h] = (w / w.sum()) @ vv
+    return out
+
+
+def decode(lib, shape, cache, q, lens, tree=None):
     plan = C.c_void_p()
     opts = Options(C.sizeof(Options), 0.0, GQA_TIER_AUTO, 1, 0, 0.0)
     check(lib, lib.gqa_plan_create(C.byref(shape), C.byref(opts), C.byref(plan)), "plan")
@@ -169,6 +193,9 @@ def decode(lib, shape, cache, q, lens):
     out = np.full(q.shape[0] * q.shape[1] * shape.head_dim_v, np.nan, dtype=np.float32)
     seq = (C.c_size_t * len(lens))(*lens)
     batch = BatchS(C.sizeof(BatchS), fptr(q), q.size, C.pointer(cache), seq, len(lens))
+    if tree is not None:
+        batch.tree_mask = tree.ctypes.data_as(C.POINTER(C.c_uint64))
+        batch.tree_mask_len = tree.size
     check(lib, lib.gqa_run(plan, C.byref(batch), fptr(out), out.size, None, 0,
                            ws.ctypes.data_as(C.c_void_p), ws.size), "run")
     name = lib.gqa_plan_kernel_name(plan).decode()
@@ -201,6 +228,21 @@ def main():
     print(f"gqa-kernels {lib.gqa_version().decode()}: f16 cache, {name}: max |out - numpy| = {err:.2e}")
     if not err < 1e-4:
         sys.exit("f16 decode disagrees with the numpy reference")
+
+    # Speculative verification: 4 draft tokens per sequence (the last 4
+    # positions of the cache) forming a tree, token 0 the root, tokens 1
+    # and 2 its children, token 3 a child of 1; each token sees the
+    # prefix, its ancestors and itself.
+    q_len = 4
+    tree = np.array([0b0001, 0b0011, 0b0101, 0b1011] * b_count, dtype=np.uint64)
+    qd = rng.uniform(-1, 1, (b_count * q_len, h_count, d)).astype(np.float32)
+    shape_t = Shape(C.sizeof(Shape), b_count, h_count, g, d, d, q_len, 0,
+                    GQA_DTYPE_F16, GQA_DTYPE_F16)
+    got_t, name_t = decode(lib, shape_t, cache, qd, lens, tree)
+    err_t = np.abs(got_t - tree_reference(qd, k, v, lens, g, q_len, tree)).max()
+    print(f"f16 cache, 4-token draft tree, {name_t}: max |out - numpy| = {err_t:.2e}")
+    if not err_t < 1e-4:
+        sys.exit("tree-masked decode disagrees with the numpy reference")
 
     # An int8 cache written token by token with gqa_append (quantized on
     # write), then decoded; the reference reads the dequantized cache.

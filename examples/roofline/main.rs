@@ -66,6 +66,7 @@ mod measure;
 mod probes;
 mod report;
 mod units;
+mod workloads;
 
 use append::*;
 use jobs::*;
@@ -73,6 +74,7 @@ use measure::*;
 use probes::*;
 use report::*;
 use units::*;
+use workloads::*;
 
 struct Args {
     json: bool,
@@ -80,7 +82,7 @@ struct Args {
     tier: Option<Tier>,
     threads: Vec<usize>,
     /// Sections to run (all when empty): table, serving, tiers, layouts,
-    /// variants, kv_types, g_sweep, append.
+    /// variants, kv_types, g_sweep, append, units, workloads.
     sections: Vec<String>,
 }
 
@@ -158,6 +160,9 @@ fn main() {
     }
     if wanted("units") {
         units_report(tier, &args, &probes);
+    }
+    if wanted("workloads") {
+        workloads_report(tier, &args, &probes);
     }
     print_summaries(&rows, args.json);
 }

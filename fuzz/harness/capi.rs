@@ -213,6 +213,17 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         .map(|i| i.min(u.int_in_range(0..=3usize).unwrap_or(0) + i))
         .collect();
     let bias = vec![0.5f32; u.int_in_range(0..=512usize)?];
+    // Draft-tree words: a chain, or whatever the input holds (mostly not
+    // a tree: the error paths).
+    let tree: Vec<u64> = (0..u.int_in_range(0..=16usize)?)
+        .map(|t| {
+            if u.ratio(1, 2)? {
+                Ok((2u64 << t) - 1)
+            } else {
+                u.arbitrary::<u64>()
+            }
+        })
+        .collect::<Result<_>>()?;
     let batch = gqa_batch {
         struct_size: struct_size(u, size_of::<gqa_batch>())?,
         q: if u.ratio(1, 16)? {
@@ -238,6 +249,12 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         bias_seq_stride: count(u, 64)?,
         bias_token_stride: count(u, 64)?,
         bias_head_stride: count(u, 64)?,
+        tree_mask: if u.ratio(1, 4)? {
+            tree.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        tree_mask_len: tree.len().min(count(u, 64)?),
     };
     let mut out = vec![f32::NAN; u.int_in_range(0..=8192usize)?];
     let mut lse = vec![f32::NAN; u.int_in_range(0..=64usize)?];

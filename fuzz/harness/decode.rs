@@ -1,9 +1,10 @@
 //! Differential decode: an arbitrary shape (group sizes up to 71, odd head
 //! dims, every K and V type), layout (strided, padded, paged, ring), query
-//! tokens, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
+//! tokens, draft-tree masks, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
 //! `-f32::MAX` and `-1e30` written into the bias) and values,
 //! sometimes corrupted (lengths past the buffers, strides that split a
-//! quantized row, page indices outside the pool, short queries), run
+//! quantized row, page indices outside the pool, short queries, a tree
+//! word with one bit flipped), run
 //! through the public API on an arbitrary available tier and thread
 //! count. The run either returns an error (the input was invalid: nothing
 //! to compare) or succeeds, and then the f64 reference, which validates
@@ -157,6 +158,9 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
                 .collect(),
         );
     }
+    // A draft-tree mask on a third of the multi-token inputs (from the
+    // seed: no new draw, so stored inputs keep their meaning otherwise).
+    spec.tree = q_len > 1 && spec.seed.is_multiple_of(3);
     let mut case = spec.build();
     // Sometimes corrupt one thing: the run must then fail cleanly, or the
     // input was still valid and everything below holds.
@@ -174,6 +178,11 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             case.q.pop();
         }
         4 => case.v_strides.2 = u.int_in_range(0..=1000usize)?,
+        5 if case.tree.as_ref().is_some_and(|t| !t.is_empty()) => {
+            let tree = case.tree.as_mut().expect("a tree");
+            let i = u.choose_index(tree.len())?;
+            tree[i] ^= 1 << u.int_in_range(0..=63u32)?;
+        }
         _ => {}
     }
     let threads = *u.choose(&[1usize, 2, 3])?;

@@ -239,6 +239,12 @@ pub struct gqa_batch {
     pub bias_token_stride: usize,
     /// Bias elements between query heads (0: broadcast).
     pub bias_head_stride: usize,
+    /// NULL, or a draft-tree mask: a word per query token (see
+    /// [`Batch::tree_mask`]). Added after the first version: a caller
+    /// compiled against that one (a smaller `struct_size`) passes none.
+    pub tree_mask: *const u64,
+    /// Words of `tree_mask`.
+    pub tree_mask_len: usize,
 }
 
 /// New K/V rows for `gqa_append` (see [`NewKv`]): `[T, G, D]` of f32, f16

@@ -10,7 +10,7 @@ use super::*;
 unsafe fn batch_of<'a>(batch: *const gqa_batch) -> R<Batch<'a>> {
     // SAFETY: the caller's contract on every pointer.
     unsafe {
-        let b = read_struct("batch", batch)?;
+        let b = read_struct_since("batch", batch, std::mem::offset_of!(gqa_batch, tree_mask))?;
         if b.cache.is_null() {
             return Err(null("batch.cache"));
         }
@@ -23,6 +23,9 @@ unsafe fn batch_of<'a>(batch: *const gqa_batch) -> R<Batch<'a>> {
                 Fail(GQA_ERR_OUT_OF_BOUNDS, "`batch.n_seqs` is impossible".into())
             })?;
             bt = bt.with_q_offsets(slice("batch.q_offsets", b.q_offsets, n)?);
+        }
+        if !b.tree_mask.is_null() {
+            bt = bt.with_tree_mask(slice("batch.tree_mask", b.tree_mask, b.tree_mask_len)?);
         }
         if !b.bias.is_null() {
             bt = bt.with_bias(Bias {

@@ -45,6 +45,9 @@ pub(crate) fn check_batch(
     if let Some(bias) = &batch.bias {
         check_bias(shape, batch, bias)?;
     }
+    if let Some(tree) = batch.tree_mask {
+        check_tree(shape, batch, tree, tokens)?;
+    }
     check_cache(shape, &batch.cache, batch.seq_lens)?;
     Ok(tokens)
 }
@@ -117,6 +120,39 @@ fn check_tokens(shape: &Shape, batch: &Batch<'_>) -> Result<usize> {
         }
     };
     Ok(tokens)
+}
+
+/// The tree mask has a word per query token, and each word is a draft
+/// tree's row: its own bit set, no bit above it (so at most 64 tokens per
+/// sequence).
+fn check_tree(shape: &Shape, batch: &Batch<'_>, tree: &[u64], tokens: usize) -> Result<()> {
+    expect("tree_mask", tokens, tree.len())?;
+    for b in 0..shape.batch {
+        let (tok0, tq) = match batch.q_offsets {
+            Some(o) => (o[b], o[b + 1] - o[b]),
+            None => (b * shape.q_len, shape.q_len),
+        };
+        for t in 0..tq {
+            let (token, value) = (tok0 + t, tree[tok0 + t]);
+            let err = |reason| Error::InvalidTreeMask {
+                token,
+                value,
+                reason,
+            };
+            if t >= 64 {
+                return Err(err("a sequence with a tree mask has at most 64 tokens"));
+            }
+            if value >> t & 1 == 0 {
+                return Err(err("a token must see itself (bit t of token t's word)"));
+            }
+            if t < 63 && value >> (t + 1) != 0 {
+                return Err(err(
+                    "a token sees only earlier draft tokens (ancestors come first): a bit above t is set",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The bias covers every (token, head, position) a step reads, and every

@@ -158,7 +158,10 @@ impl Job<'_, '_> {
                 // walk does.
                 let cut = (a / CHUNK + 1) * CHUNK;
                 let seen = |p| self.seen_by(p, len, tq) == (0, tq);
-                if e <= cut && self.plan.alibi.is_none() && seen(a) && seen(e - 1) {
+                // A tree mask may hide the first draft position from some
+                // tokens (the later ones are not seen by all anyway).
+                let drafts = e + tq > len && self.root_hidden(b);
+                if e <= cut && self.plan.alibi.is_none() && !drafts && seen(a) && seen(e - 1) {
                     // Every token sees the whole window (the
                     // tokens that see a position move with it
                     // only one way).
@@ -180,6 +183,16 @@ impl Job<'_, '_> {
                 a = e;
             }
         }
+    }
+
+    /// Whether a tree mask hides sequence `b`'s first draft token (the
+    /// last position the causal rule shows every token) from some of its
+    /// tokens; then the calls cut before it.
+    fn root_hidden(&self, b: usize) -> bool {
+        self.batch.tree_mask.is_some_and(|tree| {
+            let (tq, tok0) = self.plan.tokens(&self.batch, b);
+            tree[tok0..tok0 + tq].iter().any(|w| w & 1 == 0)
+        })
     }
 
     /// Whether this batch's cache is walked window by window
@@ -268,7 +281,9 @@ impl Job<'_, '_> {
     /// run of positions seen by the same tokens: without a window, the
     /// positions every token sees form one run and each causal-tail
     /// position its own; a window adds runs at its left edge. The tokens
-    /// that see a position are consecutive, hence consecutive tile rows.
+    /// that see a position are consecutive, hence consecutive tile rows;
+    /// under a tree mask a draft position is called once per run of
+    /// consecutive tokens that see it.
     /// `hints` go to the first kernel call (see [`ChunkArgs::ahead_k`]).
     fn run_window(
         &self,
@@ -286,14 +301,35 @@ impl Job<'_, '_> {
             let tokens = self.seen_by(p, len, tq);
             // Only positions seen by every token share their tokens with a
             // neighbour (both bounds move with `p` elsewhere); they end at
-            // token 0's own position.
+            // token 0's own position, or before it where a tree mask hides
+            // that first draft from some tokens.
             let e = if tokens == (0, tq) {
-                w.end.min(len - tq + 1)
+                let cut = p + tq < len && self.root_hidden(b);
+                w.end.min(len - tq + usize::from(!cut))
             } else {
                 p + 1
             };
-            if tokens.0 < tokens.1 {
-                self.call(b, g, p, e, tokens.0, tokens.1, state, scratch, hints);
+            match self.batch.tree_mask {
+                // A draft position (`e == p + 1` there): the tokens that
+                // see it by the causal rule and whose tree row has its
+                // bit, in runs of consecutive tokens (tile rows).
+                Some(tree) if p + tq >= len => {
+                    let (_, tok0) = self.plan.tokens(&self.batch, b);
+                    let j = p + tq - len;
+                    let sees = |t: usize| tree[tok0 + t] >> j & 1 != 0;
+                    let mut t = tokens.0;
+                    while t < tokens.1 {
+                        let t1 = (t..tokens.1).find(|&u| !sees(u)).unwrap_or(tokens.1);
+                        if t < t1 {
+                            self.call(b, g, p, e, t, t1, state, scratch, hints);
+                        }
+                        t = t1 + 1;
+                    }
+                }
+                _ if tokens.0 < tokens.1 => {
+                    self.call(b, g, p, e, tokens.0, tokens.1, state, scratch, hints);
+                }
+                _ => {}
             }
             p = e;
         }

@@ -509,6 +509,18 @@ pub struct Batch<'a> {
     pub q_offsets: Option<&'a [usize]>,
     /// Optional additive bias per (sequence, token, head (optional), position).
     pub bias: Option<Bias<'a>>,
+    /// Optional draft-tree mask for speculative verification: one word per
+    /// query token of the batch (`T` words, in the order of `q`), bit `j`
+    /// of token `t`'s word set when `t` sees draft token `j` of its own
+    /// sequence (the token at position `L_b - q_len_b + j`: the step's new
+    /// tokens are a draft tree in topological order, ancestors first).
+    /// Every cached position before the draft stays visible by the causal
+    /// rule (and the window, if any); among the draft tokens a token sees
+    /// exactly those whose bits are set. A token must see itself (bit
+    /// `t`) and only earlier tokens (no bit above `t`), so sequences with
+    /// a mask have at most 64 tokens. `None` is the causal rule alone (the
+    /// same as every bit `j <= t` set).
+    pub tree_mask: Option<&'a [u64]>,
 }
 
 impl<'a> Batch<'a> {
@@ -520,6 +532,7 @@ impl<'a> Batch<'a> {
             seq_lens,
             q_offsets: None,
             bias: None,
+            tree_mask: None,
         }
     }
 
@@ -531,6 +544,7 @@ impl<'a> Batch<'a> {
             seq_lens,
             q_offsets: None,
             bias: None,
+            tree_mask: None,
         }
     }
 
@@ -543,6 +557,12 @@ impl<'a> Batch<'a> {
     /// The same batch with an additive bias.
     pub fn with_bias(mut self, bias: Bias<'a>) -> Self {
         self.bias = Some(bias);
+        self
+    }
+
+    /// The same batch with a draft-tree mask (see [`Batch::tree_mask`]).
+    pub fn with_tree_mask(mut self, tree_mask: &'a [u64]) -> Self {
+        self.tree_mask = Some(tree_mask);
         self
     }
 }

@@ -67,6 +67,8 @@ pub struct Case {
     pub alibi: Option<Vec<f32>>,
     /// Additive bias values and their (seq, token, head) strides.
     pub bias: Option<(Vec<f32>, (usize, usize, usize))>,
+    /// Draft-tree mask: a word per query token (`Batch::tree_mask`).
+    pub tree: Option<Vec<u64>>,
 }
 
 /// Everything needed to build a case.
@@ -98,6 +100,9 @@ pub struct Spec {
     /// A mask written into the bias (a per-head bias is made if there is
     /// none): `mask.value` at every position the pattern covers.
     pub mask: Option<Mask>,
+    /// A random draft forest over each sequence's tokens as a tree mask:
+    /// each token's parent is an earlier token or none (a new root).
+    pub tree: bool,
 }
 
 /// Where a mask written as a bias puts its value, for the query token at
@@ -170,6 +175,7 @@ impl Spec {
             bias: None,
             bias_range: 2.0,
             mask: None,
+            tree: false,
         }
     }
 
@@ -205,6 +211,7 @@ impl Spec {
             softcap: self.softcap,
             alibi: self.alibi.clone(),
             bias: None,
+            tree: None,
         };
         let strided = |max_len: usize, d: usize, u: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
@@ -340,6 +347,29 @@ impl Spec {
                 }
             }
             c.bias = Some((data, (ss, ts, hs)));
+        }
+        if self.tree {
+            // Drawn last, so that cases without a tree keep their values.
+            let mut words = Vec::with_capacity(tokens);
+            for b in 0..s.batch {
+                let q_len = match &self.q_tokens {
+                    Some(t) => t[b],
+                    None => s.q_len,
+                };
+                let w0 = words.len();
+                for t in 0..q_len {
+                    // A parent among the earlier tokens, or (one in four)
+                    // none: a forest, so some tokens do not see token 0.
+                    let parent = rng.below(4 * t + 1);
+                    let up = if t > 0 && parent < 3 * t {
+                        words[w0 + parent / 3]
+                    } else {
+                        0
+                    };
+                    words.push(up | 1u64 << t);
+                }
+            }
+            c.tree = Some(words);
         }
         c
     }

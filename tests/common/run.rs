@@ -62,6 +62,9 @@ impl Case {
                 head_stride: *hs,
             });
         }
+        if let Some(tree) = &self.tree {
+            b = b.with_tree_mask(tree);
+        }
         match &self.q_offsets {
             Some(o) => b.with_q_offsets(o),
             None => b,
@@ -240,7 +243,7 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}, tree {:x?}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
@@ -248,7 +251,8 @@ impl Case {
                 self.sinks.is_some(),
                 self.softcap,
                 self.alibi.is_some(),
-                self.bias.is_some()
+                self.bias.is_some(),
+                self.tree
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {
