@@ -82,18 +82,23 @@ pub(crate) fn units_report(tier: Tier, args: &Args, probes: &Probes) {
     print_units(&shapes, &data, &cfgs, probes, args.json);
 }
 
+/// A xorshift stream of values uniform in `[-1, 1)` from `seed`: the
+/// inputs of the sections that make their own caches.
+pub(crate) fn uniform_values(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
 /// The inputs of every shape, and a row for each unit and precision that
 /// runs it on `tier` (f32-FMA `Exact` first; AMX skipped, with its reason
 /// printed once, where the process may not use it).
 fn unit_rows(tier: Tier, shapes: &[UnitShape], div: usize) -> (Vec<Data>, Vec<Cfg>) {
     use gqa_kernels::Precision;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut next = uniform_values(0x9E37_79B9_7F4A_7C15);
     let mut data = Vec::new();
     let mut cfgs: Vec<Cfg> = Vec::new();
     for (i, u) in shapes.iter().enumerate() {

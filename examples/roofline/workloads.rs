@@ -31,13 +31,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
         .with_max_kv_len(l);
     let layer_bytes = shape.kv_bytes(&[l]);
     let layers = ((1usize << 30) / layer_bytes).clamp(2, 32);
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut next = uniform_values(0x2545_F491_4F6C_DD1D);
     let caches: Vec<(KvBuffer, KvBuffer)> = (0..layers)
         .map(|_| {
             let k: Vec<f32> = (0..g * l * d).map(|_| next()).collect();
