@@ -131,12 +131,15 @@ pub(crate) fn print_ratio_lines(rows: &[Row], sweep: &[&Row], t32: f64) {
 
 /// The G sweep, the variants over plain decode and the KV types over f16.
 pub(crate) fn print_sweep_variant_type_tables(rows: &[Row], sweep: &[&Row], t32: f64) {
-    println!();
-    println!("## G sweep: step time relative to MHA (G = 32), best of {SWEEP_ROUNDS} rounds");
-    println!(
-        "{:>3} {:>10} {:>12} {:>12}",
-        "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
-    );
+    // No heading without rows (a report of other sections only).
+    if !sweep.is_empty() {
+        println!();
+        println!("## G sweep: step time relative to MHA (G = 32), best of {SWEEP_ROUNDS} rounds");
+        println!(
+            "{:>3} {:>10} {:>12} {:>12}",
+            "G", "seconds", "t(G)/t(32)", "t(32)/t(G)"
+        );
+    }
     for r in sweep {
         println!(
             "{:>3} {:>10.6} {:>12.3} {:>12.2}",
