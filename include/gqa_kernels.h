@@ -149,6 +149,11 @@ typedef struct gqa_cache {
     size_t blocks_per_seq;
     size_t capacity;             /* ring: slots per sequence; strided: positions (append) */
     const size_t *first_pos;     /* ring (gqa_run): B absolute first positions */
+    /* Added after the first version (a smaller struct_size passes 0): */
+    int32_t latent;              /* 1: a latent (MLA) cache: V is the leading
+                                    head_dim_v values of each K row (v is not
+                                    read; head_dim_v <= head_dim_k), each row
+                                    read once; gqa_append refuses it */
 } gqa_cache;
 
 /* The inputs of one step. */

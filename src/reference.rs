@@ -124,6 +124,13 @@ pub fn decode_variant(
             reason: "a window holds at least the query's own position",
         });
     }
+    if batch.cache.is_latent() && shape.head_dim_v > shape.head_dim_k {
+        return Err(Error::InvalidDim {
+            arg: "head_dim_v",
+            value: shape.head_dim_v,
+            reason: "a latent cache's V is the leading head_dim_v values of each K row",
+        });
+    }
     if let Some(a) = variant.alibi {
         if a.len() != shape.heads {
             return Err(Error::LengthMismatch {
@@ -208,7 +215,12 @@ pub fn decode_variant(
                         .collect()
                 };
                 let krows = rows(false, dk, &kdata);
-                let vrows = rows(true, dv, &vdata);
+                // A latent cache: V is the leading dv values of each K row.
+                let vrows = if batch.cache.is_latent() {
+                    krows.chunks(dk).flat_map(|k| k[..dv].to_vec()).collect()
+                } else {
+                    rows(true, dv, &vdata)
+                };
                 for h in g * r..(g + 1) * r {
                     let row = (tok0 + t) * h_count + h;
                     let qrow = &q[row * dk..(row + 1) * dk];

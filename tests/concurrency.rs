@@ -116,6 +116,7 @@ fn c_abi_items_on_many_threads_match_gqa_run() {
         blocks_per_seq: 0,
         capacity: l,
         first_pos: std::ptr::null(),
+        latent: 0,
     };
     let q: Vec<f32> = (0..b * h * d)
         .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)

@@ -505,6 +505,7 @@ fn the_c_abi_reads_block_formats_as_bytes() {
             blocks_per_seq: 0,
             capacity: l,
             first_pos: std::ptr::null(),
+            latent: 0,
         };
         let batch = gqa_batch {
             struct_size: size_of::<gqa_batch>(),

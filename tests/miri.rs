@@ -117,6 +117,7 @@ fn the_c_abi_on_a_tiny_step() {
         blocks_per_seq: 0,
         capacity: l,
         first_pos: std::ptr::null(),
+        latent: 0,
     };
     let q = vec![0.3f32; h * d];
     let lens = [l];

@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes (plain and quantized, K and V independent), lengths, query tokens (uniform and ragged), sliding windows,
-//! logit softcaps, ALiBi, draft-tree masks, additive biases (with masks of `-inf`,
+//! logit softcaps, ALiBi, draft-tree masks, latent (MLA) caches, additive biases (with masks of `-inf`,
 //! `-f32::MAX` and `-1e30` in every pattern hosts write), attention sinks
 //! and values, on every tier this CPU has, through the public API, against
 //! the f64 reference under the documented tolerance. A fifth of the
@@ -102,7 +102,13 @@ prop_compose! {
         bias in prop_oneof![2 => Just(None), 1 => any::<bool>().prop_map(Some)],
         mask in mask(),
     ) -> Spec {
+        // A latent cache on a fifth of the cases (from the seed, so the
+        // other draws of a stored regression stay the same): V is the
+        // leading values of each K row, so one type and Dv <= Dk.
+        let latent = (seed >> 7).is_multiple_of(5);
+        let v_dtype = if latent { k_dtype } else { v_dtype };
         let (dk, dv) = (fit(k_dtype, dk), fit(v_dtype, if dv_same { dk } else { dv_other }));
+        let dv = if latent { dv.min(dk) } else { dv };
         // A sequence holds at least its query tokens (or is empty). Long
         // lengths are cut so that one case stays under ~16M multiply-adds
         // of the f64 reference (the suite also runs under qemu).
@@ -150,6 +156,7 @@ prop_compose! {
         // A draft-tree mask on a third of the multi-token cases (from the
         // seed, so the other draws of a stored regression stay the same).
         s.tree = q_len > 1 && seed.is_multiple_of(3);
+        s.latent = latent;
         s
     }
 }
@@ -182,7 +189,8 @@ proptest! {
         }
         for k in [Dtype::Bf16, Dtype::Int8] {
             let mut s = s.clone();
-            s.shape = s.shape.with_dtypes(k, v);
+            // A latent cache has one type for K and V.
+            s.shape = s.shape.with_dtypes(k, if s.latent { k } else { v });
             check_units(&s.build());
         }
     }

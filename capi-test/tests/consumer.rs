@@ -62,6 +62,7 @@ fn the_c_consumer_agrees_with_the_reference() {
         line, 0,
         "the C consumer failed at consumer.c:{line}: {text}"
     );
+    assert!(text.contains("latent cache: ok"), "{text}");
 
     // Replay: the strided part drew 2·G·L·D cache values and H·D queries.
     let mut rng = Rng(SEED);

@@ -2,7 +2,8 @@
 
 Loads the cdylib (`cargo build --release` makes target/release/
 libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
-numpy arrays, verifies a 4-token draft tree over it (a tree mask), fills
+numpy arrays, verifies a 4-token draft tree over it (a tree mask), runs
+an MLA-style step over a latent cache (V = the leading values of K), fills
 an int8 cache token by token with gqa_append and decodes it, and checks
 each against a numpy float64 reference. Exits
 non-zero on any mismatch.
@@ -78,6 +79,7 @@ class Cache(C.Structure):
         ("blocks_per_seq", C.c_size_t),
         ("capacity", C.c_size_t),
         ("first_pos", C.POINTER(C.c_size_t)),
+        ("latent", C.c_int32),
     ]
 
 
@@ -243,6 +245,25 @@ def main():
     print(f"f16 cache, 4-token draft tree, {name_t}: max |out - numpy| = {err_t:.2e}")
     if not err_t < 1e-4:
         sys.exit("tree-masked decode disagrees with the numpy reference")
+
+    # Multi-head latent attention (absorbed decode): one cached latent row
+    # per position, 16 query heads on one KV head; K is the whole row (a
+    # 64-value latent + 16 rotary values here), V its leading 64 values.
+    # cache.latent = 1 declares it: v is not read.
+    hm, dk_m, dv_m = 16, 80, 64
+    lat = rng.uniform(-1, 1, (b_count, 1, max_len, dk_m)).astype(np.float16)
+    qm = rng.uniform(-1, 1, (b_count, hm, dk_m)).astype(np.float32)
+    lstrides = (max_len * dk_m, dk_m, max_len * dk_m)
+    lcache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED, kv(GQA_DTYPE_F16, lat, None, *lstrides))
+    lcache.latent = 1
+    shape_m = Shape(C.sizeof(Shape), b_count, hm, 1, dk_m, dv_m, 1, 0,
+                    GQA_DTYPE_F16, GQA_DTYPE_F16)
+    got_m, name_m = decode(lib, shape_m, lcache, qm, lens)
+    err_m = np.abs(got_m - reference(qm, lat, lat[..., :dv_m], lens, 1)).max()
+    print(f"latent (MLA) f16 cache, H {hm}, Dk {dk_m}, Dv {dv_m}, {name_m}: "
+          f"max |out - numpy| = {err_m:.2e}")
+    if not err_m < 1e-4:
+        sys.exit("latent decode disagrees with the numpy reference")
 
     # An int8 cache written token by token with gqa_append (quantized on
     # write), then decoded; the reference reads the dequantized cache.

@@ -1,7 +1,9 @@
 //! The workloads section: each decode workload of issue 18 against the
-//! plain step it stands beside, in one run, runs interleaved. So far the
-//! draft-tree mask (`Batch::tree_mask`): q_len 8 with a branching tree
-//! against q_len 8 causal.
+//! plain step it stands beside, in one run, runs interleaved: the
+//! draft-tree mask (`Batch::tree_mask`, q_len 8 with a branching tree
+//! against q_len 8 causal) and the latent cache (`KvCache::latent`, an MLA
+//! step reading one row per position against the same shape given as
+//! separate K and V buffers).
 
 use super::*;
 
@@ -19,50 +21,146 @@ pub(crate) const TREE8: [u64; 8] = [
     0b1010_0101,
 ];
 
-/// The "Workloads" section: Llama-3-8B f16, `[B, G, L, D]`, L 32768 (a
-/// quarter with `--quick`), B 1, 1 thread, cold (the runs rotate over
-/// layer caches of at least 1 GiB together): q_len 8 under [`TREE8`]
-/// against q_len 8 causal, interleaved round by round.
+/// One workload against its plain step: both run on `plan`, interleaved
+/// round by round, each round on the next of the layer caches.
+struct Pair<'a> {
+    /// The pair's name in the report (`tree`, `latent`).
+    name: &'static str,
+    /// The plain step's name (`causal`, `separate`).
+    base: &'static str,
+    model: &'static str,
+    shape: Shape,
+    l: usize,
+    /// The batch of run `i` (0 the plain step, 1 the workload) over layer
+    /// cache `layer`.
+    batch: Box<dyn Fn(usize, usize) -> Batch<'a> + 'a>,
+    layers: usize,
+}
+
+/// Layer caches that fill at least 1 GiB together (2 to 32 of them).
+fn layer_count(bytes: usize) -> usize {
+    ((1usize << 30) / bytes.max(1)).clamp(2, 32)
+}
+
+/// The "Workloads" section: B 1, 1 thread, cold (the runs rotate over
+/// layer caches of at least 1 GiB together), each workload and its plain
+/// step interleaved round by round:
+/// - Llama-3-8B f16, `[B, G, L, D]`, L 32768 (a quarter with `--quick`):
+///   q_len 8 under [`TREE8`] against q_len 8 causal;
+/// - an MLA step (H 128, G 1, Dk 576, Dv 512, bf16, L 8192, a quarter with
+///   `--quick`): one latent row per position against separate K and V
+///   buffers (V a copy of K's leading 512 values).
 pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
-    let (h, g, d, q_len) = (32usize, 8usize, 128usize, 8usize);
-    let l = if args.quick { 8192 } else { 32768 };
-    let shape = Shape::new(1, h, g, d, Dtype::F16)
-        .with_q_len(q_len)
-        .with_max_kv_len(l);
-    let layer_bytes = shape.kv_bytes(&[l]);
-    let layers = ((1usize << 30) / layer_bytes).clamp(2, 32);
+    let div = if args.quick { 4 } else { 1 };
     let mut next = uniform_values(0x2545_F491_4F6C_DD1D);
-    let caches: Vec<(KvBuffer, KvBuffer)> = (0..layers)
+    // The tree pair's caches.
+    let (h, g, d) = (32usize, 8usize, 128usize);
+    let lt = 32768 / div;
+    let tree_shape = Shape::new(1, h, g, d, Dtype::F16)
+        .with_q_len(TREE8.len())
+        .with_max_kv_len(lt);
+    let caches: Vec<(KvBuffer, KvBuffer)> = (0..layer_count(tree_shape.kv_bytes(&[lt])))
         .map(|_| {
-            let k: Vec<f32> = (0..g * l * d).map(|_| next()).collect();
-            let v: Vec<f32> = (0..g * l * d).map(|_| next()).collect();
+            let k: Vec<f32> = (0..g * lt * d).map(|_| next()).collect();
+            let v: Vec<f32> = (0..g * lt * d).map(|_| next()).collect();
             (
                 KvBuffer::from_f32(Dtype::F16, &k, d).expect("workloads: K buffer"),
                 KvBuffer::from_f32(Dtype::F16, &v, d).expect("workloads: V buffer"),
             )
         })
         .collect();
-    let q: Vec<f32> = (0..shape.q_elems()).map(|_| next()).collect();
-    let plan = Plan::new(&shape, &Options::default().with_tier(tier))
+    // The MLA pair's caches: a latent buffer per layer, and a V copy of its
+    // leading values for the separate step.
+    let (hm, dk, dv) = (128usize, 576usize, 512usize);
+    let lm = 8192 / div;
+    let mla_shape = Shape::new(1, hm, 1, dk, Dtype::Bf16)
+        .with_head_dims(dk, dv)
+        .with_max_kv_len(lm);
+    let mla: Vec<(KvBuffer, KvBuffer)> = (0..layer_count(mla_shape.kv_bytes(&[lm])))
+        .map(|_| {
+            let k: Vec<f32> = (0..lm * dk).map(|_| next()).collect();
+            let v: Vec<f32> = k.chunks(dk).flat_map(|r| r[..dv].to_vec()).collect();
+            (
+                KvBuffer::from_f32(Dtype::Bf16, &k, dk).expect("workloads: latent buffer"),
+                KvBuffer::from_f32(Dtype::Bf16, &v, dv).expect("workloads: V buffer"),
+            )
+        })
+        .collect();
+    let (lens_t, lens_m) = ([lt], [lm]);
+    let q_t: Vec<f32> = (0..tree_shape.q_elems()).map(|_| next()).collect();
+    let q_m: Vec<f32> = (0..mla_shape.q_elems()).map(|_| next()).collect();
+    let pairs = [
+        Pair {
+            name: "tree",
+            base: "causal",
+            model: "Llama-3-8B",
+            shape: tree_shape,
+            l: lt,
+            layers: caches.len(),
+            batch: Box::new(|i, layer| {
+                let (k, v) = &caches[layer];
+                let kt = KvTensor::bgld(k.data(), lt, g, d);
+                let vt = KvTensor::bgld(v.data(), lt, g, d);
+                let b = Batch::strided(&q_t, kt, vt, &lens_t);
+                if i == 1 {
+                    b.with_tree_mask(&TREE8)
+                } else {
+                    b
+                }
+            }),
+        },
+        Pair {
+            name: "latent",
+            base: "separate",
+            model: "MLA-size",
+            shape: mla_shape,
+            l: lm,
+            layers: mla.len(),
+            batch: Box::new(|i, layer| {
+                let (k, v) = &mla[layer];
+                let kt = KvTensor::bgld(k.data(), lm, 1, dk);
+                let cache = if i == 1 {
+                    KvCache::latent(kt)
+                } else {
+                    KvCache::strided(kt, KvTensor::bgld(v.data(), lm, 1, dv))
+                };
+                Batch::new(&q_m, cache, &lens_m)
+            }),
+        },
+    ];
+    let rounds = if args.quick { 5 } else { 15 };
+    if !args.json {
+        println!();
+        println!(
+            "## Workloads (B 1, 1 thread, cold; ratio: time over the plain step in the same run)"
+        );
+        println!(
+            "{:<10} {:<11} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>9} {:>10} {:>10} {:>10} {:>8} {:>6}",
+            "workload", "model", "H", "G", "Dk", "Dv", "L", "q", "kv", "unit", "kv bytes", "seconds", "median s", "roofline", "ratio"
+        );
+    }
+    for p in &pairs {
+        run_pair(tier, args, probes, p, rounds);
+    }
+}
+
+/// Runs one pair and prints its two rows.
+fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usize) {
+    let plan = Plan::new(&p.shape, &Options::default().with_tier(tier))
         .unwrap_or_else(|e| panic!("workloads plan: {e}"));
     let mut ws = plan.alloc_workspace();
-    let mut out = vec![0f32; shape.out_elems()];
-    let rounds = if args.quick { 5 } else { 15 };
-    eprintln!("workloads: tree vs causal, {layers} layer caches, {rounds} rounds");
-    // [causal, tree]: every time, for the best and the median.
+    let mut out = vec![0f32; p.shape.out_elems()];
+    eprintln!(
+        "workloads: {} vs {}, {} layer caches, {rounds} rounds",
+        p.name, p.base, p.layers
+    );
+    // [plain, workload]: every time, for the best and the median.
     let mut times = [Vec::new(), Vec::new()];
-    let lens = [l];
     let mut layer = 0;
     for round in 0..rounds + 1 {
         for (i, t) in times.iter_mut().enumerate() {
-            let (k, v) = &caches[layer % layers];
+            let batch = (p.batch)(i, layer % p.layers);
             layer += 1;
-            let kt = KvTensor::bgld(k.data(), l, g, d);
-            let vt = KvTensor::bgld(v.data(), l, g, d);
-            let mut batch = Batch::strided(&q, kt, vt, &lens);
-            if i == 1 {
-                batch = batch.with_tree_mask(&TREE8);
-            }
             let start = Instant::now();
             plan.run(&batch, &mut out, None, &mut ws)
                 .unwrap_or_else(|e| panic!("workloads run: {e}"));
@@ -76,39 +174,46 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
         t.sort_by(f64::total_cmp);
         (t[0], t[t.len() / 2])
     };
-    let (causal, causal_med) = stat(&mut times[0]);
-    let (tree, tree_med) = stat(&mut times[1]);
-    // The binding roof: reading the cache, or its multiply-adds at the f32
-    // FMA rate (q_len 8 gives 32 rows a head: compute-bound on most cores).
+    let (base, base_med) = stat(&mut times[0]);
+    let (work, work_med) = stat(&mut times[1]);
+    // The binding roof of each run: reading what it reads, or its
+    // multiply-adds at the rate of the unit its plan runs on.
     let (bw, fma) = probes.get(1);
-    let roof = (shape.kv_bytes(&[l]) as f64 / bw).max(shape.flops(&[l]) / fma);
-    let ratio = tree / causal;
-    if args.json {
-        for (name, best, med) in [("causal", causal, causal_med), ("tree", tree, tree_med)] {
-            println!(
-                "{{\"section\":\"workloads\",\"workload\":\"{name}\",\"model\":\"Llama-3-8B\",\"h\":{h},\"g\":{g},\"dk\":{d},\"dv\":{d},\"l\":{l},\"kv_dtype\":\"f16\",\"q_len\":{q_len},\"threads\":1,\"kernel\":\"{}\",\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"roofline_fraction\":{:.4}}}",
-                plan.kernel_name(),
-                roof / best
-            );
-        }
-        println!(
-            "{{\"section\":\"workload_ratio\",\"workload\":\"tree\",\"model\":\"Llama-3-8B\",\"l\":{l},\"q_len\":{q_len},\"threads\":1,\"t_over_t_plain\":{ratio:.3}}}"
-        );
+    let unit = plan.unit();
+    let rate = if unit == Unit::F32Fma {
+        fma
     } else {
-        println!();
-        println!(
-            "## Workloads (Llama-3-8B f16, [B, G, L, D], B 1, 1 thread, cold; ratio: time over the plain step in the same run)"
-        );
-        println!(
-            "{:<8} {:>6} {:>2} {:>10} {:>10} {:>8} {:>6}",
-            "workload", "L", "q", "seconds", "median s", "roofline", "ratio"
-        );
-        for (name, best, med) in [("causal", causal, causal_med), ("tree", tree, tree_med)] {
+        probes
+            .units
+            .iter()
+            .find(|x| x.0 == 1 && x.1 == unit)
+            .map_or(f64::NAN, |x| x.2)
+    };
+    let s = &p.shape;
+    let lens = [p.l];
+    for (i, (name, best, med)) in [(p.base, base, base_med), (p.name, work, work_med)]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = s.kv_bytes_of(&(p.batch)(i, 0).cache, &lens);
+        let roof = (bytes as f64 / bw).max(s.flops(&lens) / rate);
+        let ratio = best / base;
+        if args.json {
             println!(
-                "{name:<8} {l:>6} {q_len:>2} {best:>10.6} {med:>10.6} {:>8.3} {:>6.3}",
-                roof / best,
-                best / causal
+                "{{\"section\":\"workloads\",\"workload\":\"{name}\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":1,\"unit\":\"{}\",\"kernel\":\"{}\",\"kv_bytes\":{bytes},\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"roofline_fraction\":{:.4}}}",
+                p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.k_dtype, s.q_len, unit.name(), plan.kernel_name(), roof / best
+            );
+        } else {
+            println!(
+                "{name:<10} {:<11} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>9} {bytes:>10} {best:>10.6} {med:>10.6} {:>8.3} {ratio:>6.3}",
+                p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.q_len, s.k_dtype.to_string(), unit.name(), roof / best
             );
         }
+    }
+    if args.json {
+        println!(
+            "{{\"section\":\"workload_ratio\",\"workload\":\"{}\",\"model\":\"{}\",\"l\":{},\"q_len\":{},\"threads\":1,\"t_over_t_plain\":{:.3}}}",
+            p.name, p.model, p.l, s.q_len, work / base
+        );
     }
 }

@@ -204,6 +204,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         } else {
             first_pos.as_ptr()
         },
+        // A latent cache (V read from K's rows) or not, or a bad flag.
+        latent: code(u, 2)?,
     };
     let seq_lens: Vec<usize> = (0..n_seqs)
         .map(|_| u.int_in_range(0..=64usize))

@@ -1,6 +1,6 @@
 //! Differential decode: an arbitrary shape (group sizes up to 71, odd head
 //! dims, every K and V type), layout (strided, padded, paged, ring), query
-//! tokens, draft-tree masks, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
+//! tokens, draft-tree masks, latent (MLA) caches, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
 //! `-f32::MAX` and `-1e30` written into the bias) and values,
 //! sometimes corrupted (lengths past the buffers, strides that split a
 //! quantized row, page indices outside the pool, short queries, a tree
@@ -161,7 +161,18 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     // A draft-tree mask on a third of the multi-token inputs (from the
     // seed: no new draw, so stored inputs keep their meaning otherwise).
     spec.tree = q_len > 1 && spec.seed.is_multiple_of(3);
+    // A latent cache (V the leading values of each K row) on a fifth of
+    // the inputs, from the seed as well: one type, Dv at most Dk.
+    let dv = if (spec.seed >> 7).is_multiple_of(5) {
+        let dv = fit(kt, dv.min(dk));
+        spec.latent = true;
+        spec.shape = shape.with_head_dims(dk, dv).with_dtypes(kt, kt);
+        dv
+    } else {
+        dv
+    };
     let mut case = spec.build();
+    let strides0 = case.k_strides;
     // Sometimes corrupt one thing: the run must then fail cleanly, or the
     // input was still valid and everything below holds.
     match u.int_in_range(0..=9u8)? {
@@ -184,6 +195,13 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             tree[i] ^= 1 << u.int_in_range(0..=63u32)?;
         }
         _ => {}
+    }
+    // A corrupted stride of a latent case is K's and V's: it stays one view.
+    if case.latent {
+        if case.k_strides == strides0 {
+            case.k_strides = case.v_strides;
+        }
+        case.v_strides = case.k_strides;
     }
     let threads = *u.choose(&[1usize, 2, 3])?;
     let opts = Options {

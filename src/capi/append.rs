@@ -19,7 +19,12 @@ pub unsafe extern "C" fn gqa_append(
     guard(|| {
         // SAFETY: the caller's contract on every pointer.
         unsafe {
-            let c = read_struct("cache", cache)?;
+            let c = read_struct_since("cache", cache, std::mem::offset_of!(gqa_cache, latent))?;
+            if c.latent != 0 {
+                return Err(invalid(
+                    "`cache.latent` is set: gqa_append does not write latent caches (it writes K and V rows separately)".into(),
+                ));
+            }
             let n = read_struct("new", new)?;
             // Mutable views of K and V must not overlap (they would alias).
             let (ks, vs) = (spans(&c.k), spans(&c.v));

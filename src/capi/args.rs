@@ -336,15 +336,21 @@ pub(super) unsafe fn kv_data_mut<'a>(arg: &str, kv: &gqa_kv) -> R<KvDataMut<'a>>
 /// # Safety
 /// Every pointer in `c` is valid for its length for `'a`.
 pub(super) unsafe fn cache<'a>(c: &gqa_cache, n_seqs: usize) -> R<KvCache<'a>> {
+    // A latent cache: V is K's view (`c.v` is not read).
+    let cv = match c.latent {
+        0 => &c.v,
+        1 => &c.k,
+        x => return Err(invalid(format!("`cache.latent` = {x} is not 0 or 1"))),
+    };
     // SAFETY: forwarded.
-    let (k, v) = unsafe { (kv_data("cache.k", &c.k)?, kv_data("cache.v", &c.v)?) };
+    let (k, v) = unsafe { (kv_data("cache.k", &c.k)?, kv_data("cache.v", cv)?) };
     let t = |d, kv: &gqa_kv| KvTensor::new(d, kv.outer_stride, kv.token_stride, kv.head_stride);
     let p = |d, kv: &gqa_kv| KvPages::new(d, kv.outer_stride, kv.token_stride, kv.head_stride);
     Ok(match c.layout {
-        GQA_LAYOUT_STRIDED => KvCache::strided(t(k, &c.k), t(v, &c.v)),
+        GQA_LAYOUT_STRIDED => KvCache::strided(t(k, &c.k), t(v, cv)),
         GQA_LAYOUT_PAGED => KvCache::Paged(PagedKv {
             k: p(k, &c.k),
-            v: p(v, &c.v),
+            v: p(v, cv),
             page_size: c.page_size,
             // SAFETY: the caller's contract on `block_table`.
             block_table: unsafe { slice("cache.block_table", c.block_table, c.block_table_len)? },
@@ -352,7 +358,7 @@ pub(super) unsafe fn cache<'a>(c: &gqa_cache, n_seqs: usize) -> R<KvCache<'a>> {
         }),
         GQA_LAYOUT_RING => KvCache::Ring(RingKv {
             k: t(k, &c.k),
-            v: t(v, &c.v),
+            v: t(v, cv),
             capacity: c.capacity,
             // SAFETY: the caller's contract on `first_pos` (`B` entries).
             first_pos: unsafe { slice("cache.first_pos", c.first_pos, n_seqs)? },

@@ -209,6 +209,11 @@ pub struct gqa_cache {
     /// Ring (`gqa_run`): absolute position of each sequence's first attended
     /// position, `B` entries.
     pub first_pos: *const usize,
+    /// Added after the first version (a smaller `struct_size` reads 0):
+    /// nonzero declares a latent cache ([`KvCache::latent`]): V is the
+    /// leading `head_dim_v` values of each K row, `v` is ignored, and a step
+    /// reads each row once.
+    pub latent: i32,
 }
 
 /// The inputs of one step (see [`Batch`]).

@@ -14,7 +14,11 @@ unsafe fn batch_of<'a>(batch: *const gqa_batch) -> R<Batch<'a>> {
         if b.cache.is_null() {
             return Err(null("batch.cache"));
         }
-        let c = read_struct("batch.cache", b.cache)?;
+        let c = read_struct_since(
+            "batch.cache",
+            b.cache,
+            std::mem::offset_of!(gqa_cache, latent),
+        )?;
         let seq_lens = slice("batch.seq_lens", b.seq_lens, b.n_seqs)?;
         let q = slice("batch.q", b.q, b.q_elems)?;
         let mut bt = Batch::new(q, cache(&c, b.n_seqs)?, seq_lens);

@@ -130,6 +130,7 @@ impl Job<'_, '_> {
         let (cache, s) = (&self.batch.cache, &self.plan.shape);
         let (dk, dv) = (s.head_dim_k, s.head_dim_v);
         let ((kdata, vdata), (kt, vt)) = (cache.data(), token_strides(cache));
+        let latent = cache.is_latent();
         let (mut out, mut first) = ([Span::default(); 2], true);
         for_runs(cache, b, g, w.start, w.end, |run| {
             if !std::mem::take(&mut first) {
@@ -144,7 +145,15 @@ impl Job<'_, '_> {
                     bytes: value_bytes(data, d, (run.n - 1) * t + d),
                 }
             };
-            out = [span(&kdata, run.k, kt, dk), span(&vdata, run.v, vt, dv)];
+            // A latent cache's V rows lie in its K rows.
+            out = [
+                span(&kdata, run.k, kt, dk),
+                if latent {
+                    Span::default()
+                } else {
+                    span(&vdata, run.v, vt, dv)
+                },
+            ];
         });
         out
     }
@@ -176,6 +185,7 @@ impl Job<'_, '_> {
         let (kdata, vdata) = cache.data();
         let (kt, vt) = token_strides(cache);
         let (kh, vh) = head_strides(cache);
+        let latent = cache.is_latent();
         for_runs(cache, b, 0, w.start, w.end, |run| {
             let mut hint =
                 |kind: usize, data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {
@@ -202,7 +212,9 @@ impl Job<'_, '_> {
                     }
                 };
             hint(0, &kdata, run.k, kt, kh, s.head_dim_k);
-            hint(1, &vdata, run.v, vt, vh, s.head_dim_v);
+            if !latent {
+                hint(1, &vdata, run.v, vt, vh, s.head_dim_v);
+            }
         });
         out
     }

@@ -391,6 +391,28 @@ pub(crate) fn check_quant(
 /// position lies inside its buffer, with every index computation free of
 /// overflow.
 pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]) -> Result<()> {
+    let (dk, dv) = (shape.head_dim_k, shape.head_dim_v);
+    if cache.is_latent() {
+        if dv > dk {
+            return Err(Error::InvalidDim {
+                arg: "head_dim_v",
+                value: dv,
+                reason: "a latent cache's V is the leading head_dim_v values of each K row: at most head_dim_k",
+            });
+        }
+        // V's rows are the leading values of K's: K's checks cover them
+        // (and int8 keeps one scale per K row).
+        let shape = Shape {
+            head_dim_v: dk,
+            ..*shape
+        };
+        return check_layout(&shape, cache, seq_lens);
+    }
+    check_layout(shape, cache, seq_lens)
+}
+
+/// [`check_cache`] after the latent rule: each layout's checks.
+fn check_layout(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]) -> Result<()> {
     let (g, dk, dv) = (shape.kv_heads, shape.head_dim_k, shape.head_dim_v);
     let batch = seq_lens.len();
     match cache {

@@ -114,6 +114,7 @@ impl Job<'_, '_> {
         // window, or the first head's piece of the next window), so
         // a hint is read one call later, whatever the page order.
         let stream = !walk.prefetch && self.plan.stream_prefetch > 0;
+        let latent = self.batch.cache.is_latent();
         let mut i0 = 0;
         while i0 < n_items {
             let i1 = ((first + i0) / heads + 1) * heads - first;
@@ -139,7 +140,11 @@ impl Job<'_, '_> {
                 let hint = |i: usize| {
                     let part = (i - group.start, group.len());
                     if let Some([k, v]) = pieces {
-                        Pieces::kv_share(k, v, part.0, part.1)
+                        if latent {
+                            [k.share(part.0, part.1), Span::default()]
+                        } else {
+                            Pieces::kv_share(k, v, part.0, part.1)
+                        }
                     } else if ahead > 0 {
                         let pa = (a + ahead).min(range.end);
                         let pe = (e + ahead).min(range.end);
@@ -493,12 +498,17 @@ impl Job<'_, '_> {
         let q = state.wrapping_add(2 * pad(all_rows) + all_rows * dvp + row0 * dkp);
         let (kdata, vdata) = self.batch.cache.data();
         let (k_stride, v_stride) = token_strides(&self.batch.cache);
+        // A latent cache's V rows are the leading values of its K rows:
+        // int8 scales are one per K row, and the V-block hint would fetch
+        // the lines the K rows just brought.
+        let latent = self.batch.cache.is_latent();
+        let v_row = if latent { s.head_dim_k } else { s.head_dim_v };
         let bias = self.batch.bias;
         ChunkArgs {
             q,
             rows,
             k: kdata.kernel_rows(run.k, k_stride, s.head_dim_k),
-            v: vdata.kernel_rows(run.v, v_stride, s.head_dim_v),
+            v: vdata.kernel_rows(run.v, v_stride, v_row),
             n: run.n,
             dk: s.head_dim_k,
             dv: s.head_dim_v,
@@ -519,7 +529,7 @@ impl Job<'_, '_> {
                 bias_head_stride: bias.map_or(0, |bi| bi.head_stride),
             },
             ahead: [Span::default(); 2],
-            touch_v: self.plan.v_prefetch[usize::from(self.windowed())],
+            touch_v: self.plan.v_prefetch[usize::from(self.windowed())] && !latent,
         }
     }
 }

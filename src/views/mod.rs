@@ -139,6 +139,26 @@ impl<'a> KvData<'a> {
         }
     }
 
+    /// Whether `other` is this very buffer: the same type, elements and
+    /// scales (the same addresses and lengths, not equal contents).
+    pub fn same_storage(&self, other: &KvData<'_>) -> bool {
+        let parts = |d: &KvData<'_>| -> (Dtype, *const u8, usize, *const f32, usize) {
+            let (p, s): (*const u8, &[f32]) = match d {
+                KvData::F32(x) => (x.as_ptr().cast(), &[]),
+                KvData::F16(x) => (x.as_ptr().cast(), &[]),
+                KvData::Bf16(x) => (x.as_ptr().cast(), &[]),
+                KvData::Int8 { values, scales } => (values.as_ptr().cast(), scales),
+                KvData::Q8_0(b) => (b.as_ptr().cast(), &[]),
+                KvData::Blocks(b) => (b.bytes.as_ptr(), &[]),
+                KvData::Fp8E4M3 { values, scales } | KvData::Fp8E5M2 { values, scales } => {
+                    (values.as_ptr(), scales)
+                }
+            };
+            (d.dtype(), p, d.len(), s.as_ptr(), s.len())
+        };
+        parts(self) == parts(other)
+    }
+
     /// The kernel's view of rows starting at value offset `o`, `stride`
     /// values apart (the caller validated both, and that they are
     /// multiples of what the type needs).
@@ -291,6 +311,15 @@ impl<D> TensorView<D> {
     }
 }
 
+impl TensorView<KvData<'_>> {
+    /// Whether `other` views the same buffer with the same strides.
+    fn same_view(&self, other: &Self) -> bool {
+        self.data.same_storage(&other.data)
+            && (self.seq_stride, self.token_stride, self.head_stride)
+                == (other.seq_stride, other.token_stride, other.head_stride)
+    }
+}
+
 impl KvTensor<'_> {
     /// The element type.
     pub fn dtype(&self) -> Dtype {
@@ -367,6 +396,15 @@ impl<D> PagesView<D> {
     }
 }
 
+impl PagesView<KvData<'_>> {
+    /// Whether `other` views the same pool with the same strides.
+    fn same_view(&self, other: &Self) -> bool {
+        self.data.same_storage(&other.data)
+            && (self.page_stride, self.token_stride, self.head_stride)
+                == (other.page_stride, other.token_stride, other.head_stride)
+    }
+}
+
 impl KvPagesMut<'_> {
     /// The same pool, read-only.
     pub fn as_pages(&self) -> KvPages<'_> {
@@ -400,6 +438,26 @@ pub struct PagedKv<'a> {
     pub blocks_per_seq: usize,
 }
 
+impl<'a> PagedKv<'a> {
+    /// A paged latent cache (multi-head latent attention): one pool of
+    /// rows that are both K and V, V being the leading `head_dim_v`
+    /// values of each K row (see [`KvCache::latent`]).
+    pub fn latent(
+        kv: KvPages<'a>,
+        page_size: usize,
+        block_table: &'a [u32],
+        blocks_per_seq: usize,
+    ) -> Self {
+        PagedKv {
+            k: kv,
+            v: kv,
+            page_size,
+            block_table,
+            blocks_per_seq,
+        }
+    }
+}
+
 /// A ring-buffer cache for sliding-window models: each sequence owns
 /// `capacity` slots, and absolute position `p` lives in slot
 /// `p % capacity` of its [`KvTensor`] (whose "position" index is the slot).
@@ -418,6 +476,18 @@ pub struct RingKv<'a> {
     pub capacity: usize,
     /// Absolute position of each sequence's first attended position.
     pub first_pos: &'a [usize],
+}
+
+impl<'a> RingKv<'a> {
+    /// A ring of latent rows, both K and V (see [`KvCache::latent`]).
+    pub fn latent(kv: KvTensor<'a>, capacity: usize, first_pos: &'a [usize]) -> Self {
+        RingKv {
+            k: kv,
+            v: kv,
+            capacity,
+            first_pos,
+        }
+    }
 }
 
 /// Where a step's K and V rows live.
@@ -441,6 +511,31 @@ impl<'a> KvCache<'a> {
     /// A strided cache.
     pub fn strided(k: KvTensor<'a>, v: KvTensor<'a>) -> Self {
         KvCache::Strided { k, v }
+    }
+
+    /// A latent cache (multi-head latent attention, as DeepSeek-V2/V3
+    /// decode it with the projections absorbed): one row per position
+    /// and KV head serves as K (all `head_dim_k` values) and as V (its
+    /// leading `head_dim_v` values, so `head_dim_v <= head_dim_k`). A step
+    /// reads each row once for both, and counts it once
+    /// ([`crate::Shape::kv_bytes_of`]). The same as a strided cache whose
+    /// V view is the K view; any strides, dtype or layout work
+    /// ([`PagedKv::latent`], [`RingKv::latent`]); int8 scales stay one per
+    /// K row.
+    pub fn latent(kv: KvTensor<'a>) -> Self {
+        KvCache::Strided { k: kv, v: kv }
+    }
+
+    /// Whether V is declared to be the leading values of the K rows: the
+    /// V view is the K view (the same buffer and strides), as
+    /// [`KvCache::latent`] builds it. A step then reads V from the K rows
+    /// (int8 scales one per K row) and checks `head_dim_v <= head_dim_k`.
+    pub fn is_latent(&self) -> bool {
+        match self {
+            KvCache::Strided { k, v } => k.same_view(v),
+            KvCache::Paged(p) => p.k.same_view(&p.v),
+            KvCache::Ring(r) => r.k.same_view(&r.v),
+        }
     }
 
     /// The K and V element types.

@@ -9,7 +9,8 @@
  * decoded with gqa_run; a strided f32 cache decoded whole and as two
  * ranges merged with gqa_merge_states; one and two threads; the paged step
  * again host-driven, item by item (gqa_begin, gqa_run_items, gqa_finish);
- * and the error paths (NULL pointers, bad enums, short structs and buffers).
+ * a latent (MLA) cache against a separate copy of its K rows; and the
+ * error paths (NULL pointers, bad enums, short structs and buffers).
  */
 #include <math.h>
 #include <stdio.h>
@@ -233,6 +234,81 @@ static int strided_and_merge(void) {
     return 0;
 }
 
+/* A latent (MLA) cache: one KV head whose rows of D values are K and,
+ * by their leading DV values, V (cache.latent = 1, v not read); bitwise
+ * the step with V given as a separate copy of K; DV > D refused, and
+ * gqa_append refuses a latent cache. */
+static int latent_cache(void) {
+    enum { L = 29, DV = 48 };
+    static float k[L * D], kcopy[L * D], q[B * H * D];
+    static float out[B * H * DV], out2[B * H * DV], wide[B * H * (D + 1)];
+    static const size_t lens[B] = {29, 5};
+    size_t i, ws_len = 0;
+    void *ws;
+    gqa_plan *p = NULL;
+    gqa_shape s = make_shape(GQA_DTYPE_F32, GQA_DTYPE_F32);
+    gqa_cache c;
+    gqa_batch bt;
+    gqa_new_kv nk;
+
+    s.kv_heads = 1;
+    s.head_dim_v = DV;
+    s.max_kv_len = 0;
+    /* Values of their own (the shared generator feeds the Rust replay). */
+    for (i = 0; i < L * D; i++) kcopy[i] = k[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    for (i = 0; i < B * H * D; i++) q[i] = (float)((i * 31) % 17) / 8.0f - 1.0f;
+    CHECK(gqa_plan_create(&s, NULL, &p) == GQA_OK);
+    CHECK(gqa_plan_workspace_bytes(p, &ws_len) == GQA_OK);
+    ws = malloc(ws_len);
+    CHECK(ws != NULL);
+    /* Both sequences read the same rows (outer stride 0). */
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.layout = GQA_LAYOUT_STRIDED;
+    c.k.dtype = GQA_DTYPE_F32;
+    c.k.data = k;
+    c.k.len = L * D;
+    c.k.token_stride = D;
+    c.latent = 1;
+    memset(&bt, 0, sizeof bt);
+    bt.struct_size = sizeof bt;
+    bt.q = q;
+    bt.q_elems = B * H * D;
+    bt.cache = &c;
+    bt.seq_lens = lens;
+    bt.n_seqs = B;
+    CHECK(gqa_run(p, &bt, out, B * H * DV, NULL, 0, ws, ws_len) == GQA_OK);
+    /* The same step over a separate copy with K's strides. */
+    c.latent = 0;
+    c.v = c.k;
+    c.v.data = kcopy;
+    CHECK(gqa_run(p, &bt, out2, B * H * DV, NULL, 0, ws, ws_len) == GQA_OK);
+    CHECK(memcmp(out, out2, sizeof out) == 0);
+    c.latent = 3;
+    CHECK(gqa_run(p, &bt, out2, B * H * DV, NULL, 0, ws, ws_len) == GQA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gqa_last_error(), "cache.latent") != NULL);
+    c.latent = 1;
+    memset(&nk, 0, sizeof nk);
+    nk.struct_size = sizeof nk;
+    CHECK(gqa_append(&c, &nk, lens, B) == GQA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gqa_last_error(), "latent") != NULL);
+    gqa_plan_destroy(p);
+    /* V wider than the K rows cannot be their leading values. */
+    s.head_dim_v = D + 1;
+    free(ws);
+    CHECK(gqa_plan_create(&s, NULL, &p) == GQA_OK);
+    CHECK(gqa_plan_workspace_bytes(p, &ws_len) == GQA_OK);
+    ws = malloc(ws_len);
+    CHECK(ws != NULL);
+    CHECK(gqa_run(p, &bt, wide, B * H * (D + 1), NULL, 0, ws, ws_len) ==
+          GQA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gqa_last_error(), "head_dim_v") != NULL);
+    gqa_plan_destroy(p);
+    free(ws);
+    note("latent cache: ok", NULL);
+    return 0;
+}
+
 /* The paged quantized part; its output goes back to the Rust test. */
 static int paged_quantized(float *out, size_t out_len, float *lse, size_t lse_len) {
     enum { PAGES = 8 };
@@ -398,5 +474,6 @@ int gqa_capi_consumer(uint64_t seed, float *out, size_t out_len, float *lse, siz
 
     if ((line = error_paths()) != 0) return line;
     if ((line = strided_and_merge()) != 0) return line;
+    if ((line = latent_cache()) != 0) return line;
     return paged_quantized(out, out_len, lse, lse_len);
 }

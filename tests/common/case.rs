@@ -69,6 +69,9 @@ pub struct Case {
     pub bias: Option<(Vec<f32>, (usize, usize, usize))>,
     /// Draft-tree mask: a word per query token (`Batch::tree_mask`).
     pub tree: Option<Vec<u64>>,
+    /// A latent cache: `v` is `k` (the same store, strides and offset),
+    /// and the views hand the kernels K's buffer as V.
+    pub latent: bool,
 }
 
 /// Everything needed to build a case.
@@ -103,6 +106,9 @@ pub struct Spec {
     /// A random draft forest over each sequence's tokens as a tree mask:
     /// each token's parent is an earlier token or none (a new root).
     pub tree: bool,
+    /// A latent cache (`KvCache::latent`): V is the leading `Dv` values of
+    /// each K row (needs the same K and V types and `Dv <= Dk`).
+    pub latent: bool,
 }
 
 /// Where a mask written as a bias puts its value, for the query token at
@@ -176,6 +182,7 @@ impl Spec {
             bias_range: 2.0,
             mask: None,
             tree: false,
+            latent: false,
         }
     }
 
@@ -212,7 +219,15 @@ impl Spec {
             alibi: self.alibi.clone(),
             bias: None,
             tree: None,
+            latent: self.latent,
         };
+        if self.latent {
+            assert!(
+                s.k_dtype == s.v_dtype && dv <= dk,
+                "a latent case needs one K/V type and Dv <= Dk"
+            );
+            c.v_off = c.k_off;
+        }
         let strided = |max_len: usize, d: usize, u: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
             Layout::Bgld => (g * max_len * d, d, max_len * d),
@@ -255,7 +270,11 @@ impl Spec {
         let cap_or_len = if c.capacity > 0 { c.capacity } else { max_len };
         let (uk, uv) = (unit(s.k_dtype, dk), unit(s.v_dtype, dv));
         c.k_strides = strided(cap_or_len, dk, uk);
-        c.v_strides = strided(cap_or_len, dv, uv);
+        c.v_strides = if self.latent {
+            c.k_strides
+        } else {
+            strided(cap_or_len, dv, uv)
+        };
         let fill_cache = |c: &Case, rng: &mut Rng, v: bool, range: f32| {
             let (st, d, off, u) = if v {
                 (c.v_strides, dv, c.v_off, uv)
@@ -296,7 +315,11 @@ impl Spec {
             Store::quantize(dtype, &x, d, &head, &scales)
         };
         c.k = fill_cache(&c, &mut rng, false, self.qk_range);
-        c.v = fill_cache(&c, &mut rng, true, 1.0);
+        c.v = if self.latent {
+            c.k.clone()
+        } else {
+            fill_cache(&c, &mut rng, true, 1.0)
+        };
         let tokens = match &self.q_tokens {
             Some(t) => {
                 let mut o = vec![0];

@@ -26,7 +26,17 @@ impl Case {
     }
     pub fn v_view(&self) -> KvTensor<'_> {
         let (a, b, c) = self.v_strides;
-        KvTensor::new(self.v.data(self.v_off), a, b, c)
+        KvTensor::new(self.v_store().data(self.v_off), a, b, c)
+    }
+
+    /// V's store: K's for a latent case (one buffer, so that the views
+    /// declare the cache latent), else its own.
+    fn v_store(&self) -> &Store {
+        if self.latent {
+            &self.k
+        } else {
+            &self.v
+        }
     }
 
     pub fn cache(&self) -> KvCache<'_> {
@@ -36,7 +46,7 @@ impl Case {
                 let (va, vb, vc) = self.v_strides;
                 KvCache::Paged(PagedKv {
                     k: KvPages::new(self.k.data(self.k_off), ka, kb, kc),
-                    v: KvPages::new(self.v.data(self.v_off), va, vb, vc),
+                    v: KvPages::new(self.v_store().data(self.v_off), va, vb, vc),
                     page_size: page,
                     block_table: &self.block_table,
                     blocks_per_seq: self.blocks_per_seq,
@@ -243,7 +253,7 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}, tree {:x?}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}, tree {:x?}, latent {}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
@@ -252,7 +262,8 @@ impl Case {
                 self.softcap,
                 self.alibi.is_some(),
                 self.bias.is_some(),
-                self.tree
+                self.tree,
+                self.latent
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {
@@ -285,14 +296,19 @@ impl Case {
 
     /// Largest `|V|` element any sequence may read (1 for an empty cache).
     pub fn v_max(&self) -> f64 {
-        let data = self.v.data(self.v_off);
+        // A latent case's V rows are K rows (int8: one scale per Dk values).
+        let (data, dh) = if self.latent {
+            (self.k.data(self.k_off), self.shape.head_dim_k)
+        } else {
+            (self.v.data(self.v_off), self.shape.head_dim_v)
+        };
         let mut m = 0.0f64;
         for b in 0..self.shape.batch {
             for j in 0..self.seq_lens[b] {
                 for g in 0..self.shape.kv_heads {
                     let base = self.row_index(true, b, g, j);
                     for d in 0..self.shape.head_dim_v {
-                        m = m.max(data.value_f64(base + d, g, self.shape.head_dim_v).abs());
+                        m = m.max(data.value_f64(base + d, g, dh).abs());
                     }
                 }
             }
