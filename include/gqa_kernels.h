@@ -183,6 +183,17 @@ typedef struct gqa_batch {
                                   tokens a sequence. The cached positions
                                   before the draft follow the causal rule. */
     size_t tree_mask_len;
+    /* Added after the tree mask (a smaller struct_size passes none): */
+    const uint32_t *positions;       /* NULL, or sparse position lists: each
+                                        row sees only the positions its list
+                                        names (strictly increasing, below
+                                        L_b), lists one after another */
+    size_t positions_len;
+    const size_t *position_offsets;  /* n_seqs + 1 offsets (or
+                                        n_seqs * kv_heads + 1 with
+                                        positions_per_kv_head) from 0 */
+    size_t position_offsets_len;
+    int32_t positions_per_kv_head;   /* 1: a list per (sequence, KV head) */
 } gqa_batch;
 
 /* New K/V rows for gqa_append: [T, G, D] of f32, f16 or bf16. */

@@ -138,6 +138,28 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// `positions.offsets` ([`crate::Positions`]) is not non-decreasing
+    /// offsets from 0 within `positions`.
+    InvalidPositionOffsets {
+        /// The offending index.
+        index: usize,
+        /// Its value.
+        value: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A sparse position list ([`crate::Positions`]) is not sorted, repeats
+    /// a position, or names one at or past its sequence's length.
+    InvalidPositions {
+        /// The list: its sequence, or `b · G + g` for per-KV-head lists.
+        list: usize,
+        /// The entry's index in `positions`.
+        index: usize,
+        /// The entry.
+        value: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A sequence has more query tokens than cached positions.
     QLenExceedsKvLen {
         /// The sequence.
@@ -287,6 +309,23 @@ impl std::fmt::Display for Error {
             Error::InvalidTreeMask { token, value, reason } => {
                 write!(f, "invalid `tree_mask[{token}]` = {value:#x}: {reason}")
             }
+            Error::InvalidPositionOffsets {
+                index,
+                value,
+                reason,
+            } => write!(
+                f,
+                "invalid `positions.offsets[{index}]` = {value}: {reason}"
+            ),
+            Error::InvalidPositions {
+                list,
+                index,
+                value,
+                reason,
+            } => write!(
+                f,
+                "invalid `positions[{index}]` = {value} (list {list}): {reason}"
+            ),
             Error::QLenExceedsKvLen { seq, q_len, kv_len } => write!(
                 f,
                 "sequence {seq} has {q_len} query tokens but `seq_lens[{seq}]` = {kv_len} (need q_len <= L)"

@@ -102,7 +102,8 @@ pub struct Variant<'a> {
 /// Decodes one step of any batch with attention variants: for the query at
 /// position `p` (token `t` of `q_len_b` sits at `p = L_b - q_len_b + t`)
 /// the visible positions are `j <= p`, and `j >= p - W + 1` with a window,
-/// and with a tree mask, of the draft positions `j >= L_b - q_len_b`, those
+/// and with sparse position lists only the positions its (sequence's or
+/// KV head's) list names, and with a tree mask, of the draft positions `j >= L_b - q_len_b`, those
 /// whose bit `j - (L_b - q_len_b)` token `t`'s word sets; a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
 /// adds `slope_h (j - p)` and the batch's bias its value; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
@@ -204,6 +205,18 @@ pub fn decode_variant(
                 continue;
             }
             for g in 0..g_count {
+                // Sparse lists: only the positions KV head g's list names.
+                let seen: Vec<usize> = match &batch.positions {
+                    Some(p) => {
+                        let i = if p.per_kv_head { b * g_count + g } else { b };
+                        let list = &p.positions[p.offsets[i]..p.offsets[i + 1]];
+                        seen.iter()
+                            .copied()
+                            .filter(|&j| list.contains(&(j as u32)))
+                            .collect()
+                    }
+                    None => seen.clone(),
+                };
                 // The visible K and V rows of KV head g, dequantized once
                 // for the r query heads that share them.
                 let rows = |is_v: bool, d_count: usize, data: &KvData<'_>| -> Vec<f64> {

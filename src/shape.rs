@@ -128,18 +128,6 @@ impl Shape {
         seq_lens.iter().sum::<usize>() * per_pos
     }
 
-    /// [`Shape::kv_bytes`] for a step over `cache`: a latent cache
-    /// ([`crate::KvCache::is_latent`]) reads each K row once for K and V,
-    /// so its V bytes are not counted again.
-    pub fn kv_bytes_of(&self, cache: &crate::KvCache<'_>, seq_lens: &[usize]) -> usize {
-        if cache.is_latent() {
-            let per_pos = self.kv_heads * self.k_dtype.row_bytes(self.head_dim_k);
-            seq_lens.iter().sum::<usize>() * per_pos
-        } else {
-            self.kv_bytes(seq_lens)
-        }
-    }
-
     /// Floating-point operations of a step: `2 (Dk + Dv) H q_len L` summed
     /// over the batch (exponentials not counted).
     pub fn flops(&self, seq_lens: &[usize]) -> f64 {

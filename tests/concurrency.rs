@@ -137,6 +137,11 @@ fn c_abi_items_on_many_threads_match_gqa_run() {
         bias_head_stride: 0,
         tree_mask: std::ptr::null(),
         tree_mask_len: 0,
+        positions: std::ptr::null(),
+        positions_len: 0,
+        position_offsets: std::ptr::null(),
+        position_offsets_len: 0,
+        positions_per_kv_head: 0,
     };
     let (mut ws_len, mut items, mut st_len, mut sc_len) = (0, 0, 0, 0);
     // SAFETY: a live plan and valid out-pointers.

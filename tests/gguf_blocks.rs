@@ -522,6 +522,11 @@ fn the_c_abi_reads_block_formats_as_bytes() {
             bias_head_stride: 0,
             tree_mask: std::ptr::null(),
             tree_mask_len: 0,
+            positions: std::ptr::null(),
+            positions_len: 0,
+            position_offsets: std::ptr::null(),
+            position_offsets_len: 0,
+            positions_per_kv_head: 0,
         };
         let mut out = vec![f32::NAN; h * d];
         // SAFETY: every pointer is valid for its length (the short `len`

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{check_all, check_thread_invariance, tiers, units, Layout, Mask, MaskKind, Spec};
+use common::{assert_same_bits, check_all, check_thread_invariance, Layout, Mask, MaskKind, Spec};
 use gqa_kernels::{
     Batch, Dtype, Error, KvBuffer, KvCache, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
     Shape,
@@ -138,28 +138,7 @@ fn latent_is_bitwise_a_separate_copy_of_k() {
             copy.latent = false;
             assert!(latent.cache().is_latent());
             assert!(!copy.cache().is_latent(), "a copy of K is not K");
-            let mut runs: Vec<(gqa_kernels::Tier, gqa_kernels::Unit, gqa_kernels::Precision)> =
-                tiers()
-                    .into_iter()
-                    .map(|t| (t, gqa_kernels::Unit::F32Fma, gqa_kernels::Precision::Exact))
-                    .collect();
-            runs.extend(units().into_iter().filter(|&(t, u, _)| u.runs(t, dt, dt)));
-            for (t, u, p) in runs {
-                for threads in [1, 2] {
-                    let a = latent.run_on(t, u, p, threads).unwrap();
-                    let b = copy.run_on(t, u, p, threads).unwrap();
-                    let same =
-                        a.0.iter()
-                            .chain(&a.1)
-                            .zip(b.0.iter().chain(&b.1))
-                            .all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(
-                        same,
-                        "{}: {dt} {layout:?} {threads} threads: latent differs from a copy",
-                        a.2
-                    );
-                }
-            }
+            assert_same_bits(&latent, &copy, &format!("{dt}: latent vs a copy of K"));
         }
     }
 }
@@ -243,13 +222,13 @@ fn latent_needs_dv_at_most_dk_and_counts_rows_once() {
         );
     }
     let shape = Shape::new(1, 4, 2, dk, Dtype::Bf16).with_head_dims(dk, 48);
-    assert_eq!(shape.kv_bytes_of(&cache, &lens), l * 2 * dk * 2);
+    assert_eq!(cache.kv_bytes(&shape, &lens), l * 2 * dk * 2);
     let v = KvBuffer::from_f32(Dtype::Bf16, &vec![0.5f32; 2 * l * 48], 48).unwrap();
     let separate = KvCache::strided(
         KvTensor::bgld(k.data(), l, 2, dk),
         KvTensor::bgld(v.data(), l, 2, 48),
     );
-    assert_eq!(shape.kv_bytes_of(&separate, &lens), shape.kv_bytes(&lens));
+    assert_eq!(separate.kv_bytes(&shape, &lens), shape.kv_bytes(&lens));
     assert_eq!(shape.kv_bytes(&lens), l * 2 * (dk + 48) * 2);
 }
 
@@ -361,6 +340,11 @@ fn c_abi_latent_flag() {
             bias_head_stride: 0,
             tree_mask: std::ptr::null(),
             tree_mask_len: 0,
+            positions: std::ptr::null(),
+            positions_len: 0,
+            position_offsets: std::ptr::null(),
+            position_offsets_len: 0,
+            positions_per_kv_head: 0,
         };
         let mut out = vec![f32::NAN; h * dv];
         // SAFETY: every pointer is valid for its length.

@@ -136,6 +136,11 @@ fn the_c_abi_on_a_tiny_step() {
         bias_head_stride: 0,
         tree_mask: std::ptr::null(),
         tree_mask_len: 0,
+        positions: std::ptr::null(),
+        positions_len: 0,
+        position_offsets: std::ptr::null(),
+        position_offsets_len: 0,
+        positions_per_kv_head: 0,
     };
     let mut ws_len = 0;
     // SAFETY: a live plan.

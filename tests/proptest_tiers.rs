@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes (plain and quantized, K and V independent), lengths, query tokens (uniform and ragged), sliding windows,
-//! logit softcaps, ALiBi, draft-tree masks, latent (MLA) caches, additive biases (with masks of `-inf`,
+//! logit softcaps, ALiBi, draft-tree masks, latent (MLA) caches, sparse position lists, additive biases (with masks of `-inf`,
 //! `-f32::MAX` and `-1e30` in every pattern hosts write), attention sinks
 //! and values, on every tier this CPU has, through the public API, against
 //! the f64 reference under the documented tolerance. A fifth of the
@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{check_all, check_units, units, Layout, Mask, MaskKind, Spec};
+use common::{check_all, check_units, units, Layout, Mask, MaskKind, Sparse, Spec};
 use gqa_kernels::{Dtype, Shape};
 use proptest::prelude::*;
 
@@ -157,6 +157,20 @@ prop_compose! {
         // seed, so the other draws of a stored regression stay the same).
         s.tree = q_len > 1 && seed.is_multiple_of(3);
         s.latent = latent;
+        // Sparse position lists on a quarter of the cases (from the seed):
+        // per sequence or per KV head, single positions or runs.
+        s.sparse = (seed >> 11).is_multiple_of(4).then(|| Sparse {
+            per_kv_head: seed >> 13 & 1 == 1,
+            keep: (seed >> 16) as u8,
+            run: [1, 3, 16][(seed >> 24) as usize % 3],
+        });
+        if s.sparse.is_some() {
+            // ALiBi over a sparse list can leave only far positions, with
+            // logits in the thousands: outside the tolerance's domain
+            // (README, "Numerics contract"). `tests/sparse.rs` runs ALiBi
+            // over lists that reach the query.
+            s.alibi = None;
+        }
         s
     }
 }

@@ -9,25 +9,8 @@
 
 mod common;
 
-use common::{check_all, check_thread_invariance, tiers, Layout, Spec};
+use common::{check_all, check_thread_invariance, six_layouts, tiers, Layout, Spec};
 use gqa_kernels::{Batch, Dtype, Error, Options, Plan, Shape};
-
-fn layouts() -> [Layout; 6] {
-    [
-        Layout::Bgld,
-        Layout::Blgd,
-        Layout::Padded,
-        Layout::Paged {
-            page: 16,
-            head_major: false,
-        },
-        Layout::Paged {
-            page: 5,
-            head_major: true,
-        },
-        Layout::Ring { extra: 5 },
-    ]
-}
 
 /// Random forests over 2 to 9 draft tokens, every layout, with and without
 /// KV splits (lengths 1100 and 517 cut at 512 with `max_kv_len = 2048`, so
@@ -37,7 +20,7 @@ fn layouts() -> [Layout; 6] {
 fn random_trees_on_every_tier_unit_and_layout() {
     let mut n = 0u64;
     for q_len in [2usize, 5, 9] {
-        for (li, layout) in layouts().into_iter().enumerate() {
+        for (li, layout) in six_layouts().into_iter().enumerate() {
             let (heads, kv_heads, d) = if li % 2 == 0 { (8, 2, 64) } else { (7, 1, 48) };
             let max_kv_len = if n % 3 == 2 { 0 } else { 2048 };
             let shape = Shape::new(2, heads, kv_heads, d, Dtype::Bf16)
@@ -80,7 +63,7 @@ fn large_and_ragged_trees() {
     let shape = Shape::new(4, 4, 2, 32, Dtype::F16)
         .with_q_len(64)
         .with_max_kv_len(2048);
-    for layout in layouts() {
+    for layout in six_layouts() {
         let mut s = Spec::new(shape, vec![900, 0, 40, 1500]);
         s.q_tokens = Some(vec![3, 2, 1, 64]);
         s.seed = 7;
@@ -98,7 +81,7 @@ fn the_chain_is_the_causal_rule() {
     let shape = Shape::new(2, 8, 2, 64, Dtype::F16)
         .with_q_len(6)
         .with_max_kv_len(2048);
-    for layout in layouts() {
+    for layout in six_layouts() {
         let mut s = Spec::new(shape, vec![1100, 517]);
         s.layout = layout;
         let mut c = s.build();

@@ -2,8 +2,9 @@
 
 Loads the cdylib (`cargo build --release` makes target/release/
 libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
-numpy arrays, verifies a 4-token draft tree over it (a tree mask), runs
-an MLA-style step over a latent cache (V = the leading values of K), fills
+numpy arrays, verifies a 4-token draft tree over it (a tree mask), runs it
+over sparse position lists (a top-k selection per sequence), runs an
+MLA-style step over a latent cache (V = the leading values of K), fills
 an int8 cache token by token with gqa_append and decodes it, and checks
 each against a numpy float64 reference. Exits
 non-zero on any mismatch.
@@ -99,6 +100,11 @@ class BatchS(C.Structure):
         ("bias_head_stride", C.c_size_t),
         ("tree_mask", C.POINTER(C.c_uint64)),
         ("tree_mask_len", C.c_size_t),
+        ("positions", C.POINTER(C.c_uint32)),
+        ("positions_len", C.c_size_t),
+        ("position_offsets", C.POINTER(C.c_size_t)),
+        ("position_offsets_len", C.c_size_t),
+        ("positions_per_kv_head", C.c_int32),
     ]
 
 
@@ -185,7 +191,7 @@ def tree_reference(q, k, v, lens, g, q_len, tree):
     return out
 
 
-def decode(lib, shape, cache, q, lens, tree=None):
+def decode(lib, shape, cache, q, lens, tree=None, lists=None):
     plan = C.c_void_p()
     opts = Options(C.sizeof(Options), 0.0, GQA_TIER_AUTO, 1, 0, 0.0)
     check(lib, lib.gqa_plan_create(C.byref(shape), C.byref(opts), C.byref(plan)), "plan")
@@ -198,6 +204,12 @@ def decode(lib, shape, cache, q, lens, tree=None):
     if tree is not None:
         batch.tree_mask = tree.ctypes.data_as(C.POINTER(C.c_uint64))
         batch.tree_mask_len = tree.size
+    if lists is not None:
+        positions, offsets = lists
+        batch.positions = positions.ctypes.data_as(C.POINTER(C.c_uint32))
+        batch.positions_len = positions.size
+        batch.position_offsets = offsets.ctypes.data_as(C.POINTER(C.c_size_t))
+        batch.position_offsets_len = offsets.size
     check(lib, lib.gqa_run(plan, C.byref(batch), fptr(out), out.size, None, 0,
                            ws.ctypes.data_as(C.c_void_p), ws.size), "run")
     name = lib.gqa_plan_kernel_name(plan).decode()
@@ -245,6 +257,20 @@ def main():
     print(f"f16 cache, 4-token draft tree, {name_t}: max |out - numpy| = {err_t:.2e}")
     if not err_t < 1e-4:
         sys.exit("tree-masked decode disagrees with the numpy reference")
+
+    # Sparse attention: each sequence attends only to the positions its
+    # list names (a top-k selection), read in place from the cache.
+    sel = [np.sort(rng.choice(n, size=max(1, n // 3), replace=False)) for n in lens]
+    positions = np.concatenate(sel).astype(np.uint32)
+    offsets = np.cumsum([0] + [len(x) for x in sel]).astype(np.uintp)
+    got_s, name_s = decode(lib, shape, cache, q, lens, lists=(positions, offsets))
+    want_s = np.stack([reference(q[b:b + 1], k[b:b + 1][:, :, sel[b]], v[b:b + 1][:, :, sel[b]],
+                                 [len(sel[b])], g)[0] for b in range(b_count)])
+    err_s = np.abs(got_s - want_s).max()
+    print(f"f16 cache, sparse lists ({positions.size} of {sum(lens)} positions), {name_s}: "
+          f"max |out - numpy| = {err_s:.2e}")
+    if not err_s < 1e-4:
+        sys.exit("sparse decode disagrees with the numpy reference")
 
     # Multi-head latent attention (absorbed decode): one cached latent row
     # per position, 16 query heads on one KV head; K is the whole row (a

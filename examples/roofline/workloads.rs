@@ -3,7 +3,9 @@
 //! draft-tree mask (`Batch::tree_mask`, q_len 8 with a branching tree
 //! against q_len 8 causal) and the latent cache (`KvCache::latent`, an MLA
 //! step reading one row per position against the same shape given as
-//! separate K and V buffers).
+//! separate K and V buffers) and sparse position lists
+//! (`Batch::positions`, a sixteenth of the positions, scattered or as pages
+//! of 16, against the full step).
 
 use super::*;
 
@@ -21,18 +23,16 @@ pub(crate) const TREE8: [u64; 8] = [
     0b1010_0101,
 ];
 
-/// One workload against its plain step: both run on `plan`, interleaved
-/// round by round, each round on the next of the layer caches.
+/// Workloads against their plain step: all run on one plan, interleaved
+/// round by round, each run on the next of the layer caches.
 struct Pair<'a> {
-    /// The pair's name in the report (`tree`, `latent`).
-    name: &'static str,
-    /// The plain step's name (`causal`, `separate`).
-    base: &'static str,
+    /// The runs' names in the report, the plain step's first (`causal`,
+    /// `tree`; `separate`, `latent`; `full`, `sparse`, …).
+    names: &'static [&'static str],
     model: &'static str,
     shape: Shape,
     l: usize,
-    /// The batch of run `i` (0 the plain step, 1 the workload) over layer
-    /// cache `layer`.
+    /// The batch of run `i` (0 the plain step) over layer cache `layer`.
     batch: Box<dyn Fn(usize, usize) -> Batch<'a> + 'a>,
     layers: usize,
 }
@@ -49,7 +49,10 @@ fn layer_count(bytes: usize) -> usize {
 ///   q_len 8 under [`TREE8`] against q_len 8 causal;
 /// - an MLA step (H 128, G 1, Dk 576, Dv 512, bf16, L 8192, a quarter with
 ///   `--quick`): one latent row per position against separate K and V
-///   buffers (V a copy of K's leading 512 values).
+///   buffers (V a copy of K's leading 512 values);
+/// - Llama-3-8B f16 q_len 1, L 32768 (a quarter with `--quick`): a
+///   sixteenth of the positions listed, scattered one by one or as pages
+///   of 16, against the full step.
 pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
     let div = if args.quick { 4 } else { 1 };
     let mut next = uniform_values(0x2545_F491_4F6C_DD1D);
@@ -86,13 +89,26 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             )
         })
         .collect();
+    // The sparse pair: 2048 of 32768 positions (a sixteenth), scattered
+    // (a stride-16 lattice jittered per position) or as 128 pages of 16.
+    let k_sel = lt / 16;
+    let scattered: Vec<u32> = (0..k_sel)
+        .map(|i| (16 * i + (i * 7 + i / 3) % 16) as u32)
+        .collect();
+    let paged: Vec<u32> = (0..k_sel / 16)
+        .flat_map(|p| {
+            let start = 16 * (16 * p + (p * 5) % 16);
+            (start..start + 16).map(|x| x as u32)
+        })
+        .collect();
+    let (sel_off, one_shape) = ([0, k_sel], tree_shape.with_q_len(1));
     let (lens_t, lens_m) = ([lt], [lm]);
     let q_t: Vec<f32> = (0..tree_shape.q_elems()).map(|_| next()).collect();
     let q_m: Vec<f32> = (0..mla_shape.q_elems()).map(|_| next()).collect();
+    let q_1: Vec<f32> = (0..one_shape.q_elems()).map(|_| next()).collect();
     let pairs = [
         Pair {
-            name: "tree",
-            base: "causal",
+            names: &["causal", "tree"],
             model: "Llama-3-8B",
             shape: tree_shape,
             l: lt,
@@ -110,8 +126,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             }),
         },
         Pair {
-            name: "latent",
-            base: "separate",
+            names: &["separate", "latent"],
             model: "MLA-size",
             shape: mla_shape,
             l: lm,
@@ -125,6 +140,24 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
                     KvCache::strided(kt, KvTensor::bgld(v.data(), lm, 1, dv))
                 };
                 Batch::new(&q_m, cache, &lens_m)
+            }),
+        },
+        Pair {
+            names: &["full", "sparse-1", "sparse-16"],
+            model: "Llama-3-8B",
+            shape: one_shape,
+            l: lt,
+            layers: caches.len(),
+            batch: Box::new(|i, layer| {
+                let (k, v) = &caches[layer];
+                let kt = KvTensor::bgld(k.data(), lt, g, d);
+                let vt = KvTensor::bgld(v.data(), lt, g, d);
+                let b = Batch::strided(&q_1, kt, vt, &lens_t);
+                match i {
+                    1 => b.with_positions(Positions::per_sequence(&scattered, &sel_off)),
+                    2 => b.with_positions(Positions::per_sequence(&paged, &sel_off)),
+                    _ => b,
+                }
             }),
         },
     ];
@@ -151,11 +184,12 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
     let mut ws = plan.alloc_workspace();
     let mut out = vec![0f32; p.shape.out_elems()];
     eprintln!(
-        "workloads: {} vs {}, {} layer caches, {rounds} rounds",
-        p.name, p.base, p.layers
+        "workloads: {}, {} layer caches, {rounds} rounds",
+        p.names.join(" vs "),
+        p.layers
     );
-    // [plain, workload]: every time, for the best and the median.
-    let mut times = [Vec::new(), Vec::new()];
+    // Every time of each run, for the best and the median.
+    let mut times = vec![Vec::new(); p.names.len()];
     let mut layer = 0;
     for round in 0..rounds + 1 {
         for (i, t) in times.iter_mut().enumerate() {
@@ -170,12 +204,14 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
             }
         }
     }
-    let stat = |t: &mut Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        (t[0], t[t.len() / 2])
-    };
-    let (base, base_med) = stat(&mut times[0]);
-    let (work, work_med) = stat(&mut times[1]);
+    let stats: Vec<(f64, f64)> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            (t[0], t[t.len() / 2])
+        })
+        .collect();
+    let base = stats[0].0;
     // The binding roof of each run: reading what it reads, or its
     // multiply-adds at the rate of the unit its plan runs on.
     let (bw, fma) = probes.get(1);
@@ -190,30 +226,31 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
             .map_or(f64::NAN, |x| x.2)
     };
     let s = &p.shape;
-    let lens = [p.l];
-    for (i, (name, best, med)) in [(p.base, base, base_med), (p.name, work, work_med)]
-        .into_iter()
-        .enumerate()
-    {
-        let bytes = s.kv_bytes_of(&(p.batch)(i, 0).cache, &lens);
-        let roof = (bytes as f64 / bw).max(s.flops(&lens) / rate);
+    for (i, (name, &(best, med))) in p.names.iter().zip(&stats).enumerate() {
+        // A sparse run reads and computes its listed positions only.
+        let batch = (p.batch)(i, 0);
+        let read = batch.positions.map_or(p.l, |ps| {
+            ps.positions.len() / ps.offsets.len().saturating_sub(1).max(1)
+        });
+        let bytes = batch.cache.kv_bytes(s, &[read]);
+        let roof = (bytes as f64 / bw).max(s.flops(&[read]) / rate);
         let ratio = best / base;
         if args.json {
             println!(
                 "{{\"section\":\"workloads\",\"workload\":\"{name}\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":1,\"unit\":\"{}\",\"kernel\":\"{}\",\"kv_bytes\":{bytes},\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"roofline_fraction\":{:.4}}}",
                 p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.k_dtype, s.q_len, unit.name(), plan.kernel_name(), roof / best
             );
+            if i > 0 {
+                println!(
+                    "{{\"section\":\"workload_ratio\",\"workload\":\"{name}\",\"model\":\"{}\",\"l\":{},\"q_len\":{},\"threads\":1,\"t_over_t_plain\":{ratio:.3}}}",
+                    p.model, p.l, s.q_len
+                );
+            }
         } else {
             println!(
                 "{name:<10} {:<11} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>9} {bytes:>10} {best:>10.6} {med:>10.6} {:>8.3} {ratio:>6.3}",
                 p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.q_len, s.k_dtype.to_string(), unit.name(), roof / best
             );
         }
-    }
-    if args.json {
-        println!(
-            "{{\"section\":\"workload_ratio\",\"workload\":\"{}\",\"model\":\"{}\",\"l\":{},\"q_len\":{},\"threads\":1,\"t_over_t_plain\":{:.3}}}",
-            p.name, p.model, p.l, s.q_len, work / base
-        );
     }
 }

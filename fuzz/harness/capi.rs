@@ -226,6 +226,20 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             }
         })
         .collect::<Result<_>>()?;
+    // Sparse lists: sorted positions under the lengths, or whatever the
+    // input holds (the error paths), with offsets that split them.
+    let positions: Vec<u32> = if u.ratio(1, 2)? {
+        (0..u.int_in_range(0..=64u32)?).step_by(3).collect()
+    } else {
+        (0..u.int_in_range(0..=32usize)?)
+            .map(|_| u.int_in_range(0..=80u32))
+            .collect::<Result<_>>()?
+    };
+    let mut position_offsets = vec![0usize];
+    for _ in 0..u.int_in_range(0..=9usize)? {
+        let last = *position_offsets.last().unwrap_or(&0);
+        position_offsets.push(u.int_in_range(last..=positions.len().max(last))?);
+    }
     let batch = gqa_batch {
         struct_size: struct_size(u, size_of::<gqa_batch>())?,
         q: if u.ratio(1, 16)? {
@@ -257,6 +271,19 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             std::ptr::null()
         },
         tree_mask_len: tree.len().min(count(u, 64)?),
+        positions: if u.ratio(1, 4)? {
+            positions.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        positions_len: positions.len().min(count(u, 64)?),
+        position_offsets: if u.ratio(1, 4)? {
+            position_offsets.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        position_offsets_len: position_offsets.len().min(count(u, 16)?),
+        positions_per_kv_head: code(u, 1)?,
     };
     let mut out = vec![f32::NAN; u.int_in_range(0..=8192usize)?];
     let mut lse = vec![f32::NAN; u.int_in_range(0..=64usize)?];

@@ -1,6 +1,6 @@
 //! Differential decode: an arbitrary shape (group sizes up to 71, odd head
 //! dims, every K and V type), layout (strided, padded, paged, ring), query
-//! tokens, draft-tree masks, latent (MLA) caches, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
+//! tokens, draft-tree masks, latent (MLA) caches, sparse position lists, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
 //! `-f32::MAX` and `-1e30` written into the bias) and values,
 //! sometimes corrupted (lengths past the buffers, strides that split a
 //! quantized row, page indices outside the pool, short queries, a tree
@@ -19,7 +19,7 @@
 use arbitrary::{Result, Unstructured};
 use gqa_kernels::{reference, Dtype, Options, Plan, Shape, Tier};
 
-use crate::common::{Layout, Mask, MaskKind, Spec};
+use crate::common::{Layout, Mask, MaskKind, Sparse, Spec};
 
 /// Inputs that got past validation to the full check (a coverage signal
 /// for the regression test).
@@ -171,6 +171,17 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         dv
     };
+    // Sparse position lists on a quarter of the inputs (from the seed).
+    if (spec.seed >> 11).is_multiple_of(4) {
+        spec.sparse = Some(Sparse {
+            per_kv_head: spec.seed >> 13 & 1 == 1,
+            keep: (spec.seed >> 16) as u8,
+            run: [1, 3, 16][(spec.seed >> 24) as usize % 3],
+        });
+        // ALiBi over far listed positions only reaches logits in the
+        // thousands, outside the tolerance's domain.
+        spec.alibi = None;
+    }
     let mut case = spec.build();
     let strides0 = case.k_strides;
     // Sometimes corrupt one thing: the run must then fail cleanly, or the
@@ -189,6 +200,12 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             case.q.pop();
         }
         4 => case.v_strides.2 = u.int_in_range(0..=1000usize)?,
+        6 if case.positions.as_ref().is_some_and(|p| !p.0.is_empty()) => {
+            // A position moved: out of order, repeated or past the length.
+            let p = &mut case.positions.as_mut().expect("lists").0;
+            let i = u.choose_index(p.len())?;
+            p[i] = u.int_in_range(0..=1200u32)?;
+        }
         5 if case.tree.as_ref().is_some_and(|t| !t.is_empty()) => {
             let tree = case.tree.as_mut().expect("a tree");
             let i = u.choose_index(tree.len())?;

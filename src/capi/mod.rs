@@ -250,6 +250,19 @@ pub struct gqa_batch {
     pub tree_mask: *const u64,
     /// Words of `tree_mask`.
     pub tree_mask_len: usize,
+    /// NULL, or sparse position lists (see [`crate::Positions`]): every
+    /// list's positions, one list after another. Added after the tree
+    /// mask (a caller compiled before passes none).
+    pub positions: *const u32,
+    /// Entries of `positions`.
+    pub positions_len: usize,
+    /// The lists' offsets into `positions`: `n_seqs + 1` entries, or
+    /// `n_seqs · kv_heads + 1` with `positions_per_kv_head`.
+    pub position_offsets: *const usize,
+    /// Entries of `position_offsets`.
+    pub position_offsets_len: usize,
+    /// 1: a list per (sequence, KV head); 0: a list per sequence.
+    pub positions_per_kv_head: i32,
 }
 
 /// New K/V rows for `gqa_append` (see [`NewKv`]): `[T, G, D]` of f32, f16

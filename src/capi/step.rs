@@ -31,6 +31,26 @@ unsafe fn batch_of<'a>(batch: *const gqa_batch) -> R<Batch<'a>> {
         if !b.tree_mask.is_null() {
             bt = bt.with_tree_mask(slice("batch.tree_mask", b.tree_mask, b.tree_mask_len)?);
         }
+        if !b.positions.is_null() || !b.position_offsets.is_null() {
+            let per_kv_head = match b.positions_per_kv_head {
+                0 => false,
+                1 => true,
+                x => {
+                    return Err(invalid(format!(
+                        "`batch.positions_per_kv_head` = {x} is not 0 or 1"
+                    )))
+                }
+            };
+            bt = bt.with_positions(crate::Positions {
+                positions: slice("batch.positions", b.positions, b.positions_len)?,
+                offsets: slice(
+                    "batch.position_offsets",
+                    b.position_offsets,
+                    b.position_offsets_len,
+                )?,
+                per_kv_head,
+            });
+        }
         if !b.bias.is_null() {
             bt = bt.with_bias(Bias {
                 data: slice("batch.bias", b.bias, b.bias_len)?,

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::formats::{Dtype, QK};
 use crate::shape::Shape;
-use crate::views::{Batch, Bias, KvCache, KvData, KvTensor, PagedKv, RingKv};
+use crate::views::{Batch, Bias, KvCache, KvData, KvTensor, PagedKv, Positions, RingKv};
 
 /// Checks a batch against the shape: lengths of `q`, `seq_lens`, the ragged
 /// offsets, `out`/`lse` lengths (when given), `q_len_b <= L_b <=
@@ -47,6 +47,9 @@ pub(crate) fn check_batch(
     }
     if let Some(tree) = batch.tree_mask {
         check_tree(shape, batch, tree, tokens)?;
+    }
+    if let Some(p) = &batch.positions {
+        check_positions(shape, batch.seq_lens, p)?;
     }
     check_cache(shape, &batch.cache, batch.seq_lens)?;
     Ok(tokens)
@@ -149,6 +152,54 @@ fn check_tree(shape: &Shape, batch: &Batch<'_>, tree: &[u64], tokens: usize) -> 
                 return Err(err(
                     "a token sees only earlier draft tokens (ancestors come first): a bit above t is set",
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sparse position lists: one per sequence (or per sequence and KV head),
+/// offsets from 0 to the end of `positions`, each list strictly increasing
+/// and below its sequence's length.
+fn check_positions(shape: &Shape, seq_lens: &[usize], p: &Positions<'_>) -> Result<()> {
+    let per = if p.per_kv_head { shape.kv_heads } else { 1 };
+    let lists = shape.batch * per;
+    expect("positions.offsets", lists + 1, p.offsets.len())?;
+    let mut prev = 0;
+    for (index, &o) in p.offsets.iter().enumerate() {
+        let first = index == 0 && o != 0;
+        if first || o < prev || o > p.positions.len() {
+            return Err(Error::InvalidPositionOffsets {
+                index,
+                value: o,
+                reason: if first {
+                    "must start at 0"
+                } else if o < prev {
+                    "must not decrease"
+                } else {
+                    "past the end of `positions`"
+                },
+            });
+        }
+        prev = o;
+    }
+    expect("positions", prev, p.positions.len())?;
+    for list in 0..lists {
+        let len = seq_lens[list / per];
+        let (a, e) = (p.offsets[list], p.offsets[list + 1]);
+        for index in a..e {
+            let value = p.positions[index];
+            let err = |reason| Error::InvalidPositions {
+                list,
+                index,
+                value,
+                reason,
+            };
+            if value as usize >= len {
+                return Err(err("at or past its sequence's length"));
+            }
+            if index > a && value <= p.positions[index - 1] {
+                return Err(err("a list must be strictly increasing"));
             }
         }
     }

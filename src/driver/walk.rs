@@ -10,8 +10,12 @@ use std::ops::Range;
 use super::hints::Pieces;
 use super::layout::{for_runs, head_strides, token_strides, walk, Walk, CHUNK};
 use super::plan::Plan;
-use crate::arch::{pad, ChunkArgs, Span, State, Transforms};
+use crate::arch::{pad, ChunkArgs, Span, State, Transforms, BLOCK};
 use crate::views::Batch;
+
+/// How far ahead in a sparse list ([`crate::Positions`]) the walk hints
+/// rows into L2: the run starting this many listed positions on.
+const LIST_AHEAD: usize = 32;
 
 /// `log2(e)`: scores are computed in the log2 domain so the kernels use `2^x`.
 pub(super) const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -44,8 +48,11 @@ impl Job<'_, '_> {
             self.plan.token_window,
             self.plan.shape.head_dim_k,
         ) {
-            None => self.walk_items(first, states, reverse, scratch),
-            Some(walk) => self.walk_windows(&walk, first, states, scratch),
+            // Sparse lists are walked item by item, list by list.
+            Some(walk) if self.batch.positions.is_none() => {
+                self.walk_windows(&walk, first, states, scratch)
+            }
+            _ => self.walk_items(first, states, reverse, scratch),
         }
     }
 
@@ -73,6 +80,11 @@ impl Job<'_, '_> {
             let i = item - first;
             if let Some(range) = self.item_range(item) {
                 let st = &mut states[i * slen..][..slen];
+                if let Some(p) = &self.batch.positions {
+                    let list = p.list(b, g, heads);
+                    self.walk_list(b, g, list, range, st, scratch);
+                    continue;
+                }
                 let ahead = self.plan.stream_prefetch;
                 let len = self.batch.seq_lens[b];
                 let mut w = range.start;
@@ -87,6 +99,61 @@ impl Job<'_, '_> {
                     w = we;
                 }
             }
+        }
+    }
+
+    /// The positions of a sparse `list` inside `range`, as runs of
+    /// consecutive positions cut where the dense walk of this cache cuts
+    /// its calls (multiples of `CHUNK`, and the window walk's windows from
+    /// `range.start`), so a list of every position makes the dense step's
+    /// calls, bit for bit; each run is read in place.
+    fn walk_list(
+        &self,
+        b: usize,
+        g: usize,
+        list: &[u32],
+        range: Range<usize>,
+        st: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let at = |i: usize| list[i] as usize;
+        let window = walk(
+            &self.batch.cache,
+            self.plan.token_window,
+            self.plan.shape.head_dim_k,
+        )
+        .map_or(usize::MAX, |w| w.window);
+        let mut i = list.partition_point(|&p| (p as usize) < range.start);
+        let end = list.partition_point(|&p| (p as usize) < range.end);
+        while i < end {
+            let a = at(i);
+            let windows = (a - range.start) / window;
+            let cut = ((a / CHUNK + 1) * CHUNK).min(
+                range
+                    .start
+                    .saturating_add(windows.saturating_add(1).saturating_mul(window)),
+            );
+            let mut e = a + 1;
+            i += 1;
+            while i < end && at(i) == e && e < cut {
+                e += 1;
+                i += 1;
+            }
+            // The rows `LIST_AHEAD` listed positions on (a run of them),
+            // hinted into L2 while this run is computed: a list's rows are
+            // not a stream the hardware prefetcher follows.
+            let mut hints = [Span::default(); 2];
+            let j = i + LIST_AHEAD;
+            if self.plan.stream_prefetch > 0 && j < list.len() {
+                let pa = at(j);
+                let run = list[j..]
+                    .iter()
+                    .zip(pa..pa + BLOCK)
+                    .take_while(|(&p, x)| p as usize == *x);
+                let pe = pa + run.count();
+                hints = self.stream_hints(b, g, pa..pe.min(self.batch.seq_lens[b]));
+            }
+            self.run_window(b, g, a..e, st, scratch, &mut hints);
         }
     }
 

@@ -518,12 +518,24 @@ impl<'a> KvCache<'a> {
     /// and KV head serves as K (all `head_dim_k` values) and as V (its
     /// leading `head_dim_v` values, so `head_dim_v <= head_dim_k`). A step
     /// reads each row once for both, and counts it once
-    /// ([`crate::Shape::kv_bytes_of`]). The same as a strided cache whose
+    /// ([`KvCache::kv_bytes`]). The same as a strided cache whose
     /// V view is the K view; any strides, dtype or layout work
     /// ([`PagedKv::latent`], [`RingKv::latent`]); int8 scales stay one per
     /// K row.
     pub fn latent(kv: KvTensor<'a>) -> Self {
         KvCache::Strided { k: kv, v: kv }
+    }
+
+    /// [`Shape::kv_bytes`](crate::Shape::kv_bytes) for a step of `shape`
+    /// over this cache: a latent cache ([`KvCache::is_latent`]) reads each
+    /// K row once for K and V, so its V bytes are not counted again.
+    pub fn kv_bytes(&self, shape: &crate::Shape, seq_lens: &[usize]) -> usize {
+        if self.is_latent() {
+            let per_pos = shape.kv_heads * shape.k_dtype.row_bytes(shape.head_dim_k);
+            seq_lens.iter().sum::<usize>() * per_pos
+        } else {
+            shape.kv_bytes(seq_lens)
+        }
     }
 
     /// Whether V is declared to be the leading values of the K rows: the
@@ -584,6 +596,57 @@ pub struct Bias<'a> {
     pub head_stride: usize,
 }
 
+/// Sparse position lists (top-k selection as in DeepSeek's sparse
+/// attention, Quest's or H2O's selected tokens): each sequence, or each
+/// (sequence, KV head), attends only to the cached positions its list
+/// names, read in place from any layout (no copy).
+///
+/// List `i` is `positions[offsets[i]..offsets[i + 1]]`, strictly
+/// increasing, every entry below its sequence's `L_b`; `i` is the sequence
+/// `b` (`B + 1` offsets) or, with `per_kv_head`, `b · G + g` (`B · G + 1`
+/// offsets). The causal rule, the window and a tree mask still apply to the
+/// listed positions; `lse` is over exactly those a row sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Positions<'a> {
+    /// Every list's positions, one list after another.
+    pub positions: &'a [u32],
+    /// Non-decreasing offsets from 0 to `positions.len()`, one more than
+    /// there are lists.
+    pub offsets: &'a [usize],
+    /// Whether each KV head of a sequence has its own list.
+    pub per_kv_head: bool,
+}
+
+impl<'a> Positions<'a> {
+    /// One list per sequence.
+    pub fn per_sequence(positions: &'a [u32], offsets: &'a [usize]) -> Self {
+        Positions {
+            positions,
+            offsets,
+            per_kv_head: false,
+        }
+    }
+
+    /// One list per (sequence, KV head), sequence-major.
+    pub fn per_kv_head(positions: &'a [u32], offsets: &'a [usize]) -> Self {
+        Positions {
+            positions,
+            offsets,
+            per_kv_head: true,
+        }
+    }
+
+    /// The list of sequence `b`, KV head `g` of `kv_heads` (validated).
+    pub(crate) fn list(&self, b: usize, g: usize, kv_heads: usize) -> &'a [u32] {
+        let i = if self.per_kv_head {
+            b * kv_heads + g
+        } else {
+            b
+        };
+        &self.positions[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
 /// The inputs of one step: queries, cache, lengths and (optionally) ragged
 /// query counts and an additive bias.
 #[derive(Clone, Copy, Debug)]
@@ -616,6 +679,10 @@ pub struct Batch<'a> {
     /// a mask have at most 64 tokens. `None` is the causal rule alone (the
     /// same as every bit `j <= t` set).
     pub tree_mask: Option<&'a [u64]>,
+    /// Optional sparse position lists ([`Positions`]): each row sees only
+    /// the listed positions (that the causal rule, the window and the tree
+    /// mask show it). `None` is every position.
+    pub positions: Option<Positions<'a>>,
 }
 
 impl<'a> Batch<'a> {
@@ -628,6 +695,7 @@ impl<'a> Batch<'a> {
             q_offsets: None,
             bias: None,
             tree_mask: None,
+            positions: None,
         }
     }
 
@@ -640,6 +708,7 @@ impl<'a> Batch<'a> {
             q_offsets: None,
             bias: None,
             tree_mask: None,
+            positions: None,
         }
     }
 
@@ -652,6 +721,12 @@ impl<'a> Batch<'a> {
     /// The same batch with an additive bias.
     pub fn with_bias(mut self, bias: Bias<'a>) -> Self {
         self.bias = Some(bias);
+        self
+    }
+
+    /// The same batch with sparse position lists (see [`Positions`]).
+    pub fn with_positions(mut self, positions: Positions<'a>) -> Self {
+        self.positions = Some(positions);
         self
     }
 

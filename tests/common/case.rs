@@ -72,6 +72,8 @@ pub struct Case {
     /// A latent cache: `v` is `k` (the same store, strides and offset),
     /// and the views hand the kernels K's buffer as V.
     pub latent: bool,
+    /// Sparse position lists: (positions, offsets, per KV head).
+    pub positions: Option<(Vec<u32>, Vec<usize>, bool)>,
 }
 
 /// Everything needed to build a case.
@@ -109,6 +111,18 @@ pub struct Spec {
     /// A latent cache (`KvCache::latent`): V is the leading `Dv` values of
     /// each K row (needs the same K and V types and `Dv <= Dk`).
     pub latent: bool,
+    /// Sparse position lists (`Batch::positions`).
+    pub sparse: Option<Sparse>,
+}
+
+/// How a case draws its sparse position lists: each run of `run`
+/// positions (`run` 1: single positions; 16: Quest-like pages) is kept
+/// with probability `keep / 256`, per sequence or per (sequence, KV head).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sparse {
+    pub per_kv_head: bool,
+    pub keep: u8,
+    pub run: usize,
 }
 
 /// Where a mask written as a bias puts its value, for the query token at
@@ -183,6 +197,7 @@ impl Spec {
             mask: None,
             tree: false,
             latent: false,
+            sparse: None,
         }
     }
 
@@ -220,6 +235,7 @@ impl Spec {
             bias: None,
             tree: None,
             latent: self.latent,
+            positions: None,
         };
         if self.latent {
             assert!(
@@ -393,6 +409,21 @@ impl Spec {
                 }
             }
             c.tree = Some(words);
+        }
+        if let Some(sp) = self.sparse {
+            // Drawn after the tree, for the same reason.
+            let per = if sp.per_kv_head { g } else { 1 };
+            let (mut positions, mut offsets) = (Vec::new(), vec![0]);
+            for list in 0..s.batch * per {
+                let len = self.seq_lens[list / per];
+                for a in (0..len).step_by(sp.run.max(1)) {
+                    if rng.below(256) < usize::from(sp.keep) {
+                        positions.extend((a..(a + sp.run.max(1)).min(len)).map(|p| p as u32));
+                    }
+                }
+                offsets.push(positions.len());
+            }
+            c.positions = Some((positions, offsets, sp.per_kv_head));
         }
         c
     }

@@ -13,7 +13,7 @@ use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::reference::{self, tolerance, Reference, Tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Blocks, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options,
-    PagedKv, Plan, Precision, RingKv, Shape, Tier, Unit,
+    PagedKv, Plan, Positions, Precision, RingKv, Shape, Tier, Unit,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.
@@ -187,4 +187,51 @@ pub fn check_thread_invariance(case: &Case, threads: &[usize]) {
         }
     }
     units_against(case, &want, &units_for(case), threads);
+}
+
+/// Asserts that `a` and `b` give bitwise the same output and lse on every
+/// tier (f32 FMA) and every other unit with kernels for their types, with
+/// one and two threads; `what` names the pair in a failure.
+pub fn assert_same_bits(a: &Case, b: &Case, what: &str) {
+    let (k, v) = (a.shape.k_dtype, a.shape.v_dtype);
+    let mut runs: Vec<(Tier, Unit, Precision)> = tiers()
+        .into_iter()
+        .map(|t| (t, Unit::F32Fma, Precision::Exact))
+        .collect();
+    runs.extend(units().into_iter().filter(|&(t, u, _)| u.runs(t, k, v)));
+    for (t, u, p) in runs {
+        for threads in [1, 2] {
+            let x = a.run_on(t, u, p, threads).unwrap();
+            let y = b.run_on(t, u, p, threads).unwrap();
+            let same =
+                x.0.iter()
+                    .chain(&x.1)
+                    .zip(y.0.iter().chain(&y.1))
+                    .all(|(m, n)| m.to_bits() == n.to_bits());
+            assert!(
+                same,
+                "{}: {what}, {:?}, {threads} threads: the two differ",
+                x.2, a.layout
+            );
+        }
+    }
+}
+
+/// Six layouts the workload suites run: head- and token-major, padded,
+/// pages of 16 (`[page, G, D]`) and of 5 (`[G, page, D]`), a ring.
+pub fn six_layouts() -> [Layout; 6] {
+    [
+        Layout::Bgld,
+        Layout::Blgd,
+        Layout::Padded,
+        Layout::Paged {
+            page: 16,
+            head_major: false,
+        },
+        Layout::Paged {
+            page: 5,
+            head_major: true,
+        },
+        Layout::Ring { extra: 5 },
+    ]
 }

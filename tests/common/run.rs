@@ -75,6 +75,13 @@ impl Case {
         if let Some(tree) = &self.tree {
             b = b.with_tree_mask(tree);
         }
+        if let Some((positions, offsets, per_kv_head)) = &self.positions {
+            b = b.with_positions(Positions {
+                positions,
+                offsets,
+                per_kv_head: *per_kv_head,
+            });
+        }
         match &self.q_offsets {
             Some(o) => b.with_q_offsets(o),
             None => b,
@@ -253,7 +260,7 @@ impl Case {
         let s = &self.shape;
         let ctx = || {
             format!(
-                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}, tree {:x?}, latent {}",
+                "shape {s:?}, lens {:?}, layout {:?}, q_offsets {:?}, window {:?}, sinks {}, softcap {:?}, alibi {}, bias {}, tree {:x?}, latent {}, sparse {:?}",
                 self.seq_lens,
                 self.layout,
                 self.q_offsets,
@@ -263,7 +270,8 @@ impl Case {
                 self.alibi.is_some(),
                 self.bias.is_some(),
                 self.tree,
-                self.latent
+                self.latent,
+                self.positions.as_ref().map(|p| (p.0.len(), p.2))
             )
         };
         if out.len() != want.out.len() || lse.len() != want.lse.len() {
