@@ -130,7 +130,7 @@ impl Job<'_, '_> {
         let (cache, s) = (&self.batch.cache, &self.plan.shape);
         let (dk, dv) = (s.head_dim_k, s.head_dim_v);
         let ((kdata, vdata), (kt, vt)) = (cache.data(), token_strides(cache));
-        let latent = cache.is_latent();
+        let latent = self.latent;
         let (mut out, mut first) = ([Span::default(); 2], true);
         for_runs(cache, b, g, w.start, w.end, |run| {
             if !std::mem::take(&mut first) {
@@ -185,7 +185,7 @@ impl Job<'_, '_> {
         let (kdata, vdata) = cache.data();
         let (kt, vt) = token_strides(cache);
         let (kh, vh) = head_strides(cache);
-        let latent = cache.is_latent();
+        let latent = self.latent;
         for_runs(cache, b, 0, w.start, w.end, |run| {
             let mut hint =
                 |kind: usize, data: &KvData<'_>, o: usize, t: usize, h: usize, d: usize| {

@@ -77,10 +77,7 @@ impl Plan {
         self.init_states(states);
         let parts = self.threads.min(self.work_items()).max(1);
         let per = self.work_items().div_ceil(parts);
-        let job = Job {
-            plan: self,
-            batch: *batch,
-        };
+        let job = Job::new(self, *batch);
         match &self.pool {
             Some(pool) if parts > 1 => {
                 let (n_items, slen) = (self.work_items(), self.state_len());
@@ -147,10 +144,7 @@ impl Plan {
         count_run(self.tier);
         self.init_states(states);
         Ok(Step {
-            job: Job {
-                plan: self,
-                batch: *batch,
-            },
+            job: Job::new(self, *batch),
             states,
         })
     }
@@ -368,10 +362,7 @@ impl Plan {
             first * self.state_len() + states.len() <= self.work_items() * self.state_len()
         );
         Part {
-            job: Job {
-                plan: self,
-                batch: *batch,
-            },
+            job: Job::new(self, *batch),
             first,
             states,
             reverse: false,

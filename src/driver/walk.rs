@@ -25,6 +25,20 @@ pub(super) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 pub(super) struct Job<'p, 'a> {
     pub(super) plan: &'p Plan,
     pub(super) batch: Batch<'a>,
+    /// Whether the batch's cache is latent ([`crate::KvCache::is_latent`]),
+    /// found once: V rows are then K's (int8 scales per K row, no V hints).
+    pub(super) latent: bool,
+}
+
+impl<'p, 'a> Job<'p, 'a> {
+    /// The job of `plan` over a validated `batch`.
+    pub(super) fn new(plan: &'p Plan, batch: Batch<'a>) -> Self {
+        Job {
+            plan,
+            batch,
+            latent: batch.cache.is_latent(),
+        }
+    }
 }
 
 impl Job<'_, '_> {
@@ -181,7 +195,7 @@ impl Job<'_, '_> {
         // window, or the first head's piece of the next window), so
         // a hint is read one call later, whatever the page order.
         let stream = !walk.prefetch && self.plan.stream_prefetch > 0;
-        let latent = self.batch.cache.is_latent();
+        let latent = self.latent;
         let mut i0 = 0;
         while i0 < n_items {
             let i1 = ((first + i0) / heads + 1) * heads - first;
@@ -568,7 +582,7 @@ impl Job<'_, '_> {
         // A latent cache's V rows are the leading values of its K rows:
         // int8 scales are one per K row, and the V-block hint would fetch
         // the lines the K rows just brought.
-        let latent = self.batch.cache.is_latent();
+        let latent = self.latent;
         let v_row = if latent { s.head_dim_k } else { s.head_dim_v };
         let bias = self.batch.bias;
         ChunkArgs {
