@@ -160,6 +160,20 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// Shared-prefix groups ([`crate::PrefixGroups`]) are malformed: offsets
+    /// not strictly increasing from 0, a member outside the batch or in two
+    /// groups, a prefix reaching a member's new tokens, or groups where the
+    /// plan or the batch cannot take them.
+    InvalidPrefixGroups {
+        /// `prefix.offsets`, `prefix.members`, `prefix.lens`, or `prefix`.
+        arg: &'static str,
+        /// The offending index in that array (0 for `prefix`).
+        index: usize,
+        /// Its value.
+        value: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A sequence has more query tokens than cached positions.
     QLenExceedsKvLen {
         /// The sequence.
@@ -326,6 +340,18 @@ impl std::fmt::Display for Error {
                 f,
                 "invalid `positions[{index}]` = {value} (list {list}): {reason}"
             ),
+            Error::InvalidPrefixGroups {
+                arg,
+                index,
+                value,
+                reason,
+            } if *arg == "prefix" => write!(f, "invalid `prefix`: {reason}"),
+            Error::InvalidPrefixGroups {
+                arg,
+                index,
+                value,
+                reason,
+            } => write!(f, "invalid `{arg}[{index}]` = {value}: {reason}"),
             Error::QLenExceedsKvLen { seq, q_len, kv_len } => write!(
                 f,
                 "sequence {seq} has {q_len} query tokens but `seq_lens[{seq}]` = {kv_len} (need q_len <= L)"

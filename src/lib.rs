@@ -88,7 +88,8 @@ pub use shape::{Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
 pub use tier::{Precision, Tier, Unit};
 pub use views::{
     Batch, Bias, Blocks, BlocksMut, KvBuffer, KvCache, KvCacheMut, KvData, KvDataMut, KvPages,
-    KvPagesMut, KvTensor, KvTensorMut, NewKv, PagedKv, PagesView, Positions, RingKv, TensorView,
+    KvPagesMut, KvTensor, KvTensorMut, NewKv, PagedKv, PagesView, Positions, PrefixGroups, RingKv,
+    TensorView,
 };
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].

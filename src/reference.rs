@@ -107,7 +107,9 @@ pub struct Variant<'a> {
 /// whose bit `j - (L_b - q_len_b)` token `t`'s word sets; a softcap `c` maps each scaled score `s` to `c tanh(s / c)`, then ALiBi
 /// adds `slope_h (j - p)` and the batch's bias its value; a sink
 /// logit `z` adds `exp(z)` to the softmax denominator and nothing
-/// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`.
+/// to the numerator, so `lse = log(sum_j exp(s_j) + exp(z))`. A member
+/// of a prefix group reads positions below the group's length from the
+/// group's first member's rows.
 ///
 /// One function of 150 lines on purpose: the oracle reads as the
 /// definition above, top to bottom, one loop nest per output row, with no
@@ -222,7 +224,18 @@ pub fn decode_variant(
                 let rows = |is_v: bool, d_count: usize, data: &KvData<'_>| -> Vec<f64> {
                     seen.iter()
                         .flat_map(|&j| {
-                            let base = row_index(&batch.cache, is_v, b, g, j);
+                            // A shared prefix's positions are the group's
+                            // first member's rows.
+                            let src = batch
+                                .prefix
+                                .and_then(|pg| {
+                                    let c = pg.members.iter().position(|&m| m == b)?;
+                                    let grp = (0..pg.lens.len())
+                                        .find(|&p| pg.offsets[p] <= c && c < pg.offsets[p + 1])?;
+                                    (j < pg.lens[grp]).then(|| pg.members[pg.offsets[grp]])
+                                })
+                                .unwrap_or(b);
+                            let base = row_index(&batch.cache, is_v, src, g, j);
                             (0..d_count).map(move |d| value(data, base + d, g, d_count))
                         })
                         .collect()

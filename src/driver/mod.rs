@@ -10,6 +10,8 @@
 //!   `ChunkArgs`), and `hints`: the L2 hints the calls issue;
 //! - [`step`]: running a step on the plan's pool or the host's threads, and
 //!   finishing it;
+//! - `prefix`: shared-prefix (cascade) groups: the group items and the
+//!   member pieces around them;
 //! - [`merge`]: merging partial softmax states;
 //! - [`pool`]: the plan-owned thread pool;
 //! - [`append`]: writing new tokens into a cache.
@@ -21,6 +23,7 @@ pub(crate) mod layout;
 pub(crate) mod merge;
 pub(crate) mod plan;
 pub(crate) mod pool;
+mod prefix;
 pub(crate) mod step;
 pub(crate) mod validate;
 pub(crate) mod walk;

@@ -50,6 +50,12 @@ pub struct Options {
     /// How closely the unit's kernels follow the f32 ones. f32 FMA meets
     /// both classes (it runs the same kernels for each).
     pub precision: Precision,
+    /// Whether the plan runs batches with shared-prefix groups
+    /// ([`crate::PrefixGroups`]). The workspace then also holds, per
+    /// prefix split and KV head, a state for every sequence's rows (a
+    /// group's tile takes its members' slots), and each worker's scratch
+    /// is sized for a tile of all `B · r · q_len` rows.
+    pub cascade: bool,
 }
 
 impl Options {
@@ -83,6 +89,11 @@ impl Options {
         self.softcap = Some(c);
         self
     }
+    /// Default options that take shared-prefix groups.
+    pub fn with_cascade(mut self) -> Options {
+        self.cascade = true;
+        self
+    }
     /// Default options with a sliding window of `w` positions.
     pub fn with_window(mut self, w: usize) -> Options {
         self.window = Some(w);
@@ -114,6 +125,12 @@ pub struct Plan {
     pub(crate) split_len: usize,
     /// Splits per sequence.
     pub(crate) splits: usize,
+    /// Whether the plan takes prefix groups ([`Options::cascade`]).
+    pub(crate) cascade: bool,
+    /// Positions per split of a shared prefix (absolute positions, a
+    /// multiple of [`CHUNK`]; `usize::MAX` for one), and the splits.
+    pub(crate) prefix_split_len: usize,
+    pub(crate) prefix_splits: usize,
     /// Sliding window (`usize::MAX`: none).
     pub(crate) window: usize,
     /// Logit softcap (0: none).
@@ -225,6 +242,10 @@ impl Plan {
                 Some(w) => w,
             };
         let (split_len, splits) = plan_splits(shape, window);
+        // A shared prefix is one long range whose tile is all its members'
+        // rows: split as one sequence without a window would be.
+        let (prefix_split_len, prefix_splits) =
+            plan_splits(&Shape { batch: 1, ..*shape }, usize::MAX);
         let softcap = match options.softcap {
             None => 0.0,
             Some(c) if c.is_finite() && c > 0.0 => c,
@@ -246,6 +267,9 @@ impl Plan {
             threads,
             split_len,
             splits,
+            cascade: options.cascade,
+            prefix_split_len,
+            prefix_splits,
             window,
             softcap,
             sinks: None,
@@ -474,9 +498,53 @@ impl Plan {
         (self.split_len != usize::MAX).then_some(self.split_len)
     }
     /// Independent work items of a step: one per (sequence, KV split, KV
-    /// head), in that order.
+    /// head), in that order; then, with [`Options::cascade`], one slot per
+    /// (prefix split, KV head, sequence), of which a prefix group's item
+    /// takes its members' consecutive slots (and runs in the part that
+    /// holds its first slot; [`crate::Step::parts`] never cuts a group).
     pub fn work_items(&self) -> usize {
+        self.seq_items() + self.prefix_slots()
+    }
+
+    /// Items of the sequences' own positions: (sequence, KV split, KV head).
+    pub(crate) fn seq_items(&self) -> usize {
         self.shape.batch * self.splits * self.shape.kv_heads
+    }
+
+    /// Slots of the prefix groups' items (0 without cascade).
+    pub(crate) fn prefix_slots(&self) -> usize {
+        if self.cascade {
+            self.prefix_splits * self.shape.kv_heads * self.shape.batch
+        } else {
+            0
+        }
+    }
+
+    /// Query rows of the largest tile a step runs: one sequence's, or with
+    /// cascade every sequence's.
+    pub(crate) fn max_tile_rows(&self) -> usize {
+        let rows = self.shape.rows();
+        if self.cascade {
+            rows * self.shape.batch
+        } else {
+            rows
+        }
+    }
+
+    /// The kernel for a tile of `rows` query rows (a prefix group's).
+    pub(crate) fn tile_kernel(&self, rows: usize) -> &'static KernelEntry {
+        let s = &self.shape;
+        dispatch::unit_entry(self.unit, self.precision, self.tier, s.k_dtype, s.v_dtype)
+            .unwrap_or_else(|| {
+                dispatch::select(
+                    self.tier,
+                    s.k_dtype,
+                    s.v_dtype,
+                    s.head_dim_k,
+                    s.head_dim_v,
+                    rows,
+                )
+            })
     }
 
     /// f32 of one item's state: `m` and `l` (padded), `acc`, then the
@@ -490,10 +558,11 @@ impl Plan {
     /// f32 of one worker's scratch: the kernel scratch.
     pub(crate) fn worker_len(&self) -> usize {
         let s = &self.shape;
-        let kernel = scratch_len(s.rows(), s.head_dim_k, s.head_dim_v).max(
-            crate::arch::unit_scratch_len(self.unit, s.rows(), s.head_dim_k, s.head_dim_v),
+        let rows = self.max_tile_rows();
+        let kernel = scratch_len(rows, s.head_dim_k, s.head_dim_v).max(
+            crate::arch::unit_scratch_len(self.unit, rows, s.head_dim_k, s.head_dim_v),
         );
-        pad(kernel) + 2 * pad(s.rows())
+        pad(kernel) + 2 * pad(rows)
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {

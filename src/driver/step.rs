@@ -45,6 +45,20 @@ fn carve<'w>(arg: &'static str, buf: &'w mut [u8], len: usize) -> Result<&'w mut
 }
 
 impl Plan {
+    /// [`check_batch`], and that the plan takes the batch's prefix groups.
+    fn check(&self, batch: &Batch<'_>, out: Option<usize>, lse: Option<usize>) -> Result<usize> {
+        let tokens = check_batch(&self.shape, batch, out, lse)?;
+        if batch.prefix.is_some() && !self.cascade {
+            return Err(Error::InvalidPrefixGroups {
+                arg: "prefix",
+                index: 0,
+                value: 0,
+                reason: "the plan was made without `Options::cascade`",
+            });
+        }
+        Ok(tokens)
+    }
+
     /// Runs one step with the plan's threads, in the caller's workspace.
     ///
     /// - `batch`: queries `[T, H, Dk]`, the cache, `L_b` per sequence and
@@ -63,12 +77,7 @@ impl Plan {
         lse: Option<&mut [f32]>,
         workspace: &mut [u8],
     ) -> Result<()> {
-        check_batch(
-            &self.shape,
-            batch,
-            Some(out.len()),
-            lse.as_ref().map(|l| l.len()),
-        )?;
+        self.check(batch, Some(out.len()), lse.as_ref().map(|l| l.len()))?;
         let n_states = self.work_items() * self.state_len();
         let wl = self.worker_len();
         let ws = carve("workspace", workspace, n_states + self.threads * wl)?;
@@ -77,17 +86,23 @@ impl Plan {
         self.init_states(states);
         let parts = self.threads.min(self.work_items()).max(1);
         let per = self.work_items().div_ceil(parts);
+        // Part `i` starts at slot `i · per`, or after the prefix group
+        // that slot falls in.
+        let cut = |i: usize| self.part_start(batch, (i * per).min(self.work_items()));
         let job = Job::new(self, *batch);
         match &self.pool {
             Some(pool) if parts > 1 => {
                 let (n_items, slen) = (self.work_items(), self.state_len());
                 let (states, scratch) = (Base(states.as_mut_ptr()), Base(scratch.as_mut_ptr()));
                 pool.run(&|i| {
-                    let items = (i * per).min(n_items)..((i + 1) * per).min(n_items);
+                    let items = cut(i).min(n_items)..cut(i + 1).min(n_items);
                     if items.is_empty() {
                         return;
                     }
-                    // SAFETY: part `i` takes the states of its own items and
+                    // SAFETY: part `i` takes the states of its own items
+                    // (the cuts never decrease: `part_start` moves a cut
+                    // at most to the next group start, which a later cut
+                    // does not precede) and
                     // the `i`-th worker scratch (the pool has `threads`
                     // parts, and `parts <= threads` scratch slices were
                     // carved), so no two parts' slices overlap; each part
@@ -139,7 +154,7 @@ impl Plan {
         batch: &Batch<'a>,
         states: &'s mut [u8],
     ) -> Result<Step<'s, 'a>> {
-        check_batch(&self.shape, batch, None, None)?;
+        self.check(batch, None, None)?;
         let states = carve("states", states, self.work_items() * self.state_len())?;
         count_run(self.tier);
         self.init_states(states);
@@ -149,9 +164,12 @@ impl Plan {
         })
     }
 
+    /// Initialises the states of the sequences' own items (a prefix
+    /// group's item lays out its own).
     fn init_states(&self, states: &mut [f32]) {
         let rows = self.shape.rows();
-        for st in states.chunks_mut(self.state_len()) {
+        let own = self.seq_items() * self.state_len();
+        for st in states[..own].chunks_mut(self.state_len()) {
             let (m, rest) = st.split_at_mut(pad(rows));
             m.fill(f32::NEG_INFINITY);
             rest.fill(0.0);
@@ -180,15 +198,37 @@ impl Plan {
         let vdata = batch.cache.data().1;
         for b in 0..s.batch {
             let (tq, tok0) = self.tokens(batch, b);
+            // A member of a prefix group merges its prefix splits first.
+            let member = batch
+                .prefix
+                .as_ref()
+                .and_then(|pg| Some((pg, self.group_of(pg, b)?)));
+            let pre = if member.is_some() {
+                self.prefix_splits
+            } else {
+                0
+            };
             for g in 0..nh {
                 // fp8 V: the per-head scale is applied to the output here.
                 let vf = vdata.head_factor(g);
-                let state = |sp: usize| {
-                    let st = &states[((b * self.splits + sp) * nh + g) * slen..][..slen];
-                    let (m, rest) = st.split_at(pad(rows));
-                    let (l, acc) = rest.split_at(pad(rows));
-                    (m, l, acc)
+                let state = |sp: usize| match member {
+                    Some((pg, at)) if sp < pre => {
+                        let (m, l, acc) = self.prefix_state(pg, at, sp, g);
+                        (
+                            &states[m..][..rows],
+                            &states[l..][..rows],
+                            &states[acc..][..rows * dvp],
+                        )
+                    }
+                    _ => {
+                        let sp = sp - pre;
+                        let st = &states[((b * self.splits + sp) * nh + g) * slen..][..slen];
+                        let (m, rest) = st.split_at(pad(rows));
+                        let (l, acc) = rest.split_at(pad(rows));
+                        (m, l, &acc[..rows * dvp])
+                    }
                 };
+                let n_states = pre + self.splits;
                 // Output row of state row `row` (token-major rows).
                 let orow = |row: usize| (tok0 + row / r) * s.heads + g * r + row % r;
                 let used = tq * r;
@@ -209,7 +249,7 @@ impl Plan {
                         if let Some(sk) = &self.sinks {
                             *mxc = sk[g * r + row % r].max(LOGIT_FLOOR) * LOG2_E;
                         }
-                        for sp in 0..self.splits {
+                        for sp in 0..n_states {
                             let (m, l, _) = state(sp);
                             if l[row] > 0.0 {
                                 *mxc = mxc.max(m[row]);
@@ -223,7 +263,7 @@ impl Plan {
                         });
                         out[orow(row) * dv..][..dv].fill(0.0);
                     }
-                    for sp in 0..self.splits {
+                    for sp in 0..n_states {
                         let (m, l, acc) = state(sp);
                         for c in 0..n {
                             let row = c0 + c;
@@ -281,22 +321,36 @@ impl<'s, 'a> Step<'s, 'a> {
         let per = items.div_ceil(n.max(1)).max(1);
         let slen = self.job.plan.state_len();
         let job = self.job;
-        self.states
-            .chunks_mut(per * slen)
-            .enumerate()
-            .map(move |(i, states)| Part {
+        let mut rest: &mut [f32] = &mut self.states[..];
+        // Cut `k` is at item `k · per`, or after the prefix group that
+        // item falls in; a part that would be empty is skipped.
+        let (mut at, mut k, mut made) = (0, 0, 0);
+        std::iter::from_fn(move || {
+            if at >= items {
+                return None;
+            }
+            let mut end = at;
+            while end <= at {
+                k += 1;
+                end = job.plan.part_start(&job.batch, (k * per).min(items));
+            }
+            let (states, tail) = std::mem::take(&mut rest).split_at_mut((end - at) * slen);
+            rest = tail;
+            let part = Part {
                 job,
-                first: i * per,
+                first: at,
                 states,
-                reverse: i % 2 == 1,
-            })
+                reverse: made % 2 == 1,
+            };
+            (at, made) = (end, made + 1);
+            Some(part)
+        })
     }
 
     /// Merges the item states into `out` (`[T, H, Dv]`) and `lse` (`[T, H]`).
     pub fn finish(self, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let plan = self.job.plan;
-        check_batch(
-            &plan.shape,
+        plan.check(
             &self.job.batch,
             Some(out.len()),
             lse.as_ref().map(|l| l.len()),
@@ -329,8 +383,11 @@ impl Part<'_, '_> {
     }
 
     fn run_in(self, scratch: &mut [f32]) {
+        // The sequences' own items; a prefix group's item lays out its own.
+        let own = self.job.plan.seq_items().saturating_sub(self.first);
         self.states
             .chunks_mut(self.job.plan.state_len())
+            .take(own)
             .for_each(|st| {
                 let rows = self.job.plan.shape.rows();
                 let (m, rest) = st.split_at_mut(pad(rows));
@@ -356,11 +413,21 @@ impl Plan {
         states: &mut [f32],
         scratch: &mut [u8],
     ) -> Result<()> {
-        check_batch(&self.shape, batch, None, None)?;
+        self.check(batch, None, None)?;
         let scratch = carve("scratch", scratch, self.worker_len())?;
         debug_assert!(
             first * self.state_len() + states.len() <= self.work_items() * self.state_len()
         );
+        let end = first + states.len() / self.state_len();
+        if self.part_start(batch, first) != first || self.part_start(batch, end) != end {
+            return Err(Error::InvalidPrefixGroups {
+                arg: "prefix",
+                index: 0,
+                value: 0,
+                reason:
+                    "an item range must not cut a prefix group's slots (cut where Step::parts cuts)",
+            });
+        }
         Part {
             job: Job::new(self, *batch),
             first,
@@ -379,12 +446,7 @@ impl Plan {
         out: &mut [f32],
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
-        check_batch(
-            &self.shape,
-            batch,
-            Some(out.len()),
-            lse.as_ref().map(|l| l.len()),
-        )?;
+        self.check(batch, Some(out.len()), lse.as_ref().map(|l| l.len()))?;
         debug_assert_eq!(states.len(), self.work_items() * self.state_len());
         self.finish_states(batch, states, out, lse);
         Ok(())

@@ -7,7 +7,9 @@
 use crate::error::{Error, Result};
 use crate::formats::{Dtype, QK};
 use crate::shape::Shape;
-use crate::views::{Batch, Bias, KvCache, KvData, KvTensor, PagedKv, Positions, RingKv};
+use crate::views::{
+    Batch, Bias, KvCache, KvData, KvTensor, PagedKv, Positions, PrefixGroups, RingKv,
+};
 
 /// Checks a batch against the shape: lengths of `q`, `seq_lens`, the ragged
 /// offsets, `out`/`lse` lengths (when given), `q_len_b <= L_b <=
@@ -50,6 +52,9 @@ pub(crate) fn check_batch(
     }
     if let Some(p) = &batch.positions {
         check_positions(shape, batch.seq_lens, p)?;
+    }
+    if let Some(p) = &batch.prefix {
+        check_prefix(shape, batch, p)?;
     }
     check_cache(shape, &batch.cache, batch.seq_lens)?;
     Ok(tokens)
@@ -123,6 +128,111 @@ fn check_tokens(shape: &Shape, batch: &Batch<'_>) -> Result<usize> {
         }
     };
     Ok(tokens)
+}
+
+/// Sequences per window of the duplicate check of [`check_prefix`] (a
+/// bitmap of this many bits on the stack).
+const SEEN_WINDOW: usize = 4096;
+
+/// Shared-prefix groups: one offset more than `lens`, strictly increasing
+/// from 0 to `members.len()` (no empty group); members are sequences of
+/// the batch, none named twice; each prefix ends before each member's new
+/// tokens; no bias or sparse lists beside them. Nothing is allocated: the
+/// duplicate check marks the members of each window of [`SEEN_WINDOW`]
+/// sequences in a bitmap on the stack.
+fn check_prefix(shape: &Shape, batch: &Batch<'_>, p: &PrefixGroups<'_>) -> Result<()> {
+    let err = |arg, index, value, reason| Error::InvalidPrefixGroups {
+        arg,
+        index,
+        value,
+        reason,
+    };
+    if batch.bias.is_some() {
+        return Err(err(
+            "prefix",
+            0,
+            0,
+            "prefix groups cannot be combined with an additive bias",
+        ));
+    }
+    if batch.positions.is_some() {
+        return Err(err(
+            "prefix",
+            0,
+            0,
+            "prefix groups cannot be combined with sparse position lists",
+        ));
+    }
+    let groups = p.lens.len();
+    expect("prefix.offsets", groups + 1, p.offsets.len())?;
+    for (i, &o) in p.offsets.iter().enumerate() {
+        if i == 0 && o != 0 {
+            return Err(err("prefix.offsets", 0, o, "must start at 0"));
+        }
+        if i > 0 && o <= p.offsets[i - 1] {
+            return Err(err(
+                "prefix.offsets",
+                i,
+                o,
+                "offsets must increase: a group has at least one member",
+            ));
+        }
+        if o > p.members.len() {
+            return Err(err(
+                "prefix.offsets",
+                i,
+                o,
+                "past the end of `prefix.members`",
+            ));
+        }
+    }
+    expect("prefix.members", p.offsets[groups], p.members.len())?;
+    for (i, &m) in p.members.iter().enumerate() {
+        if m >= shape.batch {
+            return Err(err(
+                "prefix.members",
+                i,
+                m,
+                "not a sequence of the batch (at least B)",
+            ));
+        }
+    }
+    let mut base = 0;
+    while base < shape.batch {
+        let mut seen = [0u64; SEEN_WINDOW / 64];
+        for (i, &m) in p.members.iter().enumerate() {
+            if (base..base + SEEN_WINDOW).contains(&m) {
+                let (w, bit) = ((m - base) / 64, (m - base) % 64);
+                if seen[w] >> bit & 1 == 1 {
+                    return Err(err(
+                        "prefix.members",
+                        i,
+                        m,
+                        "a sequence is named twice (in one group or in two)",
+                    ));
+                }
+                seen[w] |= 1 << bit;
+            }
+        }
+        base += SEEN_WINDOW;
+    }
+    for (g, &len) in p.lens.iter().enumerate() {
+        for &m in p.group(g) {
+            let tq = match batch.q_offsets {
+                Some(o) => o[m + 1] - o[m],
+                None => shape.q_len,
+            };
+            if len > 0 && len.saturating_add(tq) > batch.seq_lens[m] {
+                return Err(err(
+                    "prefix.lens",
+                    g,
+                    len,
+                    "a prefix must end before each member's new tokens (lens[p] <= L_b - q_len_b)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tree mask has a word per query token, and each word is a draft

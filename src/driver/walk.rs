@@ -54,6 +54,19 @@ impl Job<'_, '_> {
         scratch: &mut [f32],
     ) {
         let slen = self.plan.state_len();
+        // Prefix group items (cascade) follow the sequences' own items.
+        let own = self
+            .plan
+            .seq_items()
+            .saturating_sub(first)
+            .min(states.len() / slen);
+        let (states, prefix) = states.split_at_mut(own * slen);
+        if !prefix.is_empty() {
+            self.run_prefix(first + own, prefix, scratch);
+        }
+        if states.is_empty() {
+            return;
+        }
         for (i, st) in states.chunks_mut(slen).enumerate() {
             self.prep_q(first + i, st);
         }
@@ -101,16 +114,19 @@ impl Job<'_, '_> {
                 }
                 let ahead = self.plan.stream_prefetch;
                 let len = self.batch.seq_lens[b];
-                let mut w = range.start;
-                while w < range.end {
-                    let we = ((w / CHUNK + 1) * CHUNK).min(range.end);
-                    let hints = &mut if ahead > 0 {
-                        self.stream_hints(b, g, (w + ahead).min(len)..(we + ahead).min(len))
-                    } else {
-                        [Span::default(); 2]
-                    };
-                    self.run_window(b, g, w..we, st, scratch, hints);
-                    w = we;
+                // Without a shared prefix the first piece is the range.
+                for piece in self.own_pieces(b, range) {
+                    let mut w = piece.start;
+                    while w < piece.end {
+                        let we = ((w / CHUNK + 1) * CHUNK).min(piece.end);
+                        let hints = &mut if ahead > 0 {
+                            self.stream_hints(b, g, (w + ahead).min(len)..(we + ahead).min(len))
+                        } else {
+                            [Span::default(); 2]
+                        };
+                        self.run_window(b, g, w..we, st, scratch, hints);
+                        w = we;
+                    }
                 }
             }
         }
@@ -204,69 +220,72 @@ impl Job<'_, '_> {
             // The items of a group share their sequence and split,
             // hence their range and each window's pieces.
             let (b, _, g0) = self.coords(first + group.start);
-            let Some(range) = self.item_range(first + group.start) else {
+            let Some(whole) = self.item_range(first + group.start) else {
                 continue;
             };
             let (len, tq) = (self.batch.seq_lens[b], self.plan.tokens(&self.batch, b).0);
-            let mut a = range.start;
-            while a < range.end {
-                let e = (a + window).min(range.end);
-                let pieces = if ahead > 0 {
-                    let pa = (a + ahead).min(range.end);
-                    let pe = (e + ahead).min(range.end);
-                    self.window_pieces(b, pa..pe)
-                } else {
-                    None
-                };
-                let hint = |i: usize| {
-                    let part = (i - group.start, group.len());
-                    if let Some([k, v]) = pieces {
-                        if latent {
-                            [k.share(part.0, part.1), Span::default()]
-                        } else {
-                            Pieces::kv_share(k, v, part.0, part.1)
-                        }
-                    } else if ahead > 0 {
+            // Without a shared prefix the first piece is the whole range.
+            for range in self.own_pieces(b, whole) {
+                let mut a = range.start;
+                while a < range.end {
+                    let e = (a + window).min(range.end);
+                    let pieces = if ahead > 0 {
                         let pa = (a + ahead).min(range.end);
                         let pe = (e + ahead).min(range.end);
-                        let g = g0 + part.0;
-                        self.prefetch_window(b, g, pa..pe, part.0, part.1)
-                    } else if stream && part.0 + 1 < part.1 {
-                        self.stream_hints(b, g0 + part.0 + 1, a..e)
-                    } else if stream {
-                        let next = e..(e + window).min(range.end);
-                        self.stream_hints(b, g0, next)
+                        self.window_pieces(b, pa..pe)
                     } else {
-                        [Span::default(); 2]
-                    }
-                };
-                // Cut at CHUNK boundaries too, as the item-by-item
-                // walk does.
-                let cut = (a / CHUNK + 1) * CHUNK;
-                let seen = |p| self.seen_by(p, len, tq) == (0, tq);
-                // A tree mask may hide the first draft position from some
-                // tokens (the later ones are not seen by all anyway).
-                let drafts = e + tq > len && self.root_hidden(b);
-                if e <= cut && self.plan.alibi.is_none() && !drafts && seen(a) && seen(e - 1) {
-                    // Every token sees the whole window (the
-                    // tokens that see a position move with it
-                    // only one way).
-                    let items = group.clone();
-                    self.call_heads(b, g0, a, e, items, states, scratch, hint);
-                } else {
-                    for i in group.clone() {
-                        let mut hints = hint(i);
-                        let st = &mut states[i * slen..][..slen];
-                        let mut x = a;
-                        while x < e {
-                            let xe = ((x / CHUNK + 1) * CHUNK).min(e);
-                            let g = g0 + (i - group.start);
-                            self.run_window(b, g, x..xe, st, scratch, &mut hints);
-                            x = xe;
+                        None
+                    };
+                    let hint = |i: usize| {
+                        let part = (i - group.start, group.len());
+                        if let Some([k, v]) = pieces {
+                            if latent {
+                                [k.share(part.0, part.1), Span::default()]
+                            } else {
+                                Pieces::kv_share(k, v, part.0, part.1)
+                            }
+                        } else if ahead > 0 {
+                            let pa = (a + ahead).min(range.end);
+                            let pe = (e + ahead).min(range.end);
+                            let g = g0 + part.0;
+                            self.prefetch_window(b, g, pa..pe, part.0, part.1)
+                        } else if stream && part.0 + 1 < part.1 {
+                            self.stream_hints(b, g0 + part.0 + 1, a..e)
+                        } else if stream {
+                            let next = e..(e + window).min(range.end);
+                            self.stream_hints(b, g0, next)
+                        } else {
+                            [Span::default(); 2]
+                        }
+                    };
+                    // Cut at CHUNK boundaries too, as the item-by-item
+                    // walk does.
+                    let cut = (a / CHUNK + 1) * CHUNK;
+                    let seen = |p| self.seen_by(p, len, tq) == (0, tq);
+                    // A tree mask may hide the first draft position from some
+                    // tokens (the later ones are not seen by all anyway).
+                    let drafts = e + tq > len && self.root_hidden(b);
+                    if e <= cut && self.plan.alibi.is_none() && !drafts && seen(a) && seen(e - 1) {
+                        // Every token sees the whole window (the
+                        // tokens that see a position move with it
+                        // only one way).
+                        let items = group.clone();
+                        self.call_heads(b, g0, a, e, items, states, scratch, hint);
+                    } else {
+                        for i in group.clone() {
+                            let mut hints = hint(i);
+                            let st = &mut states[i * slen..][..slen];
+                            let mut x = a;
+                            while x < e {
+                                let xe = ((x / CHUNK + 1) * CHUNK).min(e);
+                                let g = g0 + (i - group.start);
+                                self.run_window(b, g, x..xe, st, scratch, &mut hints);
+                                x = xe;
+                            }
                         }
                     }
+                    a = e;
                 }
-                a = e;
             }
         }
     }
@@ -453,7 +472,7 @@ impl Job<'_, '_> {
             }
         }
         let alibi = self.plan.alibi.is_some();
-        for_runs(&self.batch.cache, b, g, a, e, |run| {
+        for_runs(&self.batch.cache, self.row_seq(b, a), g, a, e, |run| {
             if alibi {
                 // Row (t, i) sits at position `first + t`.
                 for t in t0..t1 {
@@ -505,7 +524,7 @@ impl Job<'_, '_> {
         let (kh, vh) = head_strides(&self.batch.cache);
         let states = states.as_mut_ptr();
         let scratch = scratch.as_mut_ptr();
-        for_runs(&self.batch.cache, b, g0, a, e, |run| {
+        for_runs(&self.batch.cache, self.row_seq(b, a), g0, a, e, |run| {
             // Head g0 + dg lies `dg` head strides further on.
             let head = |dg: usize| super::layout::Run {
                 k: run.k + dg * kh,
@@ -557,7 +576,7 @@ impl Job<'_, '_> {
     /// seq_lens[b]) of this sequence is inside the bias buffer, which covers
     /// the rows and `run.n` positions the kernel reads.
     #[allow(clippy::too_many_arguments)]
-    fn args(
+    pub(super) fn args(
         &self,
         b: usize,
         g: usize,

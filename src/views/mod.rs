@@ -647,6 +647,63 @@ impl<'a> Positions<'a> {
     }
 }
 
+/// Shared-prefix (cascade) groups: sequences whose first positions are
+/// the same tokens (a system prompt, few-shot examples, beams or parallel
+/// samples of one prompt), read **once per step for all of them**.
+///
+/// Group `p` is the sequences `members[offsets[p]..offsets[p + 1]]` (at
+/// least one, each sequence of the batch in at most one group) sharing
+/// positions `0..lens[p]`. Those positions are read from the cache rows of
+/// the group's **first member** (its block-table run, ring slots or
+/// strided region), for every member: the other members' own rows below
+/// `lens[p]` are never read (they may point at the same pages, or hold
+/// nothing). A prefix ends before each member's new tokens
+/// (`lens[p] <= L_b - q_len_b`), so every query token of the group sees
+/// all of it; the `r · q_len` query rows of all members form one tile over
+/// the prefix rows, and each member's prefix state merges with the state
+/// of its own positions by the log-sum-exp merge of the splits.
+///
+/// Needs a plan made with [`crate::Options::cascade`]; cannot be combined
+/// with an additive [`Bias`] or sparse [`Positions`].
+#[derive(Clone, Copy, Debug)]
+pub struct PrefixGroups<'a> {
+    /// Positions each group shares, one per group.
+    pub lens: &'a [usize],
+    /// Offsets into `members`: strictly increasing from 0 to
+    /// `members.len()`, one more than there are groups.
+    pub offsets: &'a [usize],
+    /// The sequences of every group, group after group; each group's first
+    /// member holds its prefix.
+    pub members: &'a [usize],
+}
+
+impl<'a> PrefixGroups<'a> {
+    /// Groups `members[offsets[p]..offsets[p + 1]]` sharing `lens[p]`
+    /// positions.
+    pub fn new(lens: &'a [usize], offsets: &'a [usize], members: &'a [usize]) -> Self {
+        PrefixGroups {
+            lens,
+            offsets,
+            members,
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether there is no group.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// The members of group `p` (validated).
+    pub(crate) fn group(&self, p: usize) -> &'a [usize] {
+        &self.members[self.offsets[p]..self.offsets[p + 1]]
+    }
+}
+
 /// The inputs of one step: queries, cache, lengths and (optionally) ragged
 /// query counts and an additive bias.
 #[derive(Clone, Copy, Debug)]
@@ -683,6 +740,9 @@ pub struct Batch<'a> {
     /// the listed positions (that the causal rule, the window and the tree
     /// mask show it). `None` is every position.
     pub positions: Option<Positions<'a>>,
+    /// Optional shared-prefix groups ([`PrefixGroups`]): `None` reads each
+    /// sequence's positions from its own rows.
+    pub prefix: Option<PrefixGroups<'a>>,
 }
 
 impl<'a> Batch<'a> {
@@ -696,6 +756,7 @@ impl<'a> Batch<'a> {
             bias: None,
             tree_mask: None,
             positions: None,
+            prefix: None,
         }
     }
 
@@ -709,6 +770,7 @@ impl<'a> Batch<'a> {
             bias: None,
             tree_mask: None,
             positions: None,
+            prefix: None,
         }
     }
 
@@ -727,6 +789,12 @@ impl<'a> Batch<'a> {
     /// The same batch with sparse position lists (see [`Positions`]).
     pub fn with_positions(mut self, positions: Positions<'a>) -> Self {
         self.positions = Some(positions);
+        self
+    }
+
+    /// The same batch with shared-prefix groups (see [`PrefixGroups`]).
+    pub fn with_prefix_groups(mut self, prefix: PrefixGroups<'a>) -> Self {
+        self.prefix = Some(prefix);
         self
     }
 

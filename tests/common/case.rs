@@ -74,6 +74,8 @@ pub struct Case {
     pub latent: bool,
     /// Sparse position lists: (positions, offsets, per KV head).
     pub positions: Option<(Vec<u32>, Vec<usize>, bool)>,
+    /// Shared-prefix groups: (lens, offsets, members).
+    pub prefix: Option<(Vec<usize>, Vec<usize>, Vec<usize>)>,
 }
 
 /// Everything needed to build a case.
@@ -113,6 +115,11 @@ pub struct Spec {
     pub latent: bool,
     /// Sparse position lists (`Batch::positions`).
     pub sparse: Option<Sparse>,
+    /// Shared-prefix groups (`Batch::prefix`): (prefix length, members),
+    /// the first member holding the prefix. In a paged layout the other
+    /// members' block tables point at the first member's pages for the
+    /// prefix's whole pages (as a serving runtime's would).
+    pub prefix: Option<Vec<(usize, Vec<usize>)>>,
 }
 
 /// How a case draws its sparse position lists: each run of `run`
@@ -198,6 +205,7 @@ impl Spec {
             tree: false,
             latent: false,
             sparse: None,
+            prefix: None,
         }
     }
 
@@ -236,6 +244,7 @@ impl Spec {
             tree: None,
             latent: self.latent,
             positions: None,
+            prefix: None,
         };
         if self.latent {
             assert!(
@@ -274,6 +283,14 @@ impl Spec {
                 }
                 c.block_table = ids[..s.batch * bps].to_vec();
                 c.blocks_per_seq = bps;
+                // Members share the first member's whole prefix pages.
+                for (len, members) in self.prefix.iter().flatten() {
+                    for &m in &members[1..] {
+                        for blk in 0..len / page {
+                            c.block_table[m * bps + blk] = c.block_table[members[0] * bps + blk];
+                        }
+                    }
+                }
                 pages
             }
             Layout::Ring { extra } => {
@@ -424,6 +441,16 @@ impl Spec {
                 offsets.push(positions.len());
             }
             c.positions = Some((positions, offsets, sp.per_kv_head));
+        }
+        if let Some(groups) = &self.prefix {
+            let lens = groups.iter().map(|(len, _)| *len).collect();
+            let mut offsets = vec![0];
+            let mut members = Vec::new();
+            for (_, m) in groups {
+                members.extend_from_slice(m);
+                offsets.push(members.len());
+            }
+            c.prefix = Some((lens, offsets, members));
         }
         c
     }

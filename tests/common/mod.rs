@@ -13,7 +13,7 @@ use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::reference::{self, tolerance, Reference, Tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Blocks, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options,
-    PagedKv, Plan, Positions, Precision, RingKv, Shape, Tier, Unit,
+    PagedKv, Plan, Positions, Precision, PrefixGroups, RingKv, Shape, Tier, Unit,
 };
 
 /// SplitMix64: a tiny deterministic generator for test data.

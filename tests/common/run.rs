@@ -82,6 +82,9 @@ impl Case {
                 per_kv_head: *per_kv_head,
             });
         }
+        if let Some((lens, offsets, members)) = &self.prefix {
+            b = b.with_prefix_groups(PrefixGroups::new(lens, offsets, members));
+        }
         match &self.q_offsets {
             Some(o) => b.with_q_offsets(o),
             None => b,
@@ -131,6 +134,7 @@ impl Case {
             softcap: self.softcap,
             unit: Some(unit),
             precision,
+            cascade: self.prefix.is_some(),
         };
         let mut plan = Plan::new(&self.shape, &opts).map_err(|e| format!("plan: {e}"))?;
         if let Some(sk) = &self.sinks {
