@@ -1,6 +1,6 @@
 //! Property test: random shapes, strides, layouts (strided, paged, ring),
 //! dtypes (plain and quantized, K and V independent), lengths, query tokens (uniform and ragged), sliding windows,
-//! logit softcaps, ALiBi, draft-tree masks, latent (MLA) caches, sparse position lists, additive biases (with masks of `-inf`,
+//! logit softcaps, ALiBi, draft-tree masks, latent (MLA) caches, sparse position lists, shared-prefix groups, additive biases (with masks of `-inf`,
 //! `-f32::MAX` and `-1e30` in every pattern hosts write), attention sinks
 //! and values, on every tier this CPU has, through the public API, against
 //! the f64 reference under the documented tolerance. A fifth of the
@@ -170,6 +170,31 @@ prop_compose! {
             // (README, "Numerics contract"). `tests/sparse.rs` runs ALiBi
             // over lists that reach the query.
             s.alibi = None;
+        }
+        // Shared-prefix groups on a third of the cases without a bias or
+        // sparse lists (from the seed): the sequences in a seed-drawn
+        // order cut into one or two groups, each sharing a seed-drawn part
+        // of what all its members can share (their positions before their
+        // new tokens).
+        if s.sparse.is_none() && s.bias.is_none() && s.mask.is_none() && (seed >> 27).is_multiple_of(3) {
+            let mut order: Vec<usize> = (0..batch).collect();
+            order.rotate_left((seed >> 30) as usize % batch);
+            if seed >> 32 & 1 == 1 {
+                order.reverse();
+            }
+            let cut = 1 + (seed >> 33) as usize % batch;
+            let room = |b: usize| {
+                let tq = s.q_tokens.as_ref().map_or(q_len, |t| t[b]);
+                lens[b].saturating_sub(tq)
+            };
+            let mut groups = Vec::new();
+            for (i, part) in [&order[..cut], &order[cut..]].into_iter().enumerate() {
+                if let Some(most) = part.iter().map(|&b| room(b)).min() {
+                    let frac = (seed >> (40 + 8 * i)) as usize & 255;
+                    groups.push((most * frac / 255, part.to_vec()));
+                }
+            }
+            s.prefix = Some(groups);
         }
         s
     }

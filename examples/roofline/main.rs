@@ -56,7 +56,7 @@ use gqa_kernels::probe::{StreamProbe, Unit};
 use gqa_kernels::quant::Fp8;
 use gqa_kernels::{
     append, probe, Batch, Bias, Dtype, KvBuffer, KvCache, KvCacheMut, KvData, KvPages, KvTensor,
-    KvTensorMut, NewKv, Options, PagedKv, Plan, Positions, RingKv, Shape, Tier,
+    KvTensorMut, NewKv, Options, PagedKv, Plan, Positions, PrefixGroups, RingKv, Shape, Tier,
 };
 use half::f16;
 

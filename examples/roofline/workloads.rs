@@ -35,6 +35,10 @@ struct Pair<'a> {
     /// The batch of run `i` (0 the plain step) over layer cache `layer`.
     batch: Box<dyn Fn(usize, usize) -> Batch<'a> + 'a>,
     layers: usize,
+    /// Threads of the pair's plan.
+    threads: usize,
+    /// Whether the plan takes prefix groups.
+    cascade: bool,
 }
 
 /// Layer caches that fill at least 1 GiB together (2 to 32 of them).
@@ -52,7 +56,12 @@ fn layer_count(bytes: usize) -> usize {
 ///   buffers (V a copy of K's leading 512 values);
 /// - Llama-3-8B f16 q_len 1, L 32768 (a quarter with `--quick`): a
 ///   sixteenth of the positions listed, scattered one by one or as pages
-///   of 16, against the full step.
+///   of 16, against the full step;
+/// - Llama-3-8B f16 q_len 1, B 16 sequences of an 8192-position prefix (a
+///   quarter with `--quick`) and 256 positions of their own each, pages of
+///   16 (`[G, page, D]`, vLLM's CPU layout) whose block tables share the
+///   prefix's pages: the prefix declared as one group against the same
+///   batch undeclared, 1 and 2 threads.
 pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
     let div = if args.quick { 4 } else { 1 };
     let mut next = uniform_values(0x2545_F491_4F6C_DD1D);
@@ -124,6 +133,8 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
                     b
                 }
             }),
+            threads: 1,
+            cascade: false,
         },
         Pair {
             names: &["separate", "latent"],
@@ -141,6 +152,8 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
                 };
                 Batch::new(&q_m, cache, &lens_m)
             }),
+            threads: 1,
+            cascade: false,
         },
         Pair {
             names: &["full", "sparse-1", "sparse-16"],
@@ -159,17 +172,81 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
                     _ => b,
                 }
             }),
+            threads: 1,
+            cascade: false,
         },
     ];
+    // The cascade pair: a pool per layer of the prefix's pages, then each
+    // sequence's own pages; sequence b's table is the prefix's pages, then
+    // its own.
+    let (nb, page, lp, ls) = (16usize, 16usize, 8192 / div, 256usize);
+    let lc = lp + ls;
+    let bps = lc / page;
+    let pages = (lp + nb * ls) / page;
+    let cascade_shape = Shape::new(nb, h, g, d, Dtype::F16).with_max_kv_len(lc);
+    let pools: Vec<(KvBuffer, KvBuffer)> =
+        (0..layer_count(Shape::new(1, h, g, d, Dtype::F16).kv_bytes(&[pages * page])))
+            .map(|_| {
+                let k: Vec<f32> = (0..pages * page * g * d).map(|_| next()).collect();
+                let v: Vec<f32> = (0..pages * page * g * d).map(|_| next()).collect();
+                (
+                    KvBuffer::from_f32(Dtype::F16, &k, d).expect("workloads: K pool"),
+                    KvBuffer::from_f32(Dtype::F16, &v, d).expect("workloads: V pool"),
+                )
+            })
+            .collect();
+    let table: Vec<u32> = (0..nb)
+        .flat_map(|b| {
+            (0..bps).map(move |blk| {
+                if blk < lp / page {
+                    blk as u32
+                } else {
+                    (lp / page + b * (ls / page) + blk - lp / page) as u32
+                }
+            })
+        })
+        .collect();
+    let lens_c = vec![lc; nb];
+    let (pre_lens, pre_off, pre_members) = ([lp], [0, nb], (0..nb).collect::<Vec<_>>());
+    let q_c: Vec<f32> = (0..cascade_shape.q_elems()).map(|_| next()).collect();
+    let cascade_batch = |i: usize, layer: usize| {
+        let (k, v) = &pools[layer];
+        let cache = KvCache::Paged(PagedKv {
+            k: KvPages::gpd(k.data(), page, g, d),
+            v: KvPages::gpd(v.data(), page, g, d),
+            page_size: page,
+            block_table: &table,
+            blocks_per_seq: bps,
+        });
+        let b = Batch::new(&q_c, cache, &lens_c);
+        if i == 1 {
+            b.with_prefix_groups(PrefixGroups::new(&pre_lens, &pre_off, &pre_members))
+        } else {
+            b
+        }
+    };
+    let cascade_pair = |threads: usize| Pair {
+        names: &["shared", "cascade"],
+        model: "Llama-3-8B",
+        shape: cascade_shape,
+        l: lc,
+        layers: pools.len(),
+        batch: Box::new(cascade_batch),
+        threads,
+        cascade: true,
+    };
+    let mut pairs = pairs.into_iter().collect::<Vec<_>>();
+    pairs.push(cascade_pair(1));
+    if args.threads.contains(&2) {
+        pairs.push(cascade_pair(2));
+    }
     let rounds = if args.quick { 5 } else { 15 };
     if !args.json {
         println!();
+        println!("## Workloads (cold; ratio: time over the plain step in the same run)");
         println!(
-            "## Workloads (B 1, 1 thread, cold; ratio: time over the plain step in the same run)"
-        );
-        println!(
-            "{:<10} {:<11} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>9} {:>10} {:>10} {:>10} {:>8} {:>6}",
-            "workload", "model", "H", "G", "Dk", "Dv", "L", "q", "kv", "unit", "kv bytes", "seconds", "median s", "roofline", "ratio"
+            "{:<10} {:<11} {:>2} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>3} {:>9} {:>10} {:>10} {:>10} {:>8} {:>6}",
+            "workload", "model", "B", "H", "G", "Dk", "Dv", "L", "q", "kv", "thr", "unit", "kv bytes", "seconds", "median s", "roofline", "ratio"
         );
     }
     for p in &pairs {
@@ -179,8 +256,9 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
 
 /// Runs one pair and prints its two rows.
 fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usize) {
-    let plan = Plan::new(&p.shape, &Options::default().with_tier(tier))
-        .unwrap_or_else(|e| panic!("workloads plan: {e}"));
+    let mut options = Options::default().with_tier(tier).with_threads(p.threads);
+    options.cascade = p.cascade;
+    let plan = Plan::new(&p.shape, &options).unwrap_or_else(|e| panic!("workloads plan: {e}"));
     let mut ws = plan.alloc_workspace();
     let mut out = vec![0f32; p.shape.out_elems()];
     eprintln!(
@@ -214,7 +292,7 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
     let base = stats[0].0;
     // The binding roof of each run: reading what it reads, or its
     // multiply-adds at the rate of the unit its plan runs on.
-    let (bw, fma) = probes.get(1);
+    let (bw, fma) = probes.get(p.threads);
     let unit = plan.unit();
     let rate = if unit == Unit::F32Fma {
         fma
@@ -232,24 +310,41 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
         let read = batch.positions.map_or(p.l, |ps| {
             ps.positions.len() / ps.offsets.len().saturating_sub(1).max(1)
         });
-        let bytes = batch.cache.kv_bytes(s, &[read]);
-        let roof = (bytes as f64 / bw).max(s.flops(&[read]) / rate);
+        // Every sequence computes all its positions; with prefix groups
+        // each group's prefix is read once.
+        let rows = if s.batch > 1 {
+            let shared: usize = batch.prefix.map_or(0, |pg| {
+                (0..pg.len())
+                    .map(|i| pg.lens[i] * (pg.offsets[i + 1] - pg.offsets[i] - 1))
+                    .sum()
+            });
+            batch.seq_lens.iter().sum::<usize>() - shared
+        } else {
+            read
+        };
+        let flops = if s.batch > 1 {
+            s.flops(batch.seq_lens)
+        } else {
+            s.flops(&[read])
+        };
+        let bytes = batch.cache.kv_bytes(s, &[rows]);
+        let roof = (bytes as f64 / bw).max(flops / rate);
         let ratio = best / base;
         if args.json {
             println!(
-                "{{\"section\":\"workloads\",\"workload\":\"{name}\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":1,\"unit\":\"{}\",\"kernel\":\"{}\",\"kv_bytes\":{bytes},\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"roofline_fraction\":{:.4}}}",
-                p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.k_dtype, s.q_len, unit.name(), plan.kernel_name(), roof / best
+                "{{\"section\":\"workloads\",\"workload\":\"{name}\",\"model\":\"{}\",\"h\":{},\"g\":{},\"dk\":{},\"dv\":{},\"l\":{},\"kv_dtype\":\"{}\",\"q_len\":{},\"threads\":{},\"unit\":\"{}\",\"kernel\":\"{}\",\"kv_bytes\":{bytes},\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"roofline_fraction\":{:.4}}}",
+                p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.k_dtype, s.q_len, p.threads, unit.name(), plan.kernel_name(), roof / best
             );
             if i > 0 {
                 println!(
-                    "{{\"section\":\"workload_ratio\",\"workload\":\"{name}\",\"model\":\"{}\",\"l\":{},\"q_len\":{},\"threads\":1,\"t_over_t_plain\":{ratio:.3}}}",
-                    p.model, p.l, s.q_len
+                    "{{\"section\":\"workload_ratio\",\"workload\":\"{name}\",\"model\":\"{}\",\"l\":{},\"q_len\":{},\"threads\":{},\"t_over_t_plain\":{ratio:.3}}}",
+                    p.model, p.l, s.q_len, p.threads
                 );
             }
         } else {
             println!(
-                "{name:<10} {:<11} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>9} {bytes:>10} {best:>10.6} {med:>10.6} {:>8.3} {ratio:>6.3}",
-                p.model, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.q_len, s.k_dtype.to_string(), unit.name(), roof / best
+                "{name:<10} {:<11} {:>2} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>3} {:>9} {bytes:>10} {best:>10.6} {med:>10.6} {:>8.3} {ratio:>6.3}",
+                p.model, s.batch, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.q_len, s.k_dtype.to_string(), p.threads, unit.name(), roof / best
             );
         }
     }
