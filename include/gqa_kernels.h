@@ -120,6 +120,8 @@ typedef struct gqa_options {
     float softcap;  /* logit softcap; 0 = none */
     int32_t unit;      /* GQA_UNIT_AUTO or a GQA_UNIT_ code (added later: see struct_size) */
     int32_t precision; /* a GQA_PRECISION_ code (added with unit) */
+    int32_t cascade;   /* 1: the plan takes shared-prefix groups (added
+                          after precision: see struct_size) */
 } gqa_options;
 
 /* One K or V buffer. gqa_run reads `data`; gqa_append writes `data` and,
@@ -194,6 +196,17 @@ typedef struct gqa_batch {
                                         positions_per_kv_head) from 0 */
     size_t position_offsets_len;
     int32_t positions_per_kv_head;   /* 1: a list per (sequence, KV head) */
+    /* NULL, or shared-prefix groups (added after the lists): group p is
+     * prefix_members[prefix_offsets[p] .. prefix_offsets[p + 1]] (at least
+     * one, each sequence in one group at most), sharing positions
+     * 0 .. prefix_lens[p] read from its first member's rows, which end
+     * before every member's new tokens. Needs a plan with `cascade`; not
+     * with a bias or position lists. */
+    const size_t *prefix_lens;       /* one per group */
+    size_t n_prefix_groups;
+    const size_t *prefix_offsets;    /* n_prefix_groups + 1 offsets from 0 */
+    const size_t *prefix_members;    /* sequence indices */
+    size_t prefix_members_len;
 } gqa_batch;
 
 /* New K/V rows for gqa_append: [T, G, D] of f32, f16 or bf16. */
@@ -261,7 +274,10 @@ int32_t gqa_run(const gqa_plan *plan, const gqa_batch *batch, float *out, size_t
  * disjoint ranges may run at the same time on any threads; once every
  * item has run, gqa_finish merges the states into out and lse (an item
  * that did not run contributes nothing). Pass the same batch to all
- * four calls. */
+ * four calls. With a cascade plan the items are followed by prefix slots,
+ * one per (prefix split s, KV head g, sequence): group p's item for (s, g)
+ * takes the slots from B*S*G + (s*G + g)*B + prefix_offsets[p] on, one per
+ * member, and a range that cuts a group's slots is refused. */
 int32_t gqa_plan_work_items(const gqa_plan *plan, size_t *out);
 int32_t gqa_plan_state_bytes(const gqa_plan *plan, size_t *out);
 int32_t gqa_plan_scratch_bytes(const gqa_plan *plan, size_t *out);

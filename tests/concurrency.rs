@@ -142,6 +142,11 @@ fn c_abi_items_on_many_threads_match_gqa_run() {
         position_offsets: std::ptr::null(),
         position_offsets_len: 0,
         positions_per_kv_head: 0,
+        prefix_lens: std::ptr::null(),
+        n_prefix_groups: 0,
+        prefix_offsets: std::ptr::null(),
+        prefix_members: std::ptr::null(),
+        prefix_members_len: 0,
     };
     let (mut ws_len, mut items, mut st_len, mut sc_len) = (0, 0, 0, 0);
     // SAFETY: a live plan and valid out-pointers.

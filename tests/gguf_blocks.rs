@@ -475,6 +475,7 @@ fn the_c_abi_reads_block_formats_as_bytes() {
         softcap: 0.0,
         unit: GQA_UNIT_AUTO,
         precision: GQA_PRECISION_EXACT,
+        cascade: 0,
     };
     let mut cplan: *mut gqa_plan = std::ptr::null_mut();
     // SAFETY: valid structs and out-pointer.
@@ -527,6 +528,11 @@ fn the_c_abi_reads_block_formats_as_bytes() {
             position_offsets: std::ptr::null(),
             position_offsets_len: 0,
             positions_per_kv_head: 0,
+            prefix_lens: std::ptr::null(),
+            n_prefix_groups: 0,
+            prefix_offsets: std::ptr::null(),
+            prefix_members: std::ptr::null(),
+            prefix_members_len: 0,
         };
         let mut out = vec![f32::NAN; h * d];
         // SAFETY: every pointer is valid for its length (the short `len`

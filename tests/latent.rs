@@ -345,6 +345,11 @@ fn c_abi_latent_flag() {
             position_offsets: std::ptr::null(),
             position_offsets_len: 0,
             positions_per_kv_head: 0,
+            prefix_lens: std::ptr::null(),
+            n_prefix_groups: 0,
+            prefix_offsets: std::ptr::null(),
+            prefix_members: std::ptr::null(),
+            prefix_members_len: 0,
         };
         let mut out = vec![f32::NAN; h * dv];
         // SAFETY: every pointer is valid for its length.

@@ -87,6 +87,7 @@ fn the_c_abi_on_a_tiny_step() {
         softcap: 0.0,
         unit: GQA_UNIT_AUTO,
         precision: GQA_PRECISION_EXACT,
+        cascade: 0,
     };
     let mut plan: *mut gqa_plan = std::ptr::null_mut();
     // SAFETY: valid structs and out-pointer.
@@ -141,6 +142,11 @@ fn the_c_abi_on_a_tiny_step() {
         position_offsets: std::ptr::null(),
         position_offsets_len: 0,
         positions_per_kv_head: 0,
+        prefix_lens: std::ptr::null(),
+        n_prefix_groups: 0,
+        prefix_offsets: std::ptr::null(),
+        prefix_members: std::ptr::null(),
+        prefix_members_len: 0,
     };
     let mut ws_len = 0;
     // SAFETY: a live plan.

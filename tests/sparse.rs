@@ -345,6 +345,11 @@ fn c_abi_positions() {
         position_offsets: off.as_ptr(),
         position_offsets_len: off.len(),
         positions_per_kv_head: 1,
+        prefix_lens: std::ptr::null(),
+        n_prefix_groups: 0,
+        prefix_offsets: std::ptr::null(),
+        prefix_members: std::ptr::null(),
+        prefix_members_len: 0,
     };
     let mut ws_len = 0;
     // SAFETY: a live plan and a valid out-pointer.

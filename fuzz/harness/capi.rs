@@ -119,6 +119,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         softcap: *u.choose(&[0.0f32, 30.0, -2.0, f32::NAN])?,
         unit: code(u, 6)?,
         precision: code(u, 2)?,
+        cascade: 0,
     };
     let mut plan: *mut gqa_plan = std::ptr::null_mut();
     let opts = if u.arbitrary()? {
@@ -284,6 +285,11 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         },
         position_offsets_len: position_offsets.len().min(count(u, 16)?),
         positions_per_kv_head: code(u, 1)?,
+        prefix_lens: std::ptr::null(),
+        n_prefix_groups: 0,
+        prefix_offsets: std::ptr::null(),
+        prefix_members: std::ptr::null(),
+        prefix_members_len: 0,
     };
     let mut out = vec![f32::NAN; u.int_in_range(0..=8192usize)?];
     let mut lse = vec![f32::NAN; u.int_in_range(0..=64usize)?];

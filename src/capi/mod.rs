@@ -157,6 +157,9 @@ pub struct gqa_options {
     /// `GQA_PRECISION_EXACT` (0) or `GQA_PRECISION_FAST`. Added with
     /// `unit`.
     pub precision: i32,
+    /// 1: the plan takes shared-prefix groups ([`Options::cascade`]); 0:
+    /// not. Added after `precision` (a caller compiled before passes 0).
+    pub cascade: i32,
 }
 
 /// One K or V buffer and its strides (in values). `data` is read by
@@ -263,6 +266,19 @@ pub struct gqa_batch {
     pub position_offsets_len: usize,
     /// 1: a list per (sequence, KV head); 0: a list per sequence.
     pub positions_per_kv_head: i32,
+    /// NULL, or shared-prefix groups (see [`crate::PrefixGroups`]): the
+    /// positions each group shares, one per group. Added after the
+    /// position lists (a caller compiled before passes none).
+    pub prefix_lens: *const usize,
+    /// Groups (entries of `prefix_lens`).
+    pub n_prefix_groups: usize,
+    /// `n_prefix_groups + 1` offsets into `prefix_members`.
+    pub prefix_offsets: *const usize,
+    /// The members of every group, group after group (each group's first
+    /// member holds its prefix).
+    pub prefix_members: *const usize,
+    /// Entries of `prefix_members`.
+    pub prefix_members_len: usize,
 }
 
 /// New K/V rows for `gqa_append` (see [`NewKv`]): `[T, G, D]` of f32, f16

@@ -102,6 +102,11 @@ pub unsafe extern "C" fn gqa_plan_create(
             opts.softcap = (o.softcap != 0.0).then_some(o.softcap);
             opts.unit = unit_of(o.unit)?;
             opts.precision = precision_of(o.precision)?;
+            opts.cascade = match o.cascade {
+                0 => false,
+                1 => true,
+                x => return Err(invalid(format!("`options.cascade` = {x} is not 0 or 1"))),
+            };
         }
         let plan = Plan::new(&sh, &opts)?;
         // SAFETY: `out` is non-null and valid for a write.

@@ -51,6 +51,23 @@ unsafe fn batch_of<'a>(batch: *const gqa_batch) -> R<Batch<'a>> {
                 per_kv_head,
             });
         }
+        if !b.prefix_lens.is_null() {
+            let n = b.n_prefix_groups.checked_add(1).ok_or_else(|| {
+                Fail(
+                    GQA_ERR_OUT_OF_BOUNDS,
+                    "`batch.n_prefix_groups` is impossible".into(),
+                )
+            })?;
+            bt = bt.with_prefix_groups(crate::PrefixGroups {
+                lens: slice("batch.prefix_lens", b.prefix_lens, b.n_prefix_groups)?,
+                offsets: slice("batch.prefix_offsets", b.prefix_offsets, n)?,
+                members: slice(
+                    "batch.prefix_members",
+                    b.prefix_members,
+                    b.prefix_members_len,
+                )?,
+            });
+        }
         if !b.bias.is_null() {
             bt = bt.with_bias(Bias {
                 data: slice("batch.bias", b.bias, b.bias_len)?,
