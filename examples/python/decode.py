@@ -4,7 +4,8 @@ Loads the cdylib (`cargo build --release` makes target/release/
 libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
 numpy arrays, verifies a 4-token draft tree over it (a tree mask), runs it
 over sparse position lists (a top-k selection per sequence), runs an
-MLA-style step over a latent cache (V = the leading values of K), fills
+MLA-style step over a latent cache (V = the leading values of K), a
+shared-prefix (cascade) step, fills
 an int8 cache token by token with gqa_append and decodes it, and checks
 each against a numpy float64 reference. Exits
 non-zero on any mismatch.
@@ -52,6 +53,7 @@ class Options(C.Structure):
         ("softcap", C.c_float),
         ("unit", C.c_int32),
         ("precision", C.c_int32),
+        ("cascade", C.c_int32),
     ]
 
 
@@ -105,6 +107,11 @@ class BatchS(C.Structure):
         ("position_offsets", C.POINTER(C.c_size_t)),
         ("position_offsets_len", C.c_size_t),
         ("positions_per_kv_head", C.c_int32),
+        ("prefix_lens", C.POINTER(C.c_size_t)),
+        ("n_prefix_groups", C.c_size_t),
+        ("prefix_offsets", C.POINTER(C.c_size_t)),
+        ("prefix_members", C.POINTER(C.c_size_t)),
+        ("prefix_members_len", C.c_size_t),
     ]
 
 
@@ -191,9 +198,10 @@ def tree_reference(q, k, v, lens, g, q_len, tree):
     return out
 
 
-def decode(lib, shape, cache, q, lens, tree=None, lists=None):
+def decode(lib, shape, cache, q, lens, tree=None, lists=None, groups=None):
     plan = C.c_void_p()
     opts = Options(C.sizeof(Options), 0.0, GQA_TIER_AUTO, 1, 0, 0.0)
+    opts.cascade = 1 if groups is not None else 0
     check(lib, lib.gqa_plan_create(C.byref(shape), C.byref(opts), C.byref(plan)), "plan")
     ws_len = C.c_size_t()
     check(lib, lib.gqa_plan_workspace_bytes(plan, C.byref(ws_len)), "workspace")
@@ -210,6 +218,13 @@ def decode(lib, shape, cache, q, lens, tree=None, lists=None):
         batch.positions_len = positions.size
         batch.position_offsets = offsets.ctypes.data_as(C.POINTER(C.c_size_t))
         batch.position_offsets_len = offsets.size
+    if groups is not None:
+        glens, goffsets, gmembers = groups
+        batch.prefix_lens = glens.ctypes.data_as(C.POINTER(C.c_size_t))
+        batch.n_prefix_groups = glens.size
+        batch.prefix_offsets = goffsets.ctypes.data_as(C.POINTER(C.c_size_t))
+        batch.prefix_members = gmembers.ctypes.data_as(C.POINTER(C.c_size_t))
+        batch.prefix_members_len = gmembers.size
     check(lib, lib.gqa_run(plan, C.byref(batch), fptr(out), out.size, None, 0,
                            ws.ctypes.data_as(C.c_void_p), ws.size), "run")
     name = lib.gqa_plan_kernel_name(plan).decode()
@@ -271,6 +286,28 @@ def main():
           f"max |out - numpy| = {err_s:.2e}")
     if not err_s < 1e-4:
         sys.exit("sparse decode disagrees with the numpy reference")
+
+    # Shared-prefix (cascade) decode: three sequences share a 25-token
+    # prompt stored once, in sequence 1's rows (the group's first member);
+    # the others' rows below 25 are never read. The prefix is read once
+    # for all three, as one tile of their query rows.
+    lens_c = [40, 45, 30]
+    kc = rng.uniform(-1, 1, (3, g, max_len, d)).astype(np.float16)
+    vc = rng.uniform(-1, 1, (3, g, max_len, d)).astype(np.float16)
+    qc = rng.uniform(-1, 1, (3, h_count, d)).astype(np.float32)
+    ccache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED,
+                   kv(GQA_DTYPE_F16, kc, None, *strides), kv(GQA_DTYPE_F16, vc, None, *strides))
+    shape_c = Shape(C.sizeof(Shape), 3, h_count, g, d, d, 1, 0, GQA_DTYPE_F16, GQA_DTYPE_F16)
+    groups = (np.array([25], dtype=np.uintp), np.array([0, 3], dtype=np.uintp),
+              np.array([1, 0, 2], dtype=np.uintp))
+    got_c, name_c = decode(lib, shape_c, ccache, qc, lens_c, groups=groups)
+    ks_, vs_ = kc.copy(), vc.copy()
+    ks_[:, :, :25], vs_[:, :, :25] = kc[1, :, :25], vc[1, :, :25]
+    err_c = np.abs(got_c - reference(qc, ks_, vs_, lens_c, g)).max()
+    print(f"f16 cache, 3 sequences sharing a 25-token prefix, {name_c}: "
+          f"max |out - numpy| = {err_c:.2e}")
+    if not err_c < 1e-4:
+        sys.exit("cascade decode disagrees with the numpy reference")
 
     # Multi-head latent attention (absorbed decode): one cached latent row
     # per position, 16 query heads on one KV head; K is the whole row (a

@@ -119,7 +119,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         softcap: *u.choose(&[0.0f32, 30.0, -2.0, f32::NAN])?,
         unit: code(u, 6)?,
         precision: code(u, 2)?,
-        cascade: 0,
+        // Takes prefix groups (1) or not (0, -1 as 0), or a bad flag.
+        cascade: code(u, 1)?.max(0),
     };
     let mut plan: *mut gqa_plan = std::ptr::null_mut();
     let opts = if u.arbitrary()? {
@@ -241,6 +242,20 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         let last = *position_offsets.last().unwrap_or(&0);
         position_offsets.push(u.int_in_range(last..=positions.len().max(last))?);
     }
+    // Prefix groups: a few members (some outside the batch, some twice),
+    // offsets that split them, a length per group; or none.
+    let members: Vec<usize> = (0..u.int_in_range(0..=5usize)?)
+        .map(|_| u.int_in_range(0..=n_seqs))
+        .collect::<Result<_>>()?;
+    let mut prefix_offsets = vec![0usize];
+    for _ in 0..u.int_in_range(0..=3usize)? {
+        let last = *prefix_offsets.last().unwrap_or(&0);
+        prefix_offsets.push(u.int_in_range(last..=members.len().max(last))?);
+    }
+    let prefix_lens: Vec<usize> = (1..prefix_offsets.len())
+        .map(|_| u.int_in_range(0..=64usize))
+        .collect::<Result<_>>()?;
+    let with_groups = u.ratio(1, 3)?;
     let batch = gqa_batch {
         struct_size: struct_size(u, size_of::<gqa_batch>())?,
         q: if u.ratio(1, 16)? {
@@ -285,11 +300,15 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         },
         position_offsets_len: position_offsets.len().min(count(u, 16)?),
         positions_per_kv_head: code(u, 1)?,
-        prefix_lens: std::ptr::null(),
-        n_prefix_groups: 0,
-        prefix_offsets: std::ptr::null(),
-        prefix_members: std::ptr::null(),
-        prefix_members_len: 0,
+        prefix_lens: if with_groups {
+            prefix_lens.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        n_prefix_groups: prefix_lens.len(),
+        prefix_offsets: prefix_offsets.as_ptr(),
+        prefix_members: members.as_ptr(),
+        prefix_members_len: members.len(),
     };
     let mut out = vec![f32::NAN; u.int_in_range(0..=8192usize)?];
     let mut lse = vec![f32::NAN; u.int_in_range(0..=64usize)?];

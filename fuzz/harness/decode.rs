@@ -1,6 +1,6 @@
 //! Differential decode: an arbitrary shape (group sizes up to 71, odd head
 //! dims, every K and V type), layout (strided, padded, paged, ring), query
-//! tokens, draft-tree masks, latent (MLA) caches, sparse position lists, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
+//! tokens, draft-tree masks, latent (MLA) caches, sparse position lists, shared-prefix groups, variants (window, softcap, sinks, ALiBi, bias; masks of `-inf`,
 //! `-f32::MAX` and `-1e30` written into the bias) and values,
 //! sometimes corrupted (lengths past the buffers, strides that split a
 //! quantized row, page indices outside the pool, short queries, a tree
@@ -182,6 +182,32 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         // thousands, outside the tolerance's domain.
         spec.alibi = None;
     }
+    // Shared-prefix groups on a third of the inputs without a bias or
+    // lists (from the seed): the sequences in a seed-drawn order cut into
+    // one or two groups, each sharing a seed-drawn part of what all its
+    // members can share.
+    if batch > 0
+        && spec.sparse.is_none()
+        && spec.bias.is_none()
+        && spec.mask.is_none()
+        && (spec.seed >> 27).is_multiple_of(3)
+    {
+        let mut order: Vec<usize> = (0..batch).collect();
+        order.rotate_left((spec.seed >> 30) as usize % batch);
+        let cut = 1 + (spec.seed >> 33) as usize % batch;
+        let room = |b: usize| {
+            let tq = spec.q_tokens.as_ref().map_or(q_len, |t| t[b]);
+            spec.seq_lens[b].saturating_sub(tq)
+        };
+        let mut groups = Vec::new();
+        for (i, part) in [&order[..cut], &order[cut..]].into_iter().enumerate() {
+            if let Some(most) = part.iter().map(|&b| room(b)).min() {
+                let frac = (spec.seed >> (40 + 8 * i)) as usize & 255;
+                groups.push((most * frac / 255, part.to_vec()));
+            }
+        }
+        spec.prefix = Some(groups);
+    }
     let mut case = spec.build();
     let strides0 = case.k_strides;
     // Sometimes corrupt one thing: the run must then fail cleanly, or the
@@ -206,6 +232,17 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             let i = u.choose_index(p.len())?;
             p[i] = u.int_in_range(0..=1200u32)?;
         }
+        7 if case.prefix.is_some() => {
+            // A group's prefix grown past a member's new tokens, or a
+            // member named twice or outside the batch.
+            let (lens, _, members) = case.prefix.as_mut().expect("groups");
+            if u.arbitrary()? {
+                lens[0] += u.int_in_range(1..=100usize)?;
+            } else {
+                let i = u.choose_index(members.len())?;
+                members[i] = u.int_in_range(0..=batch)?;
+            }
+        }
         5 if case.tree.as_ref().is_some_and(|t| !t.is_empty()) => {
             let tree = case.tree.as_mut().expect("a tree");
             let i = u.choose_index(tree.len())?;
@@ -227,6 +264,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
         threads,
         window: case.window,
         softcap: case.softcap,
+        cascade: case.prefix.is_some(),
         ..Options::default()
     };
     let Ok(mut plan) = Plan::new(&case.shape, &opts) else {
