@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{tiers, Layout, Spec};
+use common::{capi_batch, capi_strided_cache, tiers, Layout, Spec};
 use gqa_kernels::{Dtype, Options, Plan, Shape};
 
 #[test]
@@ -64,8 +64,9 @@ fn threads_sharing_one_plan_get_the_lone_result() {
 /// only its items' states); the merged result is bitwise `gqa_run`'s.
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
-/// writes them, before the calls; folded into helpers, the test would no
-/// longer show what a host passes.
+/// writes them, before the calls; the batch and the strided cache start
+/// from `common::capi_batch` and `common::capi_strided_cache` (every
+/// optional field NULL or 0).
 #[test]
 fn c_abi_items_on_many_threads_match_gqa_run() {
     use gqa_kernels::capi::*;
@@ -105,49 +106,12 @@ fn c_abi_items_on_many_threads_match_gqa_run() {
         token_stride: d,
         head_stride: l * d,
     };
-    let cache = gqa_cache {
-        struct_size: size_of::<gqa_cache>(),
-        layout: GQA_LAYOUT_STRIDED,
-        k: kv(&mut k),
-        v: kv(&mut v),
-        page_size: 0,
-        block_table: std::ptr::null(),
-        block_table_len: 0,
-        blocks_per_seq: 0,
-        capacity: l,
-        first_pos: std::ptr::null(),
-        latent: 0,
-    };
+    let cache = capi_strided_cache(kv(&mut k), kv(&mut v), l);
     let q: Vec<f32> = (0..b * h * d)
         .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
         .collect();
     let lens = [l, 700];
-    let batch = gqa_batch {
-        struct_size: size_of::<gqa_batch>(),
-        q: q.as_ptr(),
-        q_elems: q.len(),
-        cache: &cache,
-        seq_lens: lens.as_ptr(),
-        n_seqs: b,
-        q_offsets: std::ptr::null(),
-        bias: std::ptr::null(),
-        bias_len: 0,
-        bias_seq_stride: 0,
-        bias_token_stride: 0,
-        bias_head_stride: 0,
-        tree_mask: std::ptr::null(),
-        tree_mask_len: 0,
-        positions: std::ptr::null(),
-        positions_len: 0,
-        position_offsets: std::ptr::null(),
-        position_offsets_len: 0,
-        positions_per_kv_head: 0,
-        prefix_lens: std::ptr::null(),
-        n_prefix_groups: 0,
-        prefix_offsets: std::ptr::null(),
-        prefix_members: std::ptr::null(),
-        prefix_members_len: 0,
-    };
+    let batch = capi_batch(&q, &cache, &lens);
     let (mut ws_len, mut items, mut st_len, mut sc_len) = (0, 0, 0, 0);
     // SAFETY: a live plan and valid out-pointers.
     unsafe {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{check_all, Layout, Spec};
+use common::{capi_batch, capi_strided_cache, check_all, Layout, Spec};
 use gqa_kernels::quant::{
     self, BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, IQ4_NL_LEVELS,
 };
@@ -402,8 +402,9 @@ fn every_tier_matches_the_reference_on_each_layout() {
 /// is not whole blocks is an invalid argument.
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
-/// writes them, before the calls; folded into helpers, the test would no
-/// longer show what a host passes.
+/// writes them, before the calls; the batch and the strided cache start
+/// from `common::capi_batch` and `common::capi_strided_cache` (every
+/// optional field NULL or 0).
 #[test]
 fn the_c_abi_reads_block_formats_as_bytes() {
     use gqa_kernels::capi::*;
@@ -495,45 +496,8 @@ fn the_c_abi_reads_block_formats_as_bytes() {
         (l * g * d, GQA_OK),
         (l * g * d - 16, GQA_ERR_INVALID_ARGUMENT),
     ] {
-        let cache = gqa_cache {
-            struct_size: size_of::<gqa_cache>(),
-            layout: GQA_LAYOUT_STRIDED,
-            k: kv(kt, &mut ks, len),
-            v: kv(vt, &mut vs, l * g * d),
-            page_size: 0,
-            block_table: std::ptr::null(),
-            block_table_len: 0,
-            blocks_per_seq: 0,
-            capacity: l,
-            first_pos: std::ptr::null(),
-            latent: 0,
-        };
-        let batch = gqa_batch {
-            struct_size: size_of::<gqa_batch>(),
-            q: q.as_ptr(),
-            q_elems: q.len(),
-            cache: &cache,
-            seq_lens: lens.as_ptr(),
-            n_seqs: 1,
-            q_offsets: std::ptr::null(),
-            bias: std::ptr::null(),
-            bias_len: 0,
-            bias_seq_stride: 0,
-            bias_token_stride: 0,
-            bias_head_stride: 0,
-            tree_mask: std::ptr::null(),
-            tree_mask_len: 0,
-            positions: std::ptr::null(),
-            positions_len: 0,
-            position_offsets: std::ptr::null(),
-            position_offsets_len: 0,
-            positions_per_kv_head: 0,
-            prefix_lens: std::ptr::null(),
-            n_prefix_groups: 0,
-            prefix_offsets: std::ptr::null(),
-            prefix_members: std::ptr::null(),
-            prefix_members_len: 0,
-        };
+        let cache = capi_strided_cache(kv(kt, &mut ks, len), kv(vt, &mut vs, l * g * d), l);
+        let batch = capi_batch(&q, &cache, &lens);
         let mut out = vec![f32::NAN; h * d];
         // SAFETY: every pointer is valid for its length (the short `len`
         // describes a prefix of the K bytes).

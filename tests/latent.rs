@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{assert_same_bits, check_all, check_thread_invariance, Layout, Mask, MaskKind, Spec};
+use common::{
+    assert_same_bits, capi_batch, capi_strided_cache, check_all, check_thread_invariance, Layout,
+    Mask, MaskKind, Spec,
+};
 use gqa_kernels::{
     Batch, Dtype, Error, KvBuffer, KvCache, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
     Shape,
@@ -238,7 +241,9 @@ fn latent_needs_dv_at_most_dk_and_counts_rows_once() {
 /// the field) reads it as 0.
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
-/// writes them.
+/// writes them, before the calls; the batch and the strided cache start
+/// from `common::capi_batch` and `common::capi_strided_cache` (every
+/// optional field NULL or 0).
 #[test]
 fn c_abi_latent_flag() {
     use gqa_kernels::capi::*;
@@ -305,17 +310,8 @@ fn c_abi_latent_flag() {
         head_stride: 0,
     };
     let mut cache = gqa_cache {
-        struct_size: size_of::<gqa_cache>(),
-        layout: GQA_LAYOUT_STRIDED,
-        k: kv,
-        v: none,
-        page_size: 0,
-        block_table: std::ptr::null(),
-        block_table_len: 0,
-        blocks_per_seq: 0,
-        capacity: l,
-        first_pos: std::ptr::null(),
         latent: 1,
+        ..capi_strided_cache(kv, none, l)
     };
     let mut ws_len = 0;
     // SAFETY: a live plan and a valid out-pointer.
@@ -325,32 +321,7 @@ fn c_abi_latent_flag() {
     );
     let mut ws = vec![0u8; ws_len];
     let mut run = |cache: &gqa_cache| {
-        let batch = gqa_batch {
-            struct_size: size_of::<gqa_batch>(),
-            q: q.as_ptr(),
-            q_elems: q.len(),
-            cache,
-            seq_lens: lens.as_ptr(),
-            n_seqs: 1,
-            q_offsets: std::ptr::null(),
-            bias: std::ptr::null(),
-            bias_len: 0,
-            bias_seq_stride: 0,
-            bias_token_stride: 0,
-            bias_head_stride: 0,
-            tree_mask: std::ptr::null(),
-            tree_mask_len: 0,
-            positions: std::ptr::null(),
-            positions_len: 0,
-            position_offsets: std::ptr::null(),
-            position_offsets_len: 0,
-            positions_per_kv_head: 0,
-            prefix_lens: std::ptr::null(),
-            n_prefix_groups: 0,
-            prefix_offsets: std::ptr::null(),
-            prefix_members: std::ptr::null(),
-            prefix_members_len: 0,
-        };
+        let batch = capi_batch(&q, cache, &lens);
         let mut out = vec![f32::NAN; h * dv];
         // SAFETY: every pointer is valid for its length.
         let st = unsafe {

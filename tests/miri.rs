@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Layout, Spec};
+use common::{capi_batch, capi_strided_cache, Layout, Spec};
 use gqa_kernels::{merge_states, Dtype, Shape, Tier};
 
 #[test]
@@ -60,8 +60,9 @@ fn merge_states_of_two_ranges() {
 /// items, merge.
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
-/// writes them, before the calls; folded into helpers, the test would no
-/// longer show what a host passes.
+/// writes them, before the calls; the batch and the strided cache start
+/// from `common::capi_batch` and `common::capi_strided_cache` (every
+/// optional field NULL or 0).
 #[test]
 fn the_c_abi_on_a_tiny_step() {
     use gqa_kernels::capi::*;
@@ -107,47 +108,10 @@ fn the_c_abi_on_a_tiny_step() {
         token_stride: d,
         head_stride: l * d,
     };
-    let cache = gqa_cache {
-        struct_size: size_of::<gqa_cache>(),
-        layout: GQA_LAYOUT_STRIDED,
-        k: kv(&mut k),
-        v: kv(&mut v),
-        page_size: 0,
-        block_table: std::ptr::null(),
-        block_table_len: 0,
-        blocks_per_seq: 0,
-        capacity: l,
-        first_pos: std::ptr::null(),
-        latent: 0,
-    };
+    let cache = capi_strided_cache(kv(&mut k), kv(&mut v), l);
     let q = vec![0.3f32; h * d];
     let lens = [l];
-    let batch = gqa_batch {
-        struct_size: size_of::<gqa_batch>(),
-        q: q.as_ptr(),
-        q_elems: q.len(),
-        cache: &cache,
-        seq_lens: lens.as_ptr(),
-        n_seqs: 1,
-        q_offsets: std::ptr::null(),
-        bias: std::ptr::null(),
-        bias_len: 0,
-        bias_seq_stride: 0,
-        bias_token_stride: 0,
-        bias_head_stride: 0,
-        tree_mask: std::ptr::null(),
-        tree_mask_len: 0,
-        positions: std::ptr::null(),
-        positions_len: 0,
-        position_offsets: std::ptr::null(),
-        position_offsets_len: 0,
-        positions_per_kv_head: 0,
-        prefix_lens: std::ptr::null(),
-        n_prefix_groups: 0,
-        prefix_offsets: std::ptr::null(),
-        prefix_members: std::ptr::null(),
-        prefix_members_len: 0,
-    };
+    let batch = capi_batch(&q, &cache, &lens);
     let mut ws_len = 0;
     // SAFETY: a live plan.
     assert_eq!(

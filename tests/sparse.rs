@@ -9,7 +9,8 @@
 mod common;
 
 use common::{
-    assert_same_bits, check_all, check_thread_invariance, six_layouts, Mask, MaskKind, Sparse, Spec,
+    assert_same_bits, capi_batch, capi_strided_cache, check_all, check_thread_invariance,
+    six_layouts, Mask, MaskKind, Sparse, Spec,
 };
 use gqa_kernels::{Batch, Dtype, Error, KvBuffer, KvTensor, Options, Plan, Positions, Shape};
 
@@ -246,7 +247,9 @@ fn bad_lists_are_rejected() {
 /// the fields) passes none.
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
-/// writes them.
+/// writes them, before the calls; the batch and the strided cache start
+/// from `common::capi_batch` and `common::capi_strided_cache` (every
+/// optional field NULL or 0).
 #[test]
 fn c_abi_positions() {
     use gqa_kernels::capi::*;
@@ -312,44 +315,14 @@ fn c_abi_positions() {
         token_stride: d,
         head_stride: l * d,
     };
-    let cache = gqa_cache {
-        struct_size: size_of::<gqa_cache>(),
-        layout: GQA_LAYOUT_STRIDED,
-        k: kv(&mut k),
-        v: kv(&mut v),
-        page_size: 0,
-        block_table: std::ptr::null(),
-        block_table_len: 0,
-        blocks_per_seq: 0,
-        capacity: l,
-        first_pos: std::ptr::null(),
-        latent: 0,
-    };
+    let cache = capi_strided_cache(kv(&mut k), kv(&mut v), l);
     let mut batch = gqa_batch {
-        struct_size: size_of::<gqa_batch>(),
-        q: q.as_ptr(),
-        q_elems: q.len(),
-        cache: &cache,
-        seq_lens: lens.as_ptr(),
-        n_seqs: 1,
-        q_offsets: std::ptr::null(),
-        bias: std::ptr::null(),
-        bias_len: 0,
-        bias_seq_stride: 0,
-        bias_token_stride: 0,
-        bias_head_stride: 0,
-        tree_mask: std::ptr::null(),
-        tree_mask_len: 0,
         positions: pos.as_ptr(),
         positions_len: pos.len(),
         position_offsets: off.as_ptr(),
         position_offsets_len: off.len(),
         positions_per_kv_head: 1,
-        prefix_lens: std::ptr::null(),
-        n_prefix_groups: 0,
-        prefix_offsets: std::ptr::null(),
-        prefix_members: std::ptr::null(),
-        prefix_members_len: 0,
+        ..capi_batch(&q, &cache, &lens)
     };
     let mut ws_len = 0;
     // SAFETY: a live plan and a valid out-pointer.

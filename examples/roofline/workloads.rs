@@ -115,6 +115,13 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
     let q_t: Vec<f32> = (0..tree_shape.q_elems()).map(|_| next()).collect();
     let q_m: Vec<f32> = (0..mla_shape.q_elems()).map(|_| next()).collect();
     let q_1: Vec<f32> = (0..one_shape.q_elems()).map(|_| next()).collect();
+    // The tree and sparse pairs' step: queries `q` over layer cache `layer`.
+    let strided = |q, layer: usize| {
+        let (k, v) = &caches[layer];
+        let kt = KvTensor::bgld(k.data(), lt, g, d);
+        let vt = KvTensor::bgld(v.data(), lt, g, d);
+        Batch::strided(q, kt, vt, &lens_t)
+    };
     let pairs = [
         Pair {
             names: &["causal", "tree"],
@@ -123,10 +130,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             l: lt,
             layers: caches.len(),
             batch: Box::new(|i, layer| {
-                let (k, v) = &caches[layer];
-                let kt = KvTensor::bgld(k.data(), lt, g, d);
-                let vt = KvTensor::bgld(v.data(), lt, g, d);
-                let b = Batch::strided(&q_t, kt, vt, &lens_t);
+                let b = strided(&q_t, layer);
                 if i == 1 {
                     b.with_tree_mask(&TREE8)
                 } else {
@@ -162,10 +166,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             l: lt,
             layers: caches.len(),
             batch: Box::new(|i, layer| {
-                let (k, v) = &caches[layer];
-                let kt = KvTensor::bgld(k.data(), lt, g, d);
-                let vt = KvTensor::bgld(v.data(), lt, g, d);
-                let b = Batch::strided(&q_1, kt, vt, &lens_t);
+                let b = strided(&q_1, layer);
                 match i {
                     1 => b.with_positions(Positions::per_sequence(&scattered, &sel_off)),
                     2 => b.with_positions(Positions::per_sequence(&paged, &sel_off)),

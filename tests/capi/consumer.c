@@ -69,6 +69,42 @@ static gqa_shape make_shape(int32_t k, int32_t v) {
     return s;
 }
 
+/* A strided f32 cache, rows D values apart: K at `k` and V at `v` (NULL:
+ * no V) with the same `len` and strides; the other fields 0. */
+static gqa_cache strided_f32_cache(float *k, float *v, size_t len, size_t outer_stride,
+                                   size_t head_stride) {
+    gqa_cache c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.layout = GQA_LAYOUT_STRIDED;
+    c.k.dtype = GQA_DTYPE_F32;
+    c.k.data = k;
+    c.k.len = len;
+    c.k.outer_stride = outer_stride;
+    c.k.token_stride = D;
+    c.k.head_stride = head_stride;
+    if (v != NULL) {
+        c.v = c.k;
+        c.v.data = v;
+    }
+    return c;
+}
+
+/* A batch of `n_seqs` sequences of lengths `lens` over `c`; every optional
+ * field NULL or 0. */
+static gqa_batch make_batch(const float *q, size_t q_elems, const gqa_cache *c,
+                            const size_t *lens, size_t n_seqs) {
+    gqa_batch bt;
+    memset(&bt, 0, sizeof bt);
+    bt.struct_size = sizeof bt;
+    bt.q = q;
+    bt.q_elems = q_elems;
+    bt.cache = c;
+    bt.seq_lens = lens;
+    bt.n_seqs = n_seqs;
+    return bt;
+}
+
 static int error_paths(void) {
     gqa_plan *p = NULL;
     gqa_shape s = make_shape(GQA_DTYPE_F32, GQA_DTYPE_F32);
@@ -178,24 +214,8 @@ static int strided_and_merge(void) {
     CHECK(ws != NULL);
 
     /* [B, G, L, D] */
-    memset(&c, 0, sizeof c);
-    c.struct_size = sizeof c;
-    c.layout = GQA_LAYOUT_STRIDED;
-    c.k.dtype = GQA_DTYPE_F32;
-    c.k.data = k;
-    c.k.len = G * L * D;
-    c.k.outer_stride = G * L * D;
-    c.k.token_stride = D;
-    c.k.head_stride = L * D;
-    c.v = c.k;
-    c.v.data = v;
-    memset(&bt, 0, sizeof bt);
-    bt.struct_size = sizeof bt;
-    bt.q = q;
-    bt.q_elems = H * D;
-    bt.cache = &c;
-    bt.seq_lens = &len;
-    bt.n_seqs = 1;
+    c = strided_f32_cache(k, v, G * L * D, G * L * D, L * D);
+    bt = make_batch(q, H * D, &c, &len, 1);
 
     CHECK(gqa_run(p, &bt, out, H * D, lse, H, ws, ws_len) == GQA_OK);
     CHECK(gqa_run(p2, &bt, out2, H * D, lse2, H, ws, ws_len) == GQA_OK);
@@ -262,21 +282,9 @@ static int latent_cache(void) {
     ws = malloc(ws_len);
     CHECK(ws != NULL);
     /* Both sequences read the same rows (outer stride 0). */
-    memset(&c, 0, sizeof c);
-    c.struct_size = sizeof c;
-    c.layout = GQA_LAYOUT_STRIDED;
-    c.k.dtype = GQA_DTYPE_F32;
-    c.k.data = k;
-    c.k.len = L * D;
-    c.k.token_stride = D;
+    c = strided_f32_cache(k, NULL, L * D, 0, 0);
     c.latent = 1;
-    memset(&bt, 0, sizeof bt);
-    bt.struct_size = sizeof bt;
-    bt.q = q;
-    bt.q_elems = B * H * D;
-    bt.cache = &c;
-    bt.seq_lens = lens;
-    bt.n_seqs = B;
+    bt = make_batch(q, B * H * D, &c, lens, B);
     CHECK(gqa_run(p, &bt, out, B * H * DV, NULL, 0, ws, ws_len) == GQA_OK);
     /* The same step over a separate copy with K's strides. */
     c.latent = 0;
@@ -347,22 +355,8 @@ static int prefix_groups(void) {
     CHECK(gqa_plan_workspace_bytes(p, &ws_len) == GQA_OK);
     ws = malloc(ws_len);
     CHECK(ws != NULL);
-    memset(&c, 0, sizeof c);
-    c.struct_size = sizeof c;
-    c.layout = GQA_LAYOUT_STRIDED;
-    c.k.dtype = c.v.dtype = GQA_DTYPE_F32;
-    c.k.data = k;
-    c.v.data = v;
-    c.k.len = c.v.len = B * L * D;
-    c.k.outer_stride = c.v.outer_stride = L * D;
-    c.k.token_stride = c.v.token_stride = D;
-    memset(&bt, 0, sizeof bt);
-    bt.struct_size = sizeof bt;
-    bt.q = q;
-    bt.q_elems = B * H * D;
-    bt.cache = &c;
-    bt.seq_lens = lens;
-    bt.n_seqs = B;
+    c = strided_f32_cache(k, v, B * L * D, L * D, 0);
+    bt = make_batch(q, B * H * D, &c, lens, B);
     bt.prefix_lens = pl;
     bt.n_prefix_groups = 1;
     bt.prefix_offsets = po;
@@ -479,13 +473,7 @@ static int paged_quantized(float *out, size_t out_len, float *lse, size_t lse_le
     CHECK(gqa_plan_workspace_bytes(p, &ws_len) == GQA_OK);
     ws = malloc(ws_len);
     CHECK(ws != NULL);
-    memset(&bt, 0, sizeof bt);
-    bt.struct_size = sizeof bt;
-    bt.q = q;
-    bt.q_elems = B * H * D;
-    bt.cache = &c;
-    bt.seq_lens = LENS;
-    bt.n_seqs = B;
+    bt = make_batch(q, B * H * D, &c, LENS, B);
     CHECK(gqa_run(p, &bt, out, out_len, lse, lse_len, ws, ws_len) == GQA_OK);
     for (i = 0; i < out_len; i++) CHECK(isfinite(out[i]));
     free(ws);

@@ -2,10 +2,14 @@
 //! a tier's output with the f64 reference under the documented tolerance.
 #![allow(dead_code)]
 
+mod capi;
 mod case;
 mod run;
 mod store;
 
+// Only the binaries with a C ABI test use these.
+#[allow(unused_imports)]
+pub use capi::*;
 pub use case::*;
 pub use store::*;
 
