@@ -43,6 +43,39 @@ fn every_layout_and_type_on_the_scalar_tier() {
     }
 }
 
+/// Sparse lists whose short runs are staged (copied into the worker
+/// scratch, one kernel call over several) and whose long runs are read in
+/// place, on five KV types and a latent cache: the staged rows' bytes, the
+/// int8 scales and the kernel's reads of them stay inside their buffers.
+#[test]
+fn staged_sparse_runs_on_the_scalar_tier() {
+    // A float, the per-row scales of int8, a block format, fp8, 4-bit
+    // blocks (each type takes about a minute under Miri).
+    let types = [Dtype::F16, Dtype::Int8, Dtype::Q8_0, Dtype::Fp8E4M3, Dtype::Q4_0];
+    for (i, dt) in types.into_iter().enumerate() {
+        let shape = Shape::new(1, 4, 2, 32, dt).with_max_kv_len(40);
+        let mut case = Spec::new(shape, vec![40]);
+        case.layout = [
+            Layout::Bgld,
+            Layout::Paged {
+                page: 3,
+                head_major: true,
+            },
+        ][i % 2];
+        case.seed = 70 + i as u64;
+        case.latent = i % 3 == 0;
+        let mut case = case.build();
+        // Runs of 1, 2 and 3 positions (staged) and one of 17 (in place).
+        let list: Vec<u32> = [0u32, 2, 3, 5, 6, 7, 9]
+            .into_iter()
+            .chain(12..29)
+            .chain([31, 33, 34, 39])
+            .collect();
+        case.positions = Some((list.clone(), vec![0, list.len()], false));
+        case.check(Tier::Scalar).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[test]
 fn merge_states_of_two_ranges() {
     let (rows, d) = (3, 4);

@@ -121,6 +121,71 @@ fn every_position_listed_is_the_dense_step_bit_for_bit() {
     }
 }
 
+/// Lists whose runs are staged (copied, several per kernel call): runs of
+/// 1 to 80 positions one position apart, so that staged calls fill up and
+/// flush mid-run, runs as long as a staged call or longer are read in
+/// place between them, and the last positions (seen by some tokens only,
+/// drafts of a tree) are read in place too. Every tier and unit, every
+/// layout, every K/V type pair family (int8 row scales and q8_0 blocks
+/// staged), a latent cache, a window, per-KV-head lists, and the ALiBi and
+/// bias steps that stage nothing; thread invariance over KV splits.
+#[test]
+fn staged_runs_match_the_reference() {
+    let dtypes = [
+        Dtype::F16,
+        Dtype::Int8,
+        Dtype::Q8_0,
+        Dtype::F32,
+        Dtype::Bf16,
+        Dtype::Fp8E4M3,
+    ];
+    for (i, layout) in six_layouts().into_iter().enumerate() {
+        let dt = dtypes[i % dtypes.len()];
+        let q_len = [1usize, 4][i % 2];
+        let shape = Shape::new(2, 12, 2, 64, dt)
+            .with_q_len(q_len)
+            .with_max_kv_len(4096);
+        let lens = vec![3001, 1290];
+        let mut s = Spec::new(shape, lens.clone());
+        s.layout = layout;
+        s.seed = 900 + i as u64;
+        s.latent = i == 2;
+        match i {
+            1 => s.window = Some(1500),
+            3 => s.tree = true,
+            4 => s.alibi = Some(gqa_kernels::alibi_slopes(12, 8.0).unwrap()),
+            5 => {
+                s.softcap = Some(20.0);
+                s.bias = Some(true);
+            }
+            _ => {}
+        }
+        let mut case = s.build();
+        let per_kv_head = i % 2 == 1;
+        let lists = if per_kv_head { 4 } else { 2 };
+        let (mut pos, mut off) = (Vec::new(), vec![0]);
+        for list in 0..lists {
+            let len = lens[list * 2 / lists] as u32;
+            // Runs of 1, 2, ..., 80 positions (shifted per list), each
+            // followed by one position left out.
+            let (mut p, mut run) = (list as u32 * 3, 1 + list as u32 * 7);
+            while p < len {
+                let e = (p + run).min(len);
+                pos.extend(p..e);
+                p = e + 1;
+                run = run % 80 + 1;
+            }
+            off.push(pos.len());
+        }
+        case.positions = Some((pos, off, per_kv_head));
+        eprintln!("case {i}: {dt:?} {layout:?} q_len {q_len}");
+        check_all(&case);
+        if i == 0 {
+            check_thread_invariance(&case, &[2, 3]);
+        }
+    }
+}
+
 /// Thread invariance with sparse lists over several KV splits.
 #[test]
 fn sparse_results_do_not_depend_on_threads() {

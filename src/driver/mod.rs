@@ -24,6 +24,7 @@ pub(crate) mod merge;
 pub(crate) mod plan;
 pub(crate) mod pool;
 mod prefix;
+mod stage;
 pub(crate) mod step;
 pub(crate) mod validate;
 pub(crate) mod walk;

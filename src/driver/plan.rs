@@ -5,7 +5,7 @@ use super::choose::{
     default_v_prefetch,
 };
 use super::layout::CHUNK;
-use crate::arch::{pad, scratch_len};
+use crate::arch::{pad, scratch_len, BLOCK};
 use crate::dispatch::{self, active_tier, KernelEntry};
 use crate::error::{Error, Result};
 use crate::shape::Shape;
@@ -109,6 +109,14 @@ const TARGET_ITEMS: usize = 64;
 /// Shortest KV split: long enough that the per-split costs (query tile,
 /// state, merge) stay below 1% of the split's work.
 const MIN_SPLIT: usize = 512;
+
+/// Bytes of K and V rows a worker stages for one kernel call over the
+/// scattered positions of a sparse list ([`Plan::stage_rows`]): about half
+/// of a 32 KiB L1 data cache, beside the kernel's own scratch.
+const STAGE_BYTES: usize = 16 << 10;
+
+/// The most positions one staged call covers.
+const STAGE_MAX: usize = 64;
 
 /// A validated decode step: shape, scale, tier, kernel instances, work
 /// items and KV splits fixed. Reusable for every layer and step of the same
@@ -555,14 +563,40 @@ impl Plan {
         2 * pad(rows) + rows * pad(s.head_dim_v) + rows * pad(s.head_dim_k)
     }
 
-    /// f32 of one worker's scratch: the kernel scratch.
+    /// f32 of one worker's scratch: the kernel scratch, two rows' worth of
+    /// ALiBi terms, then the staging rows of sparse lists
+    /// ([`Plan::stage_len`]).
     pub(crate) fn worker_len(&self) -> usize {
         let s = &self.shape;
         let rows = self.max_tile_rows();
         let kernel = scratch_len(rows, s.head_dim_k, s.head_dim_v).max(
             crate::arch::unit_scratch_len(self.unit, rows, s.head_dim_k, s.head_dim_v),
         );
-        pad(kernel) + 2 * pad(rows)
+        pad(kernel) + 2 * pad(rows) + self.stage_len()
+    }
+
+    /// Positions of one staged kernel call over a sparse list's scattered
+    /// rows: the rows are copied (in the cache's own type) into the worker
+    /// scratch and one call covers them all, where a call per run of
+    /// positions made the step pay a call's fixed cost per listed position.
+    /// A whole number of blocks, at least one, so that a staged call
+    /// leaves no block lanes idle.
+    pub(crate) fn stage_rows(&self) -> usize {
+        let s = &self.shape;
+        let bytes = s.k_dtype.row_bytes(s.head_dim_k) + s.v_dtype.row_bytes(s.head_dim_v);
+        (STAGE_BYTES / bytes / BLOCK * BLOCK).clamp(BLOCK, STAGE_MAX)
+    }
+
+    /// f32 of the staging rows: `stage_rows` K rows, then as many V rows
+    /// (each area a whole number of 64-byte lines), then a K and a V row
+    /// scale per position (`pad` floats each).
+    pub(crate) fn stage_len(&self) -> usize {
+        let s = &self.shape;
+        let n = self.stage_rows();
+        let lines = |bytes: usize| bytes.div_ceil(64) * 16;
+        lines(n * s.k_dtype.row_bytes(s.head_dim_k))
+            + lines(n * s.v_dtype.row_bytes(s.head_dim_v))
+            + 2 * pad(n)
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {
@@ -598,8 +632,8 @@ impl Plan {
     }
 
     /// Bytes of scratch each worker passes to [`crate::Part::run`]
-    /// (the microkernel's block buffers),
-    /// alignment slack included.
+    /// (the microkernel's block buffers, and the rows a sparse list's
+    /// scattered positions are staged in), alignment slack included.
     pub fn scratch_bytes(&self) -> usize {
         ALIGN + 4 * self.worker_len()
     }

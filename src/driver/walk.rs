@@ -54,6 +54,8 @@ impl Job<'_, '_> {
         scratch: &mut [f32],
     ) {
         let slen = self.plan.state_len();
+        // The worker scratch ends with the staging rows of sparse lists.
+        let (scratch, stage) = scratch.split_at_mut(scratch.len() - self.plan.stage_len());
         // Prefix group items (cascade) follow the sequences' own items.
         let own = self
             .plan
@@ -79,12 +81,19 @@ impl Job<'_, '_> {
             Some(walk) if self.batch.positions.is_none() => {
                 self.walk_windows(&walk, first, states, scratch)
             }
-            _ => self.walk_items(first, states, reverse, scratch),
+            _ => self.walk_items(first, states, reverse, scratch, stage),
         }
     }
 
     /// The items one by one, each over its windows of CHUNK positions.
-    fn walk_items(&self, first: usize, states: &mut [f32], reverse: bool, scratch: &mut [f32]) {
+    fn walk_items(
+        &self,
+        first: usize,
+        states: &mut [f32],
+        reverse: bool,
+        scratch: &mut [f32],
+        stage: &mut [f32],
+    ) {
         let slen = self.plan.state_len();
         let n_items = states.len() / slen;
         // Items are numbered (sequence, split, head); walk them as
@@ -109,7 +118,7 @@ impl Job<'_, '_> {
                 let st = &mut states[i * slen..][..slen];
                 if let Some(p) = &self.batch.positions {
                     let list = p.list(b, g, heads);
-                    self.walk_list(b, g, list, range, st, scratch);
+                    self.walk_list(b, g, list, range, st, scratch, stage);
                     continue;
                 }
                 let ahead = self.plan.stream_prefetch;
@@ -135,8 +144,12 @@ impl Job<'_, '_> {
     /// The positions of a sparse `list` inside `range`, as runs of
     /// consecutive positions cut where the dense walk of this cache cuts
     /// its calls (multiples of `CHUNK`, and the window walk's windows from
-    /// `range.start`), so a list of every position makes the dense step's
-    /// calls, bit for bit; each run is read in place.
+    /// `range.start`). A run that covers its whole piece of the dense walk,
+    /// or is a block long or longer, or holds a position some token does
+    /// not see, or meets ALiBi or a bias, is read in place, so a list of
+    /// every position makes the dense step's calls, bit for bit; the other
+    /// runs are staged ([`super::stage`]), several per kernel call.
+    #[allow(clippy::too_many_arguments)]
     fn walk_list(
         &self,
         b: usize,
@@ -145,6 +158,7 @@ impl Job<'_, '_> {
         range: Range<usize>,
         st: &mut [f32],
         scratch: &mut [f32],
+        stage: &mut [f32],
     ) {
         let at = |i: usize| list[i] as usize;
         let window = walk(
@@ -153,10 +167,14 @@ impl Job<'_, '_> {
             self.plan.shape.head_dim_k,
         )
         .map_or(usize::MAX, |w| w.window);
+        let (len, (tq, _)) = (self.batch.seq_lens[b], self.plan.tokens(&self.batch, b));
+        // Staged rows lose their positions: none with ALiBi or a bias.
+        let stageable = self.plan.alibi.is_none() && self.batch.bias.is_none();
+        let mut stage = self.stage(stage);
         let mut i = list.partition_point(|&p| (p as usize) < range.start);
         let end = list.partition_point(|&p| (p as usize) < range.end);
         while i < end {
-            let a = at(i);
+            let (a, i0) = (at(i), i);
             let windows = (a - range.start) / window;
             let cut = ((a / CHUNK + 1) * CHUNK).min(
                 range
@@ -169,6 +187,19 @@ impl Job<'_, '_> {
                 e += 1;
                 i += 1;
             }
+            // The dense walk's piece holding `a`: from the later of its
+            // window's and its chunk's starts to `cut` (or the range's end).
+            let piece0 = (a / CHUNK * CHUNK).max(range.start + windows * window);
+            let whole = a == piece0 && e == cut.min(range.end);
+            // Every token sees `a..e` (before token 0's own position, and
+            // inside the last token's window: `seen_by` grows with `p`).
+            let all_see = e + tq <= len && self.seen_by(a, len, tq) == (0, tq);
+            if stageable && all_see && !whole && e - a < BLOCK {
+                let ahead = list.get(i0 + super::stage::STAGE_AHEAD..).unwrap_or(&[]);
+                self.stage_run(&mut stage, b, g, a, e, ahead, st, scratch);
+                continue;
+            }
+            self.flush_stage(&mut stage, b, g, st, scratch);
             // The rows `LIST_AHEAD` listed positions on (a run of them),
             // hinted into L2 while this run is computed: a list's rows are
             // not a stream the hardware prefetcher follows.
@@ -185,6 +216,7 @@ impl Job<'_, '_> {
             }
             self.run_window(b, g, a..e, st, scratch, &mut hints);
         }
+        self.flush_stage(&mut stage, b, g, st, scratch);
     }
 
     /// Window by window across the KV heads of each (sequence, split) of

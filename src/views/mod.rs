@@ -197,6 +197,49 @@ impl<'a> KvData<'a> {
         }
     }
 
+    /// The stored bytes of the row of `head_dim` values at value offset
+    /// `o` (a row start the caller validated), without any per-row scale,
+    /// and the row's int8 scale (1 for every other type): what the sparse
+    /// walk copies into its staging rows. Panics when out of range.
+    pub(crate) fn row_at(&self, o: usize, head_dim: usize) -> (&[u8], f32) {
+        let blocks = head_dim.div_ceil(QK);
+        match self {
+            KvData::F32(s) => (bytemuck::cast_slice(&s[o..o + head_dim]), 1.0),
+            KvData::F16(s) => (bytemuck::cast_slice(&s[o..o + head_dim]), 1.0),
+            KvData::Bf16(s) => (bytemuck::cast_slice(&s[o..o + head_dim]), 1.0),
+            KvData::Int8 { values, scales } => (
+                bytemuck::cast_slice(&values[o..o + head_dim]),
+                scales[o / head_dim],
+            ),
+            KvData::Q8_0(b) => (bytemuck::cast_slice(&b[o / QK..o / QK + blocks]), 1.0),
+            KvData::Blocks(b) => {
+                let bb = b.block_bytes();
+                (&b.bytes[o / QK * bb..(o / QK + blocks) * bb], 1.0)
+            }
+            KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
+                (&values[o..o + head_dim], 1.0)
+            }
+        }
+    }
+
+    /// The kernel's view of rows staged by [`KvData::row_at`]: rows of
+    /// `row_len` values stored one after the other from `ptr` (whole
+    /// blocks for the block types), the row scales `scales` one after the
+    /// other (int8; ignored for the other types).
+    pub(crate) fn staged_rows(&self, ptr: *const u8, row_len: usize, scales: *const f32) -> KvRows {
+        let (stride, scale, scale_stride) = match self {
+            KvData::Int8 { .. } => (row_len, scales, 1),
+            KvData::Q8_0(_) | KvData::Blocks(_) => (row_len.div_ceil(QK), std::ptr::null(), 0),
+            _ => (row_len, std::ptr::null(), 0),
+        };
+        KvRows {
+            ptr,
+            stride,
+            scale,
+            scale_stride,
+        }
+    }
+
     /// The factor the driver applies per KV head outside the kernel: the
     /// fp8 per-head scale (times `2^8` for E4M3, which the kernel reads as
     /// `x · 2^-8`), 1 for every other type.
