@@ -51,7 +51,13 @@ fn every_layout_and_type_on_the_scalar_tier() {
 fn staged_sparse_runs_on_the_scalar_tier() {
     // A float, the per-row scales of int8, a block format, fp8, 4-bit
     // blocks (each type takes about a minute under Miri).
-    let types = [Dtype::F16, Dtype::Int8, Dtype::Q8_0, Dtype::Fp8E4M3, Dtype::Q4_0];
+    let types = [
+        Dtype::F16,
+        Dtype::Int8,
+        Dtype::Q8_0,
+        Dtype::Fp8E4M3,
+        Dtype::Q4_0,
+    ];
     for (i, dt) in types.into_iter().enumerate() {
         let shape = Shape::new(1, 4, 2, 32, dt).with_max_kv_len(40);
         let mut case = Spec::new(shape, vec![40]);
