@@ -587,16 +587,24 @@ impl Plan {
         (STAGE_BYTES / bytes / BLOCK * BLOCK).clamp(BLOCK, STAGE_MAX)
     }
 
-    /// f32 of the staging rows: `stage_rows` K rows, then as many V rows
-    /// (each area a whole number of 64-byte lines), then a K and a V row
-    /// scale per position (`pad` floats each).
+    /// f32 of the staging rows: the K and V row areas of
+    /// [`Plan::stage_areas`], then a K and a V row scale per position
+    /// (`pad(stage_rows)` floats each).
     pub(crate) fn stage_len(&self) -> usize {
+        let [k, v] = self.stage_areas();
+        k + v + 2 * pad(self.stage_rows())
+    }
+
+    /// f32 of the staging rows' K area and V area: `stage_rows` rows of
+    /// the type's full row bytes each, rounded up to whole 64-byte lines.
+    pub(crate) fn stage_areas(&self) -> [usize; 2] {
         let s = &self.shape;
         let n = self.stage_rows();
         let lines = |bytes: usize| bytes.div_ceil(64) * 16;
-        lines(n * s.k_dtype.row_bytes(s.head_dim_k))
-            + lines(n * s.v_dtype.row_bytes(s.head_dim_v))
-            + 2 * pad(n)
+        [
+            lines(n * s.k_dtype.row_bytes(s.head_dim_k)),
+            lines(n * s.v_dtype.row_bytes(s.head_dim_v)),
+        ]
     }
 
     fn checked_workspace_len(&self) -> Result<usize> {

@@ -66,11 +66,9 @@ impl Job<'_, '_> {
         } else {
             staged_row_bytes(s.v_dtype, s.head_dim_v)
         };
-        // The layout of `Plan::stage_len`: K rows, V rows (whole lines of
-        // full-size rows each), K scales, V scales.
-        let lines = |bytes: usize| bytes.div_ceil(64) * 16;
-        let kl = lines(cap * s.k_dtype.row_bytes(s.head_dim_k));
-        let vl = lines(cap * s.v_dtype.row_bytes(s.head_dim_v));
+        // The layout of `Plan::stage_len`: K rows, V rows, K scales, V
+        // scales.
+        let [kl, vl] = self.plan.stage_areas();
         let (k, rest) = buf.split_at_mut(kl);
         let (v, rest) = rest.split_at_mut(vl);
         let (k_scales, rest) = rest.split_at_mut(pad(cap));
