@@ -155,7 +155,8 @@ typedef struct gqa_cache {
     int32_t latent;              /* 1: a latent (MLA) cache: V is the leading
                                     head_dim_v values of each K row (v is not
                                     read; head_dim_v <= head_dim_k), each row
-                                    read once; gqa_append refuses it */
+                                    read once; gqa_append writes each new
+                                    row once, from new_kv->k) */
 } gqa_cache;
 
 /* The inputs of one step. */
@@ -294,7 +295,9 @@ int32_t gqa_merge_states(float *out, float *lse, const float *other_out, const f
 
 /* Writes new tokens into the cache in place (quantizing for int8, q8_0 and
  * fp8 caches): token i of sequence b at position positions[b] + i.
- * Everything is checked before the first write. */
+ * Into a latent cache (cache->latent = 1) each token's rows come from
+ * new_kv->k alone and land in cache->k once; new_kv->v must be empty
+ * (v_len 0). Everything is checked before the first write. */
 int32_t gqa_append(const gqa_cache *cache, const gqa_new_kv *new_kv, const size_t *positions,
                    size_t n_seqs);
 

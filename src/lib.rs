@@ -78,7 +78,7 @@ mod tier;
 mod views;
 
 pub use dispatch::{active_tier, kernel_instances, KernelInfo};
-pub use driver::append::append;
+pub use driver::append::{append, append_latent};
 pub use driver::merge::merge_states;
 pub use driver::plan::{alibi_slopes, Options, Plan};
 pub use driver::step::{Part, Step};
@@ -88,8 +88,8 @@ pub use shape::{Shape, LOGIT_FLOOR, MAX_HEADS, MAX_HEAD_DIM, MAX_KV_LEN};
 pub use tier::{Precision, Tier, Unit};
 pub use views::{
     Batch, Bias, Blocks, BlocksMut, KvBuffer, KvCache, KvCacheMut, KvData, KvDataMut, KvPages,
-    KvPagesMut, KvTensor, KvTensorMut, NewKv, PagedKv, PagesView, Positions, PrefixGroups, RingKv,
-    TensorView,
+    KvPagesMut, KvTensor, KvTensorMut, LatentCacheMut, NewKv, PagedKv, PagesView, Positions,
+    PrefixGroups, RingKv, TensorView,
 };
 
 /// Re-export of the `half` crate's 16-bit float types used in [`KvData`].

@@ -1,11 +1,13 @@
-//! `append`: new K/V rows land exactly where each layout's definition puts
-//! their positions, converted exactly as `half` converts, and nowhere else;
-//! bad input is rejected before anything is written (`tests/append_errors.rs`).
+//! `append` (and `append_latent`, one pool of rows): new K/V rows land
+//! exactly where each layout's definition puts their positions, converted
+//! exactly as `half` converts, and nowhere else; bad input is rejected
+//! before anything is written (`tests/append_errors.rs`).
 
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
-    append, bf16, f16, reference, Batch, Blocks, BlocksMut, Dtype, KvCacheMut, KvData, KvDataMut,
-    KvPagesMut, KvTensor, KvTensorMut, NewKv, Options, Plan, Shape,
+    append, append_latent, bf16, f16, reference, Batch, Blocks, BlocksMut, Dtype, KvCache,
+    KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensor, KvTensorMut, LatentCacheMut, NewKv,
+    Options, Plan, Shape,
 };
 use proptest::prelude::*;
 
@@ -288,15 +290,53 @@ fn target<'a>(
     }
 }
 
+/// The latent cache of `layout` over `kv` (rows of `d`), as [`target`]
+/// builds K's pool.
+fn target_latent<'a>(
+    layout: Layout,
+    kv: &'a mut Buf,
+    table: &'a [u32],
+    bps: usize,
+    cap: usize,
+    g: usize,
+    d: usize,
+) -> LatentCacheMut<'a> {
+    match layout {
+        Layout::Bgld => LatentCacheMut::Strided {
+            kv: KvTensorMut::bgld(kv.data_mut(), cap, g, d),
+            capacity: cap,
+        },
+        Layout::Blgd => LatentCacheMut::Strided {
+            kv: KvTensorMut::blgd(kv.data_mut(), cap, g, d),
+            capacity: cap,
+        },
+        Layout::Paged { page, token_major } => LatentCacheMut::Paged {
+            kv: if token_major {
+                KvPagesMut::pgd(kv.data_mut(), page, g, d)
+            } else {
+                KvPagesMut::gpd(kv.data_mut(), page, g, d)
+            },
+            page_size: page,
+            block_table: table,
+            blocks_per_seq: bps,
+        },
+        Layout::Ring { capacity } => LatentCacheMut::Ring {
+            kv: KvTensorMut::bgld(kv.data_mut(), capacity, g, d),
+            capacity,
+        },
+    }
+}
+
 /// Appends random ragged chunks until every sequence reaches its length,
 /// then checks every resident row bit for bit and that nothing else was
-/// written.
+/// written. `latent`: into a latent cache ([`append_latent`]: K rows only,
+/// the V pool stays unwritten and no V rows are given).
 ///
 /// Long on purpose: the draws (shape, layout, capacities, chunks) and the
 /// checks use the same seeded sequence and the same locals; split, each
 /// part would take a dozen arguments and the order of draws would be
 /// harder to see.
-fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
+fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype, latent: bool) {
     let mut rng = Rng(seed | 1);
     let b = 1 + rng.below(3);
     let g = 1 + rng.below(3);
@@ -372,8 +412,18 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
             head_dim_k: dk,
             head_dim_v: dv,
         };
-        let mut cache = target(layout, &mut kc, &mut vc, &table, bps, cap, g, dk, dv);
-        append(&mut cache, &new, &done).unwrap();
+        if latent {
+            let none = Buf::from_f32(src, &[]);
+            let new = NewKv {
+                v: none.data(),
+                ..new
+            };
+            let mut cache = target_latent(layout, &mut kc, &table, bps, cap, g, dk);
+            append_latent(&mut cache, &new, &done).unwrap();
+        } else {
+            let mut cache = target(layout, &mut kc, &mut vc, &table, bps, cap, g, dk, dv);
+            append(&mut cache, &new, &done).unwrap();
+        }
         for s in 0..b {
             done[s] += counts[s];
         }
@@ -390,10 +440,11 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
             };
             for j in first..lens[s] {
                 for h in 0..g {
-                    for (buf, truth, d, w) in [
+                    let pools = [
                         (&kc, &truth_k[s], dk, &mut wk),
                         (&vc, &truth_v[s], dv, &mut wv),
-                    ] {
+                    ];
+                    for (buf, truth, d, w) in pools.into_iter().take(2 - latent as usize) {
                         let at = index(layout, &table, bps, cap, g, d, s, j, h);
                         let row = &truth[(j * g + h) * d..][..d];
                         let what = format!("{layout:?} {src}->{dst} seq {s} pos {j} head {h}");
@@ -416,10 +467,11 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype) {
         };
         for j in first..lens[s] {
             for h in 0..g {
-                for (buf, truth, d, count) in [
+                let pools = [
                     (&kc, &truth_k[s], dk, &mut written_k),
                     (&vc, &truth_v[s], dv, &mut written_v),
-                ] {
+                ];
+                for (buf, truth, d, count) in pools.into_iter().take(2 - latent as usize) {
                     let at = index(layout, &table, bps, cap, g, d, s, j, h);
                     for e in 0..d {
                         let want = convert(truth[(j * g + h) * d + e], dst);
@@ -479,7 +531,12 @@ fn roundtrips(seed: u64, layouts: &[Layout]) {
     for &layout in layouts {
         for src in DTYPES {
             for dst in Dtype::ALL {
-                roundtrip(seed, layout, src, dst);
+                roundtrip(seed, layout, src, dst, false);
+                // Latent caches share the conversion: one source type per
+                // seed keeps the test's time.
+                if src == DTYPES[(seed % 3) as usize] {
+                    roundtrip(seed, layout, src, dst, true);
+                }
             }
         }
     }
@@ -557,4 +614,69 @@ fn append_then_decode_matches_a_dense_cache() {
             );
         }
     }
+}
+
+/// The runtime's loop for multi-head latent attention: append each step's
+/// latent row into a paged bf16 latent cache (one row per token, written
+/// once) and decode; the output matches the reference over a dense latent
+/// cache of the same values.
+#[test]
+fn append_latent_then_decode_matches_a_dense_cache() {
+    let (b, h, dk, dv, page, steps) = (2usize, 16, 576, 512, 16usize, 37usize);
+    let bps = steps.div_ceil(page);
+    let pages = b * bps + 1;
+    let mut table: Vec<u32> = (0..pages as u32).rev().collect();
+    table.swap(0, 3);
+    let mut kv = Buf::nan(Dtype::Bf16, pages * page * dk);
+    let mut dense = vec![bf16::ZERO; b * steps * dk];
+    let mut rng = Rng(11);
+    let shape = Shape::new(b, h, 1, dk, Dtype::Bf16)
+        .with_head_dims(dk, dv)
+        .with_max_kv_len(steps);
+    let plan = Plan::new(&shape, &Options::default()).unwrap();
+    let mut ws = plan.alloc_workspace();
+    for step in 0..steps {
+        let new: Vec<f32> = (0..b * dk).map(|_| rng.value()).collect();
+        for s in 0..b {
+            for (e, &x) in new[s * dk..(s + 1) * dk].iter().enumerate() {
+                dense[(s * steps + step) * dk + e] = bf16::from_f32(x);
+            }
+        }
+        let offsets: Vec<usize> = (0..=b).collect();
+        let mut cache = LatentCacheMut::Paged {
+            kv: KvPagesMut::gpd(kv.data_mut(), page, 1, dk),
+            page_size: page,
+            block_table: &table,
+            blocks_per_seq: bps,
+        };
+        let rows = NewKv {
+            k: KvData::F32(&new),
+            v: KvData::F32(&[]),
+            offsets: &offsets,
+            kv_heads: 1,
+            head_dim_k: dk,
+            head_dim_v: dv,
+        };
+        append_latent(&mut cache, &rows, &vec![step; b]).unwrap();
+        let lens = vec![step + 1; b];
+        let q: Vec<f32> = (0..b * h * dk).map(|_| rng.value()).collect();
+        let mut out = vec![0f32; b * h * dv];
+        let batch = Batch::new(&q, cache.as_cache(&[]), &lens);
+        assert!(batch.cache.is_latent());
+        plan.run(&batch, &mut out, None, &mut ws).unwrap();
+        let dense_cache = KvCache::latent(KvTensor::bgld(&dense[..], steps, 1, dk));
+        let want =
+            reference::decode_batch(&shape, None, &Batch::new(&q, dense_cache, &lens)).unwrap();
+        let (tol, _) = reference::tolerance(Dtype::Bf16, Dtype::Bf16);
+        for (i, (&got, &w)) in out.iter().zip(&want.out).enumerate() {
+            assert!(
+                tol.accepts(f64::from(got), w, 2.0),
+                "step {step} elem {i}: {got} vs {w}"
+            );
+        }
+    }
+    // Nothing but the sequences' rows was written: the spare page (and
+    // the tail of each sequence's last page) still holds NaN.
+    let written = (0..kv.len()).filter(|&i| !kv.get(i).is_nan()).count();
+    assert_eq!(written, b * steps * dk);
 }

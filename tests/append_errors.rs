@@ -1,8 +1,11 @@
-//! `append`'s bad input: every bad argument is a typed error naming it, and
+//! `append`'s and `append_latent`'s bad input: every bad argument is a typed error naming it, and
 //! nothing is written; values beyond the target type's range convert as
 //! IEEE does. (The placement and conversion suite is `tests/append.rs`.)
 
-use gqa_kernels::{append, f16, Error, KvCacheMut, KvData, KvPagesMut, KvTensorMut, NewKv};
+use gqa_kernels::{
+    append, append_latent, f16, quant, Error, KvCacheMut, KvData, KvDataMut, KvPagesMut,
+    KvTensorMut, LatentCacheMut, NewKv,
+};
 
 /// A small strided target and a one-token source for the error tests.
 fn setup() -> (Vec<f16>, Vec<f16>, Vec<f32>) {
@@ -204,4 +207,143 @@ fn out_of_range_values_convert_as_ieee() {
     assert_eq!(k[1], f16::NEG_INFINITY);
     assert!(k[2].is_nan());
     assert_eq!(k[3], f16::MAX);
+}
+
+/// A latent cache's append takes K rows only (V rows are an error naming
+/// `new.v`), shares `append`'s checks, names its pool `k` / `k_pages`, and
+/// writes nothing when it refuses; into an int8 latent cache it writes one
+/// scale per row.
+///
+/// Long on purpose: a list of cases, as in the test above.
+#[test]
+fn latent_append_rejects_v_rows_and_checks_like_append() {
+    let mut kv = vec![f16::NAN; 2 * 4 * 8];
+    let bits = |x: &[f16]| x.iter().map(|e| e.to_bits()).collect::<Vec<u16>>();
+    let before = bits(&kv);
+    let src = vec![1.0f32; 2 * 8];
+    let offsets = [0usize, 1, 2];
+    let new = NewKv {
+        k: KvData::F32(&src),
+        v: KvData::F32(&[]),
+        offsets: &offsets,
+        kv_heads: 1,
+        head_dim_k: 8,
+        head_dim_v: 0,
+    };
+    fn strided<'a>(
+        kv: &'a mut [f16],
+        capacity: usize,
+    ) -> impl FnMut(&NewKv<'_>, &[usize]) -> Result<(), Error> + 'a {
+        let mut c = LatentCacheMut::Strided {
+            kv: KvTensorMut::bgld(kv, 4, 1, 8),
+            capacity,
+        };
+        move |new: &NewKv<'_>, pos: &[usize]| append_latent(&mut c, new, pos)
+    }
+    // V rows given: refused (a latent cache's V is its K rows).
+    let with_v = NewKv {
+        v: KvData::F32(&src),
+        ..new
+    };
+    assert_eq!(
+        strided(&mut kv, 4)(&with_v, &[0, 0]).unwrap_err(),
+        Error::LengthMismatch {
+            arg: "new.v",
+            expected: 0,
+            actual: 16
+        }
+    );
+    // Past the capacity, rows outside the buffer, a short source, a zero
+    // head dim.
+    assert!(matches!(
+        strided(&mut kv, 4)(&new, &[0, 4]).unwrap_err(),
+        Error::AppendBeyondCapacity { seq: 1, .. }
+    ));
+    assert!(matches!(
+        strided(&mut kv, 9)(&new, &[0, 5]).unwrap_err(),
+        Error::OutOfBounds {
+            arg: "k",
+            seq: 1,
+            ..
+        }
+    ));
+    let short = NewKv {
+        k: KvData::F32(&src[1..]),
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut kv, 4)(&short, &[0, 0]).unwrap_err(),
+        Error::LengthMismatch { arg: "new.k", .. }
+    ));
+    let zero = NewKv {
+        head_dim_k: 0,
+        ..new
+    };
+    assert!(matches!(
+        strided(&mut kv, 4)(&zero, &[0, 0]).unwrap_err(),
+        Error::InvalidDim {
+            arg: "head_dim_k",
+            ..
+        }
+    ));
+    // A paged latent pool: a page outside it.
+    let table = [0u32, 7];
+    let mut c = LatentCacheMut::Paged {
+        kv: KvPagesMut::gpd(&mut kv[..], 4, 1, 8),
+        page_size: 4,
+        block_table: &table,
+        blocks_per_seq: 1,
+    };
+    assert!(matches!(
+        append_latent(&mut c, &new, &[0, 0]).unwrap_err(),
+        Error::PageOutOfRange {
+            arg: "k",
+            seq: 1,
+            page: 7,
+            ..
+        }
+    ));
+    assert_eq!(bits(&kv), before, "a rejected append wrote");
+    // Accepted: head_dim_v is not read; each row lands once.
+    strided(&mut kv, 4)(&new, &[1, 2]).unwrap();
+    let ones = |r: &[f16]| r.iter().all(|&x| x == f16::ONE);
+    assert!(ones(&kv[8..16]) && ones(&kv[48..56]));
+    let written = kv.iter().filter(|x| !x.is_nan()).count();
+    assert_eq!(written, 16);
+    // int8: values and one scale per row, as the crate's encoder gives;
+    // a NaN row is refused before any write.
+    let mut values = vec![0i8; 2 * 4 * 8];
+    let mut scales = vec![f32::NAN; 2 * 4];
+    let ramp: Vec<f32> = (0..16).map(|i| i as f32 / 4.0 - 2.0).collect();
+    let rows = NewKv {
+        k: KvData::F32(&ramp),
+        ..new
+    };
+    let mut c = LatentCacheMut::Strided {
+        kv: KvTensorMut::bgld(KvDataMut::int8(&mut values, &mut scales), 4, 1, 8),
+        capacity: 4,
+    };
+    let mut bad = ramp.clone();
+    bad[11] = f32::NAN;
+    let nan_rows = NewKv {
+        k: KvData::F32(&bad),
+        ..new
+    };
+    assert!(matches!(
+        append_latent(&mut c, &nan_rows, &[0, 0]).unwrap_err(),
+        Error::NonFinite {
+            arg: "new.k",
+            index: 11,
+            ..
+        }
+    ));
+    append_latent(&mut c, &rows, &[0, 3]).unwrap();
+    for (seq, pos) in [(0usize, 0usize), (1, 3)] {
+        let mut q = [0i8; 8];
+        let scale = quant::quantize_int8_row(&ramp[seq * 8..][..8], &mut q).unwrap();
+        let row = (seq * 4 + pos) * 8;
+        assert_eq!(values[row..row + 8], q, "seq {seq}");
+        assert_eq!(scales[row / 8].to_bits(), scale.to_bits(), "seq {seq}");
+    }
+    assert_eq!(scales.iter().filter(|s| !s.is_nan()).count(), 2);
 }

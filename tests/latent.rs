@@ -236,9 +236,10 @@ fn latent_needs_dv_at_most_dk_and_counts_rows_once() {
 }
 
 /// The C ABI's `gqa_cache.latent`: 1 reads V from K (whatever `v` holds,
-/// NULL here) and gives the Rust latent step's bits; other values and
-/// `gqa_append` are refused; a cache struct of the first version (without
-/// the field) reads it as 0.
+/// NULL here) and gives the Rust latent step's bits; other values are
+/// refused; a cache struct of the first version (without the field) reads
+/// it as 0; `gqa_append` writes a token's row once into `k` (and refuses
+/// V rows).
 ///
 /// Long on purpose: the C structs are filled field by field, as a C host
 /// writes them, before the calls; the batch and the strided cache start
@@ -354,11 +355,13 @@ fn c_abi_latent_flag() {
     cache.latent = 1;
     cache.struct_size = std::mem::offset_of!(gqa_cache, latent);
     assert_ne!(run(&cache).0, GQA_OK);
-    // gqa_append refuses a latent cache.
+    // gqa_append into the latent cache: V rows are refused (naming
+    // `new.v`); without them the token's row lands once, in `k`, and the
+    // step reads it as K and V.
     cache.struct_size = size_of::<gqa_cache>();
-    let new = vec![0f32; dk];
+    let new: Vec<f32> = (0..dk).map(|i| (i % 13) as f32 / 4.0 - 1.5).collect();
     let offsets = [0usize, 1];
-    let nk = gqa_new_kv {
+    let mut nk = gqa_new_kv {
         struct_size: size_of::<gqa_new_kv>(),
         dtype: Dtype::F32.abi_code(),
         k: new.as_ptr().cast(),
@@ -371,10 +374,46 @@ fn c_abi_latent_flag() {
         head_dim_k: dk,
         head_dim_v: dv,
     };
-    let pos = [0usize];
+    let pos = [l - 1];
     // SAFETY: every pointer is valid for its length.
     let st = unsafe { gqa_append(&cache, &nk, pos.as_ptr(), 1) };
-    assert_eq!(st, GQA_ERR_INVALID_ARGUMENT);
+    assert_eq!(st, GQA_ERR_LENGTH);
+    // SAFETY: the message is a NUL-terminated string of this thread.
+    let msg = unsafe { std::ffi::CStr::from_ptr(gqa_last_error()) };
+    assert!(msg.to_string_lossy().contains("new.v"), "{msg:?}");
+    nk.v = std::ptr::null();
+    nk.v_len = 0;
+    let before = k.clone();
+    // SAFETY: every pointer is valid for its length (`cache.k` is `k`).
+    let st = unsafe { gqa_append(&cache, &nk, pos.as_ptr(), 1) };
+    assert_eq!(st, GQA_OK);
+    let want_row: Vec<gqa_kernels::bf16> = new
+        .iter()
+        .map(|&x| gqa_kernels::bf16::from_f32(x))
+        .collect();
+    assert_eq!(k[(l - 1) * dk..], want_row[..]);
+    assert_eq!(k[..(l - 1) * dk], before[..(l - 1) * dk]);
+    let mut want = vec![0f32; h * dv];
+    rs_plan
+        .run(
+            &Batch::new(&q, KvCache::latent(KvTensor::bgld(&k[..], l, 1, dk)), &lens),
+            &mut want,
+            None,
+            &mut rs_plan.alloc_workspace(),
+        )
+        .unwrap();
+    let cache = gqa_cache {
+        latent: 1,
+        ..capi_strided_cache(kv, none, l)
+    };
+    let (st, out) = run(&cache);
+    assert_eq!(st, GQA_OK);
+    assert!(
+        out.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the step after gqa_append"
+    );
     // SAFETY: a live plan.
     unsafe { gqa_plan_destroy(plan) };
 }

@@ -4,7 +4,8 @@ Loads the cdylib (`cargo build --release` makes target/release/
 libgqa_kernels.so), decodes one GQA step over a strided f16 cache of
 numpy arrays, verifies a 4-token draft tree over it (a tree mask), runs it
 over sparse position lists (a top-k selection per sequence), runs an
-MLA-style step over a latent cache (V = the leading values of K), a
+MLA-style step over a latent cache (V = the leading values of K, rows
+appended once with gqa_append), a
 shared-prefix (cascade) step, fills
 an int8 cache token by token with gqa_append and decodes it, and checks
 each against a numpy float64 reference. Exits
@@ -327,6 +328,25 @@ def main():
           f"max |out - numpy| = {err_m:.2e}")
     if not err_m < 1e-4:
         sys.exit("latent decode disagrees with the numpy reference")
+    # gqa_append into the latent cache: each new token's row comes from
+    # new.k alone (new.v empty) and lands once; rewrite the last position
+    # of every sequence from f32 rows and decode again.
+    last = [n - 1 for n in lens]
+    new_rows = rng.uniform(-1, 1, (b_count, 1, dk_m)).astype(np.float32)  # [T, G, Dk]
+    off = (C.c_size_t * (b_count + 1))(*range(b_count + 1))
+    new = NewKv(C.sizeof(NewKv), GQA_DTYPE_F32, new_rows.ctypes.data_as(C.c_void_p),
+                new_rows.size, None, 0, off, b_count + 1, 1, dk_m, dv_m)
+    lcache.capacity = max_len
+    positions = (C.c_size_t * b_count)(*last)
+    check(lib, lib.gqa_append(C.byref(lcache), C.byref(new), positions, b_count), "latent append")
+    for b, j in enumerate(last):
+        if not np.array_equal(lat[b, 0, j], new_rows[b, 0].astype(np.float16)):
+            sys.exit("gqa_append did not write the latent row")
+    got_a, _ = decode(lib, shape_m, lcache, qm, lens)
+    err_a = np.abs(got_a - reference(qm, lat, lat[..., :dv_m], lens, 1)).max()
+    print(f"latent cache after gqa_append: max |out - numpy| = {err_a:.2e}")
+    if not err_a < 1e-4:
+        sys.exit("latent decode after append disagrees with the numpy reference")
 
     # An int8 cache written token by token with gqa_append (quantized on
     # write), then decoded; the reference reads the dequantized cache.

@@ -1,5 +1,5 @@
 //! KV append: arbitrary layouts (strided, paged, ring; strides sometimes
-//! wrong), target types, head dims, new-row types and values (NaN and
+//! wrong; latent caches, one pool written by `append_latent`), target types, head dims, new-row types and values (NaN and
 //! infinities included), offsets, positions and block tables. A rejected
 //! call leaves every buffer as it was; an accepted one writes exactly the
 //! rows of the new positions, each holding what the crate's converters or
@@ -10,7 +10,8 @@
 use arbitrary::{Result, Unstructured};
 use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
 use gqa_kernels::{
-    append, bf16, f16, Dtype, KvBuffer, KvCacheMut, KvData, KvPagesMut, KvTensorMut, NewKv,
+    append, append_latent, bf16, f16, Dtype, KvBuffer, KvCacheMut, KvData, KvPagesMut, KvTensorMut,
+    LatentCacheMut, NewKv,
 };
 
 /// Inputs that got past validation to the full check (a coverage signal
@@ -117,6 +118,9 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let positions: Vec<usize> = (0..b)
         .map(|_| u.int_in_range(0..=14usize))
         .collect::<Result<_>>()?;
+    // Drawn last, so that older inputs replay as they did: a latent cache
+    // (K's pool only; V's stays as it was).
+    let latent = u.ratio(1, 4)?;
     let (k0, v0) = (k.clone(), v.clone());
     // Where the K (`v = false`) or V row of (sequence, position, head)
     // starts, by the layouts' definitions (with the skewed strides);
@@ -135,7 +139,35 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
             _ => Some(((s * g + h) * cap + j % cap) * d),
         }
     };
-    let res = {
+    let res = if latent {
+        let kv = k.data_mut();
+        let strided = |x, skew| KvTensorMut::new(x, cap * g * d, d + skew, cap * d);
+        let mut cache = match layout {
+            0 => LatentCacheMut::Strided {
+                kv: strided(kv, skew),
+                capacity: cap,
+            },
+            1 => LatentCacheMut::Strided {
+                kv: KvTensorMut::blgd(kv, cap, g, d),
+                capacity: cap,
+            },
+            2 => LatentCacheMut::Paged {
+                kv: KvPagesMut::gpd(kv, page, g, d),
+                page_size: page,
+                block_table: &table,
+                blocks_per_seq: cap.div_ceil(page),
+            },
+            _ => LatentCacheMut::Ring {
+                kv: strided(kv, 0),
+                capacity: cap,
+            },
+        };
+        let rows = NewKv {
+            v: KvData::F32(&[]),
+            ..new
+        };
+        append_latent(&mut cache, &rows, &positions)
+    } else {
         let (kv, vv) = (k.data_mut(), v.data_mut());
         let strided = |x, skew| KvTensorMut::new(x, cap * g * d, d + skew, cap * d);
         let mut cache = match layout {
@@ -181,7 +213,8 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     for s in 0..b {
         for (i, tok) in (offsets[s]..offsets[s + 1]).enumerate() {
             for h in 0..g {
-                for (vi, (buf, rows)) in [(&k, &new.k), (&v, &new.v)].into_iter().enumerate() {
+                let pools = [(&k, &new.k), (&v, &new.v)].into_iter().enumerate();
+                for (vi, (buf, rows)) in pools.take(if latent { 1 } else { 2 }) {
                     let at = place(vi == 1, s, positions[s] + i, h)
                         .expect("an accepted row has a place");
                     let row: Vec<f32> = (0..d)

@@ -4,11 +4,15 @@ use super::*;
 
 /// Writes new tokens into `cache` (its `data` and, for int8, `scales`):
 /// token `i` of sequence `b` at position `positions[b] + i` (see
-/// [`crate::append`]). `n_seqs` is the number of sequences.
+/// [`crate::append`]). `n_seqs` is the number of sequences. A latent
+/// cache (`cache.latent` = 1) gets each token's row once, from `new.k`,
+/// into `cache.k` ([`crate::append_latent`]): `new.v` must be empty
+/// (`v_len` 0) and `cache.v` is not read.
 ///
 /// # Safety
 /// Every pointer is valid for its length; K's and V's buffers do not
-/// overlap (checked) and nothing else uses them during the call.
+/// overlap (checked; only K's is read for a latent cache) and nothing
+/// else uses them during the call.
 #[no_mangle]
 pub unsafe extern "C" fn gqa_append(
     cache: *const gqa_cache,
@@ -20,29 +24,30 @@ pub unsafe extern "C" fn gqa_append(
         // SAFETY: the caller's contract on every pointer.
         unsafe {
             let c = read_struct_since("cache", cache, std::mem::offset_of!(gqa_cache, latent))?;
-            if c.latent != 0 {
+            let latent = match c.latent {
+                0 => false,
+                1 => true,
+                x => return Err(invalid(format!("`cache.latent` = {x} is not 0 or 1"))),
+            };
+            let n = read_struct("new", new)?;
+            // Mutable views must not overlap (they would alias): K's and
+            // V's buffers, unless the cache is latent (`cache.v` is not
+            // read), and each buffer's values and scales.
+            let (ks, vs) = (spans(&c.k), spans(&c.v));
+            let overlap = |a: (usize, usize), b: (usize, usize)| {
+                a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
+            };
+            if !latent && ks.iter().any(|&a| vs.iter().any(|&b| overlap(a, b))) {
                 return Err(invalid(
-                    "`cache.latent` is set: gqa_append does not write latent caches (it writes K and V rows separately)".into(),
+                    "`cache.k` and `cache.v` buffers overlap: append writes both".into(),
                 ));
             }
-            let n = read_struct("new", new)?;
-            // Mutable views of K and V must not overlap (they would alias).
-            let (ks, vs) = (spans(&c.k), spans(&c.v));
-            for a in ks {
-                for b in vs {
-                    if a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1 {
-                        return Err(invalid(
-                            "`cache.k` and `cache.v` buffers overlap: append writes both".into(),
-                        ));
-                    }
-                }
-            }
-            if ks[0].0 < ks[0].1 && ks[1].0 < ks[1].1 && ks[0].0 < ks[1].1 && ks[1].0 < ks[0].1 {
+            if overlap(ks[0], ks[1]) {
                 return Err(invalid(
                     "`cache.k.data` and `cache.k.scales` overlap".into(),
                 ));
             }
-            if vs[0].0 < vs[0].1 && vs[1].0 < vs[1].1 && vs[0].0 < vs[1].1 && vs[1].0 < vs[0].1 {
+            if !latent && overlap(vs[0], vs[1]) {
                 return Err(invalid(
                     "`cache.v.data` and `cache.v.scales` overlap".into(),
                 ));
@@ -72,13 +77,41 @@ pub unsafe extern "C" fn gqa_append(
                 head_dim_k: n.head_dim_k,
                 head_dim_v: n.head_dim_v,
             };
-            let (k, v) = (kv_data_mut("cache.k", &c.k)?, kv_data_mut("cache.v", &c.v)?);
             let t = |d, kv: &gqa_kv| {
                 KvTensorMut::new(d, kv.outer_stride, kv.token_stride, kv.head_stride)
             };
             let p = |d, kv: &gqa_kv| {
                 KvPagesMut::new(d, kv.outer_stride, kv.token_stride, kv.head_stride)
             };
+            let bad_layout = |other| {
+                invalid(format!(
+                    "`cache.layout` = {other} is not a GQA_LAYOUT_ value"
+                ))
+            };
+            if latent {
+                // One pool of rows, written once as K; `cache.v` is not read.
+                let kv = kv_data_mut("cache.k", &c.k)?;
+                let mut m = match c.layout {
+                    GQA_LAYOUT_STRIDED => LatentCacheMut::Strided {
+                        kv: t(kv, &c.k),
+                        capacity: c.capacity,
+                    },
+                    GQA_LAYOUT_PAGED => LatentCacheMut::Paged {
+                        kv: p(kv, &c.k),
+                        page_size: c.page_size,
+                        block_table: slice("cache.block_table", c.block_table, c.block_table_len)?,
+                        blocks_per_seq: c.blocks_per_seq,
+                    },
+                    GQA_LAYOUT_RING => LatentCacheMut::Ring {
+                        kv: t(kv, &c.k),
+                        capacity: c.capacity,
+                    },
+                    other => return Err(bad_layout(other)),
+                };
+                crate::append_latent(&mut m, &new, positions)?;
+                return Ok(());
+            }
+            let (k, v) = (kv_data_mut("cache.k", &c.k)?, kv_data_mut("cache.v", &c.v)?);
             let mut m = match c.layout {
                 GQA_LAYOUT_STRIDED => KvCacheMut::Strided {
                     k: t(k, &c.k),
@@ -97,11 +130,7 @@ pub unsafe extern "C" fn gqa_append(
                     v: t(v, &c.v),
                     capacity: c.capacity,
                 },
-                other => {
-                    return Err(invalid(format!(
-                        "`cache.layout` = {other} is not a GQA_LAYOUT_ value"
-                    )))
-                }
+                other => return Err(bad_layout(other)),
             };
             crate::append(&mut m, &new, positions)?;
         }

@@ -41,7 +41,8 @@ use half::{bf16, f16};
 use crate::quant::{BlockQ8_0, Fp8, QK8_0};
 use crate::{
     Batch, Bias, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages, KvPagesMut,
-    KvTensor, KvTensorMut, NewKv, Options, PagedKv, Plan, Precision, RingKv, Shape, Tier, Unit,
+    KvTensor, KvTensorMut, LatentCacheMut, NewKv, Options, PagedKv, Plan, Precision, RingKv, Shape,
+    Tier, Unit,
 };
 use crate::{Blocks, BlocksMut};
 

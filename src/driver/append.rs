@@ -1,4 +1,5 @@
-//! Writing new tokens' K and V into a cache, in place: [`append`].
+//! Writing new tokens' K and V into a cache, in place: [`append`], and
+//! [`append_latent`] for a latent cache's single rows.
 //!
 //! A decode step reads the cache; the runtime must also write it, one or a
 //! few tokens per sequence per step. [`append`] converts the new rows from
@@ -7,6 +8,11 @@
 //! nothing else: its time is proportional to the new tokens only, and it
 //! allocates nothing. Every destination is checked before the first write,
 //! so a rejected call leaves the cache untouched.
+//!
+//! Both entries describe what they write as pools ([`Pool`]: one buffer,
+//! its strides and the rows bound for it) placed by one layout rule
+//! ([`Place`]): two pools for K and V, one for a latent cache, whose V is
+//! the leading values of its K rows.
 
 use half::slice::HalfFloatSliceExt;
 
@@ -15,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::formats::{Fp8, QK};
 use crate::quant::{quantize_block_bytes, quantize_fp8, quantize_int8_row, quantize_q8_0};
 use crate::shape::MAX_HEAD_DIM;
-use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv};
+use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, LatentCacheMut, NewKv};
 
 /// Writes the new tokens of every sequence into `cache`: token `i` of
 /// sequence `b` goes to position `positions[b] + i` (for a strided or paged
@@ -39,37 +45,190 @@ use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, NewKv
 /// than slots), a block-table entry outside the pool, and any row that
 /// would fall outside its buffer.
 pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> Result<()> {
-    check_new(cache, new, positions.len())?;
-    check_room(cache, new, positions)?;
-    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
-    // Pass 2: convert and write (quantized rows go through one f32 row
-    // buffer, zeroed once per call).
-    let mut buf = [0f32; MAX_HEAD_DIM];
-    for (seq, &start) in positions.iter().enumerate() {
-        for (i, tok) in (new.offsets[seq]..new.offsets[seq + 1]).enumerate() {
-            let j = start + i;
-            let (ko, vo, kh, vh) = row_offsets(cache, seq, j, g, dk, dv)?;
-            let (kd, vd) = match cache {
-                KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
-                    (&mut k.data, &mut v.data)
-                }
-                KvCacheMut::Paged { k, v, .. } => (&mut k.data, &mut v.data),
-            };
-            for h in 0..g {
-                write_row(kd, ko + h * kh, h, &new.k, (tok * g + h) * dk, dk, &mut buf);
-                write_row(vd, vo + h * vh, h, &new.v, (tok * g + h) * dv, dv, &mut buf);
-            }
-        }
-    }
-    Ok(())
+    check_dims(&[
+        ("kv_heads", new.kv_heads),
+        ("head_dim_k", new.head_dim_k),
+        ("head_dim_v", new.head_dim_v),
+    ])?;
+    let (dk, dv) = (new.head_dim_k, new.head_dim_v);
+    let (place, mut pools) = match cache {
+        KvCacheMut::Strided { k, v, capacity } => (
+            Place::Strided {
+                capacity: *capacity,
+            },
+            [
+                Pool::tensor("k", k, dk, new.k, "new.k"),
+                Pool::tensor("v", v, dv, new.v, "new.v"),
+            ],
+        ),
+        KvCacheMut::Ring { k, v, capacity } => (
+            Place::Ring {
+                capacity: *capacity,
+            },
+            [
+                Pool::tensor("k", k, dk, new.k, "new.k"),
+                Pool::tensor("v", v, dv, new.v, "new.v"),
+            ],
+        ),
+        KvCacheMut::Paged {
+            k,
+            v,
+            page_size,
+            block_table,
+            blocks_per_seq,
+        } => (
+            Place::Paged {
+                page_size: *page_size,
+                block_table,
+                blocks_per_seq: *blocks_per_seq,
+            },
+            [
+                Pool::pages("k", "k_pages", k, dk, new.k, "new.k"),
+                Pool::pages("v", "v_pages", v, dv, new.v, "new.v"),
+            ],
+        ),
+    };
+    write(&place, &mut pools, new.offsets, new.kv_heads, positions)
 }
 
-/// The new rows against the cache, for `b` sequences: dims, page size,
-/// offsets, source types, the destination's types and scales, lengths,
-/// and rows bound for a quantized cache finite.
-fn check_new(cache: &KvCacheMut<'_>, new: &NewKv<'_>, b: usize) -> Result<()> {
-    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
-    for (arg, value) in [("kv_heads", g), ("head_dim_k", dk), ("head_dim_v", dv)] {
+/// [`append`] for a latent cache (multi-head latent attention,
+/// [`KvCache::latent`](crate::KvCache::latent)): each new token's rows are
+/// written once, as K, and a step reads their leading `head_dim_v` values
+/// as V. The rows are `new.k` (`T · G · head_dim_k` values); `new.v` must
+/// be empty and `head_dim_v` is not read. Conversion, quantization (int8
+/// row scales one per K row), capacity and every check are those of
+/// [`append`]; errors name the pool `k` (`k_pages` for a paged one), as a
+/// step over the latent cache does.
+pub fn append_latent(
+    cache: &mut LatentCacheMut<'_>,
+    new: &NewKv<'_>,
+    positions: &[usize],
+) -> Result<()> {
+    check_dims(&[("kv_heads", new.kv_heads), ("head_dim_k", new.head_dim_k)])?;
+    if !new.v.is_empty() {
+        return Err(Error::LengthMismatch {
+            arg: "new.v",
+            expected: 0,
+            actual: new.v.len(),
+        });
+    }
+    let dk = new.head_dim_k;
+    let (place, mut pools) = match cache {
+        LatentCacheMut::Strided { kv, capacity } => (
+            Place::Strided {
+                capacity: *capacity,
+            },
+            [Pool::tensor("k", kv, dk, new.k, "new.k")],
+        ),
+        LatentCacheMut::Ring { kv, capacity } => (
+            Place::Ring {
+                capacity: *capacity,
+            },
+            [Pool::tensor("k", kv, dk, new.k, "new.k")],
+        ),
+        LatentCacheMut::Paged {
+            kv,
+            page_size,
+            block_table,
+            blocks_per_seq,
+        } => (
+            Place::Paged {
+                page_size: *page_size,
+                block_table,
+                blocks_per_seq: *blocks_per_seq,
+            },
+            [Pool::pages("k", "k_pages", kv, dk, new.k, "new.k")],
+        ),
+    };
+    write(&place, &mut pools, new.offsets, new.kv_heads, positions)
+}
+
+/// Where position `j` of sequence `seq` lives: a layout without its
+/// buffers.
+enum Place<'b> {
+    /// `capacity` positions per sequence at the view's strides.
+    Strided { capacity: usize },
+    /// Slot `j % page_size` of page `block_table[seq · blocks_per_seq + j /
+    /// page_size]`.
+    Paged {
+        page_size: usize,
+        block_table: &'b [u32],
+        blocks_per_seq: usize,
+    },
+    /// Slot `j % capacity` of the sequence's ring.
+    Ring { capacity: usize },
+}
+
+/// One buffer being written and the rows bound for it.
+struct Pool<'p, 'a> {
+    /// The buffer's name in bounds errors (`k`, `v`).
+    arg: &'static str,
+    /// Its name in type and stride errors (`k`, `v`, `k_pages`, `v_pages`).
+    pool_arg: &'static str,
+    data: &'p mut KvDataMut<'a>,
+    /// Sequence (or page) stride, token stride, head stride, in values.
+    strides: [usize; 3],
+    /// Values per row.
+    d: usize,
+    /// The name of `d` in errors (`head_dim_k`, `head_dim_v`).
+    dim_arg: &'static str,
+    /// The new rows, `T · G · d` values.
+    src: KvData<'p>,
+    src_arg: &'static str,
+}
+
+impl<'p, 'a> Pool<'p, 'a> {
+    fn tensor(
+        arg: &'static str,
+        t: &'p mut KvTensorMut<'a>,
+        d: usize,
+        src: KvData<'p>,
+        src_arg: &'static str,
+    ) -> Self {
+        Pool {
+            arg,
+            pool_arg: arg,
+            strides: [t.seq_stride, t.token_stride, t.head_stride],
+            data: &mut t.data,
+            d,
+            dim_arg: if arg == "k" {
+                "head_dim_k"
+            } else {
+                "head_dim_v"
+            },
+            src,
+            src_arg,
+        }
+    }
+
+    fn pages(
+        arg: &'static str,
+        pool_arg: &'static str,
+        p: &'p mut KvPagesMut<'a>,
+        d: usize,
+        src: KvData<'p>,
+        src_arg: &'static str,
+    ) -> Self {
+        Pool {
+            arg,
+            pool_arg,
+            strides: [p.page_stride, p.token_stride, p.head_stride],
+            data: &mut p.data,
+            d,
+            dim_arg: if arg == "k" {
+                "head_dim_k"
+            } else {
+                "head_dim_v"
+            },
+            src,
+            src_arg,
+        }
+    }
+}
+
+/// Every `(name, value)` is at least 1.
+fn check_dims(dims: &[(&'static str, usize)]) -> Result<()> {
+    for &(arg, value) in dims {
         if value == 0 {
             return Err(Error::InvalidDim {
                 arg,
@@ -78,49 +237,90 @@ fn check_new(cache: &KvCacheMut<'_>, new: &NewKv<'_>, b: usize) -> Result<()> {
             });
         }
     }
-    if let KvCacheMut::Paged { page_size: 0, .. } = cache {
+    Ok(())
+}
+
+/// Checks everything ([`check_new`], [`check_room`]), then converts and
+/// writes every pool's rows (quantized rows go through one f32 row
+/// buffer, zeroed once per call).
+fn write(
+    place: &Place<'_>,
+    pools: &mut [Pool<'_, '_>],
+    offsets: &[usize],
+    g: usize,
+    positions: &[usize],
+) -> Result<()> {
+    check_new(place, pools, offsets, g, positions.len())?;
+    check_room(place, pools, offsets, g, positions)?;
+    let mut buf = [0f32; MAX_HEAD_DIM];
+    for (seq, &start) in positions.iter().enumerate() {
+        for (i, tok) in (offsets[seq]..offsets[seq + 1]).enumerate() {
+            let j = start + i;
+            for pool in pools.iter_mut() {
+                let (o, head) = row_offset(place, pool, seq, j, g)?;
+                let d = pool.d;
+                for h in 0..g {
+                    let so = (tok * g + h) * d;
+                    write_row(pool.data, o + h * head, h, &pool.src, so, d, &mut buf);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The new rows against the cache, for `b` sequences: page size, offsets,
+/// source types, the destination's types and scales, lengths, and rows
+/// bound for a quantized cache finite.
+fn check_new(
+    place: &Place<'_>,
+    pools: &[Pool<'_, '_>],
+    offsets: &[usize],
+    g: usize,
+    b: usize,
+) -> Result<()> {
+    if let Place::Paged { page_size: 0, .. } = place {
         return Err(Error::InvalidDim {
             arg: "page_size",
             value: 0,
             reason: "must be at least 1",
         });
     }
-    check_offsets(new.offsets, b)?;
-    for (arg, data) in [("new.k", &new.k), ("new.v", &new.v)] {
-        if data.dtype().is_quantized() {
+    check_offsets(offsets, b)?;
+    for p in pools {
+        if p.src.dtype().is_quantized() {
             return Err(Error::UnsupportedDtype {
-                arg,
-                dtype: data.dtype(),
+                arg: p.src_arg,
+                dtype: p.src.dtype(),
                 reason: "new rows are given as f32, f16 or bf16 and quantized on write",
             });
         }
     }
-    check_destination(cache, g, dk, dv)?;
-    let t = new.offsets[b];
-    for (arg, data, d) in [("new.k", &new.k, dk), ("new.v", &new.v, dv)] {
-        let expected = t
-            .checked_mul(g)
-            .and_then(|x| x.checked_mul(d))
-            .ok_or(Error::Overflow { arg, seq: 0 })?;
-        if data.len() != expected {
+    for p in pools {
+        check_destination(p, g)?;
+    }
+    let t = offsets[b];
+    for p in pools {
+        let expected =
+            t.checked_mul(g)
+                .and_then(|x| x.checked_mul(p.d))
+                .ok_or(Error::Overflow {
+                    arg: p.src_arg,
+                    seq: 0,
+                })?;
+        if p.src.len() != expected {
             return Err(Error::LengthMismatch {
-                arg,
+                arg: p.src_arg,
                 expected,
-                actual: data.len(),
+                actual: p.src.len(),
             });
         }
     }
     // Rows bound for a quantized cache must be finite (a NaN would poison
     // its row's or block's scale).
-    let (kq, vq) = match cache {
-        KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => {
-            (k.data.dtype(), v.data.dtype())
-        }
-        KvCacheMut::Paged { k, v, .. } => (k.data.dtype(), v.data.dtype()),
-    };
-    for (arg, data, q) in [("new.k", &new.k, kq), ("new.v", &new.v, vq)] {
-        if q.is_quantized() {
-            check_finite(arg, data)?;
+    for p in pools {
+        if p.data.dtype().is_quantized() {
+            check_finite(p.src_arg, &p.src)?;
         }
     }
     Ok(())
@@ -129,27 +329,32 @@ fn check_new(cache: &KvCacheMut<'_>, new: &NewKv<'_>, b: usize) -> Result<()> {
 /// Pass 1 of an append: every destination row is inside its buffer (and
 /// the new positions inside the sequence's capacity) before anything is
 /// written.
-fn check_room(cache: &KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> Result<()> {
-    let (g, dk, dv) = (new.kv_heads, new.head_dim_k, new.head_dim_v);
+fn check_room(
+    place: &Place<'_>,
+    pools: &[Pool<'_, '_>],
+    offsets: &[usize],
+    g: usize,
+    positions: &[usize],
+) -> Result<()> {
     for (seq, &start) in positions.iter().enumerate() {
-        let n = new.offsets[seq + 1] - new.offsets[seq];
+        let n = offsets[seq + 1] - offsets[seq];
         if n == 0 {
             continue;
         }
-        let capacity = match cache {
-            KvCacheMut::Strided { capacity, .. } => Some(*capacity),
-            KvCacheMut::Paged {
+        let capacity = match *place {
+            Place::Strided { capacity } => Some(capacity),
+            Place::Paged {
                 page_size,
                 blocks_per_seq,
                 ..
-            } => Some(page_size.saturating_mul(*blocks_per_seq)),
-            KvCacheMut::Ring { capacity, .. } => {
-                if n > *capacity {
+            } => Some(page_size.saturating_mul(blocks_per_seq)),
+            Place::Ring { capacity } => {
+                if n > capacity {
                     return Err(Error::AppendBeyondCapacity {
                         seq,
                         position: start,
                         new_tokens: n,
-                        capacity: *capacity,
+                        capacity,
                     });
                 }
                 None
@@ -170,7 +375,9 @@ fn check_room(cache: &KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) -> R
             }
         }
         for j in start..end {
-            row_offsets(cache, seq, j, g, dk, dv)?;
+            for pool in pools {
+                row_offset(place, pool, seq, j, g)?;
+            }
         }
     }
     Ok(())
@@ -204,62 +411,35 @@ fn check_offsets(offsets: &[usize], b: usize) -> Result<()> {
     Ok(())
 }
 
-/// Element offsets of head 0 of position `j` of sequence `seq` in the K and
-/// V buffers, and their head strides, checked (with checked arithmetic) so
-/// that all `g` heads' rows lie inside the buffers.
-fn row_offsets(
-    cache: &KvCacheMut<'_>,
+/// Element offset of head 0 of position `j` of sequence `seq` in `pool`,
+/// and its head stride, checked (with checked arithmetic) so that all `g`
+/// heads' rows lie inside the buffer.
+fn row_offset(
+    place: &Place<'_>,
+    pool: &Pool<'_, '_>,
     seq: usize,
     j: usize,
     g: usize,
-    dk: usize,
-    dv: usize,
-) -> Result<(usize, usize, usize, usize)> {
+) -> Result<(usize, usize)> {
     let overflow = |arg| Error::Overflow { arg, seq };
-    // Offset of head 0's row and the head stride, for one pool or view.
-    let place = |arg: &'static str, base: Option<usize>, head: usize, d: usize, len: usize| {
-        let base = base.ok_or(overflow(arg))?;
-        let needed = (g - 1)
-            .checked_mul(head)
-            .and_then(|x| x.checked_add(base))
-            .and_then(|x| x.checked_add(d))
-            .ok_or(overflow(arg))?;
-        if needed > len {
-            return Err(Error::OutOfBounds {
-                arg,
-                seq,
-                needed,
-                len,
-            });
-        }
-        Ok((base, head))
+    let (arg, [outer, token, head], len) = (pool.arg, pool.strides, pool.data.len());
+    // The row's base offset: page (or sequence) and slot.
+    let at = |outer_index: usize, slot: usize| {
+        outer_index
+            .checked_mul(outer)
+            .and_then(|x| slot.checked_mul(token)?.checked_add(x))
     };
-    let strided = |t: &KvTensorMut<'_>, slot: usize| {
-        seq.checked_mul(t.seq_stride)
-            .and_then(|x| slot.checked_mul(t.token_stride)?.checked_add(x))
-    };
-    let (k, v) = match cache {
-        KvCacheMut::Strided { k, v, .. } => (
-            place("k", strided(k, j), k.head_stride, dk, k.data.len())?,
-            place("v", strided(v, j), v.head_stride, dv, v.data.len())?,
-        ),
-        KvCacheMut::Ring { k, v, capacity } => {
-            let slot = j % capacity;
-            (
-                place("k", strided(k, slot), k.head_stride, dk, k.data.len())?,
-                place("v", strided(v, slot), v.head_stride, dv, v.data.len())?,
-            )
-        }
-        KvCacheMut::Paged {
-            k,
-            v,
+    let base = match *place {
+        Place::Strided { .. } => at(seq, j),
+        Place::Ring { capacity } => at(seq, j % capacity),
+        Place::Paged {
             page_size,
             block_table,
             blocks_per_seq,
         } => {
             let block = j / page_size;
             let entry = seq
-                .checked_mul(*blocks_per_seq)
+                .checked_mul(blocks_per_seq)
                 .and_then(|x| x.checked_add(block))
                 .ok_or(overflow("block_table"))?;
             let page = *block_table.get(entry).ok_or(Error::BlockTableTooShort {
@@ -267,32 +447,35 @@ fn row_offsets(
                 needed: entry + 1,
                 available: block_table.len(),
             })?;
-            let slot = j % page_size;
-            let at = |p: &KvPagesMut<'_>, arg: &'static str, d: usize| {
-                // A zero page stride aliases every page onto the first.
-                let pages = p
-                    .data
-                    .len()
-                    .checked_div(p.page_stride)
-                    .unwrap_or(usize::MAX);
-                if page as usize >= pages {
-                    return Err(Error::PageOutOfRange {
-                        arg,
-                        seq,
-                        block,
-                        page,
-                        pages,
-                    });
-                }
-                let base = (page as usize)
-                    .checked_mul(p.page_stride)
-                    .and_then(|x| slot.checked_mul(p.token_stride)?.checked_add(x));
-                place(arg, base, p.head_stride, d, p.data.len())
-            };
-            (at(k, "k", dk)?, at(v, "v", dv)?)
+            // A zero page stride aliases every page onto the first.
+            let pages = len.checked_div(outer).unwrap_or(usize::MAX);
+            if page as usize >= pages {
+                return Err(Error::PageOutOfRange {
+                    arg,
+                    seq,
+                    block,
+                    page,
+                    pages,
+                });
+            }
+            at(page as usize, j % page_size)
         }
     };
-    Ok((k.0, v.0, k.1, v.1))
+    let base = base.ok_or(overflow(arg))?;
+    let needed = (g - 1)
+        .checked_mul(head)
+        .and_then(|x| x.checked_add(base))
+        .and_then(|x| x.checked_add(pool.d))
+        .ok_or(overflow(arg))?;
+    if needed > len {
+        return Err(Error::OutOfBounds {
+            arg,
+            seq,
+            needed,
+            len,
+        });
+    }
+    Ok((base, head))
 }
 
 /// The first non-finite element of a new-rows buffer, as an error.
@@ -318,65 +501,29 @@ fn check_finite(arg: &'static str, data: &KvData<'_>) -> Result<()> {
 /// What a quantized destination needs beyond its extent (checked once per
 /// call): the strides and scale lengths a step would demand, fp8 scales
 /// finite and positive, and head dims a stack row buffer holds.
-fn check_destination(cache: &KvCacheMut<'_>, g: usize, dk: usize, dv: usize) -> Result<()> {
-    let pools: [(&'static str, KvData<'_>, [usize; 3], usize); 2] = match cache {
-        KvCacheMut::Strided { k, v, .. } | KvCacheMut::Ring { k, v, .. } => [
-            (
-                "k",
-                k.data.as_data(),
-                [k.seq_stride, k.token_stride, k.head_stride],
-                dk,
-            ),
-            (
-                "v",
-                v.data.as_data(),
-                [v.seq_stride, v.token_stride, v.head_stride],
-                dv,
-            ),
-        ],
-        KvCacheMut::Paged { k, v, .. } => [
-            (
-                "k_pages",
-                k.data.as_data(),
-                [k.page_stride, k.token_stride, k.head_stride],
-                dk,
-            ),
-            (
-                "v_pages",
-                v.data.as_data(),
-                [v.page_stride, v.token_stride, v.head_stride],
-                dv,
-            ),
-        ],
-    };
-    for (arg, data, strides, d) in pools {
-        if !data.dtype().is_quantized() {
-            continue;
-        }
-        let dim_arg = if arg.starts_with('k') {
-            "head_dim_k"
-        } else {
-            "head_dim_v"
-        };
-        if d > MAX_HEAD_DIM {
-            return Err(Error::InvalidDim {
-                arg: dim_arg,
-                value: d,
-                reason: "exceeds the supported maximum",
-            });
-        }
-        if data.dtype().block().is_some() && !d.is_multiple_of(QK) {
-            return Err(Error::InvalidDim {
-                arg: dim_arg,
-                value: d,
-                reason: data.dtype().head_dim_rule(),
-            });
-        }
-        check_quant(arg, &data, strides, g, d)?;
-        if let KvData::Fp8E4M3 { scales, .. } | KvData::Fp8E5M2 { scales, .. } = data {
-            if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-                return Err(Error::InvalidScale { value: bad });
-            }
+fn check_destination(pool: &Pool<'_, '_>, g: usize) -> Result<()> {
+    let (data, d) = (pool.data.as_data(), pool.d);
+    if !data.dtype().is_quantized() {
+        return Ok(());
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(Error::InvalidDim {
+            arg: pool.dim_arg,
+            value: d,
+            reason: "exceeds the supported maximum",
+        });
+    }
+    if data.dtype().block().is_some() && !d.is_multiple_of(QK) {
+        return Err(Error::InvalidDim {
+            arg: pool.dim_arg,
+            value: d,
+            reason: data.dtype().head_dim_rule(),
+        });
+    }
+    check_quant(pool.pool_arg, &data, pool.strides, g, d)?;
+    if let KvData::Fp8E4M3 { scales, .. } | KvData::Fp8E5M2 { scales, .. } = data {
+        if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::InvalidScale { value: bad });
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ mod owned;
 pub(crate) use blocks::whole_blocks;
 pub use blocks::Blocks;
 
-pub use mutable::{BlocksMut, KvCacheMut, KvDataMut, NewKv};
+pub use mutable::{BlocksMut, KvCacheMut, KvDataMut, LatentCacheMut, NewKv};
 pub use owned::KvBuffer;
 
 /// A borrowed buffer of cache elements of one dtype.

@@ -229,6 +229,65 @@ impl KvCacheMut<'_> {
     }
 }
 
+/// A writable latent cache (multi-head latent attention): one buffer of
+/// rows that are both K and V, V being the leading `head_dim_v` values of
+/// each row ([`KvCache::latent`]), in the layouts of [`KvCacheMut`].
+/// [`append_latent`](crate::append_latent()) writes each new token's row
+/// once; [`LatentCacheMut::as_cache`] lends it out for a step.
+#[derive(Debug)]
+pub enum LatentCacheMut<'a> {
+    /// Strided storage of at most `capacity` positions per sequence.
+    Strided {
+        /// The rows.
+        kv: KvTensorMut<'a>,
+        /// Positions each sequence has room for.
+        capacity: usize,
+    },
+    /// A paged cache: position `j` of sequence `b` is slot `j % page_size`
+    /// of page `block_table[b * blocks_per_seq + j / page_size]`.
+    Paged {
+        /// The page pool.
+        kv: KvPagesMut<'a>,
+        /// Positions per page.
+        page_size: usize,
+        /// `B` rows of `blocks_per_seq` page indices.
+        block_table: &'a [u32],
+        /// Entries per row of the block table.
+        blocks_per_seq: usize,
+    },
+    /// A ring of `capacity` slots per sequence (see [`KvCacheMut::Ring`]).
+    Ring {
+        /// The slots.
+        kv: KvTensorMut<'a>,
+        /// Slots per sequence.
+        capacity: usize,
+    },
+}
+
+impl LatentCacheMut<'_> {
+    /// The latent cache, read-only, for a decode step. A ring needs each
+    /// sequence's first attended absolute position (see [`RingKv`]).
+    pub fn as_cache<'s>(&'s self, ring_first_pos: &'s [usize]) -> KvCache<'s> {
+        match self {
+            LatentCacheMut::Strided { kv, .. } => KvCache::latent(kv.as_tensor()),
+            LatentCacheMut::Paged {
+                kv,
+                page_size,
+                block_table,
+                blocks_per_seq,
+            } => KvCache::Paged(PagedKv::latent(
+                kv.as_pages(),
+                *page_size,
+                block_table,
+                *blocks_per_seq,
+            )),
+            LatentCacheMut::Ring { kv, capacity } => {
+                KvCache::Ring(RingKv::latent(kv.as_tensor(), *capacity, ring_first_pos))
+            }
+        }
+    }
+}
+
 /// The new tokens' K and V rows: `[T, G, D]` (token-major, rows of `D`
 /// contiguous elements), the tokens of sequence `b` being
 /// `offsets[b]..offsets[b + 1]` (cu_seqlens style, `B + 1` entries from 0
