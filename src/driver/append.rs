@@ -420,6 +420,10 @@ fn write_row(
                 let sc = scales[if scales.len() == 1 { 0 } else { head }];
                 quantize_fp8(row, sc, Fp8::E5M2, &mut values[o..o + d])
             }
+            KvDataMut::Fp8E4M3Row { values, scales } => {
+                crate::quant::quantize_fp8_row(row, &mut values[o..o + d])
+                    .map(|sc| scales[o / d] = sc)
+            }
             _ => Ok(()),
         };
         debug_assert!(done.is_ok(), "append pre-checks every quantized write");
