@@ -3,7 +3,7 @@
 //! encoder's rule, a latent MLA cache whose rows span six orders of
 //! magnitude on every tier against the f64 reference, staged sparse runs
 //! (rows copied with their scales) on every layout, the validation of
-//! its scales and strides, and the units that do not take it.
+//! its scales and strides, the units that do not take it, and the C ABI.
 
 mod common;
 
@@ -310,5 +310,130 @@ fn staged_sparse_runs_carry_their_row_scales() {
         case.positions = Some((pos, off, per_kv_head));
         eprintln!("case {i}: {k}/{v} {layout:?} latent {}", s.latent);
         check_all(&case);
+    }
+}
+
+/// The C ABI: `gqa_append` writes an fp8e4m3_row cache's bytes and row
+/// scales (what `quantize_fp8_row` makes of each row), and `gqa_run` over
+/// it is bitwise the Rust step over the same buffers.
+#[test]
+fn c_abi_appends_and_reads_row_scales() {
+    use common::{capi_batch, capi_strided_cache};
+    use gqa_kernels::capi::*;
+    let (h, g, d, l) = (4usize, 2usize, 32usize, 20usize);
+    let t = Dtype::Fp8E4M3Row;
+    let shape = gqa_shape {
+        struct_size: size_of::<gqa_shape>(),
+        batch: 1,
+        heads: h,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+        q_len: 1,
+        max_kv_len: l,
+        k_dtype: t.abi_code(),
+        v_dtype: t.abi_code(),
+    };
+    let mut plan: *mut gqa_plan = std::ptr::null_mut();
+    // SAFETY: a valid shape and out-pointer (NULL options: defaults).
+    assert_eq!(
+        unsafe { gqa_plan_create(&shape, std::ptr::null(), &mut plan) },
+        GQA_OK
+    );
+    // [B, G, L, D] values, [B, G, L] scales, never written: NaN scales.
+    let (mut kq, mut vq) = (vec![0x55u8; g * l * d], vec![0x55u8; g * l * d]);
+    let (mut ks, mut vs) = (vec![f32::NAN; g * l], vec![f32::NAN; g * l]);
+    let kv = |data: &mut [u8], scales: &mut [f32]| gqa_kv {
+        dtype: t.abi_code(),
+        data: data.as_mut_ptr().cast(),
+        len: data.len(),
+        scales: scales.as_mut_ptr(),
+        scales_len: scales.len(),
+        outer_stride: g * l * d,
+        token_stride: d,
+        head_stride: l * d,
+    };
+    let cache = capi_strided_cache(kv(&mut kq, &mut ks), kv(&mut vq, &mut vs), l);
+    // `[T, G, D]` new rows, token j scaled by 10^(j % 7 - 3).
+    let mut rng = Rng(5);
+    let new_k: Vec<f32> = (0..l * g * d)
+        .map(|i| 10f32.powi((i / (g * d)) as i32 % 7 - 3) * rng.uniform(-1.0, 1.0))
+        .collect();
+    let new_v: Vec<f32> = (0..l * g * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let offsets = [0usize, l];
+    let nk = gqa_new_kv {
+        struct_size: size_of::<gqa_new_kv>(),
+        dtype: Dtype::F32.abi_code(),
+        k: new_k.as_ptr().cast(),
+        k_len: new_k.len(),
+        v: new_v.as_ptr().cast(),
+        v_len: new_v.len(),
+        offsets: offsets.as_ptr(),
+        offsets_len: 2,
+        kv_heads: g,
+        head_dim_k: d,
+        head_dim_v: d,
+    };
+    let pos = [0usize];
+    // SAFETY: every pointer is valid for its length; K and V are disjoint.
+    assert_eq!(unsafe { gqa_append(&cache, &nk, pos.as_ptr(), 1) }, GQA_OK);
+    for (src, vals, scales) in [(&new_k, &kq, &ks), (&new_v, &vq, &vs)] {
+        for j in 0..l {
+            for hd in 0..g {
+                let mut q = vec![0u8; d];
+                let s = quant::quantize_fp8_row(&src[(j * g + hd) * d..][..d], &mut q).unwrap();
+                let at = hd * l + j;
+                assert_eq!(&vals[at * d..][..d], &q[..], "token {j} head {hd}");
+                assert_eq!(scales[at].to_bits(), s.to_bits(), "token {j} head {hd}");
+            }
+        }
+    }
+    let q: Vec<f32> = (0..h * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let lens = [l];
+    let mut ws_len = 0;
+    // SAFETY: a live plan and a valid out-pointer.
+    assert_eq!(
+        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
+        GQA_OK
+    );
+    let mut ws = vec![0u8; ws_len];
+    let mut out = vec![f32::NAN; h * d];
+    let batch = capi_batch(&q, &cache, &lens);
+    // SAFETY: every pointer is valid for its length.
+    let st = unsafe {
+        gqa_run(
+            plan,
+            &batch,
+            out.as_mut_ptr(),
+            out.len(),
+            std::ptr::null_mut(),
+            0,
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        )
+    };
+    assert_eq!(st, GQA_OK);
+    // SAFETY: a live plan.
+    unsafe { gqa_plan_destroy(plan) };
+    let rs_shape = Shape::new(1, h, g, d, t).with_max_kv_len(l);
+    let rs_plan = Plan::new(&rs_shape, &Options::default()).unwrap();
+    let k = KvTensor::bgld(KvData::fp8_row(&kq, &ks), l, g, d);
+    let v = KvTensor::bgld(KvData::fp8_row(&vq, &vs), l, g, d);
+    let rs_batch = Batch::strided(&q, k, v, &lens);
+    let mut want = vec![0f32; h * d];
+    rs_plan
+        .run(&rs_batch, &mut want, None, &mut rs_plan.alloc_workspace())
+        .unwrap();
+    assert!(out
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let r = reference::decode_batch(&rs_shape, None, &rs_batch).unwrap();
+    let (to, _) = reference::tolerance(t, t);
+    let vmax = (0..vq.len())
+        .map(|i| KvData::fp8_row(&vq, &vs).value_f64(i, 0, d).abs())
+        .fold(0.0, f64::max);
+    for (o, w) in out.iter().zip(&r.out) {
+        assert!(to.accepts(f64::from(*o), *w, vmax), "{o} vs {w}");
     }
 }
