@@ -64,6 +64,7 @@ extern "C" {
 #define GQA_DTYPE_Q5_0 9     /* block_q5_0: fp16 d + 32 fifth bits + 4-bit codes (22 bytes) */
 #define GQA_DTYPE_Q5_1 10    /* block_q5_1: fp16 d, fp16 m + fifth bits + codes (24 bytes) */
 #define GQA_DTYPE_IQ4_NL 11  /* block_iq4_nl: fp16 d + 4-bit codes into a fixed table (18 bytes) */
+#define GQA_DTYPE_FP8_E4M3_ROW 12 /* OCP E4M3FN bytes, one float scale per row of head_dim (as INT8) */
 
 /* Tiers. */
 #define GQA_TIER_AUTO (-1) /* GQA_KERNELS_ISA, else the best available */
@@ -125,14 +126,14 @@ typedef struct gqa_options {
 } gqa_options;
 
 /* One K or V buffer. gqa_run reads `data`; gqa_append writes `data` and,
- * for int8, `scales`. */
+ * for int8 and fp8_e4m3_row, `scales`. */
 typedef struct gqa_kv {
     int32_t dtype;  /* GQA_DTYPE_ */
     void *data;     /* the values (q8_0: blocks) */
     size_t len;     /* values in data (q8_0: 32 per block) */
-    float *scales;  /* int8: one per row of head_dim values (the row at value
-                       offset o has scales[o / head_dim]); fp8: one per KV
-                       head, or one; other types: NULL */
+    float *scales;  /* int8, fp8_e4m3_row: one per row of head_dim values
+                       (the row at value offset o has scales[o / head_dim]);
+                       fp8: one per KV head, or one; other types: NULL */
     size_t scales_len;
     size_t outer_stride; /* values between sequences (strided, ring) or pages (paged) */
     size_t token_stride; /* values between positions (slots) */

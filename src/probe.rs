@@ -196,7 +196,7 @@ pub fn unit_rate(unit: Unit, threads: usize) -> Option<f64> {
 /// can bound a step, and a narrower type then saves bytes but not time.
 /// Best of 3.
 pub fn widen_rate(dtype: crate::Dtype, threads: usize) -> f64 {
-    use crate::arch::{E4M3, E5M2};
+    use crate::arch::{E4M3Row, E4M3, E5M2};
     use crate::Dtype;
     const D: usize = 4096;
     let threads = threads.max(1);
@@ -209,6 +209,7 @@ pub fn widen_rate(dtype: crate::Dtype, threads: usize) -> f64 {
         Dtype::Int8 => probes::widen(tier, &[0i8; D], D, passes),
         Dtype::Fp8E4M3 => probes::widen(tier, &[E4M3(0); D], D, passes),
         Dtype::Fp8E5M2 => probes::widen(tier, &[E5M2(0); D], D, passes),
+        Dtype::Fp8E4M3Row => probes::widen(tier, &[E4M3Row(0); D], D, passes),
         block => block
             .visit_block(Blocks { tier, passes })
             .expect("every other type is a block format"),

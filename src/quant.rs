@@ -16,6 +16,7 @@
 //! | `iq4_nl` | [`BlockIq4Nl`]: 4-bit codes into [`IQ4_NL_LEVELS`] + f16 scale (GGUF, 18 bytes) | `d = x_max / −127`, then the least-squares scale if better | `<= 12 |d|` (half the widest gap between levels) |
 //! | `fp8e4m3` | OCP E4M3FN byte (no infinities, max 448) | one f32 per KV head (divides before encoding) | `<= 2^-4 · |x|` for `|x| / scale >= 2^-6`, else `<= 2^-10 · scale` |
 //! | `fp8e5m2` | OCP E5M2 byte (max finite 57344) | one f32 per KV head | `<= 2^-3 · |x|` for `|x| / scale >= 2^-14`, else `<= 2^-17 · scale` |
+//! | `fp8e4m3_row` | OCP E4M3FN byte | one f32 per (token, KV head) row, `absmax / 448` | as `fp8e4m3` with the row's scale |
 //!
 //! Values that do not fit: NaN or ±Inf in the input is rejected with
 //! [`Error::NonFinite`] by every encoder (a NaN would poison the scale of its
@@ -185,6 +186,35 @@ pub fn quantize_fp8(src: &[f32], scale: f32, format: Fp8, dst: &mut [u8]) -> Res
         *b = format.encode(x / scale);
     }
     Ok(())
+}
+
+/// fp8 E4M3FN quantization of one row with its own scale
+/// (`fp8e4m3_row`): returns the row's scale `absmax / 448` (0 for an
+/// all-zero row, or one whose `absmax / 448` underflows to 0, whose bytes
+/// are then all 0, as [`quantize_int8_row`]) and writes the E4M3 encoding
+/// of `x / scale` to `dst` (round to nearest even; the row's largest value
+/// is the format's largest, 448, and a quotient rounded past it saturates).
+/// Decoding gives `y = scale · decode(b)` with
+/// `|x − y| <= 2^-4 · |x|` for `|x| / scale >= 2^-6`, else
+/// `<= 2^-10 · scale`, plus the f32 roundings of the quotient and product.
+pub fn quantize_fp8_row(src: &[f32], dst: &mut [u8]) -> Result<f32> {
+    check_len("dst", src.len(), dst.len())?;
+    check_finite(src)?;
+    let absmax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = absmax / Fp8::E4M3.max();
+    if scale == 0.0 {
+        dst.fill(0);
+        return Ok(0.0);
+    }
+    for (b, &x) in dst.iter_mut().zip(src) {
+        *b = Fp8::E4M3.encode(x / scale);
+    }
+    Ok(scale)
+}
+
+/// `dst[i] = scale · decode(src[i])`, E4M3FN with the row's scale.
+pub fn dequantize_fp8_row(src: &[u8], scale: f32, dst: &mut [f32]) -> Result<()> {
+    dequantize_fp8(src, scale, Fp8::E4M3, dst)
 }
 
 /// `dst[i] = scale · decode(src[i])`.

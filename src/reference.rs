@@ -328,7 +328,8 @@ pub fn decode_variant(
 /// Value `i` of a K or V buffer (`head_dim` values per row, KV head `g`),
 /// decoded literally from the format's definition: int8 times its row's
 /// scale (one per `head_dim` values), a q8_0 block's f16 scale times its
-/// value, fp8 times the KV head's scale (or the tensor's single one), the
+/// value, fp8 times the KV head's scale (or the tensor's single one), or
+/// for fp8e4m3_row times its row's scale (as int8's), the
 /// other block formats by their format file's literal decoder.
 fn value(data: &KvData<'_>, i: usize, g: usize, head_dim: usize) -> f64 {
     let head_scale = |scales: &[f32]| f64::from(scales[if scales.len() == 1 { 0 } else { g }]);
@@ -343,6 +344,9 @@ fn value(data: &KvData<'_>, i: usize, g: usize, head_dim: usize) -> f64 {
         }
         KvData::Fp8E4M3 { values, scales } => head_scale(scales) * e4m3fn(values[i]),
         KvData::Fp8E5M2 { values, scales } => head_scale(scales) * e5m2(values[i]),
+        KvData::Fp8E4M3Row { values, scales } => {
+            f64::from(scales[i / head_dim]) * e4m3fn(values[i])
+        }
         // The format file's literal decoder (`BlockFormat::value`), which
         // reads the block's fields by name; the kernels read it through
         // its layout description instead.
@@ -445,7 +449,8 @@ impl Tolerance {
 /// rounding of each dequantized value or scale product: int8 scales
 /// multiply the score and the softmax weight once per position, q8_0 block
 /// scales multiply the widened values, and the fp8 per-head scales (times
-/// 2^8 for E4M3) are folded into the query and the output, each a relative
+/// 2^8 for E4M3, and 2^8 alone for fp8e4m3_row, whose row scales are
+/// applied as int8's) are folded into the query and the output, each a relative
 /// error of 2^-24, far inside `rtol`.
 pub fn tolerance(k: crate::Dtype, v: crate::Dtype) -> (Tolerance, Tolerance) {
     // One bound for every pair, plain or quantized (see above).
@@ -515,6 +520,15 @@ mod tests {
         // 0x38 is 1.0, 0xb8 is -1.0; head 1 takes the second scale.
         assert_eq!(value(&d, 0, 1, 2), 3.0);
         assert_eq!(value(&d, 1, 0, 2), -2.0);
+        // fp8e4m3_row: row `i / head_dim`'s scale, whatever the head.
+        let bytes = [0x38u8, 0xb8, 0x40, 0x7e];
+        let d = KvData::Fp8E4M3Row {
+            values: &bytes,
+            scales: &scales,
+        };
+        // 0x40 is 2.0, 0x7e is 448.
+        let got: Vec<f64> = (0..4).map(|i| value(&d, i, 0, 2)).collect();
+        assert_eq!(got, [2.0, -2.0, 6.0, 1344.0]);
         let blk = crate::quant::BlockQ8_0 {
             d: half::f16::from_f32(0.25),
             qs: core::array::from_fn(|i| i as i8 - 16),

@@ -43,6 +43,8 @@ enum Buf {
     Blocks(Dtype, Vec<u8>),
     /// Values, one scale per KV head.
     Fp8(Fp8, Vec<u8>, Vec<f32>),
+    /// fp8 E4M3 values, one scale per row of `d`.
+    Fp8Row(Vec<u8>, Vec<f32>, usize),
 }
 
 /// The byte a quantized buffer holds where nothing was written.
@@ -72,6 +74,7 @@ impl Buf {
             ]),
             Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
             Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
+            Dtype::Fp8E4M3Row => Buf::Fp8Row(vec![SENTINEL; n], vec![f32::NAN; n / d], d),
             t => Buf::Blocks(t, sentinel_block(t).repeat(n / QK8_0)),
         }
     }
@@ -92,6 +95,7 @@ impl Buf {
             Buf::Q8(b) => KvData::Q8_0(b),
             Buf::Blocks(t, b) => KvData::Blocks(Blocks::new(*t, b).unwrap()),
             Buf::Fp8(f, v, s) => KvData::fp8(*f, v, s),
+            Buf::Fp8Row(v, s, _) => KvData::fp8_row(v, s),
         }
     }
     fn data_mut(&mut self) -> KvDataMut<'_> {
@@ -103,6 +107,7 @@ impl Buf {
             Buf::Q8(b) => KvDataMut::Q8_0(b),
             Buf::Blocks(t, b) => KvDataMut::Blocks(BlocksMut::new(*t, b).unwrap()),
             Buf::Fp8(f, v, s) => KvDataMut::fp8(*f, v, s),
+            Buf::Fp8Row(v, s, _) => KvDataMut::fp8_row(v, s),
         }
     }
     fn get(&self, i: usize) -> f32 {
@@ -139,6 +144,16 @@ impl Buf {
                 quant::quantize_fp8(row, s[h], *f, &mut q).unwrap();
                 assert_eq!(&v[at..at + d], &q[..], "{what}: fp8 bytes");
             }
+            Buf::Fp8Row(v, s, _) => {
+                let mut q = vec![0u8; d];
+                let scale = quant::quantize_fp8_row(row, &mut q).unwrap();
+                assert_eq!(&v[at..at + d], &q[..], "{what}: fp8 row bytes");
+                assert_eq!(
+                    s[at / d].to_bits(),
+                    scale.to_bits(),
+                    "{what}: fp8 row scale"
+                );
+            }
             Buf::Blocks(t, b) => {
                 let n = t.block().unwrap().bytes;
                 let mut q = vec![0u8; d / QK8_0 * n];
@@ -164,6 +179,9 @@ impl Buf {
                         && (written[i / QK8_0 * QK8_0] || blk.d.is_nan())
                 }
                 Buf::Fp8(_, v, _) => v[i] == SENTINEL,
+                Buf::Fp8Row(v, s, d) => {
+                    v[i] == SENTINEL && (written[i / d * d] || s[i / d].is_nan())
+                }
                 Buf::Blocks(t, b) => {
                     let n = t.block().unwrap().bytes;
                     b[i / QK8_0 * n..][..n] == sentinel_block(*t)[..]

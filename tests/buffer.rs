@@ -58,6 +58,14 @@ fn from_f32_stores_what_the_encoders_make() {
                 quant::quantize_fp8(&x, scales[0], f, &mut q).unwrap();
                 assert_eq!(values, &q[..]);
             }
+            KvData::Fp8E4M3Row { values, scales } => {
+                assert_eq!(scales.len(), rows);
+                for r in 0..rows {
+                    let mut q = vec![0u8; d];
+                    let s = quant::quantize_fp8_row(&x[r * d..][..d], &mut q).unwrap();
+                    assert_eq!((&values[r * d..][..d], scales[r]), (&q[..], s));
+                }
+            }
         }
     }
 }
@@ -112,6 +120,16 @@ fn repeat_keeps_rows_and_their_scales() {
                         scales: sa,
                     },
                     KvData::Int8 {
+                        values: c,
+                        scales: sc,
+                    },
+                ) => a[src * d..][..d] == c[row * d..][..d] && sa[src] == sc[row],
+                (
+                    KvData::Fp8E4M3Row {
+                        values: a,
+                        scales: sa,
+                    },
+                    KvData::Fp8E4M3Row {
                         values: c,
                         scales: sc,
                     },

@@ -109,9 +109,11 @@ fn forced_units_without_kernels_or_hardware() {
     let bf = Shape::new(1, 16, 1, 64, Dtype::Bf16);
     let f = Shape::new(1, 16, 1, 64, Dtype::F16);
     let i8s = Shape::new(1, 16, 1, 64, Dtype::Int8).with_dtypes(Dtype::Int8, Dtype::F16);
+    let f8r =
+        Shape::new(1, 16, 1, 64, Dtype::Fp8E4M3Row).with_dtypes(Dtype::Fp8E4M3Row, Dtype::F16);
     let best = Tier::best();
     for unit in Unit::ALL {
-        for shape in [bf, f, i8s] {
+        for shape in [bf, f, i8s, f8r] {
             let opts = Options::default().with_tier(best).with_unit(unit);
             let got = Plan::new(&shape, &opts);
             let (k, v) = (shape.k_dtype, shape.v_dtype);

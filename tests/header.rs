@@ -151,6 +151,7 @@ fn header_constants_match_the_rust_constants() {
         let name = match d.name() {
             "fp8e4m3" => "GQA_DTYPE_FP8_E4M3".to_string(),
             "fp8e5m2" => "GQA_DTYPE_FP8_E5M2".to_string(),
+            "fp8e4m3_row" => "GQA_DTYPE_FP8_E4M3_ROW".to_string(),
             n => format!("GQA_DTYPE_{}", n.to_ascii_uppercase()),
         };
         assert_eq!(defines.get(&name), Some(&i64::from(d.abi_code())), "{name}");
@@ -168,7 +169,7 @@ fn header_constants_match_the_rust_constants() {
         let name = format!("GQA_TIER_{}", t.name().to_ascii_uppercase());
         assert_eq!(defines.get(&name), Some(&i64::from(t.abi_code())), "{name}");
     }
-    for code in [-2, 12, 99, i32::MAX] {
+    for code in [-2, 13, 99, i32::MAX] {
         assert_eq!(gqa_kernels::Dtype::from_abi_code(code), None, "{code}");
     }
     for code in [-1, 4, 99, i32::MIN] {

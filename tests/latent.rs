@@ -64,6 +64,7 @@ fn latent_caches_match_the_reference_on_every_tier_unit_and_layout() {
         Dtype::Int8,
         Dtype::Fp8E4M3,
         Dtype::Q8_0,
+        Dtype::Fp8E4M3Row,
     ];
     let mut n = 0u64;
     for (si, &(h, g, dk, dv, q_len)) in shapes.iter().enumerate() {

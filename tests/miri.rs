@@ -45,18 +45,20 @@ fn every_layout_and_type_on_the_scalar_tier() {
 
 /// Sparse lists whose short runs are staged (copied into the worker
 /// scratch, one kernel call over several) and whose long runs are read in
-/// place, on five KV types and a latent cache: the staged rows' bytes, the
-/// int8 scales and the kernel's reads of them stay inside their buffers.
+/// place, on six KV types and a latent cache: the staged rows' bytes, the
+/// row scales and the kernel's reads of them stay inside their buffers.
 #[test]
 fn staged_sparse_runs_on_the_scalar_tier() {
     // A float, the per-row scales of int8, a block format, fp8, 4-bit
-    // blocks (each type takes about a minute under Miri).
+    // blocks, fp8 with row scales (each type takes about a minute under
+    // Miri).
     let types = [
         Dtype::F16,
         Dtype::Int8,
         Dtype::Q8_0,
         Dtype::Fp8E4M3,
         Dtype::Q4_0,
+        Dtype::Fp8E4M3Row,
     ];
     for (i, dt) in types.into_iter().enumerate() {
         let shape = Shape::new(1, 4, 2, 32, dt).with_max_kv_len(40);

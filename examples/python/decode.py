@@ -7,7 +7,8 @@ over sparse position lists (a top-k selection per sequence), runs an
 MLA-style step over a latent cache (V = the leading values of K, rows
 appended once with gqa_append), a
 shared-prefix (cascade) step, fills
-an int8 cache token by token with gqa_append and decodes it, and checks
+an int8 and an fp8 E4M3 cache with a scale per row token by token with
+gqa_append and decodes them, and checks
 each against a numpy float64 reference. Exits
 non-zero on any mismatch.
 
@@ -25,6 +26,7 @@ DEFAULT_LIB = HERE.parent.parent / "target" / "release" / "libgqa_kernels.so"
 
 GQA_OK = 0
 GQA_DTYPE_F32, GQA_DTYPE_F16, GQA_DTYPE_INT8 = 0, 1, 3
+GQA_DTYPE_FP8_E4M3_ROW = 12
 GQA_TIER_AUTO = -1
 GQA_LAYOUT_STRIDED = 0
 
@@ -239,6 +241,56 @@ def kv(dtype, array, scales=None, outer=0, token=0, head=0):
               0 if scales is None else scales.size, outer, token, head)
 
 
+def e4m3(b):
+    """OCP fp8 E4M3FN bytes as float64 (bias 7, subnormals at exponent 0;
+    the encoder never writes the NaN bytes)."""
+    b = b.astype(np.int64)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    e, m = (b >> 3) & 15, (b & 7).astype(np.float64)
+    return sign * np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * 2.0 ** (e - 7))
+
+
+def append_and_decode(lib, code, vt, deq, qbound, label, rng, q, lens, strides,
+                      b_count, h_count, g, d, max_len):
+    """A cache of type `code` (values `vt`, one scale per row, read back by
+    `deq`) written token by token with gqa_append, decoded, and checked
+    against numpy on the dequantized cache and, within `qbound`, on the
+    unquantized source."""
+    kq = np.zeros((b_count, g, max_len, d), dtype=vt)
+    vq = np.zeros_like(kq)
+    ks = np.zeros((b_count, g, max_len), dtype=np.float32)
+    vs = np.zeros_like(ks)
+    icache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED,
+                   kv(code, kq, ks, *strides), kv(code, vq, vs, *strides))
+    icache.capacity = max_len
+    src_k = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
+    src_v = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
+    for pos in range(max(lens)):
+        rows = [b for b in range(b_count) if pos < lens[b]]
+        nk = np.ascontiguousarray(src_k[rows, :, pos])  # [T, G, D]
+        nv = np.ascontiguousarray(src_v[rows, :, pos])
+        offsets = [0]
+        for b in range(b_count):
+            offsets.append(offsets[-1] + (1 if pos < lens[b] else 0))
+        off = (C.c_size_t * len(offsets))(*offsets)
+        new = NewKv(C.sizeof(NewKv), GQA_DTYPE_F32, nk.ctypes.data_as(C.c_void_p), nk.size,
+                    nv.ctypes.data_as(C.c_void_p), nv.size, off, len(offsets), g, d, d)
+        positions = (C.c_size_t * b_count)(*([pos] * b_count))
+        check(lib, lib.gqa_append(C.byref(icache), C.byref(new), positions, b_count), "append")
+    shape8 = Shape(C.sizeof(Shape), b_count, h_count, g, d, d, 1, 0, code, code)
+    got8, name8 = decode(lib, shape8, icache, q, lens)
+    deq_k = deq(kq) * ks[..., None]
+    deq_v = deq(vq) * vs[..., None]
+    want8 = reference(q, deq_k, deq_v, lens, g)
+    err8 = np.abs(got8 - want8).max()
+    # And the quantization error itself, against the f32 source rows.
+    qerr = np.abs(got8 - reference(q, src_k, src_v, lens, g)).max()
+    print(f"{label} cache via gqa_append, {name8}: max |out - numpy| = {err8:.2e} "
+          f"(vs the unquantized source: {qerr:.2e})")
+    if not err8 < 1e-4 or not qerr < qbound:
+        sys.exit(f"{label} decode disagrees with the numpy reference")
+
+
 def main():
     lib = load(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_LIB)
     rng = np.random.default_rng(7)
@@ -348,41 +400,15 @@ def main():
     if not err_a < 1e-4:
         sys.exit("latent decode after append disagrees with the numpy reference")
 
-    # An int8 cache written token by token with gqa_append (quantized on
-    # write), then decoded; the reference reads the dequantized cache.
-    kq = np.zeros((b_count, g, max_len, d), dtype=np.int8)
-    vq = np.zeros_like(kq)
-    ks = np.zeros((b_count, g, max_len), dtype=np.float32)
-    vs = np.zeros_like(ks)
-    icache = Cache(C.sizeof(Cache), GQA_LAYOUT_STRIDED,
-                   kv(GQA_DTYPE_INT8, kq, ks, *strides), kv(GQA_DTYPE_INT8, vq, vs, *strides))
-    icache.capacity = max_len
-    src_k = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
-    src_v = rng.uniform(-1, 1, (b_count, g, max_len, d)).astype(np.float32)
-    for pos in range(max(lens)):
-        rows = [b for b in range(b_count) if pos < lens[b]]
-        nk = np.ascontiguousarray(src_k[rows, :, pos])  # [T, G, D]
-        nv = np.ascontiguousarray(src_v[rows, :, pos])
-        offsets = [0]
-        for b in range(b_count):
-            offsets.append(offsets[-1] + (1 if pos < lens[b] else 0))
-        off = (C.c_size_t * len(offsets))(*offsets)
-        new = NewKv(C.sizeof(NewKv), GQA_DTYPE_F32, nk.ctypes.data_as(C.c_void_p), nk.size,
-                    nv.ctypes.data_as(C.c_void_p), nv.size, off, len(offsets), g, d, d)
-        positions = (C.c_size_t * b_count)(*([pos] * b_count))
-        check(lib, lib.gqa_append(C.byref(icache), C.byref(new), positions, b_count), "append")
-    shape8 = Shape(C.sizeof(Shape), b_count, h_count, g, d, d, 1, 0, GQA_DTYPE_INT8, GQA_DTYPE_INT8)
-    got8, name8 = decode(lib, shape8, icache, q, lens)
-    deq_k = kq.astype(np.float64) * ks[..., None]
-    deq_v = vq.astype(np.float64) * vs[..., None]
-    want8 = reference(q, deq_k, deq_v, lens, g)
-    err8 = np.abs(got8 - want8).max()
-    # And the quantization error itself, against the f32 source rows.
-    qerr = np.abs(got8 - reference(q, src_k, src_v, lens, g)).max()
-    print(f"int8 cache via gqa_append, {name8}: max |out - numpy| = {err8:.2e} "
-          f"(vs the unquantized source: {qerr:.2e})")
-    if not err8 < 1e-4 or not qerr < 2e-2:
-        sys.exit("int8 decode disagrees with the numpy reference")
+    # An int8 cache and an fp8 E4M3 cache with a scale per row, each written
+    # token by token with gqa_append (quantized on write), then decoded; the
+    # reference reads the dequantized cache.
+    for code, vt, deq, qbound, label in [
+        (GQA_DTYPE_INT8, np.int8, lambda x: x.astype(np.float64), 2e-2, "int8"),
+        (GQA_DTYPE_FP8_E4M3_ROW, np.uint8, e4m3, 5e-2, "fp8e4m3_row"),
+    ]:
+        append_and_decode(lib, code, vt, deq, qbound, label, rng, q, lens, strides,
+                          b_count, h_count, g, d, max_len)
 
     # A bad call returns a status and a message, never a crash.
     bad = Shape(C.sizeof(Shape), b_count, 7, g, d, d, 1, 0, GQA_DTYPE_F16, GQA_DTYPE_F16)

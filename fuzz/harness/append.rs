@@ -24,14 +24,15 @@ pub fn run(data: &[u8]) {
 }
 
 /// `n` values of type `t` (rows of `d`) holding a sentinel: -7 for the
-/// float types, 77 with scales of -7 for int8, zero blocks for the block
-/// formats, 0x55
+/// float types, 77 with scales of -7 for int8, 0x55 with scales of -7 for
+/// fp8e4m3_row, zero blocks for the block formats, 0x55
 /// with the cache's `scales` for fp8.
 fn sentinel(t: Dtype, n: usize, d: usize, scales: &[f32]) -> KvBuffer {
     match t {
         Dtype::Int8 => KvBuffer::int8(&vec![77; n], &vec![-7.0; n / d.max(1)]),
         Dtype::Fp8E4M3 => KvBuffer::fp8(Fp8::E4M3, &vec![0x55; n], scales),
         Dtype::Fp8E5M2 => KvBuffer::fp8(Fp8::E5M2, &vec![0x55; n], scales),
+        Dtype::Fp8E4M3Row => KvBuffer::fp8_row(&vec![0x55; n], &vec![-7.0; n / d.max(1)]),
         _ if t.block().is_some() => KvBuffer::zeros(t, n, d).expect("whole blocks"),
         _ => KvBuffer::from_f32(t, &vec![-7.0; n], 1).expect("a float type"),
     }
@@ -251,7 +252,10 @@ fn same_value(a: &KvBuffer, b: &KvBuffer, i: usize) -> bool {
             x.bytes()[i / QK8_0 * n..][..n] == y.bytes()[i / QK8_0 * n..][..n]
         }
         (KvData::Fp8E4M3 { values: x, .. }, KvData::Fp8E4M3 { values: y, .. })
-        | (KvData::Fp8E5M2 { values: x, .. }, KvData::Fp8E5M2 { values: y, .. }) => x[i] == y[i],
+        | (KvData::Fp8E5M2 { values: x, .. }, KvData::Fp8E5M2 { values: y, .. })
+        | (KvData::Fp8E4M3Row { values: x, .. }, KvData::Fp8E4M3Row { values: y, .. }) => {
+            x[i] == y[i]
+        }
         _ => false,
     }
 }
@@ -309,6 +313,14 @@ fn check_row(buf: &KvBuffer, at: usize, h: usize, row: &[f32]) {
             let mut q = vec![0u8; d];
             quant::quantize_fp8(row, s[h], fp8, &mut q).expect("an accepted row is finite");
             assert!(x[at..at + d] == q[..]);
+        }
+        KvData::Fp8E4M3Row {
+            values: x,
+            scales: s,
+        } => {
+            let mut q = vec![0u8; d];
+            let sc = quant::quantize_fp8_row(row, &mut q).expect("an accepted row is finite");
+            assert!(x[at..at + d] == q[..] && s[at / d].to_bits() == sc.to_bits());
         }
     }
 }

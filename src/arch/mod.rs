@@ -60,7 +60,7 @@ macro_rules! define_with_tier {
 crate::tier::tier_table!(define_with_tier);
 
 use crate::formats::{BlockFormat, Quants, QK};
-pub(crate) use crate::formats::{E4M3, E5M2};
+pub(crate) use crate::formats::{E4M3Row, E4M3, E5M2};
 
 /// Every row buffer the driver hands a microkernel (`q`, the state's `acc`,
 /// the scratch blocks) is padded to a multiple of this many f32 so that every
@@ -352,6 +352,21 @@ impl Elem for E4M3 {
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
         let o = c * S::LANES;
         // SAFETY: `E4M3` is `repr(transparent)` over `u8`; forwarded bounds.
+        unsafe { S::load_e4m3(row.add(o).cast::<u8>(), d - o) }
+    }
+}
+
+/// An fp8 E4M3FN byte with one f32 scale per row: loaded as [`E4M3`]
+/// (`x · 2^-8`), the row scale applied per position as int8's; the
+/// driver folds the `2^8` into the call's scale (a per-head factor of
+/// `2^8` for every head), so the stored row scales are the host's, as is.
+impl Elem for E4M3Row {
+    const ROW_SCALE: bool = true;
+    #[inline(always)]
+    unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
+        let o = c * S::LANES;
+        // SAFETY: `E4M3Row` is `repr(transparent)` over `u8`; forwarded
+        // bounds.
         unsafe { S::load_e4m3(row.add(o).cast::<u8>(), d - o) }
     }
 }

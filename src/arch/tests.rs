@@ -306,6 +306,50 @@ fn byte_loads_widen_every_byte_exactly_on_every_tier() {
     }
 }
 
+/// A row of bytes read vector by vector through the `Elem` loads of
+/// `E4M3` and of `E4M3Row` (fp8e4m3_row).
+#[derive(Clone)]
+struct RowLoads(Vec<u8>);
+impl SimdOp for RowLoads {
+    /// Per vector: (E4M3 lanes, E4M3Row lanes).
+    type Out = Vec<(Vec<f32>, Vec<f32>)>;
+    unsafe fn run<S: Simd>(self) -> Self::Out {
+        use super::{E4M3Row, Elem, E4M3};
+        let d = self.0.len();
+        let a: Vec<E4M3> = self.0.iter().map(|&b| E4M3(b)).collect();
+        let r: Vec<E4M3Row> = self.0.iter().map(|&b| E4M3Row(b)).collect();
+        (0..d.div_ceil(S::LANES))
+            .map(|c| {
+                let (mut x, mut y) = (vec![0f32; S::LANES], vec![0f32; S::LANES]);
+                // SAFETY: both rows hold `d` values and vector `c` of a row
+                // of `d` reads inside it; `x` and `y` hold `LANES` floats.
+                unsafe {
+                    S::store(x.as_mut_ptr(), E4M3::load::<S>(a.as_ptr(), c, d));
+                    S::store(y.as_mut_ptr(), E4M3Row::load::<S>(r.as_ptr(), c, d));
+                }
+                (x, y)
+            })
+            .collect()
+    }
+}
+
+/// fp8e4m3_row's element reads every byte exactly as E4M3's (`x / 256`:
+/// the driver's `2^8` serves both), tails included, and is the one of the
+/// two with a row scale.
+#[test]
+fn e4m3_row_loads_as_e4m3_on_every_tier() {
+    use super::{E4M3Row, Elem, E4M3};
+    const { assert!(<E4M3Row as Elem>::ROW_SCALE && !<E4M3 as Elem>::ROW_SCALE) };
+    // 301 values: every byte, and a tail on every tier.
+    let bytes: Vec<u8> = (0..=255u8).chain(0..45).collect();
+    for (tier, rows) in each_tier(RowLoads(bytes)) {
+        for (c, (x, y)) in rows.iter().enumerate() {
+            let bits = |v: &Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(x), bits(y), "{tier}: vector {c}");
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Splats(Vec<u16>);
 impl SimdOp for Splats {

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Writes new tokens into `cache` (its `data` and, for int8, `scales`):
+/// Writes new tokens into `cache` (its `data` and, for int8 and
+/// fp8e4m3_row, `scales`):
 /// token `i` of sequence `b` at position `positions[b] + i` (see
 /// [`crate::append`]). `n_seqs` is the number of sequences. A latent
 /// cache (`cache.latent` = 1) gets each token's row once, from `new.k`,

@@ -264,6 +264,7 @@ pub(super) unsafe fn kv_data<'a>(arg: &str, kv: &gqa_kv) -> R<KvData<'a>> {
             Dtype::Q8_0 => KvData::Q8_0(slice(arg, d.cast::<BlockQ8_0>(), n / QK8_0)?),
             Dtype::Fp8E4M3 => KvData::fp8(Fp8::E4M3, slice(arg, d.cast::<u8>(), n)?, scales()?),
             Dtype::Fp8E5M2 => KvData::fp8(Fp8::E5M2, slice(arg, d.cast::<u8>(), n)?, scales()?),
+            Dtype::Fp8E4M3Row => KvData::fp8_row(slice(arg, d.cast::<u8>(), n)?, scales()?),
             _ => {
                 let bytes = slice(arg, d.cast::<u8>(), block_bytes(t, n))?;
                 KvData::Blocks(Blocks::new(t, bytes).map_err(Fail::from)?)
@@ -308,6 +309,10 @@ pub(super) unsafe fn kv_data_mut<'a>(arg: &str, kv: &gqa_kv) -> R<KvDataMut<'a>>
             Dtype::Bf16 => KvDataMut::Bf16(slice_mut(arg, d.cast::<bf16>(), n)?),
             Dtype::Int8 => KvDataMut::int8(
                 slice_mut(arg, d.cast::<i8>(), n)?,
+                slice_mut(&sarg, kv.scales, kv.scales_len)?,
+            ),
+            Dtype::Fp8E4M3Row => KvDataMut::fp8_row(
+                slice_mut(arg, d.cast::<u8>(), n)?,
                 slice_mut(&sarg, kv.scales, kv.scales_len)?,
             ),
             Dtype::Q8_0 => KvDataMut::Q8_0(slice_mut(arg, d.cast::<BlockQ8_0>(), n / QK8_0)?),

@@ -175,8 +175,8 @@ pub struct gqa_kv {
     pub data: *mut c_void,
     /// Values in `data` (the block formats: 32 per block).
     pub len: usize,
-    /// int8: one scale per row of `head_dim` values; fp8: one per KV head
-    /// or one; other types: NULL.
+    /// int8, fp8e4m3_row: one scale per row of `head_dim` values; fp8:
+    /// one per KV head or one; other types: NULL.
     pub scales: *mut f32,
     /// Entries of `scales`.
     pub scales_len: usize,

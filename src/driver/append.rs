@@ -19,7 +19,9 @@ use half::slice::HalfFloatSliceExt;
 use super::validate::check_quant;
 use crate::error::{Error, Result};
 use crate::formats::{Fp8, QK};
-use crate::quant::{quantize_block_bytes, quantize_fp8, quantize_int8_row, quantize_q8_0};
+use crate::quant::{
+    quantize_block_bytes, quantize_fp8, quantize_fp8_row, quantize_int8_row, quantize_q8_0,
+};
 use crate::shape::MAX_HEAD_DIM;
 use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, LatentCacheMut, NewKv};
 
@@ -32,9 +34,10 @@ use crate::views::{KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensorMut, Laten
 /// value beyond the f16 range becomes ±inf, as IEEE conversion gives; NaN
 /// stays NaN); same-type rows are copied bit for bit. Into a quantized
 /// cache the rows are quantized on write with the encoders of
-/// [`crate::quant`]: int8 computes each (token, KV head) row's scale and
-/// writes it next to the row, q8_0 each block's, fp8 divides by the
-/// cache's per-head scale (finite values beyond the format saturate). A NaN
+/// [`crate::quant`]: int8 and fp8e4m3_row compute each (token, KV head)
+/// row's scale and write it next to the row, q8_0 each block's, fp8 divides
+/// by the cache's per-head scale (finite values beyond the format
+/// saturate). A NaN
 /// or infinity in a row bound for a quantized cache is rejected
 /// ([`Error::NonFinite`], naming `new.k` or `new.v` and the index).
 /// Rejected, before anything is written: new rows of a quantized type,
@@ -96,7 +99,7 @@ pub fn append(cache: &mut KvCacheMut<'_>, new: &NewKv<'_>, positions: &[usize]) 
 /// written once, as K, and a step reads their leading `head_dim_v` values
 /// as V. The rows are `new.k` (`T · G · head_dim_k` values); `new.v` must
 /// be empty and `head_dim_v` is not read. Conversion, quantization (int8
-/// row scales one per K row), capacity and every check are those of
+/// and fp8e4m3_row: one scale per K row), capacity and every check are those of
 /// [`append`]; errors name the pool `k` (`k_pages` for a paged one), as a
 /// step over the latent cache does.
 pub fn append_latent(
@@ -566,6 +569,9 @@ fn write_row(
             KvDataMut::Fp8E5M2 { values, scales } => {
                 let sc = scales[if scales.len() == 1 { 0 } else { head }];
                 quantize_fp8(row, sc, Fp8::E5M2, &mut values[o..o + d])
+            }
+            KvDataMut::Fp8E4M3Row { values, scales } => {
+                quantize_fp8_row(row, &mut values[o..o + d]).map(|sc| scales[o / d] = sc)
             }
             _ => Ok(()),
         };

@@ -38,9 +38,9 @@ use crate::formats::Dtype;
 pub(super) const STAGE_AHEAD: usize = 16;
 
 /// Stored bytes of one staged row of `d` values of `dtype`: the row as
-/// stored, without an int8 row's scale (staged beside it).
+/// stored, without an int8 or fp8e4m3_row row's scale (staged beside it).
 pub(crate) fn staged_row_bytes(dtype: Dtype, d: usize) -> usize {
-    dtype.row_bytes(d) - if dtype == Dtype::Int8 { 4 } else { 0 }
+    dtype.row_bytes(d) - if dtype.has_row_scales() { 4 } else { 0 }
 }
 
 /// The staging rows of one worker ([`crate::Plan::stage_len`] floats), and
@@ -186,7 +186,7 @@ impl Job<'_, '_> {
         // rows the `n` rows just copied into the stage: each `head_dim`
         // values of the cache's own type (whole blocks for block types),
         // stored one after the other from the area's start, which is what
-        // `staged_rows`' stride says, with their int8 scales one after the
+        // `staged_rows`' stride says, with their row scales one after the
         // other; the stage is disjoint from the state and the kernel
         // scratch, and only read during the call. There is no bias or
         // ALiBi (the walk stages nothing with either).

@@ -461,10 +461,11 @@ fn check_dtype(arg: &'static str, data: &KvData<'_>, expected: Dtype) -> Result<
 }
 
 /// Checks what a quantized type needs of a view beyond its extent: strides
-/// that are whole rows (int8: multiples of the head dim, so each row's
+/// that are whole rows (int8, fp8e4m3_row: multiples of the head dim, so each row's
 /// scale is `scales[offset / head_dim]`) or whole blocks (the block formats:
-/// multiples of 32), and scale arrays of the right length (int8: one per row of the
-/// buffer; fp8: one per KV head, or one).
+/// multiples of 32), and scale arrays of the right length (int8, fp8e4m3_row: one per row of the
+/// buffer; fp8: one per KV head, or one). Row scales are read as given,
+/// as int8's: their values are not checked (a step would read them all).
 pub(crate) fn check_quant(
     arg: &'static str,
     data: &KvData<'_>,
@@ -528,6 +529,13 @@ pub(crate) fn check_quant(
             )?;
             scales_len(values.len().div_ceil(head_dim), scales.len())
         }
+        KvData::Fp8E4M3Row { values, scales } => {
+            multiple(
+                head_dim,
+                "fp8e4m3_row rows carry one scale per head_dim values: strides must be multiples of the head dim",
+            )?;
+            scales_len(values.len().div_ceil(head_dim), scales.len())
+        }
         KvData::Q8_0(_) => multiple(
             QK,
             "q8_0 stores blocks of 32 values: strides must be multiples of 32",
@@ -562,7 +570,7 @@ pub(crate) fn check_cache(shape: &Shape, cache: &KvCache<'_>, seq_lens: &[usize]
             });
         }
         // V's rows are the leading values of K's: K's checks cover them
-        // (and int8 keeps one scale per K row).
+        // (and int8 and fp8e4m3_row keep one scale per K row).
         let shape = Shape {
             head_dim_v: dk,
             ..*shape

@@ -1,5 +1,5 @@
 //! The fp8 formats (OCP E4M3FN and E5M2): one byte per value, scaled per
-//! KV head or per tensor.
+//! KV head or per tensor, or (E4M3, `Dtype::Fp8E4M3Row`) per row.
 
 use float8::{F8E4M3, F8E5M2};
 
@@ -8,6 +8,13 @@ use float8::{F8E4M3, F8E5M2};
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 pub(crate) struct E4M3(pub(crate) u8);
+
+/// An fp8 E4M3FN byte with one f32 scale per row (`Dtype::Fp8E4M3Row`)
+/// as a kernel element type: read as [`E4M3`], the row scale applied by
+/// the kernel as int8's.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct E4M3Row(pub(crate) u8);
 
 /// An fp8 E5M2 byte as a kernel element type.
 #[derive(Clone, Copy)]

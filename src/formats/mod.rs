@@ -23,7 +23,7 @@ mod q8_0;
 pub(crate) use block::BlockVisitor;
 pub use block::{BlockFormat, BlockInfo, BlockLayout, Quants, QK};
 pub use fp8::Fp8;
-pub(crate) use fp8::{E4M3, E5M2};
+pub(crate) use fp8::{E4M3Row, E4M3, E5M2};
 pub use iq4_nl::{BlockIq4Nl, IQ4_NL_LEVELS};
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
@@ -41,6 +41,8 @@ pub(crate) enum Kind {
     Int8,
     /// One byte per value, one f32 scale per KV head or per tensor.
     Fp8,
+    /// One fp8 byte per value and one f32 scale per row (as `Int8`).
+    Fp8Row,
     /// Blocks of 32 values with their scales ([`BlockFormat`]).
     Block,
 }
@@ -87,7 +89,7 @@ macro_rules! formats {
 
             /// The name used in kernel names, reports and errors (`f32`,
             /// `f16`, `bf16`, `int8`, `q8_0`, `fp8e4m3`, `fp8e5m2`,
-            /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`).
+            /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`, `fp8e4m3_row`).
             pub fn name(self) -> &'static str {
                 match self { $(Dtype::$v => $name,)* }
             }
@@ -152,6 +154,10 @@ formats! {
     /// non-linear table, and an f16 scale; head dims must be multiples
     /// of 32.
     Iq4Nl 11 "iq4_nl" crate::formats::BlockIq4Nl, Block;
+    /// OCP fp8 E4M3FN with one f32 scale per (token, KV head) row, laid
+    /// out as int8's (multi-head latent attention caches as serving
+    /// runtimes store them: a scale per token).
+    Fp8E4M3Row 12 "fp8e4m3_row" crate::formats::E4M3Row, Fp8Row;
 }
 
 impl Dtype {
@@ -165,12 +171,21 @@ impl Dtype {
         Dtype::ALL.into_iter().find(|d| d.name() == name)
     }
 
+    /// Whether the type keeps one f32 scale per row of `head_dim` values
+    /// (int8, fp8e4m3_row): `scales[o / head_dim]` for the value at
+    /// offset `o`, every stride a multiple of the head dim.
+    pub fn has_row_scales(self) -> bool {
+        matches!(self.kind(), Kind::Int8 | Kind::Fp8Row)
+    }
+
     /// Whether the type stores quantized values (with scales).
     pub fn is_quantized(self) -> bool {
         self.kind() != Kind::Float
     }
 
-    /// The fp8 format of an fp8 type.
+    /// The fp8 format of an fp8 type with per-head (or per-tensor)
+    /// scales (`None` for [`Dtype::Fp8E4M3Row`], whose scales are per
+    /// row).
     pub fn fp8(self) -> Option<Fp8> {
         match self {
             Dtype::Fp8E4M3 => Some(Fp8::E4M3),
@@ -199,14 +214,14 @@ impl Dtype {
     }
 
     /// Bytes a step reads for one row of `head_dim` values: the values and
-    /// the scales stored with them (int8: one f32 per row; the block
+    /// the scales stored with them (int8 and fp8e4m3_row: one f32 per row; the block
     /// formats: their whole blocks; fp8's per-head scale is not counted).
     pub fn row_bytes(self, head_dim: usize) -> usize {
         match (self, self.block()) {
             (_, Some(b)) => head_dim.div_ceil(QK) * b.bytes,
             (Dtype::F32, _) => 4 * head_dim,
             (Dtype::F16 | Dtype::Bf16, _) => 2 * head_dim,
-            (Dtype::Int8, _) => head_dim + 4,
+            (Dtype::Int8 | Dtype::Fp8E4M3Row, _) => head_dim + 4,
             _ => head_dim,
         }
     }

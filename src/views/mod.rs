@@ -31,7 +31,9 @@ pub use owned::KvBuffer;
 ///   q5_1, iq4_nl): the value at offset `o` is value `o % 32` of block
 ///   `o / 32` (every stride and the head dim must be multiples of 32);
 /// - `Fp8E4M3` / `Fp8E5M2`: `scales` holds one f32 per KV head (`G`
-///   entries) or one for the whole tensor.
+///   entries) or one for the whole tensor;
+/// - `Fp8E4M3Row`: fp8 E4M3FN bytes with int8's row scales (the value at
+///   offset `o` has the scale `scales[o / head_dim]`).
 #[derive(Clone, Copy, Debug)]
 pub enum KvData<'a> {
     /// f32 elements.
@@ -66,12 +68,26 @@ pub enum KvData<'a> {
         /// One scale per KV head, or one for the tensor.
         scales: &'a [f32],
     },
+    /// fp8 E4M3FN bytes with one f32 scale per row of `head_dim` values
+    /// (as `Int8`).
+    Fp8E4M3Row {
+        /// The encoded values.
+        values: &'a [u8],
+        /// One scale per row (`values.len() / head_dim` entries).
+        scales: &'a [f32],
+    },
 }
 
 impl<'a> KvData<'a> {
     /// int8 values and their per-row scales.
     pub fn int8(values: &'a [i8], scales: &'a [f32]) -> Self {
         KvData::Int8 { values, scales }
+    }
+
+    /// fp8 E4M3FN values and their per-row scales (one per `head_dim`
+    /// values, as [`KvData::int8`]).
+    pub fn fp8_row(values: &'a [u8], scales: &'a [f32]) -> Self {
+        KvData::Fp8E4M3Row { values, scales }
     }
 
     /// fp8 values of `format` and their per-head (or per-tensor) scales.
@@ -93,6 +109,7 @@ impl<'a> KvData<'a> {
             KvData::Blocks(b) => b.dtype,
             KvData::Fp8E4M3 { .. } => Dtype::Fp8E4M3,
             KvData::Fp8E5M2 { .. } => Dtype::Fp8E5M2,
+            KvData::Fp8E4M3Row { .. } => Dtype::Fp8E4M3Row,
         }
     }
 
@@ -105,7 +122,9 @@ impl<'a> KvData<'a> {
             KvData::Int8 { values, .. } => values.len(),
             KvData::Q8_0(b) => b.len() * QK,
             KvData::Blocks(b) => b.len(),
-            KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => values.len(),
+            KvData::Fp8E4M3 { values, .. }
+            | KvData::Fp8E5M2 { values, .. }
+            | KvData::Fp8E4M3Row { values, .. } => values.len(),
         }
     }
 
@@ -136,6 +155,9 @@ impl<'a> KvData<'a> {
             KvData::Fp8E5M2 { values, scales } => {
                 head_scale(scales) * f64::from(Fp8::E5M2.decode(values[i]))
             }
+            KvData::Fp8E4M3Row { values, scales } => {
+                f64::from(scales[i / head_dim]) * f64::from(Fp8::E4M3.decode(values[i]))
+            }
         }
     }
 
@@ -150,9 +172,9 @@ impl<'a> KvData<'a> {
                 KvData::Int8 { values, scales } => (values.as_ptr().cast(), scales),
                 KvData::Q8_0(b) => (b.as_ptr().cast(), &[]),
                 KvData::Blocks(b) => (b.bytes.as_ptr(), &[]),
-                KvData::Fp8E4M3 { values, scales } | KvData::Fp8E5M2 { values, scales } => {
-                    (values.as_ptr(), scales)
-                }
+                KvData::Fp8E4M3 { values, scales }
+                | KvData::Fp8E5M2 { values, scales }
+                | KvData::Fp8E4M3Row { values, scales } => (values.as_ptr(), scales),
             };
             (d.dtype(), p, d.len(), s.as_ptr(), s.len())
         };
@@ -182,6 +204,12 @@ impl<'a> KvData<'a> {
                 scale: scales.as_ptr().wrapping_add(o / head_dim),
                 scale_stride: stride / head_dim,
             },
+            KvData::Fp8E4M3Row { values, scales } => KvRows {
+                ptr: values.as_ptr().wrapping_add(o),
+                stride,
+                scale: scales.as_ptr().wrapping_add(o / head_dim),
+                scale_stride: stride / head_dim,
+            },
             KvData::Q8_0(b) => KvRows {
                 ptr: b.as_ptr().wrapping_add(o / QK).cast(),
                 stride: stride / QK,
@@ -199,7 +227,7 @@ impl<'a> KvData<'a> {
 
     /// The stored bytes of the row of `head_dim` values at value offset
     /// `o` (a row start the caller validated), without any per-row scale,
-    /// and the row's int8 scale (1 for every other type): what the sparse
+    /// and the row's scale (int8, fp8e4m3_row; 1 for every other type): what the sparse
     /// walk copies into its staging rows. Panics when out of range.
     pub(crate) fn row_at(&self, o: usize, head_dim: usize) -> (&[u8], f32) {
         let blocks = head_dim.div_ceil(QK);
@@ -219,16 +247,19 @@ impl<'a> KvData<'a> {
             KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
                 (&values[o..o + head_dim], 1.0)
             }
+            KvData::Fp8E4M3Row { values, scales } => {
+                (&values[o..o + head_dim], scales[o / head_dim])
+            }
         }
     }
 
     /// The kernel's view of rows staged by [`KvData::row_at`]: rows of
     /// `row_len` values stored one after the other from `ptr` (whole
     /// blocks for the block types), the row scales `scales` one after the
-    /// other (int8; ignored for the other types).
+    /// other (int8, fp8e4m3_row; ignored for the other types).
     pub(crate) fn staged_rows(&self, ptr: *const u8, row_len: usize, scales: *const f32) -> KvRows {
         let (stride, scale, scale_stride) = match self {
-            KvData::Int8 { .. } => (row_len, scales, 1),
+            KvData::Int8 { .. } | KvData::Fp8E4M3Row { .. } => (row_len, scales, 1),
             KvData::Q8_0(_) | KvData::Blocks(_) => (row_len.div_ceil(QK), std::ptr::null(), 0),
             _ => (row_len, std::ptr::null(), 0),
         };
@@ -242,12 +273,14 @@ impl<'a> KvData<'a> {
 
     /// The factor the driver applies per KV head outside the kernel: the
     /// fp8 per-head scale (times `2^8` for E4M3, which the kernel reads as
-    /// `x · 2^-8`), 1 for every other type.
+    /// `x · 2^-8`), `2^8` for E4M3 with row scales (the kernel applies the
+    /// row scales), 1 for every other type.
     pub(crate) fn head_factor(&self, kv_head: usize) -> f32 {
         let pick = |scales: &[f32]| scales[if scales.len() == 1 { 0 } else { kv_head }];
         match self {
             KvData::Fp8E4M3 { scales, .. } => pick(scales) * 256.0,
             KvData::Fp8E5M2 { scales, .. } => pick(scales),
+            KvData::Fp8E4M3Row { .. } => 256.0,
             _ => 1.0,
         }
     }
@@ -563,8 +596,8 @@ impl<'a> KvCache<'a> {
     /// reads each row once for both, and counts it once
     /// ([`KvCache::kv_bytes`]). The same as a strided cache whose
     /// V view is the K view; any strides, dtype or layout work
-    /// ([`PagedKv::latent`], [`RingKv::latent`]); int8 scales stay one per
-    /// K row.
+    /// ([`PagedKv::latent`], [`RingKv::latent`]); int8 and fp8e4m3_row
+    /// scales stay one per K row.
     pub fn latent(kv: KvTensor<'a>) -> Self {
         KvCache::Strided { k: kv, v: kv }
     }
@@ -584,7 +617,7 @@ impl<'a> KvCache<'a> {
     /// Whether V is declared to be the leading values of the K rows: the
     /// V view is the K view (the same buffer and strides), as
     /// [`KvCache::latent`] builds it. A step then reads V from the K rows
-    /// (int8 scales one per K row) and checks `head_dim_v <= head_dim_k`.
+    /// (int8 and fp8e4m3_row scales one per K row) and checks `head_dim_v <= head_dim_k`.
     pub fn is_latent(&self) -> bool {
         match self {
             KvCache::Strided { k, v } => k.same_view(v),

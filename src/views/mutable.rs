@@ -47,12 +47,25 @@ pub enum KvDataMut<'a> {
         /// One scale per KV head, or one for the tensor.
         scales: &'a [f32],
     },
+    /// fp8 E4M3FN bytes and their per-row scales, both written by
+    /// [`append`](crate::append()) (as `Int8`).
+    Fp8E4M3Row {
+        /// The encoded values.
+        values: &'a mut [u8],
+        /// One scale per row of `head_dim` values.
+        scales: &'a mut [f32],
+    },
 }
 
 impl<'a> KvDataMut<'a> {
     /// int8 values and their per-row scales.
     pub fn int8(values: &'a mut [i8], scales: &'a mut [f32]) -> Self {
         KvDataMut::Int8 { values, scales }
+    }
+
+    /// fp8 E4M3FN values and their per-row scales.
+    pub fn fp8_row(values: &'a mut [u8], scales: &'a mut [f32]) -> Self {
+        KvDataMut::Fp8E4M3Row { values, scales }
     }
 
     /// fp8 values of `format` and their per-head (or per-tensor) scales.
@@ -89,6 +102,7 @@ impl<'a> KvDataMut<'a> {
             KvDataMut::Blocks(b) => KvData::Blocks(b.as_blocks()),
             KvDataMut::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 { values, scales },
             KvDataMut::Fp8E5M2 { values, scales } => KvData::Fp8E5M2 { values, scales },
+            KvDataMut::Fp8E4M3Row { values, scales } => KvData::Fp8E4M3Row { values, scales },
         }
     }
 }

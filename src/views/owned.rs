@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use super::{Blocks, BlocksMut, KvData, KvDataMut};
 use crate::error::{Error, Result};
 use crate::formats::{BlockFormat, Dtype, Fp8, QK};
-use crate::quant::{quantize_block_bytes, quantize_int8_row};
+use crate::quant::{quantize_block_bytes, quantize_fp8_row, quantize_int8_row};
 
 /// `n` values whose first one starts a 64-byte cache line, as a host's
 /// tensors do (PyTorch's CPU allocator aligns to 64 bytes). The system
@@ -98,10 +98,12 @@ enum Values {
     /// The bytes of whole blocks of a block format (q8_0 included).
     Blocks(Dtype, Lined<u8>),
     Fp8(Fp8, Lined<u8>),
+    /// fp8 E4M3FN bytes with one scale per row (`fp8e4m3_row`).
+    Fp8Row(Lined<u8>),
 }
 
 /// An owned buffer of K or V cache elements of one [`Dtype`], with the
-/// scales the type needs (int8: one per row; fp8: one per KV head or one
+/// scales the type needs (int8, fp8e4m3_row: one per row; fp8: one per KV head or one
 /// for the tensor; the block formats keep them in their blocks), its first value at the
 /// start of a 64-byte cache line.
 ///
@@ -125,7 +127,8 @@ enum Values {
 #[derive(Clone, PartialEq)]
 pub struct KvBuffer {
     values: Values,
-    /// int8: one per row; fp8: one per KV head or one; else empty.
+    /// int8, fp8e4m3_row: one per row; fp8: one per KV head or one; else
+    /// empty.
     scales: Vec<f32>,
 }
 
@@ -139,7 +142,8 @@ impl std::fmt::Debug for KvBuffer {
     }
 }
 
-/// `len` is a whole number of rows of `head_dim` (int8) or of blocks.
+/// `len` is a whole number of rows of `head_dim` (int8, fp8e4m3_row) or
+/// of blocks.
 fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
     if head_dim == 0 {
         return Err(Error::InvalidDim {
@@ -148,16 +152,17 @@ fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
             reason: "must be at least 1",
         });
     }
-    let unit = match dtype {
-        Dtype::Int8 => head_dim,
-        _ => dtype.block_len(),
+    let unit = if dtype.has_row_scales() {
+        head_dim
+    } else {
+        dtype.block_len()
     };
     if !len.is_multiple_of(unit) {
         return Err(Error::InvalidDim {
             arg: "len",
             value: len,
-            reason: if dtype == Dtype::Int8 {
-                "an int8 buffer holds whole rows of head_dim values"
+            reason: if dtype.has_row_scales() {
+                "a buffer with row scales (int8, fp8e4m3_row) holds whole rows of head_dim values"
             } else {
                 "a block-format buffer holds whole blocks of 32 values"
             },
@@ -167,10 +172,11 @@ fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
 }
 
 impl KvBuffer {
-    /// `len` zero values of `dtype` in rows of `head_dim` (int8 scales 0;
+    /// `len` zero values of `dtype` in rows of `head_dim` (int8 and
+    /// fp8e4m3_row scales 0;
     /// fp8 with one per-tensor scale of 1, see [`KvBuffer::with_scales`]).
     ///
-    /// Errors: `head_dim` 0; an int8 `len` that is not whole rows, or a
+    /// Errors: `head_dim` 0; an int8 or fp8e4m3_row `len` that is not whole rows, or a
     /// block format's `len` that is not whole blocks of 32.
     pub fn zeros(dtype: Dtype, len: usize, head_dim: usize) -> Result<KvBuffer> {
         check_rows(dtype, len, head_dim)?;
@@ -189,6 +195,10 @@ impl KvBuffer {
                 Values::Int8(Lined::filled(len, 0)),
                 vec![0.0; len / head_dim],
             ),
+            Dtype::Fp8E4M3Row => (
+                Values::Fp8Row(Lined::filled(len, 0)),
+                vec![0.0; len / head_dim],
+            ),
             _ => {
                 let f = dtype.fp8().expect("an fp8 type");
                 (Values::Fp8(f, Lined::filled(len, 0)), vec![1.0])
@@ -198,8 +208,9 @@ impl KvBuffer {
     }
 
     /// `x` stored as `dtype` in rows of `head_dim`: f16 and bf16 rounded to
-    /// nearest even; int8 and the block formats quantized by the encoders
-    /// of [`crate::quant`] (a scale per row, per block); fp8 encoded with one
+    /// nearest even; int8, fp8e4m3_row and the block formats quantized by
+    /// the encoders of [`crate::quant`] (a scale per row, per block); fp8
+    /// (per-head types) encoded with one
     /// per-tensor scale, `max |x|` over the format's largest value (1 for
     /// an all-zero `x`). For per-head fp8 scales, see
     /// [`KvBuffer::fp8_from_f32`].
@@ -251,6 +262,15 @@ impl KvBuffer {
                     .map(|(row, dst)| quantize_int8_row(row, dst))
                     .collect::<Result<Vec<f32>>>()?;
                 (Values::Int8(q), scales)
+            }
+            Dtype::Fp8E4M3Row => {
+                let mut q = Lined::filled(x.len(), 0u8);
+                let scales = x
+                    .chunks_exact(head_dim)
+                    .zip(q.get_mut().chunks_exact_mut(head_dim))
+                    .map(|(row, dst)| quantize_fp8_row(row, dst))
+                    .collect::<Result<Vec<f32>>>()?;
+                (Values::Fp8Row(q), scales)
             }
             _ => {
                 let f = dtype.fp8().expect("an fp8 type");
@@ -312,6 +332,15 @@ impl KvBuffer {
         }
     }
 
+    /// fp8 E4M3FN `values` with one scale per row (`fp8e4m3_row`;
+    /// copied).
+    pub fn fp8_row(values: &[u8], scales: &[f32]) -> KvBuffer {
+        KvBuffer {
+            values: Values::Fp8Row(Lined::from(values)),
+            scales: scales.to_vec(),
+        }
+    }
+
     /// Blocks of the block format `dtype`, as their bytes (copied; any
     /// alignment). Errors: as [`Blocks::new`].
     pub fn blocks(dtype: Dtype, bytes: &[u8]) -> Result<KvBuffer> {
@@ -351,7 +380,7 @@ impl KvBuffer {
     }
 
     /// A buffer of `len` values that repeats this one's from its start
-    /// (with int8's row scales; block formats in whole blocks): a long synthetic
+    /// (with int8's and fp8e4m3_row's row scales; block formats in whole blocks): a long synthetic
     /// cache from a short block of data, as benchmarks need.
     ///
     /// Errors: an empty buffer and `len > 0`; an int8 or block `len` that is
@@ -366,7 +395,7 @@ impl KvBuffer {
             });
         }
         let d = match &self.values {
-            Values::Int8(_) if !self.scales.is_empty() => n / self.scales.len(),
+            Values::Int8(_) | Values::Fp8Row(_) if !self.scales.is_empty() => n / self.scales.len(),
             _ => 1,
         };
         check_rows(self.dtype(), len, d)?;
@@ -386,9 +415,12 @@ impl KvBuffer {
                 Values::Blocks(*t, cycle(x, len / QK * b))
             }
             Values::Fp8(f, x) => Values::Fp8(*f, cycle(x, len)),
+            Values::Fp8Row(x) => Values::Fp8Row(cycle(x, len)),
         };
         let scales = match &self.values {
-            Values::Int8(_) => self.scales.iter().copied().cycle().take(len / d).collect(),
+            Values::Int8(_) | Values::Fp8Row(_) => {
+                self.scales.iter().copied().cycle().take(len / d).collect()
+            }
             _ => self.scales.clone(),
         };
         Ok(KvBuffer { values, scales })
@@ -423,6 +455,7 @@ impl KvBuffer {
                 bytes: x.get(),
             }),
             Values::Fp8(f, x) => KvData::fp8(*f, x.get(), s),
+            Values::Fp8Row(x) => KvData::fp8_row(x.get(), s),
         }
     }
 
@@ -442,6 +475,7 @@ impl KvBuffer {
                 bytes: x.get_mut(),
             }),
             Values::Fp8(f, x) => KvDataMut::fp8(*f, x.get_mut(), s),
+            Values::Fp8Row(x) => KvDataMut::fp8_row(x.get_mut(), s),
         }
     }
 }
@@ -520,9 +554,9 @@ mod tests {
                     KvData::Int8 { values, .. } => values.as_ptr() as usize,
                     KvData::Q8_0(x) => x.as_ptr() as usize,
                     KvData::Blocks(b) => b.bytes().as_ptr() as usize,
-                    KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
-                        values.as_ptr() as usize
-                    }
+                    KvData::Fp8E4M3 { values, .. }
+                    | KvData::Fp8E5M2 { values, .. }
+                    | KvData::Fp8E4M3Row { values, .. } => values.as_ptr() as usize,
                 };
                 assert_eq!(p % 64, 0, "{dtype}");
             }

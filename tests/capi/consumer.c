@@ -256,13 +256,15 @@ static int strided_and_merge(void) {
 
 /* A latent (MLA) cache: one KV head whose rows of D values are K and,
  * by their leading DV values, V (cache.latent = 1, v not read); bitwise
- * the step with V given as a separate copy of K; DV > D refused, and
- * gqa_append refuses a latent cache. */
+ * the step with V given as a separate copy of K; DV > D refused;
+ * gqa_append writes a new token's row once into k (V rows refused). */
 static int latent_cache(void) {
     enum { L = 29, DV = 48 };
     static float k[L * D], kcopy[L * D], q[B * H * D];
     static float out[B * H * DV], out2[B * H * DV], wide[B * H * (D + 1)];
+    static float row[D];
     static const size_t lens[B] = {29, 5};
+    static const size_t one[2] = {0, 1}, last = L - 1;
     size_t i, ws_len = 0;
     void *ws;
     gqa_plan *p = NULL;
@@ -296,10 +298,28 @@ static int latent_cache(void) {
     CHECK(gqa_run(p, &bt, out2, B * H * DV, NULL, 0, ws, ws_len) == GQA_ERR_INVALID_ARGUMENT);
     CHECK(strstr(gqa_last_error(), "cache.latent") != NULL);
     c.latent = 1;
+    c.capacity = L;
+    for (i = 0; i < D; i++) row[i] = (float)i / 16.0f - 2.0f;
     memset(&nk, 0, sizeof nk);
     nk.struct_size = sizeof nk;
-    CHECK(gqa_append(&c, &nk, lens, B) == GQA_ERR_INVALID_ARGUMENT);
-    CHECK(strstr(gqa_last_error(), "latent") != NULL);
+    nk.dtype = GQA_DTYPE_F32;
+    nk.k = row;
+    nk.k_len = D;
+    nk.v = row; /* V rows for a latent cache: refused, naming new.v */
+    nk.v_len = D;
+    nk.offsets = one;
+    nk.offsets_len = 2;
+    nk.kv_heads = 1;
+    nk.head_dim_k = D;
+    nk.head_dim_v = DV;
+    CHECK(gqa_append(&c, &nk, &last, 1) == GQA_ERR_LENGTH);
+    CHECK(strstr(gqa_last_error(), "new.v") != NULL);
+    CHECK(memcmp(k, kcopy, sizeof k) == 0);
+    nk.v = NULL;
+    nk.v_len = 0;
+    CHECK(gqa_append(&c, &nk, &last, 1) == GQA_OK);
+    CHECK(memcmp(k + (L - 1) * D, row, sizeof row) == 0);
+    CHECK(memcmp(k, kcopy, (L - 1) * D * sizeof(float)) == 0);
     gqa_plan_destroy(p);
     /* V wider than the K rows cannot be their leading values. */
     s.head_dim_v = D + 1;

@@ -3,7 +3,8 @@
 use super::*;
 
 /// Owned cache storage of one dtype: the crate's [`KvBuffer`], with the
-/// row length of its int8 scales (for views at an offset).
+/// row length of its row scales (int8, fp8e4m3_row; for views at an
+/// offset).
 #[derive(Clone, Debug)]
 pub struct Store {
     pub buf: KvBuffer,
@@ -13,7 +14,7 @@ pub struct Store {
 /// Values a quantized buffer's offsets and strides must be multiples of.
 pub fn unit(dtype: Dtype, d: usize) -> usize {
     match dtype {
-        Dtype::Int8 => d,
+        t if t.has_row_scales() => d,
         _ => dtype.block_len(),
     }
 }
@@ -27,7 +28,8 @@ impl Store {
         }
     }
 
-    /// `x` stored as `dtype`. Quantized types quantize each row (int8, `d`
+    /// `x` stored as `dtype`. Quantized types quantize each row (int8 and
+    /// fp8e4m3_row, `d`
     /// values), block (q8_0) or value (fp8, with `head_scales[head[i]]`)
     /// with the crate's encoders; non-finite entries (the `fill` of slots
     /// no step may read) become NaN scales (int8, q8_0) or NaN bytes (fp8),
@@ -55,6 +57,21 @@ impl Store {
                     })
                     .collect();
                 KvBuffer::int8(&values, &scales)
+            }
+            Dtype::Fp8E4M3Row => {
+                assert_eq!(x.len() % d, 0);
+                let mut values = vec![0u8; x.len()];
+                let scales: Vec<f32> = x
+                    .chunks_exact(d)
+                    .zip(values.chunks_exact_mut(d))
+                    .map(|(row, q)| {
+                        quant::quantize_fp8_row(row, q).unwrap_or_else(|_| {
+                            q.fill(0x7F); // NaN
+                            f32::NAN
+                        })
+                    })
+                    .collect();
+                KvBuffer::fp8_row(&values, &scales)
             }
             Dtype::Q8_0 => {
                 assert_eq!(x.len() % QK8_0, 0);
@@ -133,6 +150,9 @@ impl Store {
                 values: &values[offset..],
                 scales,
             },
+            KvData::Fp8E4M3Row { values, scales } => {
+                KvData::fp8_row(&values[offset..], &scales[offset / self.d..])
+            }
         }
     }
 
