@@ -542,8 +542,8 @@ class Plan:
 def _check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name}: must be non-negative, got {value}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"{name}: must be non-negative (and below 2**63), got {value}")
 
 
 def _scales(arg: str, s: Any, layout: str, allowed: Tuple[str, str]) -> Any:
