@@ -637,9 +637,12 @@ def merge_states(out: np.ndarray, lse: np.ndarray, other_out: np.ndarray, other_
 
     Example::
 
-        out1, lse1 = plan.run(q, k1, v1, lens1, lse=True)
-        out2, lse2 = plan.run(q, k2, v2, lens2, lse=True)
-        gqa_kernels.merge_states(out1, lse1, out2, lse2)   # out1: over both
+        plan = gqa_kernels.Plan(1, 8, 2, 64, dtype="f32")
+        q = np.ones((1, 8, 64), np.float32)
+        kv = np.random.rand(1, 2, 32, 64).astype(np.float32)
+        out1, lse1 = plan.run(q, kv[:, :, :16], kv[:, :, :16], [16], lse=True)
+        out2, lse2 = plan.run(q, kv[:, :, 16:], kv[:, :, 16:], [16], lse=True)
+        gqa_kernels.merge_states(out1, lse1, out2, lse2)   # out1: over all 32
     """
     for name, a in (("out", out), ("lse", lse), ("other_out", other_out), ("other_lse", other_lse)):
         if not isinstance(a, np.ndarray):
