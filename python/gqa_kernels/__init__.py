@@ -299,9 +299,15 @@ class Plan:
         positions: Any,
         tree_mask: Any,
         prefix: Any,
+        bias: Any = None,
         **extra: Any,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         q = _q_array(q)
+        if bias is not None:
+            if not isinstance(bias, np.ndarray):
+                raise TypeError(f"bias: expected a numpy array, got {type(bias).__name__}")
+            if bias.ndim == 3:
+                bias = bias[:, :, None, :]  # one row for every head (stride 0)
         seq = _index_list("seq_lens", seq_lens)
         qo = None if q_offsets is None else _index_list("q_offsets", q_offsets)
         t = self._tokens(qo)
@@ -348,6 +354,7 @@ class Plan:
             per_kv_head=per_kv_head,
             tree_mask=mask,
             prefix=pre,
+            bias=bias,
             **extra,
         )
         if lse_arr is not None and lse is not False:
@@ -370,6 +377,7 @@ class Plan:
         positions: Optional[tuple] = None,
         tree_mask: Optional[Sequence[int]] = None,
         prefix: Optional[tuple] = None,
+        bias: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """One decode step over a strided cache.
 
@@ -395,7 +403,10 @@ class Plan:
           head);
         - ``tree_mask``: one uint64 word per query token (draft trees);
         - ``prefix``: shared-prefix groups ``(lens, offsets, members)``
-          (plan made with ``cascade=True``).
+          (plan made with ``cascade=True``);
+        - ``bias``: an additive float32 bias ``[B, q_len, H, P]`` or
+          ``[B, q_len, P]`` (the same for every head), ``P`` at least the
+          longest sequence, any strides with a contiguous last axis.
 
         Returns ``out`` (and ``lse`` when asked).
 
@@ -424,6 +435,7 @@ class Plan:
             positions,
             tree_mask,
             prefix,
+            bias,
         )
 
     def run_paged(
@@ -443,6 +455,7 @@ class Plan:
         positions: Optional[tuple] = None,
         tree_mask: Optional[Sequence[int]] = None,
         prefix: Optional[tuple] = None,
+        bias: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """One decode step over a paged cache.
 
@@ -482,6 +495,7 @@ class Plan:
             positions,
             tree_mask,
             prefix,
+            bias,
             block_table=_index_list("block_table", table, "uint32"),
             blocks_per_seq=int(table.shape[1]),
         )
@@ -502,6 +516,7 @@ class Plan:
         q_offsets: Optional[Sequence[int]] = None,
         positions: Optional[tuple] = None,
         tree_mask: Optional[Sequence[int]] = None,
+        bias: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """One decode step over ring caches (sliding-window models).
 
@@ -535,6 +550,7 @@ class Plan:
             positions,
             tree_mask,
             None,
+            bias,
             first_pos=_index_list("first_pos", first_pos),
         )
 

@@ -62,6 +62,7 @@ class Plan:
         per_kv_head: bool = False,
         tree_mask: Optional[Sequence[int]] = None,
         prefix: Optional[Tuple[Sequence[int], Sequence[int], Sequence[int]]] = None,
+        bias: Optional[np.ndarray] = None,
     ) -> None: ...
 
 def append(

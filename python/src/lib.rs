@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use gqa_kernels::quant::Fp8;
 use gqa_kernels::{
-    Batch, Blocks, BlocksMut, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages,
+    Batch, Bias, Blocks, BlocksMut, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages,
     KvPagesMut, KvTensor, KvTensorMut, LatentCacheMut, NewKv, Options, PagedKv, Plan, Positions,
     Precision, PrefixGroups, RingKv, Shape, Tier,
 };
@@ -126,20 +126,20 @@ impl Span {
     fn of<T: Element>(arg: &str, a: &Bound<'_, PyArrayDyn<T>>) -> PyResult<Span> {
         let item = std::mem::size_of::<T>();
         let shape = a.shape().to_vec();
+        // `None`: an axis of one element whose stride numpy leaves
+        // unusable (negative or not whole items); it gets the span's
+        // length below, so that an index past it is out of bounds for
+        // the library rather than an alias of index 0.
         let mut strides = Vec::with_capacity(shape.len());
         for (axis, (&s, &n)) in a.strides().iter().zip(&shape).enumerate() {
-            if n <= 1 {
-                // Only index 0 is ever read: the stride does not matter.
-                strides.push(0);
-                continue;
-            }
-            if s < 0 || !(s as usize).is_multiple_of(item) {
+            let valid = s >= 0 && (s as usize).is_multiple_of(item);
+            if !valid && n > 1 {
                 return Err(value_err(format!(
                     "{arg}: stride {s} bytes on axis {axis} is negative or not a multiple of the \
                      item size ({item} bytes); pass a copy (numpy.ascontiguousarray)"
                 )));
             }
-            strides.push(s as usize / item);
+            strides.push(valid.then(|| s as usize / item));
         }
         let len = if shape.contains(&0) {
             0
@@ -148,10 +148,13 @@ impl Span {
                 .iter()
                 .zip(&strides)
                 .try_fold(1usize, |acc, (&n, &s)| {
-                    (n - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
+                    (n - 1)
+                        .checked_mul(s.unwrap_or(0))
+                        .and_then(|x| x.checked_add(acc))
                 })
                 .ok_or_else(|| value_err(format!("{arg}: strides overflow")))?
         };
+        let strides: Vec<usize> = strides.into_iter().map(|s| s.unwrap_or(len)).collect();
         if len > 0 && !(a.data() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Err(value_err(format!(
                 "{arg}: the array's data is not aligned to its item size; pass a copy \
@@ -308,7 +311,7 @@ fn layout(
             dtype.name()
         )));
     }
-    if span.strides[3] > 1 {
+    if last > 1 && span.strides[3] != 1 {
         return Err(value_err(format!(
             "{arg}: the last axis must be contiguous (stride {} items); pass a copy \
              (numpy.ascontiguousarray)",
@@ -850,7 +853,7 @@ impl NativePlan {
     /// canonical order, `cache` is "strided", "paged" or "ring".
     #[pyo3(signature = (q, k, v, seq_lens, out, lse, cache, k_scales=None, v_scales=None,
         block_table=None, blocks_per_seq=0, first_pos=None, q_offsets=None, positions=None,
-        position_offsets=None, per_kv_head=false, tree_mask=None, prefix=None))]
+        position_offsets=None, per_kv_head=false, tree_mask=None, prefix=None, bias=None))]
     #[allow(clippy::too_many_arguments)]
     fn run<'py>(
         &self,
@@ -873,6 +876,7 @@ impl NativePlan {
         per_kv_head: bool,
         tree_mask: Option<Vec<u64>>,
         prefix: Option<(Vec<usize>, Vec<usize>, Vec<usize>)>,
+        bias: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let shape = *self.plan.shape();
         let qa = borrow_ro::<f32>("q", q, "float32")?;
@@ -1011,6 +1015,37 @@ impl NativePlan {
         }
         if let Some((lens, offsets, members)) = &prefix {
             batch = batch.with_prefix_groups(PrefixGroups::new(lens, offsets, members));
+        }
+        let bias_a = match bias {
+            Some(b) => Some(borrow_ro::<f32>("bias", b, "float32")?),
+            None => None,
+        };
+        let bias_span = match &bias_a {
+            Some(a) => {
+                let sp = Span::of("bias", a)?;
+                if sp.shape.len() != 4 {
+                    return Err(value_err(format!(
+                        "bias: expected [batch, tokens, heads (or 1), positions], got {} \
+                         dimensions",
+                        sp.shape.len()
+                    )));
+                }
+                if sp.shape[3] > 1 && sp.strides[3] != 1 {
+                    return Err(value_err(
+                        "bias: the position axis must be contiguous".to_string(),
+                    ));
+                }
+                Some(sp)
+            }
+            None => None,
+        };
+        if let (Some(a), Some(sp)) = (&bias_a, &bias_span) {
+            batch = batch.with_bias(Bias {
+                data: ro_items(a, sp),
+                seq_stride: sp.strides[0],
+                token_stride: sp.strides[1],
+                head_stride: sp.strides[2],
+            });
         }
         let mut out_a = borrow_rw::<f32>("out", out, "float32")?;
         let out_s = f32_slice_mut("out", &mut out_a)?;

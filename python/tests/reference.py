@@ -87,13 +87,14 @@ def q8_0_decode(blocks, d):
 
 
 def attention(q, k, v, seq_lens, q_counts=None, scale=None, window=None, softcap=None,
-              lists=None, per_kv_head=False, tree=None):
+              lists=None, per_kv_head=False, tree=None, bias=None):
     """Grouped-query attention in float64.
 
     q: [T, H, Dk]; k: [B, G, L, Dk] and v: [B, G, L, Dv] logical values
     (already decoded); q_counts: query tokens per sequence (their tokens
     are the last positions); lists: sparse position lists per sequence
-    (or per (sequence, KV head)); tree: one mask word per query token.
+    (or per (sequence, KV head)); tree: one mask word per query token;
+    bias: [B, tokens, H, positions] added to the (softcapped) scores.
     Returns (out [T, H, Dv], lse [T, H])."""
     q = np.asarray(q, np.float64)
     t_all, h_all, dk = q.shape
@@ -133,6 +134,8 @@ def attention(q, k, v, seq_lens, q_counts=None, scale=None, window=None, softcap
                     s = k[b, g, js] @ q[tok, h] * scale
                     if softcap is not None:
                         s = softcap * np.tanh(s / softcap)
+                    if bias is not None:
+                        s = s + np.asarray(bias[b, t, h, js], np.float64)
                     m = s.max()
                     w = np.exp(s - m)
                     out[tok, h] = (w / w.sum()) @ v[b, g, js]

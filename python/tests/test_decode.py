@@ -302,6 +302,25 @@ def test_tree_mask():
     assert_close(out, want, np.abs(v).max())
 
 
+@pytest.mark.parametrize("per_head", [True, False])
+def test_bias(per_head):
+    """An additive bias, per head or one row for all heads, read with its
+    strides (a slice of a wider array)."""
+    r = rng(18)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = r.standard_normal((B * 2, H, D)).astype(np.float32)
+    lens = [50, 17, 2]
+    wide = r.standard_normal((B, 2, H if per_head else 1, L + 7)).astype(np.float32)
+    bias4 = wide[..., 3 : 3 + L]
+    arg = bias4 if per_head else bias4[:, :, 0, :]
+    plan = gk.Plan(B, H, G, D, dtype="f32", q_len=2)
+    out = plan.run(q, k, v, lens, bias=arg)
+    full = np.broadcast_to(bias4, (B, 2, H, L))
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), lens, q_counts=[2] * B, bias=full)
+    assert_close(out, want, np.abs(v).max())
+
+
 def test_merge_states_splits_a_cache():
     r = rng(15)
     k = r.standard_normal((1, G, L, D)).astype(np.float32)

@@ -103,6 +103,20 @@ def test_run_errors(setup):
         plan.run(q, k, v, [L, L], q_offsets=[0, 2, 2])
 
 
+def test_length_one_axes_are_not_aliased(setup):
+    """A cache with one sequence for a 2-sequence plan, or a pool of one
+    page for a table naming page 1, is out of bounds, never index 0 read
+    again (numpy's stride of a length-1 axis is kept)."""
+    plan, q, k, v = setup
+    with pytest.raises(gk.GqaError, match="`k`|`v`"):
+        plan.run(q, k[:1], v[:1], [L, L])
+    with pytest.raises(gk.GqaError, match="`v`"):
+        plan.run(q, k, v[-1:, :, ::1][:, :, :, :], [L, L])
+    pool = np.zeros((1, 16, G, D), np.float16)
+    with pytest.raises(gk.GqaError, match="k_pages"):
+        plan.run_paged(q, pool, pool, np.array([[0], [1]]), [16, 16])
+
+
 def test_int8_errors():
     plan = gk.Plan(B, H, G, D, dtype="int8")
     k = np.zeros((B, G, L, D), np.int8)
