@@ -87,14 +87,16 @@ def q8_0_decode(blocks, d):
 
 
 def attention(q, k, v, seq_lens, q_counts=None, scale=None, window=None, softcap=None,
-              lists=None, per_kv_head=False, tree=None, bias=None):
+              lists=None, per_kv_head=False, tree=None, bias=None, alibi=None, sinks=None):
     """Grouped-query attention in float64.
 
     q: [T, H, Dk]; k: [B, G, L, Dk] and v: [B, G, L, Dv] logical values
     (already decoded); q_counts: query tokens per sequence (their tokens
     are the last positions); lists: sparse position lists per sequence
     (or per (sequence, KV head)); tree: one mask word per query token;
-    bias: [B, tokens, H, positions] added to the (softcapped) scores.
+    bias: [B, tokens, H, positions] added to the (softcapped) scores;
+    alibi: slope per head (slope * (j - p) added after the softcap);
+    sinks: a logit per head joining the softmax denominator.
     Returns (out [T, H, Dv], lse [T, H])."""
     q = np.asarray(q, np.float64)
     t_all, h_all, dk = q.shape
@@ -134,11 +136,14 @@ def attention(q, k, v, seq_lens, q_counts=None, scale=None, window=None, softcap
                     s = k[b, g, js] @ q[tok, h] * scale
                     if softcap is not None:
                         s = softcap * np.tanh(s / softcap)
+                    if alibi is not None:
+                        s = s + float(alibi[h]) * (js - last)
                     if bias is not None:
                         s = s + np.asarray(bias[b, t, h, js], np.float64)
-                    m = s.max()
+                    m = s.max() if sinks is None else max(s.max(), float(sinks[h]))
                     w = np.exp(s - m)
-                    out[tok, h] = (w / w.sum()) @ v[b, g, js]
-                    lse[tok, h] = m + np.log(w.sum())
+                    den = w.sum() + (0.0 if sinks is None else np.exp(float(sinks[h]) - m))
+                    out[tok, h] = (w / den) @ v[b, g, js]
+                    lse[tok, h] = m + np.log(den)
             tok += 1
     return out, lse

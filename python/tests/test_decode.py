@@ -267,6 +267,21 @@ def test_options_window_softcap_scale():
     assert_close(out, want, np.abs(v).max())
 
 
+def test_alibi_and_sinks():
+    r = rng(19)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    slopes = np.array([2.0 ** -(i + 1) for i in range(H)], np.float32)
+    sinks = r.standard_normal(H).astype(np.float32)
+    kl, vl = k.astype(np.float64), v.astype(np.float64)
+    for alibi, want_slopes in ((slopes, slopes), (8.0, slopes)):
+        plan = gk.Plan(B, H, G, D, dtype="f32", alibi=alibi, sinks=sinks)
+        out, lse = plan.run(q, k, v, SEQ, lse=True)
+        want, want_lse = attention(q, kl, vl, SEQ, alibi=want_slopes, sinks=sinks)
+        assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
 @pytest.mark.parametrize("per_kv_head", [False, True])
 def test_sparse_positions(per_kv_head):
     r = rng(13)
