@@ -25,7 +25,7 @@ use numpy::{
     Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 pyo3::create_exception!(
@@ -707,13 +707,27 @@ struct NativePlan {
 }
 
 impl NativePlan {
-    fn take_workspace(&self) -> Vec<u8> {
+    /// A spare workspace, or a new one; an allocation the system refuses
+    /// is a `MemoryError` (a plan's shape may ask for more than there is).
+    fn take_workspace(&self) -> PyResult<Vec<u8>> {
         let spare = self
             .workspaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop();
-        spare.unwrap_or_else(|| self.plan.alloc_workspace())
+        if let Some(ws) = spare {
+            return Ok(ws);
+        }
+        let n = self.plan.workspace_bytes();
+        let mut ws = Vec::new();
+        ws.try_reserve_exact(n).map_err(|_| {
+            PyMemoryError::new_err(format!(
+                "workspace: cannot allocate the plan's {n} bytes (batch, heads, q_len or \
+                 max_kv_len too large for this machine)"
+            ))
+        })?;
+        ws.resize(n, 0);
+        Ok(ws)
     }
 
     fn return_workspace(&self, ws: Vec<u8>) {
@@ -1057,7 +1071,7 @@ impl NativePlan {
             Some(l) => Some(f32_slice_mut("lse", l)?),
             None => None,
         };
-        let mut ws = self.take_workspace();
+        let mut ws = self.take_workspace()?;
         let plan = &self.plan;
         let result = py.detach(|| plan.run(&batch, out_s, lse_s, &mut ws));
         self.return_workspace(ws);

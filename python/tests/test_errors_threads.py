@@ -117,6 +117,13 @@ def test_length_one_axes_are_not_aliased(setup):
         plan.run_paged(q, pool, pool, np.array([[0], [1]]), [16, 16])
 
 
+def test_huge_plan_is_a_memory_error_not_a_crash():
+    plan = gk.Plan(10**9, 32, 8, 128)
+    with pytest.raises(MemoryError, match="workspace"):
+        plan.run(np.zeros((1, 32, 128), np.float32), np.zeros((1, 8, 1, 128), np.float16),
+                 np.zeros((1, 8, 1, 128), np.float16), [1], out=np.zeros((1, 32, 128), np.float32))
+
+
 def test_int8_errors():
     plan = gk.Plan(B, H, G, D, dtype="int8")
     k = np.zeros((B, G, L, D), np.int8)
