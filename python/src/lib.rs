@@ -311,7 +311,7 @@ fn layout(
             dtype.name()
         )));
     }
-    if last > 1 && span.strides[3] != 1 {
+    if last > 1 && span.len > 0 && span.strides[3] != 1 {
         return Err(value_err(format!(
             "{arg}: the last axis must be contiguous (stride {} items); pass a copy \
              (numpy.ascontiguousarray)",

@@ -170,6 +170,16 @@ def test_many_bad_inputs_never_crash(setup):
             plan.run_paged(q, a, a, r.integers(0, 9, size=(2, 3)), lens)
         except (ValueError, TypeError):
             pass
+        try:
+            plan.run_ring(q, a, v, lens, [int(x) for x in r.integers(0, 99, size=len(lens))])
+        except (ValueError, TypeError):
+            pass
+        new = np.zeros(tuple(int(x) for x in r.integers(0, 4, size=3)), np.float32)
+        try:
+            gk.append(a, a.copy() if r.integers(0, 2) else None, new, new, [0, len(new)], [int(r.integers(0, 9))],
+                      dtype=["f16", "f32", "int8", "q8_0"][int(r.integers(0, 4))], ring=bool(r.integers(0, 2)))
+        except (ValueError, TypeError):
+            pass
 
 
 def test_threads_share_a_plan():
