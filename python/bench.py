@@ -96,39 +96,50 @@ def numpy_times(length, threads, reps):
 def ort_session(length, threads):
     """An ONNX Runtime session of one GroupQueryAttention node (decode:
     one new token, a past cache of length - 1 positions, [B, G, L, D])."""
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
-    f16 = TensorProto.FLOAT16
-    node = helper.make_node(
-        "GroupQueryAttention",
-        ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"],
-        ["output", "present_key", "present_value"],
-        domain="com.microsoft",
-        num_heads=H,
-        kv_num_heads=G,
+    def value(name, elem, shape):
+        v = ValueInfoProto()
+        v.name = name
+        t = v.type.tensor_type
+        t.elem_type = elem
+        for d in shape:
+            t.shape.dim.add().dim_value = d
+        return v
+
+    f16, i32 = TensorProto.FLOAT16, TensorProto.INT32
+    node = NodeProto()
+    node.op_type, node.domain = "GroupQueryAttention", "com.microsoft"
+    node.input.extend(
+        ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"]
     )
-    graph = helper.make_graph(
-        [node],
-        "gqa",
+    node.output.extend(["output", "present_key", "present_value"])
+    for name, n in (("num_heads", H), ("kv_num_heads", G)):
+        a = node.attribute.add()
+        a.name, a.type, a.i = name, AttributeProto.INT, n
+    model = ModelProto()
+    model.ir_version = 8
+    for domain, version in (("", 17), ("com.microsoft", 1)):
+        o = model.opset_import.add()
+        o.domain, o.version = domain, version
+    graph = model.graph
+    graph.name = "gqa"
+    graph.node.append(node)
+    cache = [1, G, length, D]
+    graph.input.extend(
         [
-            helper.make_tensor_value_info("query", f16, [1, 1, H * D]),
-            helper.make_tensor_value_info("key", f16, [1, 1, G * D]),
-            helper.make_tensor_value_info("value", f16, [1, 1, G * D]),
-            helper.make_tensor_value_info("past_key", f16, [1, G, length, D]),
-            helper.make_tensor_value_info("past_value", f16, [1, G, length, D]),
-            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
-            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
-        ],
-        [
-            helper.make_tensor_value_info("output", f16, [1, 1, H * D]),
-            helper.make_tensor_value_info("present_key", f16, [1, G, length, D]),
-            helper.make_tensor_value_info("present_value", f16, [1, G, length, D]),
-        ],
+            value("query", f16, [1, 1, H * D]),
+            value("key", f16, [1, 1, G * D]),
+            value("value", f16, [1, 1, G * D]),
+            value("past_key", f16, cache),
+            value("past_value", f16, cache),
+            value("seqlens_k", i32, [1]),
+            value("total_sequence_length", i32, []),
+        ]
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    graph.output.extend(
+        [value("output", f16, [1, 1, H * D]), value("present_key", f16, cache), value("present_value", f16, cache)]
     )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
