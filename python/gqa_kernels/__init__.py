@@ -210,12 +210,13 @@ class Plan:
             ("threads", threads),
         ):
             _check_count(name, value)
-        for name, value in (("head_dim_v", head_dim_v), ("window", window)):
-            if value is not None:
-                _check_count(name, value)
-        slopes = max_bias = None
+        for name, optional in (("head_dim_v", head_dim_v), ("window", window)):
+            if optional is not None:
+                _check_count(name, optional)
+        slopes: Optional[list] = None
+        max_bias: Optional[float] = None
         if alibi is not None:
-            if np.ndim(alibi) == 0:
+            if isinstance(alibi, (int, float, np.number)):
                 max_bias = float(alibi)
             else:
                 slopes = [float(s) for s in np.asarray(alibi, dtype=np.float64).reshape(-1)]

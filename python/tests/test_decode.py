@@ -391,3 +391,16 @@ def test_ml_dtypes_arrays():
     kl = kb.astype(np.float64)
     want, _ = attention(q, kl, kl, SEQ)
     assert_close(out, want, np.abs(kl).max())
+
+
+@pytest.mark.parametrize("tier", sorted({"scalar", gk.active_tier()}))
+def test_forced_tiers(tier):
+    r = rng(21)
+    k = r.standard_normal((B, G, L, D)).astype(np.float16)
+    v = r.standard_normal((B, G, L, D)).astype(np.float16)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f16", tier=tier)
+    assert plan.tier == tier
+    out, lse = plan.run(q, k, v, SEQ, lse=True)
+    want, want_lse = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
+    assert_close(out, want, np.abs(v).max(), lse, want_lse)
