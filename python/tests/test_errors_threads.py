@@ -124,6 +124,21 @@ def test_huge_plan_is_a_memory_error_not_a_crash():
                  np.zeros((1, 8, 1, 128), np.float16), [1], out=np.zeros((1, 32, 128), np.float32))
 
 
+def test_read_only_big_endian_and_unaligned_arrays(setup):
+    plan, q, k, v = setup
+    frozen_k, frozen_v = k.copy(), v.copy()
+    frozen_k.flags.writeable = False
+    frozen_v.flags.writeable = False
+    assert np.array_equal(plan.run(q, frozen_k, frozen_v, [L, L]), plan.run(q, k, v, [L, L]))
+    with pytest.raises(TypeError, match="^k:.*>f2"):
+        plan.run(q, k.astype(">f2"), v, [L, L])
+    raw = np.zeros(k.nbytes + 1, np.uint8)[1:]
+    unaligned = raw.view(np.float16).reshape(k.shape)
+    assert not unaligned.flags.aligned
+    with pytest.raises(ValueError, match="^k:.*aligned"):
+        plan.run(q, unaligned, v, [L, L])
+
+
 def test_int8_errors():
     plan = gk.Plan(B, H, G, D, dtype="int8")
     k = np.zeros((B, G, L, D), np.int8)
