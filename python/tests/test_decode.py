@@ -1,0 +1,406 @@
+"""Decode steps on every layout and cache type against the float64
+reference of reference.py."""
+
+import numpy as np
+import pytest
+
+import gqa_kernels as gk
+from reference import (
+    assert_close,
+    attention,
+    bf16_bits,
+    bf16_decode,
+    e4m3_decode,
+    e5m2_decode,
+    finite_fp8,
+    q8_0_decode,
+    q8_0_encode_random,
+)
+
+B, H, G, D = 3, 8, 2, 64
+L = 50
+SEQ = [50, 17, 1]
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def logical_to(layout, x):
+    """A [B, G, L, D] logical array in the requested storage layout."""
+    return x if layout == "bgld" else np.ascontiguousarray(x.swapaxes(1, 2))
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_float_caches(layout, dtype):
+    r = rng(1)
+    k64 = r.standard_normal((B, G, L, D))
+    v64 = r.standard_normal((B, G, L, D))
+    if dtype == "f32":
+        k, v = k64.astype(np.float32), v64.astype(np.float32)
+        kl, vl = k.astype(np.float64), v.astype(np.float64)
+    elif dtype == "f16":
+        k, v = k64.astype(np.float16), v64.astype(np.float16)
+        kl, vl = k.astype(np.float64), v.astype(np.float64)
+    else:
+        k, v = bf16_bits(k64), bf16_bits(v64)
+        kl, vl = bf16_decode(k), bf16_decode(v)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype=dtype, max_kv_len=L)
+    out, lse = plan.run(q, logical_to(layout, k), logical_to(layout, v), SEQ, lse=True, layout=layout)
+    want, want_lse = attention(q, kl, vl, SEQ)
+    assert out.shape == (B, H, D) and out.dtype == np.float32
+    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
+def test_strided_view_without_copy():
+    """A slice of a bigger cache (non-contiguous) is read in place."""
+    r = rng(2)
+    big_k = r.standard_normal((B, G, 2 * L, D)).astype(np.float16)
+    big_v = r.standard_normal((B, G, 2 * L, D)).astype(np.float16)
+    k, v = big_k[:, :, 10 : 10 + L], big_v[:, :, 10 : 10 + L]
+    assert not k.flags.c_contiguous
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    out = gk.Plan(B, H, G, D, dtype="f16").run(q, k, v, SEQ)
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
+    assert_close(out, want, np.abs(v).max())
+
+
+def test_no_copy_changes_are_seen():
+    """The same buffers, changed in place, give the next run's result."""
+    r = rng(3)
+    k = r.standard_normal((B, G, L, D)).astype(np.float16)
+    v = r.standard_normal((B, G, L, D)).astype(np.float16)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f16")
+    out = np.empty((B, H, D), np.float32)
+    first = plan.run(q, k, v, SEQ, out=out)
+    assert first is out
+    before = out.copy()
+    v[0, 1, 3] += 4.0
+    k[1, 0, 5] -= 2.0
+    plan.run(q, k, v, SEQ, out=out)
+    assert not np.array_equal(before, out)
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
+    assert_close(out, want, np.abs(v).max())
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
+def test_int8(layout):
+    r = rng(4)
+    vals_k = r.integers(-127, 128, size=(B, G, L, D)).astype(np.int8)
+    vals_v = r.integers(-127, 128, size=(B, G, L, D)).astype(np.int8)
+    sk = r.uniform(0.001, 0.02, size=(B, G, L)).astype(np.float32)
+    sv = r.uniform(0.001, 0.02, size=(B, G, L)).astype(np.float32)
+    kl = vals_k.astype(np.float64) * sk[..., None].astype(np.float64)
+    vl = vals_v.astype(np.float64) * sv[..., None].astype(np.float64)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="int8")
+    out, lse = plan.run(
+        q,
+        logical_to(layout, vals_k),
+        logical_to(layout, vals_v),
+        SEQ,
+        lse=True,
+        layout=layout,
+        k_scales=sk if layout == "bgld" else np.ascontiguousarray(sk.swapaxes(1, 2)),
+        v_scales=sv if layout == "bgld" else np.ascontiguousarray(sv.swapaxes(1, 2)),
+    )
+    want, want_lse = attention(q, kl, vl, SEQ)
+    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
+@pytest.mark.parametrize("fmt,decode", [("fp8e4m3", e4m3_decode), ("fp8e5m2", e5m2_decode)])
+def test_fp8(fmt, decode):
+    r = rng(5)
+    kb = finite_fp8(r, (B, G, L, D), fmt)
+    vb = finite_fp8(r, (B, G, L, D), fmt)
+    sk = np.array([0.5, 0.25], np.float32)
+    sv = np.array([0.125], np.float32)
+    kl = decode(kb) * sk[None, :, None, None].astype(np.float64)
+    vl = decode(vb) * float(sv[0])
+    q = (0.1 * r.standard_normal((B, H, D))).astype(np.float32)
+    out, lse = gk.Plan(B, H, G, D, dtype=fmt).run(q, kb, vb, SEQ, lse=True, k_scales=sk, v_scales=sv)
+    want, want_lse = attention(q, kl, vl, SEQ)
+    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
+def test_q8_0(layout):
+    r = rng(6)
+    kb = q8_0_encode_random(r, B * G * L, D)
+    vb = q8_0_encode_random(r, B * G * L, D)
+    kl = q8_0_decode(kb, D).reshape(B, G, L, D)
+    vl = q8_0_decode(vb, D).reshape(B, G, L, D)
+    row = D // 32 * 34
+    k = logical_to(layout, kb.reshape(B, G, L, row))
+    v = logical_to(layout, vb.reshape(B, G, L, row))
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    out = gk.Plan(B, H, G, D, dtype="q8_0").run(q, k, v, SEQ, layout=layout)
+    want, _ = attention(q, kl, vl, SEQ)
+    assert_close(out, want, np.abs(vl).max())
+
+
+def test_mixed_types_and_head_dims():
+    """K f16 with Dk = 128, V int8 with Dv = 64."""
+    r = rng(7)
+    dk, dv = 128, 64
+    k = r.standard_normal((B, G, L, dk)).astype(np.float16)
+    vq = r.integers(-127, 128, size=(B, G, L, dv)).astype(np.int8)
+    sv = r.uniform(0.001, 0.02, size=(B, G, L)).astype(np.float32)
+    vl = vq.astype(np.float64) * sv[..., None]
+    q = r.standard_normal((B, H, dk)).astype(np.float32)
+    plan = gk.Plan(B, H, G, dk, dtype="f16", head_dim_v=dv, v_dtype="int8")
+    out = plan.run(q, k, vq, SEQ, v_scales=sv)
+    assert out.shape == (B, H, dv)
+    want, _ = attention(q, k.astype(np.float64), vl, SEQ)
+    assert_close(out, want, np.abs(vl).max())
+
+
+def paged_from(r, logical, page, layout):
+    """Scatter a [B, G, L, D] cache into a shuffled page pool."""
+    b_all, g_all, length, d = logical.shape
+    per = -(-length // page)
+    n_pages = b_all * per + 3
+    order = r.permutation(n_pages)[: b_all * per].reshape(b_all, per)
+    pool = np.zeros((n_pages, page, g_all, d), logical.dtype)
+    for b in range(b_all):
+        for j in range(length):
+            pool[order[b, j // page], j % page] = logical[b, :, j]
+    if layout == "gpd":
+        pool = np.ascontiguousarray(pool.swapaxes(1, 2))
+    return pool, order.astype(np.uint32)
+
+
+@pytest.mark.parametrize("page_layout", ["pgd", "gpd"])
+def test_paged(page_layout):
+    r = rng(8)
+    k = r.standard_normal((B, G, L, D)).astype(np.float16)
+    v = r.standard_normal((B, G, L, D)).astype(np.float16)
+    kp, table = paged_from(r, k, 16, page_layout)
+    # V in the same pages as K (one block table for both).
+    vp = np.zeros_like(kp)
+    for b in range(B):
+        for j in range(L):
+            if page_layout == "pgd":
+                vp[table[b, j // 16], j % 16] = v[b, :, j]
+            else:
+                vp[table[b, j // 16], :, j % 16] = v[b, :, j]
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f16", max_kv_len=L)
+    out, lse = plan.run_paged(q, kp, vp, table, SEQ, lse=True, page_layout=page_layout)
+    want, want_lse = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
+    assert_close(out, want, np.abs(v).max(), lse, want_lse)
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
+def test_ring(layout):
+    r = rng(9)
+    cap = 32
+    lens = [32, 20, 5]
+    first = [100, 7, 0]
+    logical_k = r.standard_normal((B, G, cap, D)).astype(np.float32)
+    logical_v = r.standard_normal((B, G, cap, D)).astype(np.float32)
+    # Absolute position p of sequence b lives in slot p % cap.
+    ring_k = np.zeros_like(logical_k)
+    ring_v = np.zeros_like(logical_v)
+    for b in range(B):
+        for i in range(lens[b]):
+            slot = (first[b] + i) % cap
+            ring_k[b, :, slot] = logical_k[b, :, i]
+            ring_v[b, :, slot] = logical_v[b, :, i]
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f32", window=cap)
+    out = plan.run_ring(q, logical_to(layout, ring_k), logical_to(layout, ring_v), lens, first, layout=layout)
+    want, _ = attention(q, logical_k.astype(np.float64), logical_v.astype(np.float64), lens)
+    assert_close(out, want, np.abs(logical_v).max())
+
+
+def test_latent():
+    """V is the leading head_dim_v values of each K row."""
+    r = rng(10)
+    dk, dv = 128, 64
+    kv = r.standard_normal((B, 1, L, dk)).astype(np.float16)
+    q = r.standard_normal((B, H, dk)).astype(np.float32)
+    plan = gk.Plan(B, H, 1, dk, dtype="f16", head_dim_v=dv)
+    out = plan.run(q, kv, None, SEQ, latent=True)
+    kl = kv.astype(np.float64)
+    want, _ = attention(q, kl, kl[..., :dv], SEQ)
+    assert_close(out, want, np.abs(kl[..., :dv]).max())
+    # Paged latent: the same rows in a pool.
+    pool, table = paged_from(r, kv, 16, "pgd")
+    out_p = plan.run_paged(q, pool, None, table, SEQ, latent=True)
+    assert_close(out_p, want, np.abs(kl[..., :dv]).max())
+
+
+def test_multi_token_and_ragged():
+    r = rng(11)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    kl, vl = k.astype(np.float64), v.astype(np.float64)
+    # Every sequence 3 tokens.
+    q = r.standard_normal((B * 3, H, D)).astype(np.float32)
+    lens = [50, 17, 3]
+    plan = gk.Plan(B, H, G, D, dtype="f32", q_len=3)
+    out = plan.run(q, k, v, lens)
+    want, _ = attention(q, kl, vl, lens, q_counts=[3, 3, 3])
+    assert_close(out, want, np.abs(vl).max())
+    # Ragged: 2, 0 and 3 tokens.
+    counts = [2, 0, 3]
+    offsets = np.cumsum([0] + counts)
+    qr = q[: offsets[-1]]
+    out_r, lse_r = plan.run(qr, k, v, lens, q_offsets=offsets, lse=True)
+    want, want_lse = attention(qr, kl, vl, lens, q_counts=counts)
+    assert out_r.shape == (5, H, D)
+    assert_close(out_r, want, np.abs(vl).max(), lse_r, want_lse)
+
+
+def test_options_window_softcap_scale():
+    r = rng(12)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = (3 * r.standard_normal((B, H, D))).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f32", window=8, softcap=5.0, scale=0.3)
+    out = plan.run(q, k, v, SEQ)
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ, window=8, softcap=5.0, scale=0.3)
+    assert_close(out, want, np.abs(v).max())
+
+
+def test_alibi_and_sinks():
+    r = rng(19)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    slopes = np.array([2.0 ** -(i + 1) for i in range(H)], np.float32)
+    sinks = r.standard_normal(H).astype(np.float32)
+    kl, vl = k.astype(np.float64), v.astype(np.float64)
+    for alibi, want_slopes in ((slopes, slopes), (8.0, slopes)):
+        plan = gk.Plan(B, H, G, D, dtype="f32", alibi=alibi, sinks=sinks)
+        out, lse = plan.run(q, k, v, SEQ, lse=True)
+        want, want_lse = attention(q, kl, vl, SEQ, alibi=want_slopes, sinks=sinks)
+        assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
+@pytest.mark.parametrize("per_kv_head", [False, True])
+def test_sparse_positions(per_kv_head):
+    r = rng(13)
+    k = r.standard_normal((B, G, L, D)).astype(np.float16)
+    v = r.standard_normal((B, G, L, D)).astype(np.float16)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    n_lists = B * G if per_kv_head else B
+    lists = []
+    for i in range(n_lists):
+        length = SEQ[i // G if per_kv_head else i]
+        n = min(length, 1 + int(r.integers(0, 12)))
+        lists.append(np.sort(r.choice(length, size=n, replace=False)))
+    offsets = np.cumsum([0] + [len(x) for x in lists])
+    flat = np.concatenate(lists).astype(np.uint32)
+    plan = gk.Plan(B, H, G, D, dtype="f16")
+    out = plan.run(q, k, v, SEQ, positions=(flat, offsets, per_kv_head))
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ, lists=lists, per_kv_head=per_kv_head)
+    assert_close(out, want, np.abs(v).max())
+
+
+def test_tree_mask():
+    """A 4-token draft tree: 0 -> {1, 2}, 1 -> 3."""
+    r = rng(14)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = r.standard_normal((B * 4, H, D)).astype(np.float32)
+    lens = [50, 17, 4]
+    words = [0b0001, 0b0011, 0b0101, 0b1011]
+    mask = np.array(words * B, np.uint64)
+    plan = gk.Plan(B, H, G, D, dtype="f32", q_len=4)
+    out = plan.run(q, k, v, lens, tree_mask=mask)
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), lens, q_counts=[4] * B, tree=mask)
+    assert_close(out, want, np.abs(v).max())
+
+
+@pytest.mark.parametrize("per_head", [True, False])
+def test_bias(per_head):
+    """An additive bias, per head or one row for all heads, read with its
+    strides (a slice of a wider array)."""
+    r = rng(18)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    q = r.standard_normal((B * 2, H, D)).astype(np.float32)
+    lens = [50, 17, 2]
+    wide = r.standard_normal((B, 2, H if per_head else 1, L + 7)).astype(np.float32)
+    bias4 = wide[..., 3 : 3 + L]
+    arg = bias4 if per_head else bias4[:, :, 0, :]
+    plan = gk.Plan(B, H, G, D, dtype="f32", q_len=2)
+    out = plan.run(q, k, v, lens, bias=arg)
+    full = np.broadcast_to(bias4, (B, 2, H, L))
+    want, _ = attention(q, k.astype(np.float64), v.astype(np.float64), lens, q_counts=[2] * B, bias=full)
+    assert_close(out, want, np.abs(v).max())
+
+
+def test_merge_states_splits_a_cache():
+    r = rng(15)
+    k = r.standard_normal((1, G, L, D)).astype(np.float32)
+    v = r.standard_normal((1, G, L, D)).astype(np.float32)
+    q = r.standard_normal((1, H, D)).astype(np.float32)
+    plan = gk.Plan(1, H, G, D, dtype="f32")
+    out1, lse1 = plan.run(q, k[:, :, :20], v[:, :, :20], [20], lse=True)
+    out2, lse2 = plan.run(q, k[:, :, 20:], v[:, :, 20:], [L - 20], lse=True)
+    gk.merge_states(out1, lse1, out2, lse2)
+    want, want_lse = attention(q, k.astype(np.float64), v.astype(np.float64), [L])
+    assert_close(out1, want, np.abs(v).max(), lse1, want_lse)
+
+
+def test_prefix_groups():
+    """Sequences 0 and 2 share their first 30 positions, stored once (in 0)."""
+    r = rng(16)
+    k = r.standard_normal((B, G, L, D)).astype(np.float32)
+    v = r.standard_normal((B, G, L, D)).astype(np.float32)
+    lens = [40, 17, 45]
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    # The logical cache of sequence 2 has sequence 0's first 30 rows.
+    kl, vl = k.astype(np.float64), v.astype(np.float64)
+    kl[2, :, :30], vl[2, :, :30] = kl[0, :, :30], vl[0, :, :30]
+    plan = gk.Plan(B, H, G, D, dtype="f32", cascade=True)
+    out = plan.run(q, k, v, lens, prefix=([30], [0, 2], [0, 2]))
+    want, _ = attention(q, kl, vl, lens)
+    assert_close(out, want, np.abs(vl).max())
+
+
+def test_plan_properties():
+    plan = gk.Plan(1, 32, 8, 128, dtype="f16", max_kv_len=4096, threads=2)
+    assert plan.tier in ("avx512", "avx2", "neon", "scalar")
+    assert plan.threads == 2
+    assert "f16" in plan.kernel_name
+    assert abs(plan.scale - 1 / np.sqrt(128)) < 1e-7
+    assert plan.tier == gk.active_tier()
+    assert "f16" in repr(plan)
+
+
+def test_ml_dtypes_arrays():
+    """ml_dtypes' bfloat16 and float8 arrays are read as their bits (no copy)."""
+    ml = pytest.importorskip("ml_dtypes")
+    r = rng(17)
+    k = r.standard_normal((B, G, L, D)).astype(ml.bfloat16)
+    v = r.standard_normal((B, G, L, D)).astype(ml.bfloat16)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    out = gk.Plan(B, H, G, D, dtype="bf16").run(q, k, v, SEQ)
+    want, _ = attention(q, bf16_decode(k.view(np.uint16)), bf16_decode(v.view(np.uint16)), SEQ)
+    assert_close(out, want, np.abs(v.astype(np.float64)).max())
+    kb = finite_fp8(r, (B, G, L, D), "fp8e4m3").view(ml.float8_e4m3fn)
+    one = np.ones(1, np.float32)
+    out = gk.Plan(B, H, G, D, dtype="fp8e4m3").run(q, kb, kb, SEQ, k_scales=one, v_scales=one)
+    kl = kb.astype(np.float64)
+    want, _ = attention(q, kl, kl, SEQ)
+    assert_close(out, want, np.abs(kl).max())
+
+
+@pytest.mark.parametrize("tier", sorted({"scalar", gk.active_tier()}))
+def test_forced_tiers(tier):
+    r = rng(21)
+    k = r.standard_normal((B, G, L, D)).astype(np.float16)
+    v = r.standard_normal((B, G, L, D)).astype(np.float16)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="f16", tier=tier)
+    assert plan.tier == tier
+    out, lse = plan.run(q, k, v, SEQ, lse=True)
+    want, want_lse = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
+    assert_close(out, want, np.abs(v).max(), lse, want_lse)
