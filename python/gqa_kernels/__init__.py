@@ -27,6 +27,8 @@ Storage of each cache dtype (``dtype=`` of the plan):
   memory order);
 - ``"fp8e4m3"``, ``"fp8e5m2"``: uint8 bytes (``ml_dtypes`` float8 arrays
   accepted) and float32 scales, one per KV head or one;
+- ``"fp8e4m3_row"``: uint8 E4M3 bytes and float32 scales one per row, as
+  int8's;
 - ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, ``"q5_0"``, ``"q5_1"``, ``"iq4_nl"``:
   uint8 bytes of llama.cpp blocks, the last axis holding one row of
   ``head_dim / 32`` blocks (34 bytes per 32 values for q8_0).

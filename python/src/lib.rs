@@ -363,6 +363,12 @@ fn check_int8_scales(arg: &str, span: &Span, values: &Layout, head_dim: usize) -
     Ok(())
 }
 
+/// Whether the type stores one float32 scale per row (int8,
+/// fp8e4m3_row), laid out as [`check_int8_scales`] says.
+fn row_scaled(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::Int8 | Dtype::Fp8E4M3Row)
+}
+
 fn fp8_format(dtype: Dtype) -> Option<Fp8> {
     match dtype {
         Dtype::Fp8E4M3 => Some(Fp8::E4M3),
@@ -440,10 +446,11 @@ impl<'py> RoCache<'py> {
         let layout = layout(arg, &span, dtype, head_dim, kv_heads)?;
         let mut int8_scales = None;
         let mut fp8 = Vec::new();
-        if dtype == Dtype::Int8 {
+        if row_scaled(dtype) {
             let obj = scales.ok_or_else(|| {
                 value_err(format!(
-                    "{scales_arg}: an int8 cache needs its scales (float32, one per row)"
+                    "{scales_arg}: a {} cache needs its scales (float32, one per row)",
+                    dtype.name()
                 ))
             })?;
             let a = borrow_ro::<f32>(scales_arg, obj, "float32")?;
@@ -454,7 +461,7 @@ impl<'py> RoCache<'py> {
             fp8 = fp8_scales(scales_arg, scales)?;
         } else if scales.is_some() {
             return Err(value_err(format!(
-                "{scales_arg}: only int8 and fp8 caches take scales ({} does not)",
+                "{scales_arg}: only int8, fp8 and fp8e4m3_row caches take scales ({} does not)",
                 dtype.name()
             )));
         }
@@ -480,6 +487,13 @@ impl<'py> RoCache<'py> {
                     None => &[],
                 };
                 KvData::int8(ro_items(a, sp), scales)
+            }
+            (Ro::U8(a), Dtype::Fp8E4M3Row) => {
+                let scales = match &self.int8_scales {
+                    Some((s, span)) => ro_items(s, span),
+                    None => &[],
+                };
+                KvData::fp8_row(ro_items(a, sp), scales)
             }
             (Ro::U8(a), d) => match fp8_format(d) {
                 Some(f) => KvData::fp8(f, ro_items(a, sp), &self.fp8_scales),
@@ -574,10 +588,11 @@ impl<'py> RwCache<'py> {
         let layout = layout(arg, &span, dtype, head_dim, kv_heads)?;
         let mut int8_scales = None;
         let mut fp8 = Vec::new();
-        if dtype == Dtype::Int8 {
+        if row_scaled(dtype) {
             let obj = scales.ok_or_else(|| {
                 value_err(format!(
-                    "{scales_arg}: an int8 cache needs its scales (float32, one per row)"
+                    "{scales_arg}: a {} cache needs its scales (float32, one per row)",
+                    dtype.name()
                 ))
             })?;
             let a = borrow_rw::<f32>(scales_arg, obj, "float32")?;
@@ -593,7 +608,7 @@ impl<'py> RwCache<'py> {
             fp8 = fp8_scales(scales_arg, scales)?;
         } else if scales.is_some() {
             return Err(value_err(format!(
-                "{scales_arg}: only int8 and fp8 caches take scales ({} does not)",
+                "{scales_arg}: only int8, fp8 and fp8e4m3_row caches take scales ({} does not)",
                 dtype.name()
             )));
         }
@@ -621,6 +636,13 @@ impl<'py> RwCache<'py> {
                     None => &mut [],
                 };
                 KvDataMut::int8(rw_items(a, sp), scales)
+            }
+            (Rw::U8(a), Dtype::Fp8E4M3Row) => {
+                let scales: &mut [f32] = match &mut self.int8_scales {
+                    Some((s, span)) => rw_items(s, span),
+                    None => &mut [],
+                };
+                KvDataMut::fp8_row(rw_items(a, sp), scales)
             }
             (Rw::U8(a), d) => match fp8_format(d) {
                 Some(f) => KvDataMut::fp8(f, rw_items(a, sp), &self.fp8_scales),

@@ -127,6 +127,36 @@ def test_fp8(fmt, decode):
 
 
 @pytest.mark.parametrize("layout", ["bgld", "blgd"])
+def test_fp8e4m3_row(layout):
+    """fp8 E4M3 bytes with one float32 scale per (token, KV head) row,
+    laid out as int8's: rows of very different magnitudes."""
+    r = rng(7)
+    kb = finite_fp8(r, (B, G, L, D), "fp8e4m3")
+    vb = finite_fp8(r, (B, G, L, D), "fp8e4m3")
+    sk = (10.0 ** r.uniform(-3, 1, size=(B, G, L))).astype(np.float32)
+    sv = (10.0 ** r.uniform(-3, 1, size=(B, G, L))).astype(np.float32)
+    kl = e4m3_decode(kb) * sk[..., None].astype(np.float64)
+    vl = e4m3_decode(vb) * sv[..., None].astype(np.float64)
+    q = (0.01 * r.standard_normal((B, H, D))).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="fp8e4m3_row")
+    out, lse = plan.run(
+        q,
+        logical_to(layout, kb),
+        logical_to(layout, vb),
+        SEQ,
+        lse=True,
+        layout=layout,
+        k_scales=sk if layout == "bgld" else np.ascontiguousarray(sk.swapaxes(1, 2)),
+        v_scales=sv if layout == "bgld" else np.ascontiguousarray(sv.swapaxes(1, 2)),
+    )
+    want, want_lse = attention(q, kl, vl, SEQ)
+    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+    # Without its row scales the cache is refused, naming them.
+    with pytest.raises(ValueError, match="k_scales"):
+        plan.run(q, kb, vb, SEQ, v_scales=sv)
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
 def test_q8_0(layout):
     r = rng(6)
     kb = q8_0_encode_random(r, B * G * L, D)
