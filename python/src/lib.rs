@@ -393,6 +393,37 @@ fn fp8_scales(arg: &str, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<f32>> {
     Ok(s.iter().copied().collect())
 }
 
+/// A cache array borrowed as its storage type (`$borrow`: read-only or
+/// writable) into the matching variant of `$wrap`, with its span.
+macro_rules! borrow_store {
+    ($borrow:ident, $wrap:ident, $store:expr, $arg:expr, $obj:expr) => {{
+        let store = $store;
+        let want = store.numpy_name();
+        match store {
+            Store::F32 => {
+                let a = $borrow::<f32>($arg, $obj, want)?;
+                (Span::of($arg, &a)?, $wrap::F32(a))
+            }
+            Store::F16 => {
+                let a = $borrow::<f16>($arg, $obj, want)?;
+                (Span::of($arg, &a)?, $wrap::F16(a))
+            }
+            Store::U16 => {
+                let a = $borrow::<u16>($arg, $obj, want)?;
+                (Span::of($arg, &a)?, $wrap::U16(a))
+            }
+            Store::I8 => {
+                let a = $borrow::<i8>($arg, $obj, want)?;
+                (Span::of($arg, &a)?, $wrap::I8(a))
+            }
+            Store::U8 => {
+                let a = $borrow::<u8>($arg, $obj, want)?;
+                (Span::of($arg, &a)?, $wrap::U8(a))
+            }
+        }
+    }};
+}
+
 /// A cache array borrowed read-only, with its scales.
 struct RoCache<'py> {
     arr: Ro<'py>,
@@ -414,35 +445,7 @@ impl<'py> RoCache<'py> {
         scales_arg: &'static str,
         scales: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<RoCache<'py>> {
-        let store = Store::of(dtype);
-        let want = store.numpy_name();
-        let (arr, span) = match store {
-            Store::F32 => {
-                let a = borrow_ro::<f32>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Ro::F32(a), s)
-            }
-            Store::F16 => {
-                let a = borrow_ro::<f16>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Ro::F16(a), s)
-            }
-            Store::U16 => {
-                let a = borrow_ro::<u16>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Ro::U16(a), s)
-            }
-            Store::I8 => {
-                let a = borrow_ro::<i8>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Ro::I8(a), s)
-            }
-            Store::U8 => {
-                let a = borrow_ro::<u8>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Ro::U8(a), s)
-            }
-        };
+        let (span, arr) = borrow_store!(borrow_ro, Ro, Store::of(dtype), arg, obj);
         let layout = layout(arg, &span, dtype, head_dim, kv_heads)?;
         let mut int8_scales = None;
         let mut fp8 = Vec::new();
@@ -550,35 +553,7 @@ impl<'py> RwCache<'py> {
         scales_arg: &'static str,
         scales: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<RwCache<'py>> {
-        let store = Store::of(dtype);
-        let want = store.numpy_name();
-        let (arr, span) = match store {
-            Store::F32 => {
-                let a = borrow_rw::<f32>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Rw::F32(a), s)
-            }
-            Store::F16 => {
-                let a = borrow_rw::<f16>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Rw::F16(a), s)
-            }
-            Store::U16 => {
-                let a = borrow_rw::<u16>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Rw::U16(a), s)
-            }
-            Store::I8 => {
-                let a = borrow_rw::<i8>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Rw::I8(a), s)
-            }
-            Store::U8 => {
-                let a = borrow_rw::<u8>(arg, obj, want)?;
-                let s = Span::of(arg, &a)?;
-                (Rw::U8(a), s)
-            }
-        };
+        let (span, arr) = borrow_store!(borrow_rw, Rw, Store::of(dtype), arg, obj);
         if !span.dense() {
             return Err(value_err(format!(
                 "{arg}: a cache written by append must be contiguous in some order of its axes \

@@ -86,29 +86,60 @@ def test_no_copy_changes_are_seen():
     assert_close(out, want, np.abs(v).max())
 
 
+def _int8_values(r, shape):
+    return r.integers(-127, 128, size=shape).astype(np.int8)
+
+
+def _int8_decode(x):
+    return x.astype(np.float64)
+
+
 @pytest.mark.parametrize("layout", ["bgld", "blgd"])
-def test_int8(layout):
+@pytest.mark.parametrize(
+    "dtype,values,decode,scale_range,q_scale",
+    [
+        # int8: one scale per row.
+        ("int8", _int8_values, _int8_decode, (0.001, 0.02), 1.0),
+        # fp8 E4M3 with a scale per row, rows of very different magnitudes.
+        (
+            "fp8e4m3_row",
+            lambda r, shape: finite_fp8(r, shape, "fp8e4m3"),
+            e4m3_decode,
+            None,
+            0.01,
+        ),
+    ],
+)
+def test_row_scaled(layout, dtype, values, decode, scale_range, q_scale):
+    """int8 and fp8e4m3_row: values and one float32 scale per (token, KV
+    head) row, the scales in the cache's layout without its last axis."""
     r = rng(4)
-    vals_k = r.integers(-127, 128, size=(B, G, L, D)).astype(np.int8)
-    vals_v = r.integers(-127, 128, size=(B, G, L, D)).astype(np.int8)
-    sk = r.uniform(0.001, 0.02, size=(B, G, L)).astype(np.float32)
-    sv = r.uniform(0.001, 0.02, size=(B, G, L)).astype(np.float32)
-    kl = vals_k.astype(np.float64) * sk[..., None].astype(np.float64)
-    vl = vals_v.astype(np.float64) * sv[..., None].astype(np.float64)
-    q = r.standard_normal((B, H, D)).astype(np.float32)
-    plan = gk.Plan(B, H, G, D, dtype="int8")
+    vals_k = values(r, (B, G, L, D))
+    vals_v = values(r, (B, G, L, D))
+
+    def scales():
+        if scale_range is None:
+            return (10.0 ** r.uniform(-3, 1, size=(B, G, L))).astype(np.float32)
+        return r.uniform(*scale_range, size=(B, G, L)).astype(np.float32)
+
+    sk, sv = scales(), scales()
+    kl = decode(vals_k) * sk[..., None].astype(np.float64)
+    vl = decode(vals_v) * sv[..., None].astype(np.float64)
+    q = (q_scale * r.standard_normal((B, H, D))).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype=dtype)
+
+    def in_layout(sc):
+        return sc if layout == "bgld" else np.ascontiguousarray(sc.swapaxes(1, 2))
+
+    k, v = logical_to(layout, vals_k), logical_to(layout, vals_v)
     out, lse = plan.run(
-        q,
-        logical_to(layout, vals_k),
-        logical_to(layout, vals_v),
-        SEQ,
-        lse=True,
-        layout=layout,
-        k_scales=sk if layout == "bgld" else np.ascontiguousarray(sk.swapaxes(1, 2)),
-        v_scales=sv if layout == "bgld" else np.ascontiguousarray(sv.swapaxes(1, 2)),
+        q, k, v, SEQ, lse=True, layout=layout, k_scales=in_layout(sk), v_scales=in_layout(sv)
     )
     want, want_lse = attention(q, kl, vl, SEQ)
     assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+    # Without its row scales the cache is refused, naming them.
+    with pytest.raises(ValueError, match="k_scales"):
+        plan.run(q, k, v, SEQ, layout=layout, v_scales=in_layout(sv))
 
 
 @pytest.mark.parametrize("fmt,decode", [("fp8e4m3", e4m3_decode), ("fp8e5m2", e5m2_decode)])
@@ -124,36 +155,6 @@ def test_fp8(fmt, decode):
     out, lse = gk.Plan(B, H, G, D, dtype=fmt).run(q, kb, vb, SEQ, lse=True, k_scales=sk, v_scales=sv)
     want, want_lse = attention(q, kl, vl, SEQ)
     assert_close(out, want, np.abs(vl).max(), lse, want_lse)
-
-
-@pytest.mark.parametrize("layout", ["bgld", "blgd"])
-def test_fp8e4m3_row(layout):
-    """fp8 E4M3 bytes with one float32 scale per (token, KV head) row,
-    laid out as int8's: rows of very different magnitudes."""
-    r = rng(7)
-    kb = finite_fp8(r, (B, G, L, D), "fp8e4m3")
-    vb = finite_fp8(r, (B, G, L, D), "fp8e4m3")
-    sk = (10.0 ** r.uniform(-3, 1, size=(B, G, L))).astype(np.float32)
-    sv = (10.0 ** r.uniform(-3, 1, size=(B, G, L))).astype(np.float32)
-    kl = e4m3_decode(kb) * sk[..., None].astype(np.float64)
-    vl = e4m3_decode(vb) * sv[..., None].astype(np.float64)
-    q = (0.01 * r.standard_normal((B, H, D))).astype(np.float32)
-    plan = gk.Plan(B, H, G, D, dtype="fp8e4m3_row")
-    out, lse = plan.run(
-        q,
-        logical_to(layout, kb),
-        logical_to(layout, vb),
-        SEQ,
-        lse=True,
-        layout=layout,
-        k_scales=sk if layout == "bgld" else np.ascontiguousarray(sk.swapaxes(1, 2)),
-        v_scales=sv if layout == "bgld" else np.ascontiguousarray(sv.swapaxes(1, 2)),
-    )
-    want, want_lse = attention(q, kl, vl, SEQ)
-    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
-    # Without its row scales the cache is refused, naming them.
-    with pytest.raises(ValueError, match="k_scales"):
-        plan.run(q, kb, vb, SEQ, v_scales=sv)
 
 
 @pytest.mark.parametrize("layout", ["bgld", "blgd"])
