@@ -86,6 +86,55 @@ def q8_0_decode(blocks, d):
     return (qs * scale).reshape(rows, d)
 
 
+# The GGUF 4- and 5-bit blocks, written out from their definitions
+# (llama.cpp's ggml-common.h): an f16 scale d (and offset m), for the 5-bit
+# ones 32 fifth bits, then 16 bytes whose low nibbles are values 0..15 and
+# high nibbles values 16..31.
+BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}
+IQ4_NL_VALUES = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64
+)
+
+
+def blocks_random(rng, fmt, rows, d):
+    """Random blocks of `fmt`: random code bytes and small positive scales
+    (and offsets), bytes [rows, d/32*size]."""
+    nb, size = d // 32, BLOCK_BYTES[fmt]
+    out = rng.integers(0, 256, size=(rows, nb, size)).astype(np.uint8)
+    out[:, :, 0:2] = rng.uniform(0.002, 0.02, size=(rows, nb)).astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    if fmt in ("q4_1", "q5_1"):
+        m = rng.uniform(-0.1, 0.1, size=(rows, nb)).astype(np.float16)
+        out[:, :, 2:4] = m.view(np.uint8).reshape(rows, nb, 2)
+    return out.reshape(rows, nb * size)
+
+
+def blocks_decode(blocks, fmt, d):
+    rows, nb, size = blocks.shape[0], d // 32, BLOCK_BYTES[fmt]
+    b = blocks.reshape(rows, nb, size)
+    half = lambda o: b[:, :, o:o + 2].copy().view(np.float16).astype(np.float64)  # noqa: E731
+    scale = half(0)
+    off = 4 if fmt in ("q4_1", "q5_1") else 2
+    m = half(2) if fmt in ("q4_1", "q5_1") else 0.0
+    qh = None
+    if fmt in ("q5_0", "q5_1"):
+        qh = b[:, :, off:off + 4].copy().view("<u4")[..., 0].astype(np.uint64)  # [rows, nb]
+        off += 4
+    qs = b[:, :, off:off + 16].astype(np.int64)
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # values 0..31 of each block
+    if qh is not None:
+        bits = (qh[..., None] >> np.arange(32, dtype=np.uint64)) & 1
+        q = q | (bits.astype(np.int64) << 4)
+    if fmt == "iq4_nl":
+        x = IQ4_NL_VALUES[q] * scale
+    elif fmt == "q4_0":
+        x = (q - 8) * scale
+    elif fmt == "q5_0":
+        x = (q - 16) * scale
+    else:
+        x = q * scale + m
+    return x.reshape(rows, d)
+
+
 def attention(q, k, v, seq_lens, q_counts=None, scale=None, window=None, softcap=None,
               lists=None, per_kv_head=False, tree=None, bias=None, alibi=None, sinks=None):
     """Grouped-query attention in float64.

@@ -9,6 +9,8 @@ from reference import (
     assert_close,
     attention,
     bf16_bits,
+    blocks_decode,
+    blocks_random,
     bf16_decode,
     e4m3_decode,
     e5m2_decode,
@@ -171,6 +173,25 @@ def test_q8_0(layout):
     out = gk.Plan(B, H, G, D, dtype="q8_0").run(q, k, v, SEQ, layout=layout)
     want, _ = attention(q, kl, vl, SEQ)
     assert_close(out, want, np.abs(vl).max())
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"])
+def test_gguf_blocks(fmt):
+    """The other block formats, as uint8 bytes of their blocks (the last
+    axis one row of blocks), in both layouts."""
+    r = rng(8)
+    size = D // 32 * blocks_random(r, fmt, 1, 32).shape[1]
+    kb = blocks_random(r, fmt, B * G * L, D).reshape(B, G, L, size)
+    vb = blocks_random(r, fmt, B * G * L, D).reshape(B, G, L, size)
+    kl = blocks_decode(kb.reshape(-1, size), fmt, D).reshape(B, G, L, D)
+    vl = blocks_decode(vb.reshape(-1, size), fmt, D).reshape(B, G, L, D)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype=fmt)
+    want, want_lse = attention(q, kl, vl, SEQ)
+    for layout in ("bgld", "blgd"):
+        k, v = logical_to(layout, kb), logical_to(layout, vb)
+        out, lse = plan.run(q, k, v, SEQ, lse=True, layout=layout)
+        assert_close(out, want, np.abs(vl).max(), lse, want_lse)
 
 
 def test_mixed_types_and_head_dims():
