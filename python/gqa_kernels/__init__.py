@@ -55,6 +55,7 @@ __all__ = [
     "pool_heads",
     "active_tier",
     "dtypes",
+    "units",
 ]
 
 __version__ = "0.1.0"
@@ -92,6 +93,19 @@ def dtypes() -> list:
         True
     """
     return list(_native.dtypes())
+
+
+def units() -> dict:
+    """Every multiply-add unit by name, mapped to ``None`` where this
+    process can use it and to the reason where it cannot (a plan's
+    ``unit=`` may name a usable one that has kernels for its types).
+
+    Example::
+
+        >>> gqa_kernels.units()["f32-fma"] is None
+        True
+    """
+    return dict(_native.units())
 
 
 def _dtype_name(arg: str, dtype: Any) -> str:
@@ -172,13 +186,16 @@ class Plan:
     ``window`` (sliding window), ``softcap``, ``alibi`` (a max bias, e.g.
     8.0, or one slope per head), ``sinks`` (one logit per head), ``scale``
     (default ``1/sqrt(head_dim)``), ``tier`` (force ``"avx512"``,
-    ``"avx2"``, ``"neon"`` or ``"scalar"``) and ``cascade`` (the plan
-    runs batches with shared-prefix groups).
+    ``"avx2"``, ``"neon"`` or ``"scalar"``), ``unit`` (force a multiply-add
+    unit: ``"f32-fma"``, ``"bf16-dot"``, ``"int8-dot"`` or ``"amx-bf16"``;
+    one without kernels for the plan's types, or that this CPU lacks, is
+    a :class:`GqaError`, never a silent fallback; see :func:`units`) and
+    ``cascade`` (the plan runs batches with shared-prefix groups).
 
     Example::
 
         plan = gqa_kernels.Plan(1, 32, 8, 128, dtype="f16", max_kv_len=8192, threads=2)
-        print(plan.tier, plan.kernel_name)
+        print(plan.tier, plan.unit, plan.precision, plan.kernel_name)
     """
 
     def __init__(
@@ -201,6 +218,7 @@ class Plan:
         scale: Optional[float] = None,
         tier: Optional[str] = None,
         cascade: bool = False,
+        unit: Optional[str] = None,
     ) -> None:
         for name, value in (
             ("batch", batch),
@@ -242,6 +260,7 @@ class Plan:
             None if scale is None else float(scale),
             tier,
             bool(cascade),
+            unit,
         )
         (
             self.batch,
@@ -259,6 +278,16 @@ class Plan:
     def tier(self) -> str:
         """The tier the plan runs on (``"avx512"``, ``"avx2"``, ``"neon"``, ``"scalar"``)."""
         return self._native.tier
+
+    @property
+    def unit(self) -> str:
+        """The multiply-add unit the plan's kernels run on, e.g. ``"f32-fma"``."""
+        return self._native.unit
+
+    @property
+    def precision(self) -> str:
+        """The precision class, ``"exact"`` or ``"fast"``."""
+        return self._native.precision
 
     @property
     def kernel_name(self) -> str:
@@ -279,7 +308,7 @@ class Plan:
         return (
             f"Plan(batch={self.batch}, heads={self.heads}, kv_heads={self.kv_heads}, "
             f"head_dim={self.head_dim}, head_dim_v={self.head_dim_v}, dtype={self.dtype!r}, "
-            f"v_dtype={self.v_dtype!r}, q_len={self.q_len}, tier={self.tier!r})"
+            f"v_dtype={self.v_dtype!r}, q_len={self.q_len}, tier={self.tier!r}, unit={self.unit!r})"
         )
 
     def _tokens(self, q_offsets: Optional[list]) -> int:
@@ -290,9 +319,12 @@ class Plan:
     def _call(
         self,
         cache: str,
+        names: Tuple[str, str],
+        layout: str,
         q: Any,
         k: Any,
         v: Any,
+        latent: bool,
         seq_lens: Any,
         out: Optional[np.ndarray],
         lse: Union[bool, np.ndarray],
@@ -302,9 +334,22 @@ class Plan:
         positions: Any,
         tree_mask: Any,
         prefix: Any,
-        bias: Any = None,
+        bias: Any,
         **extra: Any,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """The step of :meth:`run`, :meth:`run_paged` and :meth:`run_ring`:
+        ``names`` are the caches' argument names, ``layout`` their axis
+        order (checked against the cache kind's two orders)."""
+        kname, vname = names
+        if latent and v is not None:
+            raise ValueError(f"{vname}: a latent cache reads V from K; pass {vname}=None")
+        if not latent and v is None:
+            raise ValueError(f"{vname}: give the V cache (or latent=True)")
+        allowed = _PAGE_LAYOUTS if cache == "paged" else _STRIDED_LAYOUTS
+        k = _canonical(kname, k, layout, allowed)
+        v = _canonical(vname, v, layout, allowed)
+        k_scales = _scales("k_scales", k_scales, layout, allowed)
+        v_scales = _scales("v_scales", v_scales, layout, allowed)
         q = _q_array(q)
         if bias is not None:
             if not isinstance(bias, np.ndarray):
@@ -420,25 +465,9 @@ class Plan:
             out = plan.run(np.ones((1, 8, 64), np.float32), k, v, [16])
             assert np.allclose(out, 1.0)
         """
-        if latent and v is not None:
-            raise ValueError("v: a latent cache reads V from K; pass v=None")
-        if not latent and v is None:
-            raise ValueError("v: give the V cache (or latent=True)")
         return self._call(
-            "strided",
-            q,
-            _canonical("k", k, layout, _STRIDED_LAYOUTS),
-            _canonical("v", v, layout, _STRIDED_LAYOUTS),
-            seq_lens,
-            out,
-            lse,
-            _scales("k_scales", k_scales, layout, _STRIDED_LAYOUTS),
-            _scales("v_scales", v_scales, layout, _STRIDED_LAYOUTS),
-            q_offsets,
-            positions,
-            tree_mask,
-            prefix,
-            bias,
+            "strided", ("k", "v"), layout, q, k, v, latent, seq_lens, out, lse,
+            k_scales, v_scales, q_offsets, positions, tree_mask, prefix, bias,
         )
 
     def run_paged(
@@ -477,28 +506,12 @@ class Plan:
             table = np.array([[0, 3], [5, 1]], np.uint32)
             out = plan.run_paged(np.ones((2, 8, 64), np.float32), pool, pool, table, [20, 32])
         """
-        if latent and v_pages is not None:
-            raise ValueError("v_pages: a latent cache reads V from K; pass v_pages=None")
-        if not latent and v_pages is None:
-            raise ValueError("v_pages: give the V pool (or latent=True)")
         table = np.asarray(block_table)
         if table.ndim != 2:
             raise ValueError(f"block_table: expected [batch, blocks_per_seq], got {table.ndim} dimensions")
         return self._call(
-            "paged",
-            q,
-            _canonical("k_pages", k_pages, page_layout, _PAGE_LAYOUTS),
-            _canonical("v_pages", v_pages, page_layout, _PAGE_LAYOUTS),
-            seq_lens,
-            out,
-            lse,
-            _scales("k_scales", k_scales, page_layout, _PAGE_LAYOUTS),
-            _scales("v_scales", v_scales, page_layout, _PAGE_LAYOUTS),
-            q_offsets,
-            positions,
-            tree_mask,
-            prefix,
-            bias,
+            "paged", ("k_pages", "v_pages"), page_layout, q, k_pages, v_pages, latent, seq_lens, out,
+            lse, k_scales, v_scales, q_offsets, positions, tree_mask, prefix, bias,
             block_table=_index_list("block_table", table, "uint32"),
             blocks_per_seq=int(table.shape[1]),
         )
@@ -519,6 +532,7 @@ class Plan:
         q_offsets: Optional[Sequence[int]] = None,
         positions: Optional[tuple] = None,
         tree_mask: Optional[Sequence[int]] = None,
+        prefix: Optional[tuple] = None,
         bias: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """One decode step over ring caches (sliding-window models).
@@ -526,8 +540,10 @@ class Plan:
         ``k``/``v`` hold ``C`` slots per sequence (``[B, G, C, D]`` or
         ``[B, C, G, D]``); absolute position ``p`` lives in slot ``p % C``.
         Sequence ``b`` attends to the ``seq_lens[b]`` positions starting at
-        absolute position ``first_pos[b]`` (at most ``C``). The other
-        arguments are those of :meth:`run`.
+        absolute position ``first_pos[b]`` (at most ``C``). A ``prefix``
+        group's shared rows are its first member's first ``lens`` attended
+        positions (from its ``first_pos``), read through that member's
+        ring. The other arguments are those of :meth:`run`.
 
         Example::
 
@@ -535,25 +551,9 @@ class Plan:
             ring = np.zeros((1, 2, 16, 64), np.float32)
             out = plan.run_ring(np.ones((1, 8, 64), np.float32), ring, ring, [16], [100])
         """
-        if latent and v is not None:
-            raise ValueError("v: a latent cache reads V from K; pass v=None")
-        if not latent and v is None:
-            raise ValueError("v: give the V ring (or latent=True)")
         return self._call(
-            "ring",
-            q,
-            _canonical("k", k, layout, _STRIDED_LAYOUTS),
-            _canonical("v", v, layout, _STRIDED_LAYOUTS),
-            seq_lens,
-            out,
-            lse,
-            _scales("k_scales", k_scales, layout, _STRIDED_LAYOUTS),
-            _scales("v_scales", v_scales, layout, _STRIDED_LAYOUTS),
-            q_offsets,
-            positions,
-            tree_mask,
-            None,
-            bias,
+            "ring", ("k", "v"), layout, q, k, v, latent, seq_lens, out, lse,
+            k_scales, v_scales, q_offsets, positions, tree_mask, prefix, bias,
             first_pos=_index_list("first_pos", first_pos),
         )
 

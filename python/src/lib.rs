@@ -18,7 +18,7 @@ use gqa_kernels::quant::Fp8;
 use gqa_kernels::{
     Batch, Bias, Blocks, BlocksMut, Dtype, Error, KvCache, KvCacheMut, KvData, KvDataMut, KvPages,
     KvPagesMut, KvTensor, KvTensorMut, LatentCacheMut, NewKv, Options, PagedKv, Plan, Positions,
-    Precision, PrefixGroups, RingKv, Shape, Tier,
+    Precision, PrefixGroups, RingKv, Shape, Tier, Unit,
 };
 use half::{bf16, f16};
 use numpy::{
@@ -50,17 +50,35 @@ fn value_err(msg: String) -> PyErr {
     PyValueError::new_err(msg)
 }
 
-fn parse_dtype(arg: &str, name: &str) -> PyResult<Dtype> {
-    Dtype::ALL
-        .into_iter()
-        .find(|d| d.name() == name)
+/// The item of `all` called `name`, or a `ValueError` naming `arg` and
+/// listing the names (dtypes, units).
+fn by_name<T: Copy>(
+    arg: &str,
+    what: &str,
+    name: &str,
+    all: &[T],
+    name_of: fn(T) -> &'static str,
+) -> PyResult<T> {
+    all.iter()
+        .copied()
+        .find(|&x| name_of(x) == name)
         .ok_or_else(|| {
-            let names: Vec<&str> = Dtype::ALL.iter().map(|d| d.name()).collect();
+            let names: Vec<&str> = all.iter().map(|&x| name_of(x)).collect();
             value_err(format!(
-                "{arg}: unknown dtype {name:?} (one of {})",
+                "{arg}: unknown {what} {name:?} (one of {})",
                 names.join(", ")
             ))
         })
+}
+
+fn parse_dtype(arg: &str, name: &str) -> PyResult<Dtype> {
+    by_name(arg, "dtype", name, &Dtype::ALL, Dtype::name)
+}
+
+/// A unit by its name (`f32-fma`, `bf16-dot`, `int8-dot`, `amx-bf16`,
+/// `amx-int8`).
+fn parse_unit(name: &str) -> PyResult<Unit> {
+    by_name("unit", "unit", name, &Unit::ALL, Unit::name)
 }
 
 /// The numpy type a cache of `dtype` is stored in.
@@ -740,7 +758,7 @@ impl NativePlan {
     #[new]
     #[pyo3(signature = (batch, heads, kv_heads, head_dim, dtype, head_dim_v, v_dtype, q_len,
         max_kv_len, threads, precision, window, softcap, alibi_slopes, alibi_max_bias, sinks,
-        scale, tier, cascade))]
+        scale, tier, cascade, unit=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         batch: usize,
@@ -762,6 +780,7 @@ impl NativePlan {
         scale: Option<f32>,
         tier: Option<&str>,
         cascade: bool,
+        unit: Option<&str>,
     ) -> PyResult<NativePlan> {
         let k_dtype = parse_dtype("dtype", dtype)?;
         let v_dtype = match v_dtype {
@@ -789,6 +808,9 @@ impl NativePlan {
         options.cascade = cascade;
         if let Some(t) = tier {
             options.tier = Some(t.parse::<Tier>().map_err(lib_err)?);
+        }
+        if let Some(u) = unit {
+            options.unit = Some(parse_unit(u)?);
         }
         let mut plan = Plan::new(&shape, &options).map_err(lib_err)?;
         if let Some(s) = alibi_slopes {
@@ -838,6 +860,16 @@ impl NativePlan {
     #[getter]
     fn tier(&self) -> &'static str {
         self.plan.tier().name()
+    }
+
+    #[getter]
+    fn unit(&self) -> &'static str {
+        self.plan.unit().name()
+    }
+
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.plan.precision().name()
     }
 
     #[getter]
@@ -1301,6 +1333,16 @@ fn dtypes() -> Vec<&'static str> {
     Dtype::ALL.iter().map(|d| d.name()).collect()
 }
 
+/// Every multiply-add unit by name, with `None` where this process can
+/// use it and the reason where it cannot.
+#[pyfunction]
+fn units() -> Vec<(&'static str, Option<&'static str>)> {
+    Unit::ALL
+        .iter()
+        .map(|u| (u.name(), u.unavailable_reason()))
+        .collect()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativePlan>()?;
@@ -1309,6 +1351,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pool_heads, m)?)?;
     m.add_function(wrap_pyfunction!(active_tier, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
+    m.add_function(wrap_pyfunction!(units, m)?)?;
     m.add("GqaError", m.py().get_type::<GqaError>())?;
     Ok(())
 }

@@ -456,3 +456,101 @@ def test_forced_tiers(tier):
     out, lse = plan.run(q, k, v, SEQ, lse=True)
     want, want_lse = attention(q, k.astype(np.float64), v.astype(np.float64), SEQ)
     assert_close(out, want, np.abs(v).max(), lse, want_lse)
+
+
+# A (K, V) pair each unit has kernels for (README: "Units").
+_UNIT_TYPES = {
+    "f32-fma": ("f16", "f16"),
+    "bf16-dot": ("bf16", "f16"),
+    "int8-dot": ("int8", "bf16"),
+    "amx-bf16": ("bf16", "bf16"),
+}
+
+
+def _unit_cache(r, dtype, shape):
+    """Random cache values of `dtype`: (storage, scales or None, float64 values)."""
+    x = r.standard_normal(shape)
+    if dtype == "f16":
+        s = x.astype(np.float16)
+        return s, None, s.astype(np.float64)
+    if dtype == "bf16":
+        s = bf16_bits(x)
+        return s, None, bf16_decode(s)
+    s = r.integers(-127, 128, shape).astype(np.int8)
+    scales = r.uniform(0.005, 0.02, shape[:-1]).astype(np.float32)
+    return s, scales, s.astype(np.float64) * scales[..., None]
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+@pytest.mark.parametrize("unit", sorted(_UNIT_TYPES))
+def test_units_and_precision(unit, precision):
+    """A forced unit runs where this CPU has it (and matches the reference:
+    the f32 tolerance for `exact`, the README's bound for `fast`) or is a
+    GqaError naming it where it does not; never a silent fallback."""
+    kd, vd = _UNIT_TYPES[unit]
+    b, h, g, d, n = 2, 8, 1, 64, 300  # r = 8: enough rows for the tile unit
+    reason = gk.units()[unit]
+    if reason is not None:
+        with pytest.raises(gk.GqaError, match=unit):
+            gk.Plan(b, h, g, d, dtype=kd, v_dtype=vd, unit=unit, precision=precision)
+        return
+    plan = gk.Plan(b, h, g, d, dtype=kd, v_dtype=vd, unit=unit, precision=precision, max_kv_len=n)
+    assert (plan.unit, plan.precision) == (unit, precision)
+    r = rng(30)
+    k, ks, kl = _unit_cache(r, kd, (b, g, n, d))
+    v, vs, vl = _unit_cache(r, vd, (b, g, n, d))
+    q = r.standard_normal((b, h, d)).astype(np.float32)
+    lens = [n, 77]
+    out, lse = plan.run(q, k, v, lens, lse=True, k_scales=ks, v_scales=vs)
+    want, want_lse = attention(q, kl, vl, lens)
+    vmax = np.abs(vl).max()
+    if precision == "exact" or unit == "f32-fma":
+        assert_close(out, want, vmax, lse, want_lse)
+        return
+    # README, numerics contract: scores move by at most
+    # delta = scale * max_row sum_d |dq_d| * max|k|.
+    qa = np.abs(q.astype(np.float64))
+    dq = 2.0**-8 * qa.sum(axis=-1).max() if unit != "int8-dot" else d * qa.max() / (2 * 127 * 128)
+    delta = dq * np.abs(kl).max() / np.sqrt(d)
+    p_rounded = unit == "amx-bf16" or (unit == "bf16-dot" and vd == "bf16")
+    bound = (np.exp(2 * delta) - 1) * vmax + (2.0**-8 * vmax if p_rounded else 0.0)
+    err = np.abs(out - want) - (2e-5 * vmax + 1e-4 * np.abs(want))
+    assert err.max() <= bound, f"{unit} fast: error {err.max()} over the bound {bound}"
+    assert np.abs(lse - want_lse).max() <= delta + 2e-5 * (1 + np.abs(want_lse).max())
+
+
+def test_unit_errors():
+    with pytest.raises(ValueError, match='unit: unknown unit "tensor-core"'):
+        gk.Plan(1, 8, 1, 64, unit="tensor-core")
+    # int8-dot has no kernels for an f16 K (whether or not this CPU has it).
+    with pytest.raises(gk.GqaError, match="int8-dot"):
+        gk.Plan(1, 8, 1, 64, dtype="f16", unit="int8-dot")
+    assert set(gk.units()) == {"f32-fma", "bf16-dot", "int8-dot", "amx-bf16", "amx-int8"}
+
+
+@pytest.mark.parametrize("layout", ["bgld", "blgd"])
+def test_ring_prefix_groups(layout):
+    """Rings of sequences 0 and 1 both hold the same first 12 attended
+    positions; declared shared, the prefix is read from sequence 0's ring."""
+    r = rng(31)
+    cap, lens, first = 24, [20, 18], [50, 5]
+    logical_k = r.standard_normal((2, G, cap, D)).astype(np.float32)
+    logical_v = r.standard_normal((2, G, cap, D)).astype(np.float32)
+    logical_k[1, :, :12], logical_v[1, :, :12] = logical_k[0, :, :12], logical_v[0, :, :12]
+    ring_k, ring_v = np.zeros_like(logical_k), np.zeros_like(logical_v)
+    for b in range(2):
+        for i in range(lens[b]):
+            ring_k[b, :, (first[b] + i) % cap] = logical_k[b, :, i]
+            ring_v[b, :, (first[b] + i) % cap] = logical_v[b, :, i]
+    # Sequence 1's copy of the prefix is poisoned: only sequence 0's is read.
+    poisoned_k = ring_k.copy()
+    for i in range(12):
+        poisoned_k[1, :, (first[1] + i) % cap] = np.nan
+    q = r.standard_normal((2, H, D)).astype(np.float32)
+    plan = gk.Plan(2, H, G, D, dtype="f32", window=cap, cascade=True)
+    out = plan.run_ring(
+        q, logical_to(layout, poisoned_k), logical_to(layout, ring_v), lens, first,
+        layout=layout, prefix=([12], [0, 2], [0, 1]),
+    )
+    want, _ = attention(q, logical_k.astype(np.float64), logical_v.astype(np.float64), lens)
+    assert_close(out, want, np.abs(logical_v).max())
