@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 import gqa_kernels as gk
-from reference import assert_close, attention, bf16_bits, bf16_decode
+from reference import (
+    assert_close,
+    attention,
+    bf16_bits,
+    bf16_decode,
+    e4m3_decode,
+    e5m2_decode,
+    q8_0_decode,
+)
 
 B, H, G, D = 2, 8, 2, 64
 CAP = 32
@@ -96,6 +104,86 @@ def test_append_latent():
     want, _ = attention(q, kl, kl[..., :dv], [5])
     assert_close(out, want, np.abs(kl[..., :dv]).max())
 
+
+
+def _appended(fmt, k, ks):
+    """A cache `fmt` after an append, from its bytes and scales: (decoded
+    float64 [B, G, CAP, D], relative and absolute error allowed against
+    the row written) from the format's rounding (README, quant)."""
+    full = (B, G, CAP, D)
+    if fmt == "q8_0":
+        x = q8_0_decode(k.reshape(-1, k.shape[-1]), D).reshape(full)
+        amax = np.abs(x.reshape(B, G, CAP, D // 32, 32)).max(axis=-1, keepdims=True)
+        # Half a step of amax/127, and the f16 rounding of the block scale.
+        return x, 2.0**-10, np.broadcast_to(0.51 * amax / 127, amax.shape[:-1] + (32,)).reshape(full)
+    if fmt == "fp8e4m3_row":
+        s = ks[..., None].astype(np.float64)
+    else:
+        s = ks[None, :, None, None].astype(np.float64)
+    if fmt == "fp8e5m2":
+        return e5m2_decode(k) * s, 2.0**-3, np.broadcast_to(2.0**-17 * s, full)
+    return e4m3_decode(k) * s, 2.0**-4 + 1e-7, np.broadcast_to(2.0**-10 * s, full)
+
+
+@pytest.mark.parametrize("fmt", ["fp8e4m3", "fp8e5m2", "fp8e4m3_row", "q8_0"])
+def test_append_quantized_then_decode(fmt):
+    """Rows quantized on write: each stored value within the format's
+    rounding of what was written (an fp8 cache's per-head scales read, a
+    per-row fp8 cache's scales written), and the step reads exactly the
+    stored values."""
+    r = np.random.default_rng(24)
+    lens = [7, 12]
+    width = D // 32 * 34 if fmt == "q8_0" else D
+    k = np.zeros((B, G, CAP, width), np.uint8)
+    v = np.zeros((B, G, CAP, width), np.uint8)
+    if fmt == "fp8e4m3_row":
+        ks, vs = np.zeros((B, G, CAP), np.float32), np.zeros((B, G, CAP), np.float32)
+    elif fmt == "q8_0":
+        ks = vs = None
+    else:
+        ks, vs = np.array([0.02, 0.05], np.float32), np.array([0.03], np.float32)
+    new_k = r.standard_normal((sum(lens), G, D)).astype(np.float32)
+    new_v = (0.5 * r.standard_normal((sum(lens), G, D))).astype(np.float16)
+    gk.append(k, v, new_k, new_v, [0, 7, 19], [0, 0], dtype=fmt, k_scales=ks, v_scales=vs)
+    if fmt == "fp8e4m3_row":
+        assert (ks[0, :, :7] > 0).all() and (ks[0, :, 7:] == 0).all() and (ks[1, :, :12] > 0).all()
+    kl, k_rel, k_abs = _appended(fmt, k, ks)
+    vl, v_rel, v_abs = _appended(fmt, v, vs)
+    for b, (lo, n) in enumerate([(0, 7), (7, 12)]):
+        for got, rel, slack, new in ((kl, k_rel, k_abs, new_k), (vl, v_rel, v_abs, new_v)):
+            orig = new[lo:lo + n].astype(np.float64).swapaxes(0, 1)  # [G, n, D]
+            err = np.abs(got[b, :, :n] - orig)
+            assert np.all(err <= rel * np.abs(orig) + slack[b, :, :n]), f"{fmt}: {err.max()}"
+            assert not got[b, :, n:].any()  # nothing written past the new rows
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    out, lse = gk.Plan(B, H, G, D, dtype=fmt).run(q, k, v, lens, lse=True, k_scales=ks, v_scales=vs)
+    want, want_lse = attention(q, kl, vl, lens)
+    assert_close(out, want, np.abs(vl).max(), lse, want_lse)
+
+
+def test_append_mixed_types():
+    """K in bf16, V in int8 (scales written), from f16 rows; then decode."""
+    r = np.random.default_rng(25)
+    k = np.zeros((B, CAP, G, D), np.uint16)  # [B, L, G, D]
+    v = np.zeros((B, CAP, G, D), np.int8)
+    vs = np.zeros((B, CAP, G), np.float32)
+    lens = [5, 9]
+    new_k = r.standard_normal((14, G, D)).astype(np.float16)
+    new_v = r.standard_normal((14, G, D)).astype(np.float16)
+    gk.append(k, v, new_k, new_v, [0, 5, 14], [0, 0], dtype="bf16", v_dtype="int8",
+              layout="blgd", v_scales=vs)
+    # f16 -> bf16 goes through f32 (exact), then one rounding.
+    assert np.array_equal(k[1, :9], bf16_bits(new_k[5:14].astype(np.float32)))
+    assert (vs[0, :5] > 0).all() and (vs[0, 5:] == 0).all()
+    kl = bf16_decode(k).swapaxes(1, 2)
+    vl = (v.astype(np.float64) * vs[..., None]).swapaxes(1, 2)
+    orig_v = new_v[5:14].astype(np.float64)
+    assert np.all(np.abs(vl[1, :, :9].swapaxes(0, 1) - orig_v) <= 0.5 * vs[1, :9, :, None] + 1e-7)
+    q = r.standard_normal((B, H, D)).astype(np.float32)
+    plan = gk.Plan(B, H, G, D, dtype="bf16", v_dtype="int8")
+    out = plan.run(q, k, v, lens, layout="blgd", v_scales=vs)
+    want, _ = attention(q, kl, vl, lens)
+    assert_close(out, want, np.abs(vl).max())
 
 def test_append_errors():
     k = np.zeros((1, G, 4, D), np.float16)
