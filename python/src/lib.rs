@@ -534,6 +534,29 @@ impl<'py> RoCache<'py> {
     }
 }
 
+/// The K and V views of a paged or ring cache (`view` of each), V being
+/// K's own rows for a latent cache (`vc` `None`); V must have K's
+/// positions per page or ring (`dims[1]`), else a `ValueError` naming
+/// `v_arg` (`"{v_arg}: {what} {n} positions, {k_arg} has {m}"`).
+fn k_and_v<'c, T: Copy>(
+    kc: &'c RoCache<'_>,
+    vc: Option<&'c RoCache<'_>>,
+    v_arg: &str,
+    what: &str,
+    k_arg: &str,
+    view: impl Fn(&'c RoCache<'_>) -> PyResult<T>,
+) -> PyResult<(T, T)> {
+    let k = view(kc)?;
+    let Some(vc) = vc else { return Ok((k, k)) };
+    let (n, m) = (vc.layout.dims[1], kc.layout.dims[1]);
+    if n != m {
+        return Err(value_err(format!(
+            "{v_arg}: {what} {n} positions, {k_arg} has {m}"
+        )));
+    }
+    Ok((k, view(vc)?))
+}
+
 /// A cache array borrowed for writing (dense: contiguous in some order).
 struct RwCache<'py> {
     arr: Rw<'py>,
@@ -982,19 +1005,9 @@ impl NativePlan {
                     value_err("block_table: a paged cache needs its block table".to_string())
                 })?;
                 let page_size = kc.layout.dims[1];
-                if let Some(vc) = &vc {
-                    if vc.layout.dims[1] != page_size {
-                        return Err(value_err(format!(
-                            "v_pages: pages of {} positions, k_pages has {page_size}",
-                            vc.layout.dims[1]
-                        )));
-                    }
-                }
-                let kp = kc.pages()?;
-                let vp = match &vc {
-                    Some(vc) => vc.pages()?,
-                    None => kp,
-                };
+                let (kp, vp) = k_and_v(&kc, vc.as_ref(), "v_pages", "pages of", "k_pages", |c| {
+                    c.pages()
+                })?;
                 KvCache::Paged(PagedKv {
                     k: kp,
                     v: vp,
@@ -1008,19 +1021,7 @@ impl NativePlan {
                     value_err("first_pos: a ring cache needs each sequence's first position".into())
                 })?;
                 let capacity = kc.layout.dims[1];
-                if let Some(vc) = &vc {
-                    if vc.layout.dims[1] != capacity {
-                        return Err(value_err(format!(
-                            "v: a ring of {} slots, k has {capacity}",
-                            vc.layout.dims[1]
-                        )));
-                    }
-                }
-                let kt = kc.tensor()?;
-                let vt = match &vc {
-                    Some(vc) => vc.tensor()?,
-                    None => kt,
-                };
+                let (kt, vt) = k_and_v(&kc, vc.as_ref(), "v", "a ring of", "k", |c| c.tensor())?;
                 KvCache::Ring(RingKv {
                     k: kt,
                     v: vt,
