@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{check_all, six_layouts, tiers, Rng, Spec};
+use common::{check_all, gapped_runs, six_layouts, tiers, Rng, Spec};
 use gqa_kernels::quant::{self, Fp8};
 use gqa_kernels::{
     reference, Batch, Dtype, Error, KvBuffer, KvCache, KvData, KvTensor, Options, Plan, Shape, Unit,
@@ -294,19 +294,8 @@ fn staged_sparse_runs_carry_their_row_scales() {
         let mut case = s.build();
         let per_kv_head = i % 2 == 1;
         let lists = if per_kv_head { 4 } else { 2 };
-        let (mut pos, mut off) = (Vec::new(), vec![0]);
-        for list in 0..lists {
-            let len = lens[list * 2 / lists] as u32;
-            // Runs of 1, 2, ..., 40 positions, each followed by one left out.
-            let (mut p, mut run) = (list as u32 * 5, 1 + list as u32 * 3);
-            while p < len {
-                let e = (p + run).min(len);
-                pos.extend(p..e);
-                p = e + 1;
-                run = run % 40 + 1;
-            }
-            off.push(pos.len());
-        }
+        // Runs of 1, 2, ..., 40 positions, each followed by one left out.
+        let (pos, off) = gapped_runs(&lens, lists, 5, 3, 40);
         case.positions = Some((pos, off, per_kv_head));
         eprintln!("case {i}: {k}/{v} {layout:?} latent {}", s.latent);
         check_all(&case);
@@ -318,7 +307,7 @@ fn staged_sparse_runs_carry_their_row_scales() {
 /// it is bitwise the Rust step over the same buffers.
 #[test]
 fn c_abi_appends_and_reads_row_scales() {
-    use common::{capi_batch, capi_strided_cache};
+    use common::{capi_batch, capi_run, capi_strided_cache, capi_workspace};
     use gqa_kernels::capi::*;
     let (h, g, d, l) = (4usize, 2usize, 32usize, 20usize);
     let t = Dtype::Fp8E4M3Row;
@@ -390,28 +379,9 @@ fn c_abi_appends_and_reads_row_scales() {
     }
     let q: Vec<f32> = (0..h * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let lens = [l];
-    let mut ws_len = 0;
-    // SAFETY: a live plan and a valid out-pointer.
-    assert_eq!(
-        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
-        GQA_OK
-    );
-    let mut ws = vec![0u8; ws_len];
-    let mut out = vec![f32::NAN; h * d];
+    let mut ws = capi_workspace(plan);
     let batch = capi_batch(&q, &cache, &lens);
-    // SAFETY: every pointer is valid for its length.
-    let st = unsafe {
-        gqa_run(
-            plan,
-            &batch,
-            out.as_mut_ptr(),
-            out.len(),
-            std::ptr::null_mut(),
-            0,
-            ws.as_mut_ptr().cast(),
-            ws.len(),
-        )
-    };
+    let (st, out) = capi_run(plan, &batch, h * d, &mut ws);
     assert_eq!(st, GQA_OK);
     // SAFETY: a live plan.
     unsafe { gqa_plan_destroy(plan) };

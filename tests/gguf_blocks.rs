@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{capi_batch, capi_strided_cache, check_all, Layout, Spec};
+use common::{capi_batch, capi_run, capi_strided_cache, capi_workspace, check_all, Layout, Spec};
 use gqa_kernels::quant::{
     self, BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, IQ4_NL_LEVELS,
 };
@@ -484,35 +484,17 @@ fn the_c_abi_reads_block_formats_as_bytes() {
         unsafe { gqa_plan_create(&cshape, &options, &mut cplan) },
         GQA_OK
     );
-    let mut ws_len = 0;
-    // SAFETY: a live plan.
-    assert_eq!(
-        unsafe { gqa_plan_workspace_bytes(cplan, &mut ws_len) },
-        GQA_OK
-    );
-    let mut ws = vec![0u8; ws_len];
+    let mut ws = capi_workspace(cplan);
     let lens = [l];
     for (len, status) in [
         (l * g * d, GQA_OK),
         (l * g * d - 16, GQA_ERR_INVALID_ARGUMENT),
     ] {
+        // Every pointer is valid for its length: the short `len` describes
+        // a prefix of the K bytes.
         let cache = capi_strided_cache(kv(kt, &mut ks, len), kv(vt, &mut vs, l * g * d), l);
         let batch = capi_batch(&q, &cache, &lens);
-        let mut out = vec![f32::NAN; h * d];
-        // SAFETY: every pointer is valid for its length (the short `len`
-        // describes a prefix of the K bytes).
-        let st = unsafe {
-            gqa_run(
-                cplan,
-                &batch,
-                out.as_mut_ptr(),
-                out.len(),
-                std::ptr::null_mut(),
-                0,
-                ws.as_mut_ptr().cast(),
-                ws.len(),
-            )
-        };
+        let (st, out) = capi_run(cplan, &batch, h * d, &mut ws);
         assert_eq!(st, status, "len {len}");
         if st == GQA_OK {
             assert!(out

@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    assert_same_bits, capi_batch, capi_strided_cache, check_all, check_thread_invariance, Layout,
-    Mask, MaskKind, Spec,
+    assert_same_bits, capi_batch, capi_run, capi_strided_cache, capi_workspace, check_all,
+    check_thread_invariance, Layout, Mask, MaskKind, Spec,
 };
 use gqa_kernels::{
     Batch, Dtype, Error, KvBuffer, KvCache, KvPages, KvTensor, Options, PagedKv, Plan, RingKv,
@@ -315,30 +315,10 @@ fn c_abi_latent_flag() {
         latent: 1,
         ..capi_strided_cache(kv, none, l)
     };
-    let mut ws_len = 0;
-    // SAFETY: a live plan and a valid out-pointer.
-    assert_eq!(
-        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
-        GQA_OK
-    );
-    let mut ws = vec![0u8; ws_len];
+    let mut ws = capi_workspace(plan);
     let mut run = |cache: &gqa_cache| {
         let batch = capi_batch(&q, cache, &lens);
-        let mut out = vec![f32::NAN; h * dv];
-        // SAFETY: every pointer is valid for its length.
-        let st = unsafe {
-            gqa_run(
-                plan,
-                &batch,
-                out.as_mut_ptr(),
-                out.len(),
-                std::ptr::null_mut(),
-                0,
-                ws.as_mut_ptr().cast(),
-                ws.len(),
-            )
-        };
-        (st, out)
+        capi_run(plan, &batch, h * dv, &mut ws)
     };
     let (st, out) = run(&cache);
     assert_eq!(st, GQA_OK);

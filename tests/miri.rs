@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{capi_batch, capi_strided_cache, Layout, Spec};
+use common::{capi_batch, capi_run, capi_strided_cache, capi_workspace, Layout, Spec};
 use gqa_kernels::{merge_states, Dtype, Shape, Tier};
 
 #[test]
@@ -153,33 +153,15 @@ fn the_c_abi_on_a_tiny_step() {
     let q = vec![0.3f32; h * d];
     let lens = [l];
     let batch = capi_batch(&q, &cache, &lens);
-    let mut ws_len = 0;
-    // SAFETY: a live plan.
-    assert_eq!(
-        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
-        GQA_OK
-    );
-    let mut ws = vec![0u8; ws_len];
-    let mut out = vec![f32::NAN; h * d];
-    // SAFETY: every pointer is valid for its length.
-    let st = unsafe {
-        gqa_run(
-            plan,
-            &batch,
-            out.as_mut_ptr(),
-            out.len(),
-            std::ptr::null_mut(),
-            0,
-            ws.as_mut_ptr().cast(),
-            ws.len(),
-        )
-    };
+    let mut ws = capi_workspace(plan);
+    let (st, mut out) = capi_run(plan, &batch, h * d, &mut ws);
     assert_eq!(st, GQA_OK);
     assert!(out.iter().all(|x| x.is_finite()));
     let whole = out.clone();
     // A short output is an error with a message, and writes nothing.
     out.fill(7.0);
-    // SAFETY: as above, with a shorter (still valid) output length.
+    // SAFETY: a live plan; every pointer is valid for its length (the
+    // output for one float more than the length passed).
     let st = unsafe {
         gqa_run(
             plan,

@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    assert_same_bits, capi_batch, capi_strided_cache, check_all, check_thread_invariance,
-    six_layouts, Mask, MaskKind, Sparse, Spec,
+    assert_same_bits, capi_batch, capi_run, capi_strided_cache, capi_workspace, check_all,
+    check_thread_invariance, gapped_runs, six_layouts, Mask, MaskKind, Sparse, Spec,
 };
 use gqa_kernels::{Batch, Dtype, Error, KvBuffer, KvTensor, Options, Plan, Positions, Shape};
 
@@ -163,20 +163,9 @@ fn staged_runs_match_the_reference() {
         let mut case = s.build();
         let per_kv_head = i % 2 == 1;
         let lists = if per_kv_head { 4 } else { 2 };
-        let (mut pos, mut off) = (Vec::new(), vec![0]);
-        for list in 0..lists {
-            let len = lens[list * 2 / lists] as u32;
-            // Runs of 1, 2, ..., 80 positions (shifted per list), each
-            // followed by one position left out.
-            let (mut p, mut run) = (list as u32 * 3, 1 + list as u32 * 7);
-            while p < len {
-                let e = (p + run).min(len);
-                pos.extend(p..e);
-                p = e + 1;
-                run = run % 80 + 1;
-            }
-            off.push(pos.len());
-        }
+        // Runs of 1, 2, ..., 80 positions (shifted per list), each
+        // followed by one position left out.
+        let (pos, off) = gapped_runs(&lens, lists, 3, 7, 80);
         case.positions = Some((pos, off, per_kv_head));
         eprintln!("case {i}: {dt:?} {layout:?} q_len {q_len}");
         check_all(&case);
@@ -389,30 +378,8 @@ fn c_abi_positions() {
         positions_per_kv_head: 1,
         ..capi_batch(&q, &cache, &lens)
     };
-    let mut ws_len = 0;
-    // SAFETY: a live plan and a valid out-pointer.
-    assert_eq!(
-        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
-        GQA_OK
-    );
-    let mut ws = vec![0u8; ws_len];
-    let mut run = |batch: &gqa_batch| {
-        let mut out = vec![f32::NAN; h * d];
-        // SAFETY: every pointer is valid for its length.
-        let st = unsafe {
-            gqa_run(
-                plan,
-                batch,
-                out.as_mut_ptr(),
-                out.len(),
-                std::ptr::null_mut(),
-                0,
-                ws.as_mut_ptr().cast(),
-                ws.len(),
-            )
-        };
-        (st, out)
-    };
+    let mut ws = capi_workspace(plan);
+    let mut run = |batch: &gqa_batch| capi_run(plan, batch, h * d, &mut ws);
     let (st, out) = run(&batch);
     assert_eq!(st, GQA_OK);
     assert!(out

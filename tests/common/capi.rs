@@ -1,8 +1,11 @@
 //! The C ABI's batch and strided cache structs with every optional field
 //! NULL or 0, for the C ABI tests to fill the rest with struct update
-//! syntax.
+//! syntax, and the workspace and `gqa_run` call every C ABI test makes.
 
-use gqa_kernels::capi::{gqa_batch, gqa_cache, gqa_kv, GQA_LAYOUT_STRIDED};
+use gqa_kernels::capi::{
+    gqa_batch, gqa_cache, gqa_kv, gqa_plan, gqa_plan_workspace_bytes, gqa_run, GQA_LAYOUT_STRIDED,
+    GQA_OK,
+};
 
 /// A `gqa_batch` of queries `q` over `cache`, one sequence per entry of
 /// `seq_lens`; no ragged query offsets, bias, tree mask, position lists
@@ -52,4 +55,43 @@ pub fn capi_strided_cache(k: gqa_kv, v: gqa_kv, capacity: usize) -> gqa_cache {
         first_pos: std::ptr::null(),
         latent: 0,
     }
+}
+
+/// A zeroed workspace of the size `plan` asks for (asserting the query
+/// succeeds). `plan` must be a live handle.
+pub fn capi_workspace(plan: *const gqa_plan) -> Vec<u8> {
+    let mut ws_len = 0;
+    // SAFETY: the caller passes a live plan; `ws_len` is valid for a write.
+    assert_eq!(
+        unsafe { gqa_plan_workspace_bytes(plan, &mut ws_len) },
+        GQA_OK
+    );
+    vec![0u8; ws_len]
+}
+
+/// `gqa_run` of `batch` on `plan` (a live handle; `batch`'s pointers valid
+/// for their lengths) into a fresh NaN-filled output of `out_len` floats,
+/// without `lse`, in workspace `ws`: the status and the output.
+pub fn capi_run(
+    plan: *const gqa_plan,
+    batch: &gqa_batch,
+    out_len: usize,
+    ws: &mut [u8],
+) -> (i32, Vec<f32>) {
+    let mut out = vec![f32::NAN; out_len];
+    // SAFETY: the caller's contract on `plan` and `batch`; `out` and `ws`
+    // are valid for their lengths.
+    let st = unsafe {
+        gqa_run(
+            plan,
+            batch,
+            out.as_mut_ptr(),
+            out.len(),
+            std::ptr::null_mut(),
+            0,
+            ws.as_mut_ptr().cast(),
+            ws.len(),
+        )
+    };
+    (st, out)
 }

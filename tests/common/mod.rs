@@ -239,3 +239,31 @@ pub fn six_layouts() -> [Layout; 6] {
         Layout::Ring { extra: 5 },
     ]
 }
+
+/// Sparse position lists of runs with gaps: `lists` lists (one per
+/// sequence, or per (sequence, KV head) when `lists` is twice the
+/// sequences), list `i` over sequence `i * 2 / lists` of `lens`, starting
+/// at `i * start_step` with a run of `1 + i * run_step` positions; runs
+/// then grow by one up to `max_run` and start over at 1, each followed by
+/// one position left out. The lists and their offsets.
+pub fn gapped_runs(
+    lens: &[usize],
+    lists: usize,
+    start_step: u32,
+    run_step: u32,
+    max_run: u32,
+) -> (Vec<u32>, Vec<usize>) {
+    let (mut pos, mut off) = (Vec::new(), vec![0]);
+    for list in 0..lists {
+        let len = lens[list * 2 / lists] as u32;
+        let (mut p, mut run) = (list as u32 * start_step, 1 + list as u32 * run_step);
+        while p < len {
+            let e = (p + run).min(len);
+            pos.extend(p..e);
+            p = e + 1;
+            run = run % max_run + 1;
+        }
+        off.push(pos.len());
+    }
+    (pos, off)
+}
