@@ -442,6 +442,44 @@ macro_rules! borrow_store {
     }};
 }
 
+/// A cache's borrowed row scales (int8, fp8e4m3_row) and its fp8
+/// per-head scales.
+type Scales<A> = (Option<(A, Span)>, Vec<f32>);
+
+/// A cache's scales argument, by its type: int8 and fp8e4m3_row rows
+/// need their row scales (borrowed by `borrow` and checked against the
+/// cache's rows), fp8 takes optional per-head scales, and no other type
+/// takes any.
+fn cache_scales<'py, A>(
+    scales_arg: &'static str,
+    scales: Option<&Bound<'py, PyAny>>,
+    dtype: Dtype,
+    layout: &Layout,
+    head_dim: usize,
+    borrow: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<(A, Span)>,
+) -> PyResult<Scales<A>> {
+    if row_scaled(dtype) {
+        let obj = scales.ok_or_else(|| {
+            value_err(format!(
+                "{scales_arg}: a {} cache needs its scales (float32, one per row)",
+                dtype.name()
+            ))
+        })?;
+        let (a, s) = borrow(obj)?;
+        check_int8_scales(scales_arg, &s, layout, head_dim)?;
+        Ok((Some((a, s)), Vec::new()))
+    } else if fp8_format(dtype).is_some() {
+        Ok((None, fp8_scales(scales_arg, scales)?))
+    } else if scales.is_some() {
+        Err(value_err(format!(
+            "{scales_arg}: only int8, fp8 and fp8e4m3_row caches take scales ({} does not)",
+            dtype.name()
+        )))
+    } else {
+        Ok((None, Vec::new()))
+    }
+}
+
 /// A cache array borrowed read-only, with its scales.
 struct RoCache<'py> {
     arr: Ro<'py>,
@@ -465,27 +503,12 @@ impl<'py> RoCache<'py> {
     ) -> PyResult<RoCache<'py>> {
         let (span, arr) = borrow_store!(borrow_ro, Ro, Store::of(dtype), arg, obj);
         let layout = layout(arg, &span, dtype, head_dim, kv_heads)?;
-        let mut int8_scales = None;
-        let mut fp8 = Vec::new();
-        if row_scaled(dtype) {
-            let obj = scales.ok_or_else(|| {
-                value_err(format!(
-                    "{scales_arg}: a {} cache needs its scales (float32, one per row)",
-                    dtype.name()
-                ))
+        let (int8_scales, fp8) =
+            cache_scales(scales_arg, scales, dtype, &layout, head_dim, |obj| {
+                let a = borrow_ro::<f32>(scales_arg, obj, "float32")?;
+                let s = Span::of(scales_arg, &a)?;
+                Ok((a, s))
             })?;
-            let a = borrow_ro::<f32>(scales_arg, obj, "float32")?;
-            let s = Span::of(scales_arg, &a)?;
-            check_int8_scales(scales_arg, &s, &layout, head_dim)?;
-            int8_scales = Some((a, s));
-        } else if fp8_format(dtype).is_some() {
-            fp8 = fp8_scales(scales_arg, scales)?;
-        } else if scales.is_some() {
-            return Err(value_err(format!(
-                "{scales_arg}: only int8, fp8 and fp8e4m3_row caches take scales ({} does not)",
-                dtype.name()
-            )));
-        }
         Ok(RoCache {
             arr,
             span,
@@ -602,32 +625,17 @@ impl<'py> RwCache<'py> {
             )));
         }
         let layout = layout(arg, &span, dtype, head_dim, kv_heads)?;
-        let mut int8_scales = None;
-        let mut fp8 = Vec::new();
-        if row_scaled(dtype) {
-            let obj = scales.ok_or_else(|| {
-                value_err(format!(
-                    "{scales_arg}: a {} cache needs its scales (float32, one per row)",
-                    dtype.name()
-                ))
+        let (int8_scales, fp8) =
+            cache_scales(scales_arg, scales, dtype, &layout, head_dim, |obj| {
+                let a = borrow_rw::<f32>(scales_arg, obj, "float32")?;
+                let s = Span::of(scales_arg, &a)?;
+                if !s.dense() {
+                    return Err(value_err(format!(
+                        "{scales_arg}: must be contiguous in some order of its axes"
+                    )));
+                }
+                Ok((a, s))
             })?;
-            let a = borrow_rw::<f32>(scales_arg, obj, "float32")?;
-            let s = Span::of(scales_arg, &a)?;
-            if !s.dense() {
-                return Err(value_err(format!(
-                    "{scales_arg}: must be contiguous in some order of its axes"
-                )));
-            }
-            check_int8_scales(scales_arg, &s, &layout, head_dim)?;
-            int8_scales = Some((a, s));
-        } else if fp8_format(dtype).is_some() {
-            fp8 = fp8_scales(scales_arg, scales)?;
-        } else if scales.is_some() {
-            return Err(value_err(format!(
-                "{scales_arg}: only int8, fp8 and fp8e4m3_row caches take scales ({} does not)",
-                dtype.name()
-            )));
-        }
         Ok(RwCache {
             arr,
             span,
