@@ -241,8 +241,8 @@ pub fn six_layouts() -> [Layout; 6] {
 }
 
 /// Sparse position lists of runs with gaps: `lists` lists (one per
-/// sequence, or per (sequence, KV head) when `lists` is twice the
-/// sequences), list `i` over sequence `i * 2 / lists` of `lens`, starting
+/// sequence, or per (sequence, KV head) when `lists` is a multiple of the
+/// sequences), list `i` over sequence `i * lens.len() / lists`, starting
 /// at `i * start_step` with a run of `1 + i * run_step` positions; runs
 /// then grow by one up to `max_run` and start over at 1, each followed by
 /// one position left out. The lists and their offsets.
@@ -255,7 +255,7 @@ pub fn gapped_runs(
 ) -> (Vec<u32>, Vec<usize>) {
     let (mut pos, mut off) = (Vec::new(), vec![0]);
     for list in 0..lists {
-        let len = lens[list * 2 / lists] as u32;
+        let len = lens[list * lens.len() / lists] as u32;
         let (mut p, mut run) = (list as u32 * start_step, 1 + list as u32 * run_step);
         while p < len {
             let e = (p + run).min(len);
