@@ -65,6 +65,9 @@ extern "C" {
 #define GQA_DTYPE_Q5_1 10    /* block_q5_1: fp16 d, fp16 m + fifth bits + codes (24 bytes) */
 #define GQA_DTYPE_IQ4_NL 11  /* block_iq4_nl: fp16 d + 4-bit codes into a fixed table (18 bytes) */
 #define GQA_DTYPE_FP8_E4M3_ROW 12 /* OCP E4M3FN bytes, one float scale per row of head_dim (as INT8) */
+#define GQA_DTYPE_FP8_DS_MLA 13 /* DeepSeek-V3.2 / FlashMLA FP8 latent row: 576 values in 656 bytes
+                                   (512 E4M3FN, 4 float scales per 128, 64 bf16); len counts values
+                                   (576 a row); K and V both, a latent cache (latent = 1) */
 
 /* Tiers. */
 #define GQA_TIER_AUTO (-1) /* GQA_KERNELS_ISA, else the best available */

@@ -222,7 +222,8 @@ pub fn widen_rate(dtype: crate::Dtype, threads: usize) -> f64 {
     impl crate::formats::BlockVisitor for Blocks {
         type Out = ();
         fn visit<B: crate::quant::BlockFormat>(self) {
-            probes::widen(self.tier, &[B::default(); D / 32], D, self.passes)
+            let row = vec![B::default(); D.div_ceil(B::LEN)];
+            probes::widen(self.tier, &row, D, self.passes)
         }
     }
     let mut best = 0.0f64;

@@ -17,6 +17,7 @@
 //! | `fp8e4m3` | OCP E4M3FN byte (no infinities, max 448) | one f32 per KV head (divides before encoding) | `<= 2^-4 · |x|` for `|x| / scale >= 2^-6`, else `<= 2^-10 · scale` |
 //! | `fp8e5m2` | OCP E5M2 byte (max finite 57344) | one f32 per KV head | `<= 2^-3 · |x|` for `|x| / scale >= 2^-14`, else `<= 2^-17 · scale` |
 //! | `fp8e4m3_row` | OCP E4M3FN byte | one f32 per (token, KV head) row, `absmax / 448` | as `fp8e4m3` with the row's scale |
+//! | `fp8_ds_mla` | [`BlockFp8DsMla`]: a 576-value latent row in 656 bytes (FlashMLA's FP8 row: 512 E4M3FN bytes, 4 f32 scales, 64 bf16) | one f32 per 128 latent values, `absmax / 448`; none for the 64 bf16 rotary values | latent values as `fp8e4m3` with their tile's scale; rotary values `<= 2^-8 · |x|` (bf16 rounding) |
 //!
 //! Values that do not fit: NaN or ±Inf in the input is rejected with
 //! [`Error::NonFinite`] by every encoder (a NaN would poison the scale of its
@@ -32,8 +33,9 @@
 
 use crate::error::{Error, Result};
 pub use crate::formats::{
-    BlockFormat, BlockInfo, BlockIq4Nl, BlockLayout, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1,
-    BlockQ8_0, Fp8, Quants, IQ4_NL_LEVELS, QK, QK8_0,
+    BlockFormat, BlockFp8DsMla, BlockInfo, BlockIq4Nl, BlockLayout, BlockQ4_0, BlockQ4_1,
+    BlockQ5_0, BlockQ5_1, BlockQ8_0, Fp8, Quants, DS_MLA_DIM, DS_MLA_LATENT, DS_MLA_TILE,
+    IQ4_NL_LEVELS, QK, QK8_0,
 };
 use crate::Dtype;
 
@@ -106,9 +108,10 @@ pub fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) -> Result<()> {
     quantize_blocks(src, dst)
 }
 
-/// The head-dim rule of every block format.
+/// The length rule of every block format: whole blocks (of 32 values; of
+/// 576 for fp8_ds_mla).
 fn check_whole_blocks(dtype: Dtype, len: usize) -> Result<()> {
-    if !len.is_multiple_of(QK) {
+    if !len.is_multiple_of(dtype.block_len()) {
         return Err(Error::InvalidDim {
             arg: "head_dim",
             value: len,
@@ -123,9 +126,9 @@ fn check_whole_blocks(dtype: Dtype, len: usize) -> Result<()> {
 /// ([`BlockFormat::quantize`]; the table above).
 pub fn quantize_blocks<B: BlockFormat>(src: &[f32], dst: &mut [B]) -> Result<()> {
     check_whole_blocks(B::DTYPE, src.len())?;
-    check_len("dst", src.len() / QK, dst.len())?;
+    check_len("dst", src.len() / B::LEN, dst.len())?;
     check_finite(src)?;
-    for (block, xs) in dst.iter_mut().zip(src.chunks_exact(QK)) {
+    for (block, xs) in dst.iter_mut().zip(src.chunks_exact(B::LEN)) {
         *block = B::quantize(xs);
     }
     Ok(())
@@ -140,11 +143,11 @@ pub fn quantize_block_bytes(dtype: Dtype, src: &[f32], dst: &mut [u8]) -> Result
         return Err(Error::UnsupportedDtype {
             arg: "dtype",
             dtype,
-            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl)",
+            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8_ds_mla)",
         });
     };
     check_whole_blocks(dtype, src.len())?;
-    check_len("dst", src.len() / QK * info.bytes, dst.len())?;
+    check_len("dst", src.len() / info.len * info.bytes, dst.len())?;
     check_finite(src)?;
     info.quantize_row(src, dst);
     Ok(())
@@ -153,8 +156,8 @@ pub fn quantize_block_bytes(dtype: Dtype, src: &[f32], dst: &mut [u8]) -> Result
 /// Decodes blocks of format `B`: element `i` of block `b` is
 /// `b.value(i)` ([`BlockFormat::value`]), rounded to f32.
 pub fn dequantize_blocks<B: BlockFormat>(src: &[B], dst: &mut [f32]) -> Result<()> {
-    check_len("dst", src.len() * QK, dst.len())?;
-    for (block, ys) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+    check_len("dst", src.len() * B::LEN, dst.len())?;
+    for (block, ys) in src.iter().zip(dst.chunks_exact_mut(B::LEN)) {
         for (i, y) in ys.iter_mut().enumerate() {
             *y = block.value(i) as f32;
         }

@@ -173,13 +173,20 @@ impl Shape {
             ("head_dim_k", self.k_dtype, self.head_dim_k),
             ("head_dim_v", self.v_dtype, self.head_dim_v),
         ] {
-            if !d.is_multiple_of(dtype.block_len()) {
+            if !dtype.fits_head_dim(d) {
                 return Err(Error::InvalidDim {
                     arg,
                     value: d,
                     reason: dtype.head_dim_rule(),
                 });
             }
+        }
+        if !self.k_dtype.pairs_with(self.v_dtype) {
+            return Err(Error::UnsupportedDtype {
+                arg: "v_dtype",
+                dtype: self.v_dtype,
+                reason: "fp8_ds_mla holds K and V in one latent row: K and V are both fp8_ds_mla, or neither",
+            });
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadsNotDivisible {

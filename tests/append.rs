@@ -3,7 +3,7 @@
 //! exactly as `half` converts, and nowhere else; bad input is rejected
 //! before anything is written (`tests/append_errors.rs`).
 
-use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, Quants, QK8_0};
 use gqa_kernels::{
     append, append_latent, bf16, f16, reference, Batch, Blocks, BlocksMut, Dtype, KvCache,
     KvCacheMut, KvData, KvDataMut, KvPagesMut, KvTensor, KvTensorMut, LatentCacheMut, NewKv,
@@ -75,7 +75,7 @@ impl Buf {
             Dtype::Fp8E4M3 => Buf::Fp8(Fp8::E4M3, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
             Dtype::Fp8E5M2 => Buf::Fp8(Fp8::E5M2, vec![SENTINEL; n], FP8_SCALES[..g].to_vec()),
             Dtype::Fp8E4M3Row => Buf::Fp8Row(vec![SENTINEL; n], vec![f32::NAN; n / d], d),
-            t => Buf::Blocks(t, sentinel_block(t).repeat(n / QK8_0)),
+            t => Buf::Blocks(t, sentinel_block(t).repeat(n / t.block_len())),
         }
     }
     fn from_f32(dtype: Dtype, x: &[f32]) -> Buf {
@@ -155,10 +155,10 @@ impl Buf {
                 );
             }
             Buf::Blocks(t, b) => {
-                let n = t.block().unwrap().bytes;
-                let mut q = vec![0u8; d / QK8_0 * n];
+                let (len, n) = (t.block_len(), t.block().unwrap().bytes);
+                let mut q = vec![0u8; d / len * n];
                 quant::quantize_block_bytes(*t, row, &mut q).unwrap();
-                let got = &b[at / QK8_0 * n..(at + d) / QK8_0 * n];
+                let got = &b[at / len * n..(at + d) / len * n];
                 assert_eq!(got, &q[..], "{what}: {t} blocks");
             }
             _ => unreachable!("quantized types only"),
@@ -184,7 +184,7 @@ impl Buf {
                 }
                 Buf::Blocks(t, b) => {
                     let n = t.block().unwrap().bytes;
-                    b[i / QK8_0 * n..][..n] == sentinel_block(*t)[..]
+                    b[i / t.block_len() * n..][..n] == sentinel_block(*t)[..]
                 }
                 _ => unreachable!("quantized types only"),
             };
@@ -200,7 +200,20 @@ impl Buf {
 fn sentinel_block(t: Dtype) -> Vec<u8> {
     let info = t.block().unwrap();
     let mut b = vec![SENTINEL; info.bytes];
-    b[info.layout.d..][..2].copy_from_slice(&f16::NAN.to_le_bytes());
+    match info.layout.quants {
+        // fp8_ds_mla: NaN tile scales.
+        Quants::E4M3Tiles {
+            codes,
+            scales,
+            tile,
+            ..
+        } => {
+            for t in 0..codes / tile {
+                b[scales + 4 * t..][..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+        _ => b[info.layout.d..][..2].copy_from_slice(&f16::NAN.to_le_bytes()),
+    }
     b
 }
 
@@ -358,17 +371,13 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype, latent: bool) {
     let mut rng = Rng(seed | 1);
     let b = 1 + rng.below(3);
     let g = 1 + rng.below(3);
-    // Block-format rows are whole blocks.
-    let dk = if dst.block().is_some() {
-        QK8_0 * (1 + rng.below(2))
-    } else {
-        1 + rng.below(9)
+    // Block-format rows are whole blocks (an fp8_ds_mla row: 576 values).
+    let mut dim = || match dst.block() {
+        Some(b) if b.is_row() => b.len,
+        Some(_) => QK8_0 * (1 + rng.below(2)),
+        None => 1 + rng.below(9),
     };
-    let dv = if dst.block().is_some() {
-        QK8_0 * (1 + rng.below(2))
-    } else {
-        1 + rng.below(9)
-    };
+    let (dk, dv) = (dim(), dim());
     let cap = 12;
     let lens: Vec<usize> = (0..b)
         .map(|_| match layout {

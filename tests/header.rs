@@ -169,7 +169,9 @@ fn header_constants_match_the_rust_constants() {
         let name = format!("GQA_TIER_{}", t.name().to_ascii_uppercase());
         assert_eq!(defines.get(&name), Some(&i64::from(t.abi_code())), "{name}");
     }
-    for code in [-2, 13, 99, i32::MAX] {
+    // The codes are 0..n: the next one is free.
+    let next = gqa_kernels::Dtype::ALL.len() as i32;
+    for code in [-2, next, 99, i32::MAX] {
         assert_eq!(gqa_kernels::Dtype::from_abi_code(code), None, "{code}");
     }
     for code in [-1, 4, 99, i32::MIN] {

@@ -1,7 +1,7 @@
 //! Latent caches (multi-head latent attention, `KvCache::latent`): one row
 //! per position serves as K and, by its leading `Dv` values, as V. Every
 //! tier and unit, every layout (pages of 1 to 256 positions), the cache
-//! types MLA caches use, KV splits, ragged and multi-token batches and the
+//! types MLA caches use (DeepSeek-V3.2's fp8_ds_mla rows among them), KV splits, ragged and multi-token batches and the
 //! variants, against the f64 reference (which reads V as K's leading
 //! values); the same step with V given as a separate copy of K bit for
 //! bit; what the declaration needs (`Dv <= Dk`) and what it counts; and
@@ -65,11 +65,12 @@ fn latent_caches_match_the_reference_on_every_tier_unit_and_layout() {
         Dtype::Fp8E4M3,
         Dtype::Q8_0,
         Dtype::Fp8E4M3Row,
+        Dtype::Fp8DsMla,
     ];
     let mut n = 0u64;
     for (si, &(h, g, dk, dv, q_len)) in shapes.iter().enumerate() {
         for (di, &dt) in dtypes.iter().enumerate() {
-            if dt.block_len() > 1 && (dk % 32 != 0 || dv % 32 != 0) {
+            if !dt.fits_head_dim(dk) || !dt.fits_head_dim(dv) {
                 continue;
             }
             let layout = layouts()[(si * 3 + di) % layouts().len()];
@@ -129,7 +130,12 @@ fn latent_is_bitwise_a_separate_copy_of_k() {
     .into_iter()
     .enumerate()
     {
-        for (dt, dv) in [(Dtype::Bf16, 512), (Dtype::F16, 512), (Dtype::Int8, 576)] {
+        for (dt, dv) in [
+            (Dtype::Bf16, 512),
+            (Dtype::F16, 512),
+            (Dtype::Int8, 576),
+            (Dtype::Fp8DsMla, 512),
+        ] {
             let shape = Shape::new(1, 16, 1, 576, dt)
                 .with_head_dims(576, dv)
                 .with_max_kv_len(1024);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{capi_batch, capi_run, capi_strided_cache, capi_workspace, Layout, Spec};
+use common::{capi_batch, capi_run, capi_strided_cache, capi_workspace, paired, Layout, Spec};
 use gqa_kernels::{merge_states, Dtype, Shape, Tier};
 
 #[test]
@@ -28,7 +28,7 @@ fn every_layout_and_type_on_the_scalar_tier() {
         let layout = layouts[i % layouts.len()];
         // Group size 2, two query tokens, lengths 5 and 0 and 3.
         let shape = Shape::new(3, 4, 2, 32, dt)
-            .with_dtypes(dt, Dtype::ALL[(i + 1) % Dtype::ALL.len()])
+            .with_dtypes(dt, paired(dt, Dtype::ALL[(i + 1) % Dtype::ALL.len()]))
             .with_q_len(2)
             .with_max_kv_len(5);
         let mut s = Spec::new(shape, vec![5, 0, 3]);

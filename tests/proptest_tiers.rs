@@ -12,17 +12,12 @@
 
 mod common;
 
-use common::{check_all, check_units, units, Layout, Mask, MaskKind, Sparse, Spec};
+use common::{check_all, check_units, fit, paired, units, Layout, Mask, MaskKind, Sparse, Spec};
 use gqa_kernels::{Dtype, Shape};
 use proptest::prelude::*;
 
 fn dtype() -> impl Strategy<Value = Dtype> {
     prop::sample::select(Dtype::ALL.to_vec())
-}
-
-/// `d` rounded up to what `dt` takes (block formats: whole blocks of 32).
-fn fit(dt: Dtype, d: usize) -> usize {
-    d.next_multiple_of(dt.block_len())
 }
 
 fn head_dim() -> impl Strategy<Value = usize> {
@@ -106,9 +101,17 @@ prop_compose! {
         // other draws of a stored regression stay the same): V is the
         // leading values of each K row, so one type and Dv <= Dk.
         let latent = (seed >> 7).is_multiple_of(5);
-        let v_dtype = if latent { k_dtype } else { v_dtype };
+        // fp8_ds_mla (K and V in one latent row) pairs only with itself.
+        let v_dtype = if latent { k_dtype } else { paired(k_dtype, v_dtype) };
         let (dk, dv) = (fit(k_dtype, dk), fit(v_dtype, if dv_same { dk } else { dv_other }));
         let dv = if latent { dv.min(dk) } else { dv };
+        // Half of the fp8_ds_mla cases read whole rows, as DeepSeek's
+        // models do: Dk 576 (the bf16 rotary tail too), Dv 512 (latent) or
+        // 576.
+        let (dk, dv) = match k_dtype {
+            Dtype::Fp8DsMla if (seed >> 11).is_multiple_of(2) => (576, if latent { 512 } else { 576 }),
+            _ => (dk, dv),
+        };
         // A sequence holds at least its query tokens (or is empty). Long
         // lengths are cut so that one case stays under ~16M multiply-adds
         // of the f64 reference (the suite also runs under qemu).

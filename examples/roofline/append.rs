@@ -60,7 +60,8 @@ pub(crate) fn append_report(tier: Tier, json: bool, min_secs: f64) {
             "target", "seconds", "tokens/s", "GB/s written", "append / step"
         );
     }
-    for dtype in Dtype::ALL {
+    // fp8_ds_mla is a latent (MLA) row, not a Llama cache type.
+    for dtype in Dtype::ALL.into_iter().filter(|d| !d.is_row_format()) {
         let best = append_time(dtype, &new, l, LAYERS, min_secs);
         let tokens = 1.0 / best; // every layer's K and V for one token
         let bytes = (LAYERS * 2 * m.g * dtype.row_bytes(m.d)) as f64;

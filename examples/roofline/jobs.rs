@@ -224,7 +224,8 @@ pub(crate) fn model_jobs(args: &Args, tier: Tier) -> Vec<Job> {
                     } else {
                         &[Dtype::F16]
                     };
-                    for &dt in dtypes {
+                    // fp8_ds_mla is a latent (MLA) row: the workloads' MLA rows.
+                    for &dt in dtypes.iter().filter(|d| !d.is_row_format()) {
                         jobs.push(job("table", *m, b, l, dt, tier, threads, Layout::Bgld, 1));
                     }
                 }

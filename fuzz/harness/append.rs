@@ -46,10 +46,11 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let b = u.int_in_range(0..=3usize)?;
     let g = u.int_in_range(1..=3usize)?;
     let t = *u.choose(&Dtype::ALL)?;
-    let d = if t.block().is_some() {
-        32 * u.int_in_range(1..=2usize)?
-    } else {
-        u.int_in_range(1..=40usize)?
+    // Block formats write whole blocks (fp8_ds_mla: whole 576-value rows).
+    let d = match t.block() {
+        Some(b) if b.is_row() => b.len,
+        Some(_) => 32 * u.int_in_range(1..=2usize)?,
+        None => u.int_in_range(1..=40usize)?,
     };
     let cap = u.int_in_range(1..=12usize)?;
     let page = u.int_in_range(1..=5usize)?;
@@ -248,8 +249,9 @@ fn same_value(a: &KvBuffer, b: &KvBuffer, i: usize) -> bool {
         (KvData::Int8 { values: x, .. }, KvData::Int8 { values: y, .. }) => x[i] == y[i],
         (KvData::Q8_0(x), KvData::Q8_0(y)) => x[i / QK8_0] == y[i / QK8_0],
         (KvData::Blocks(x), KvData::Blocks(y)) => {
-            let n = x.dtype().block().expect("a block format").bytes;
-            x.bytes()[i / QK8_0 * n..][..n] == y.bytes()[i / QK8_0 * n..][..n]
+            let b = x.dtype().block().expect("a block format");
+            let at = i / b.len * b.bytes;
+            x.bytes()[at..][..b.bytes] == y.bytes()[at..][..b.bytes]
         }
         (KvData::Fp8E4M3 { values: x, .. }, KvData::Fp8E4M3 { values: y, .. })
         | (KvData::Fp8E5M2 { values: x, .. }, KvData::Fp8E5M2 { values: y, .. })
@@ -296,11 +298,11 @@ fn check_row(buf: &KvBuffer, at: usize, h: usize, row: &[f32]) {
             assert!(blocks[at / QK8_0..(at + d) / QK8_0] == q[..]);
         }
         KvData::Blocks(blocks) => {
-            let n = blocks.dtype().block().expect("a block format").bytes;
-            let mut q = vec![0u8; d / QK8_0 * n];
+            let b = blocks.dtype().block().expect("a block format");
+            let mut q = vec![0u8; d / b.len * b.bytes];
             quant::quantize_block_bytes(blocks.dtype(), row, &mut q)
                 .expect("an accepted row is finite");
-            assert!(blocks.bytes()[at / QK8_0 * n..(at + d) / QK8_0 * n] == q[..]);
+            assert!(blocks.bytes()[at / b.len * b.bytes..(at + d) / b.len * b.bytes] == q[..]);
         }
         KvData::Fp8E4M3 {
             values: x,

@@ -114,10 +114,10 @@ impl Store {
 }
 
 /// `(bytes, values)` of one storage unit: 1 item per value, or one block
-/// of 32 values in `bytes` bytes.
+/// of 32 values (576 for an fp8_ds_mla row) in `bytes` bytes.
 fn unit(dtype: Dtype) -> (usize, usize) {
     match dtype.block() {
-        Some(info) => (info.bytes, 32),
+        Some(info) => (info.bytes, info.len),
         None => (1, 1),
     }
 }
@@ -315,13 +315,15 @@ fn layout(
         )));
     }
     let (bytes, values) = unit(dtype);
-    if !head_dim.is_multiple_of(values) {
+    if !dtype.fits_head_dim(head_dim) {
         return Err(value_err(format!(
-            "{arg}: head dim {head_dim} is not a multiple of the {values}-value blocks of {}",
+            "{arg}: head dim {head_dim} does not fit the {values}-value blocks of {}",
             dtype.name()
         )));
     }
-    let row = head_dim / values * bytes;
+    // Whole blocks: an fp8_ds_mla row is one 656-byte block whatever the
+    // head dim reads of it.
+    let row = head_dim.div_ceil(values) * bytes;
     let last = span.shape[3];
     if last != row {
         return Err(value_err(format!(

@@ -286,6 +286,39 @@ def test_latent():
     assert_close(out_p, want, np.abs(kl[..., :dv]).max())
 
 
+def test_fp8_ds_mla_latent_rows():
+    """DeepSeek-V3.2's FP8 latent rows (FlashMLA's 656 bytes: 512 E4M3
+    bytes, 4 float32 scales, 64 bfloat16), read as K (576 values) and V
+    (the leading 512), contiguous and paged."""
+    r = rng(12)
+    dk, dv, h, lat = 576, 512, 16, 512
+    rows = B * L
+    codes = finite_fp8(r, (rows, lat), "fp8e4m3")
+    scales = r.uniform(0.01, 0.1, (rows, 4)).astype(np.float32)
+    rope = bf16_bits(r.standard_normal((rows, dk - lat)).astype(np.float32))
+    raw = np.concatenate(
+        [codes, scales.view(np.uint8).reshape(rows, 16), rope.view(np.uint8).reshape(rows, 128)],
+        axis=1,
+    )
+    assert raw.shape[1] == 656
+    kv = np.ascontiguousarray(raw.reshape(B, 1, L, 656))
+    logical = np.concatenate(
+        [e4m3_decode(codes) * np.repeat(scales, 128, axis=1).astype(np.float64), bf16_decode(rope)],
+        axis=1,
+    ).reshape(B, 1, L, dk)
+    q = r.standard_normal((B, h, dk)).astype(np.float32)
+    plan = gk.Plan(B, h, 1, dk, dtype="fp8_ds_mla", head_dim_v=dv)
+    want, _ = attention(q, logical, logical[..., :dv], SEQ)
+    out = plan.run(q, kv, None, SEQ, latent=True)
+    assert_close(out, want, np.abs(logical[..., :dv]).max())
+    pool, table = paged_from(r, kv, 16, "pgd")
+    out_p = plan.run_paged(q, pool, None, table, SEQ, latent=True)
+    assert_close(out_p, want, np.abs(logical[..., :dv]).max())
+    # K and V in one row: no other type beside it.
+    with pytest.raises(TypeError, match="fp8_ds_mla"):
+        gk.Plan(B, h, 1, dk, dtype="fp8_ds_mla", v_dtype="bf16", head_dim_v=dv)
+
+
 def test_multi_token_and_ragged():
     r = rng(11)
     k = r.standard_normal((B, G, L, D)).astype(np.float32)

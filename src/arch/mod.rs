@@ -59,7 +59,7 @@ macro_rules! define_with_tier {
 }
 crate::tier::tier_table!(define_with_tier);
 
-use crate::formats::{BlockFormat, Quants, QK};
+use crate::formats::{BlockFormat, Quants};
 pub(crate) use crate::formats::{E4M3Row, E4M3, E5M2};
 
 /// Every row buffer the driver hands a microkernel (`q`, the state's `acc`,
@@ -299,25 +299,53 @@ impl Elem for i8 {
 }
 
 /// Every block format ([`BlockFormat`]: q8_0, q4_0, q4_1, q5_0, q5_1,
-/// iq4_nl), read through its [`BlockLayout`](crate::formats::BlockLayout): rows of `d / 32` blocks (the
-/// driver guarantees `d % 32 == 0`), so a vector (at most 16 lanes, and 16
-/// is a multiple of every tier's lane count) never straddles two blocks,
-/// nor the low and high nibbles of one. The layout is a constant, so each
+/// iq4_nl, fp8_ds_mla), read through its [`BlockLayout`](crate::formats::BlockLayout): rows of
+/// whole blocks of `B::LEN` values (the driver guarantees it: `d` a
+/// multiple of 32, or for a row format one block a row), so a vector (at
+/// most 16 lanes, and 16 is a multiple of every tier's lane count) never
+/// straddles two blocks, the low and high nibbles of one, two fp8 tiles or
+/// the fp8 and bf16 parts of a row. The layout is a constant, so each
 /// format's load compiles to its own straight-line code.
 impl<B: BlockFormat> Elem for B {
     #[inline(always)]
     unsafe fn load<S: Simd>(row: *const Self, c: usize, d: usize) -> S::V {
-        const { assert!(QK.is_multiple_of(16)) };
+        const {
+            assert!(B::LEN.is_multiple_of(16));
+            if let Quants::E4M3Tiles { tile, codes, .. } = B::LAYOUT.quants {
+                assert!(tile.is_multiple_of(16) && codes.is_multiple_of(tile));
+            }
+        };
         let o = c * S::LANES;
-        let (blk, i) = (o / QK, o % QK);
+        let (blk, i) = (o / B::LEN, o % B::LEN);
         let l = B::LAYOUT;
-        // SAFETY: the row holds `d / 32` blocks and `o < d`, so block `blk`
-        // exists; every read below stays inside it (the layout's offsets
-        // are the block's fields, `i < 32`, and `valid` counts what is
-        // left of the block's values from `i`). Reads are unaligned.
+        // SAFETY: the row holds `d.div_ceil(B::LEN)` blocks and `o < d`, so
+        // block `blk` exists; every read below stays inside it (the
+        // layout's offsets are the block's fields, `i < B::LEN`, and
+        // `valid` counts what is left of the block's values from `i`, and
+        // of its fp8 part for an fp8 value). Reads are unaligned.
         unsafe {
             let b = row.add(blk).cast::<u8>();
-            let valid = (d - o).min(QK - i);
+            let valid = (d - o).min(B::LEN - i);
+            if let Quants::E4M3Tiles {
+                tile,
+                codes,
+                scales,
+                tail,
+            } = l.quants
+            {
+                return if i < codes {
+                    let s = b
+                        .add(scales + 4 * (i / tile))
+                        .cast::<f32>()
+                        .read_unaligned();
+                    // `load_e4m3` reads `x · 2^-8`: times 2^8 (exact),
+                    // then the tile's scale (one rounding, as `x · s`).
+                    let x = S::load_e4m3(b.add(l.qs + i), valid.min(codes - i));
+                    S::mul(S::mul(x, S::splat(256.0)), S::splat(s))
+                } else {
+                    S::load_bf16(b.add(tail + 2 * (i - codes)).cast::<u16>(), valid)
+                };
+            }
             let scale = S::splat_f16(b.add(l.d).cast::<u16>().read_unaligned());
             let q = match l.quants {
                 Quants::Bytes => S::load_i8(b.add(l.qs + i).cast::<i8>(), valid),
@@ -332,6 +360,7 @@ impl<B: BlockFormat> Elem for B {
                         None => q,
                     }
                 }
+                Quants::E4M3Tiles { .. } => unreachable!("read above"),
             };
             match l.m {
                 Some(m) => S::fma(

@@ -227,19 +227,23 @@ pub(super) fn tier_code(t: Tier) -> i32 {
     t.abi_code()
 }
 
-/// A block format's `len` (values) must be whole blocks of 32.
+/// A block format's `len` (values) must be whole blocks (of 32 values; of
+/// 576 for fp8_ds_mla).
 fn whole_blocks(arg: &str, t: Dtype, n: usize) -> R<()> {
-    if t.block().is_some() && !n.is_multiple_of(QK8_0) {
-        return Err(invalid(format!(
-            "`{arg}.len` = {n} is not a whole number of {t} blocks (32 values)"
-        )));
+    if let Some(b) = t.block() {
+        if !n.is_multiple_of(b.len) {
+            return Err(invalid(format!(
+                "`{arg}.len` = {n} is not a whole number of {t} blocks ({} values)",
+                b.len
+            )));
+        }
     }
     Ok(())
 }
 
 /// Bytes of `n` values (whole blocks) of block format `t`.
 fn block_bytes(t: Dtype, n: usize) -> usize {
-    (n / QK8_0).saturating_mul(t.block().map_or(0, |b| b.bytes))
+    t.block().map_or(0, |b| (n / b.len).saturating_mul(b.bytes))
 }
 
 /// The KV data of a `gqa_kv` (read-only).

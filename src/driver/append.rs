@@ -516,7 +516,9 @@ fn check_destination(pool: &Pool<'_, '_>, g: usize) -> Result<()> {
             reason: "exceeds the supported maximum",
         });
     }
-    if data.dtype().block().is_some() && !d.is_multiple_of(QK) {
+    // Rows are written whole: a multiple of 32 values, or a row format's
+    // whole row (576 values for fp8_ds_mla).
+    if !d.is_multiple_of(data.dtype().block_len()) {
         return Err(Error::InvalidDim {
             arg: pool.dim_arg,
             value: d,
@@ -559,8 +561,9 @@ fn write_row(
             }
             KvDataMut::Q8_0(blocks) => quantize_q8_0(row, &mut blocks[o / QK..(o + d) / QK]),
             KvDataMut::Blocks(b) => {
-                let (t, n) = (b.dtype(), b.dtype().block().map_or(0, |i| i.bytes));
-                quantize_block_bytes(t, row, &mut b.bytes_mut()[o / QK * n..(o + d) / QK * n])
+                let t = b.dtype();
+                let (len, n) = t.block().map_or((1, 0), |i| (i.len, i.bytes));
+                quantize_block_bytes(t, row, &mut b.bytes_mut()[o / len * n..(o + d) / len * n])
             }
             KvDataMut::Fp8E4M3 { values, scales } => {
                 let sc = scales[if scales.len() == 1 { 0 } else { head }];

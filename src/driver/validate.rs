@@ -540,6 +540,10 @@ pub(crate) fn check_quant(
             QK,
             "q8_0 stores blocks of 32 values: strides must be multiples of 32",
         ),
+        KvData::Blocks(b) if b.dtype().block_len() != QK => multiple(
+            b.dtype().block_len(),
+            "fp8_ds_mla stores one 576-value row a token: strides must be multiples of 576",
+        ),
         KvData::Blocks(_) => multiple(
             QK,
             "block formats store blocks of 32 values: strides must be multiples of 32",

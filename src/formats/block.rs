@@ -1,5 +1,6 @@
-//! What every GGUF-style block format shares: blocks of [`QK`] = 32 values
-//! with an f16 scale, described once ([`BlockFormat`]) so that one generic
+//! What every block format shares: blocks of [`QK`] = 32 values with an f16
+//! scale (the GGUF formats), or one block a row (`fp8_ds_mla`), described
+//! once ([`BlockFormat`]) so that one generic
 //! reader serves every tier (`arch::Elem` is implemented for every
 //! `BlockFormat`), one generic encoder serves append and the owned buffer,
 //! and the reference reads each block through the format's own literal
@@ -9,7 +10,8 @@ use bytemuck::Pod;
 
 use super::Dtype;
 
-/// Values per block, for every block format.
+/// Values per block of the GGUF-style formats ([`BlockFormat::LEN`] of all
+/// but the row formats).
 pub const QK: usize = 32;
 
 /// How a block's quantized values are stored.
@@ -23,6 +25,21 @@ pub enum Quants {
     Nibbles {
         /// The level of each 4-bit code.
         lut: [i8; 16],
+    },
+    /// fp8 E4M3FN bytes with an f32 scale per `tile` values, then bf16
+    /// values (`fp8_ds_mla`): value `i < codes` is byte `qs + i` times the
+    /// little-endian f32 at `scales + 4 · (i / tile)`, value `i >= codes`
+    /// the bf16 at `tail + 2 · (i - codes)`. The layout's `d`, `m` and `qh`
+    /// are not read.
+    E4M3Tiles {
+        /// Values per scale.
+        tile: usize,
+        /// How many values are fp8 (a multiple of `tile`).
+        codes: usize,
+        /// Offset of the scales.
+        scales: usize,
+        /// Offset of the bf16 values.
+        tail: usize,
     },
 }
 
@@ -45,8 +62,9 @@ pub struct BlockLayout {
     pub quants: Quants,
 }
 
-/// A block format: a `repr(C)` block of [`QK`] values, bit-compatible with
-/// its GGUF namesake, so a host can point at llama.cpp's cache blocks.
+/// A block format: a `repr(C)` block of [`BlockFormat::LEN`] values,
+/// bit-compatible with its namesake (GGUF's, or FlashMLA's row), so a host
+/// can point at its cache's blocks.
 ///
 /// Each format's file implements this (its storage, its literal decoder,
 /// its encoder); the kernels, the views, append and the C ABI read every
@@ -54,12 +72,17 @@ pub struct BlockLayout {
 pub trait BlockFormat: Pod + Default + PartialEq + std::fmt::Debug + Send + Sync {
     /// The format's dtype.
     const DTYPE: Dtype;
+    /// Values per block: [`QK`] (the GGUF formats: head dims and strides
+    /// are multiples of it), or a whole row (a *row format*, `fp8_ds_mla`:
+    /// strides are multiples of it and a head dim reads the leading
+    /// `head_dim <= LEN` values of each row).
+    const LEN: usize = QK;
     /// Where the block keeps its parts.
     const LAYOUT: BlockLayout;
-    /// Value `i < 32`, decoded literally from the format's definition, in
+    /// Value `i < LEN`, decoded literally from the format's definition, in
     /// f64 (the reference's reading; never on the hot path).
     fn value(&self, i: usize) -> f64;
-    /// The block that stores `x` (32 finite values) as closely as the
+    /// The block that stores `x` ([`BlockFormat::LEN`] finite values) as closely as the
     /// encoder can: the scale from the block's range, rounded to f16, and
     /// each value's level chosen against the stored scale.
     fn quantize(x: &[f32]) -> Self;
@@ -77,12 +100,14 @@ pub(crate) trait BlockVisitor {
 /// rather than a type ([`Dtype::block`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BlockInfo {
+    /// Values per block ([`BlockFormat::LEN`]).
+    pub len: usize,
     /// Bytes per block.
     pub bytes: usize,
     /// Value `i` of the block in `bytes` (exactly one block, any
     /// alignment), as [`BlockFormat::value`].
     pub value: fn(&[u8], usize) -> f64,
-    /// Encodes 32 finite values into one block (`out`: its bytes, any
+    /// Encodes `len` finite values into one block (`out`: its bytes, any
     /// alignment), as [`BlockFormat::quantize`].
     pub quantize: fn(&[f32], &mut [u8]),
     /// Where the block keeps its parts.
@@ -93,6 +118,7 @@ impl BlockInfo {
     /// The functions of format `B`.
     pub const fn of<B: BlockFormat>() -> BlockInfo {
         BlockInfo {
+            len: B::LEN,
             bytes: std::mem::size_of::<B>(),
             value: value_of::<B>,
             quantize: quantize_into::<B>,
@@ -100,11 +126,20 @@ impl BlockInfo {
         }
     }
 
+    /// Whether the format is a row format (one block a row, any head dim
+    /// up to [`BlockInfo::len`]).
+    pub fn is_row(&self) -> bool {
+        self.len != QK
+    }
+
     /// Encodes `x` (a whole number of blocks of finite values) into `out`
-    /// (`x.len() / 32` blocks' bytes).
+    /// (`x.len() / len` blocks' bytes).
     pub fn quantize_row(&self, x: &[f32], out: &mut [u8]) {
-        debug_assert_eq!(x.len() / QK * self.bytes, out.len());
-        for (xs, o) in x.chunks_exact(QK).zip(out.chunks_exact_mut(self.bytes)) {
+        debug_assert_eq!(x.len() / self.len * self.bytes, out.len());
+        for (xs, o) in x
+            .chunks_exact(self.len)
+            .zip(out.chunks_exact_mut(self.bytes))
+        {
             (self.quantize)(xs, o);
         }
     }

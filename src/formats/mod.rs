@@ -12,6 +12,7 @@
 //! the reference read it through that trait.
 
 mod block;
+mod ds_mla;
 mod fp8;
 mod iq4_nl;
 mod q4_0;
@@ -22,6 +23,7 @@ mod q8_0;
 
 pub(crate) use block::BlockVisitor;
 pub use block::{BlockFormat, BlockInfo, BlockLayout, Quants, QK};
+pub use ds_mla::{BlockFp8DsMla, DS_MLA_DIM, DS_MLA_LATENT, DS_MLA_TILE};
 pub use fp8::Fp8;
 pub(crate) use fp8::{E4M3Row, E4M3, E5M2};
 pub use iq4_nl::{BlockIq4Nl, IQ4_NL_LEVELS};
@@ -45,6 +47,9 @@ pub(crate) enum Kind {
     Fp8Row,
     /// Blocks of 32 values with their scales ([`BlockFormat`]).
     Block,
+    /// One block a row ([`BlockFormat`] with a `LEN` of its own): a latent
+    /// row format, K and V in one row, so it pairs only with itself.
+    Row,
 }
 
 /// `Some` block functions for kind `block`, `None` for the others (whose
@@ -52,6 +57,9 @@ pub(crate) enum Kind {
 /// `v` run with the block type for kind `block`, `None` for the others.
 macro_rules! visit_block {
     (Block, $t:ty, $v:ident) => {
+        Some($v.visit::<$t>())
+    };
+    (Row, $t:ty, $v:ident) => {
         Some($v.visit::<$t>())
     };
     ($other:ident, $t:ty, $v:ident) => {{
@@ -62,6 +70,10 @@ macro_rules! visit_block {
 
 macro_rules! block_info {
     (Block, $t:ty) => {{
+        const INFO: BlockInfo = BlockInfo::of::<$t>();
+        Some(&INFO)
+    }};
+    (Row, $t:ty) => {{
         const INFO: BlockInfo = BlockInfo::of::<$t>();
         Some(&INFO)
     }};
@@ -89,7 +101,7 @@ macro_rules! formats {
 
             /// The name used in kernel names, reports and errors (`f32`,
             /// `f16`, `bf16`, `int8`, `q8_0`, `fp8e4m3`, `fp8e5m2`,
-            /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`, `fp8e4m3_row`).
+            /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`, `fp8e4m3_row`, `fp8_ds_mla`).
             pub fn name(self) -> &'static str {
                 match self { $(Dtype::$v => $name,)* }
             }
@@ -158,6 +170,12 @@ formats! {
     /// out as int8's (multi-head latent attention caches as serving
     /// runtimes store them: a scale per token).
     Fp8E4M3Row 12 "fp8e4m3_row" crate::formats::E4M3Row, Fp8Row;
+    /// DeepSeek-V3.2's FP8 latent row (FlashMLA's FP8 KV cache, `fp8_ds_mla`
+    /// in vLLM and SGLang; [`BlockFp8DsMla`]): 576 values in 656 bytes,
+    /// the 512 latent values E4M3FN with an f32 scale per 128, the 64
+    /// rotary values bf16. A latent cache's format: K and V are both
+    /// `fp8_ds_mla`, head dims at most 576.
+    Fp8DsMla 13 "fp8_ds_mla" crate::formats::BlockFp8DsMla, Row;
 }
 
 impl Dtype {
@@ -194,21 +212,40 @@ impl Dtype {
         }
     }
 
-    /// Values per block a head dim and every stride must be a multiple
-    /// of: 32 for the block formats, 1 for the others.
+    /// Values per block every stride must be a multiple of: 32 for the
+    /// GGUF block formats, 576 for `fp8_ds_mla` (a row), 1 for the others.
     pub fn block_len(self) -> usize {
-        if self.kind() == Kind::Block {
-            QK
-        } else {
-            1
+        self.block().map_or(1, |b| b.len)
+    }
+
+    /// Whether a cache of this type may have head dim `d` (`d >= 1`): a
+    /// multiple of [`Dtype::block_len`], or for a row format (`fp8_ds_mla`)
+    /// at most its row (a head reads the leading `d` values of each row).
+    pub fn fits_head_dim(self, d: usize) -> bool {
+        match self.block() {
+            Some(b) if b.is_row() => d <= b.len,
+            _ => d.is_multiple_of(self.block_len()),
         }
     }
 
-    /// Why a head dim that is not a multiple of [`Dtype::block_len`] is
-    /// refused (the error's reason).
+    /// Whether the type is a row format (`fp8_ds_mla`): one block a row,
+    /// K and V in one latent row.
+    pub fn is_row_format(self) -> bool {
+        self.kind() == Kind::Row
+    }
+
+    /// Whether K of this type and V of type `v` may form a cache: any two
+    /// types, but a row format only with itself.
+    pub fn pairs_with(self, v: Dtype) -> bool {
+        self == v || !(self.is_row_format() || v.is_row_format())
+    }
+
+    /// Why a head dim that [`Dtype::fits_head_dim`] refuses is refused
+    /// (the error's reason).
     pub(crate) fn head_dim_rule(self) -> &'static str {
         match self {
             Dtype::Q8_0 => "q8_0 stores blocks of 32 values: the head dim must be a multiple of 32",
+            Dtype::Fp8DsMla => "fp8_ds_mla rows hold 576 values: the head dim must be at most 576",
             _ => "block formats store blocks of 32 values: the head dim must be a multiple of 32",
         }
     }
@@ -218,7 +255,7 @@ impl Dtype {
     /// formats: their whole blocks; fp8's per-head scale is not counted).
     pub fn row_bytes(self, head_dim: usize) -> usize {
         match (self, self.block()) {
-            (_, Some(b)) => head_dim.div_ceil(QK) * b.bytes,
+            (_, Some(b)) => head_dim.div_ceil(b.len) * b.bytes,
             (Dtype::F32, _) => 4 * head_dim,
             (Dtype::F16 | Dtype::Bf16, _) => 2 * head_dim,
             (Dtype::Int8 | Dtype::Fp8E4M3Row, _) => head_dim + 4,

@@ -1,7 +1,7 @@
 //! [`Blocks`]: a borrowed buffer of one block format's blocks, as bytes
 //! (what a host pointing at llama.cpp's cache holds).
 
-use crate::formats::{BlockFormat, Dtype, QK};
+use crate::formats::{BlockFormat, Dtype};
 
 /// A borrowed buffer of blocks of one block format ([`Dtype::block`]),
 /// as their bytes: whole blocks, any alignment. Made from typed blocks
@@ -40,9 +40,9 @@ impl<'a> Blocks<'a> {
         self.bytes
     }
 
-    /// Number of values (32 per block).
+    /// Number of values (32 per block; 576 per `fp8_ds_mla` row).
     pub fn len(&self) -> usize {
-        self.bytes.len() / self.block_bytes() * QK
+        self.bytes.len() / self.block_bytes() * self.block_len()
     }
 
     /// Whether there are no blocks.
@@ -54,12 +54,17 @@ impl<'a> Blocks<'a> {
         self.dtype.block().map_or(1, |b| b.bytes)
     }
 
+    /// Values per block ([`Dtype::block_len`]).
+    pub(super) fn block_len(&self) -> usize {
+        self.dtype.block_len()
+    }
+
     /// Value `i`, decoded by the format's literal decoder
     /// ([`BlockFormat::value`]). Panics when out of range.
     pub fn value(&self, i: usize) -> f64 {
         let info = self.dtype.block().expect("a block format");
-        let b = i / QK * info.bytes;
-        (info.value)(&self.bytes[b..b + info.bytes], i % QK)
+        let b = i / info.len * info.bytes;
+        (info.value)(&self.bytes[b..b + info.bytes], i % info.len)
     }
 }
 
@@ -69,7 +74,7 @@ pub(crate) fn whole_blocks(dtype: Dtype, len: usize) -> crate::Result<()> {
         return Err(crate::Error::UnsupportedDtype {
             arg: "dtype",
             dtype,
-            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl)",
+            reason: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8_ds_mla)",
         });
     };
     if !len.is_multiple_of(info.bytes) {

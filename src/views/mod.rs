@@ -217,8 +217,11 @@ impl<'a> KvData<'a> {
                 scale_stride: 0,
             },
             KvData::Blocks(b) => KvRows {
-                ptr: b.bytes.as_ptr().wrapping_add(o / QK * b.block_bytes()),
-                stride: stride / QK,
+                ptr: b
+                    .bytes
+                    .as_ptr()
+                    .wrapping_add(o / b.block_len() * b.block_bytes()),
+                stride: stride / b.block_len(),
                 scale: std::ptr::null(),
                 scale_stride: 0,
             },
@@ -230,7 +233,7 @@ impl<'a> KvData<'a> {
     /// and the row's scale (int8, fp8e4m3_row; 1 for every other type): what the sparse
     /// walk copies into its staging rows. Panics when out of range.
     pub(crate) fn row_at(&self, o: usize, head_dim: usize) -> (&[u8], f32) {
-        let blocks = head_dim.div_ceil(QK);
+        let blocks = head_dim.div_ceil(self.dtype().block_len());
         match self {
             KvData::F32(s) => (bytemuck::cast_slice(&s[o..o + head_dim]), 1.0),
             KvData::F16(s) => (bytemuck::cast_slice(&s[o..o + head_dim]), 1.0),
@@ -241,8 +244,8 @@ impl<'a> KvData<'a> {
             ),
             KvData::Q8_0(b) => (bytemuck::cast_slice(&b[o / QK..o / QK + blocks]), 1.0),
             KvData::Blocks(b) => {
-                let bb = b.block_bytes();
-                (&b.bytes[o / QK * bb..(o / QK + blocks) * bb], 1.0)
+                let (bb, n) = (b.block_bytes(), o / b.block_len());
+                (&b.bytes[n * bb..(n + blocks) * bb], 1.0)
             }
             KvData::Fp8E4M3 { values, .. } | KvData::Fp8E5M2 { values, .. } => {
                 (&values[o..o + head_dim], 1.0)
@@ -260,7 +263,11 @@ impl<'a> KvData<'a> {
     pub(crate) fn staged_rows(&self, ptr: *const u8, row_len: usize, scales: *const f32) -> KvRows {
         let (stride, scale, scale_stride) = match self {
             KvData::Int8 { .. } | KvData::Fp8E4M3Row { .. } => (row_len, scales, 1),
-            KvData::Q8_0(_) | KvData::Blocks(_) => (row_len.div_ceil(QK), std::ptr::null(), 0),
+            KvData::Q8_0(_) | KvData::Blocks(_) => (
+                row_len.div_ceil(self.dtype().block_len()),
+                std::ptr::null(),
+                0,
+            ),
             _ => (row_len, std::ptr::null(), 0),
         };
         KvRows {

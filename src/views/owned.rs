@@ -7,7 +7,7 @@ use half::{bf16, f16};
 
 use super::{Blocks, BlocksMut, KvData, KvDataMut};
 use crate::error::{Error, Result};
-use crate::formats::{BlockFormat, Dtype, Fp8, QK};
+use crate::formats::{BlockFormat, Dtype, Fp8};
 use crate::quant::{quantize_block_bytes, quantize_fp8_row, quantize_int8_row};
 
 /// `n` values whose first one starts a 64-byte cache line, as a host's
@@ -164,7 +164,7 @@ fn check_rows(dtype: Dtype, len: usize, head_dim: usize) -> Result<()> {
             reason: if dtype.has_row_scales() {
                 "a buffer with row scales (int8, fp8e4m3_row) holds whole rows of head_dim values"
             } else {
-                "a block-format buffer holds whole blocks of 32 values"
+                "a block-format buffer holds whole blocks (32 values; 576 for fp8_ds_mla)"
             },
         });
     }
@@ -181,7 +181,7 @@ impl KvBuffer {
     pub fn zeros(dtype: Dtype, len: usize, head_dim: usize) -> Result<KvBuffer> {
         check_rows(dtype, len, head_dim)?;
         if let Some(b) = dtype.block() {
-            let values = Values::Blocks(dtype, Lined::filled(len / QK * b.bytes, 0));
+            let values = Values::Blocks(dtype, Lined::filled(len / b.len * b.bytes, 0));
             return Ok(KvBuffer {
                 values,
                 scales: vec![],
@@ -229,7 +229,7 @@ impl KvBuffer {
             }
         }
         if let Some(b) = dtype.block() {
-            let mut bytes = Lined::filled(x.len() / QK * b.bytes, 0u8);
+            let mut bytes = Lined::filled(x.len() / b.len * b.bytes, 0u8);
             quantize_block_bytes(dtype, x, bytes.get_mut())?;
             return Ok(KvBuffer {
                 values: Values::Blocks(dtype, bytes),
@@ -411,8 +411,8 @@ impl KvBuffer {
             Values::Bf16(x) => Values::Bf16(cycle(x, len)),
             Values::Int8(x) => Values::Int8(cycle(x, len)),
             Values::Blocks(t, x) => {
-                let b = t.block().expect("a block format").bytes;
-                Values::Blocks(*t, cycle(x, len / QK * b))
+                let b = t.block().expect("a block format");
+                Values::Blocks(*t, cycle(x, len / b.len * b.bytes))
             }
             Values::Fp8(f, x) => Values::Fp8(*f, cycle(x, len)),
             Values::Fp8Row(x) => Values::Fp8Row(cycle(x, len)),
@@ -543,9 +543,11 @@ mod tests {
     #[test]
     fn values_start_a_line() {
         for dtype in Dtype::ALL {
-            let b = KvBuffer::zeros(dtype, 4 * 64, 64).unwrap();
+            // Rows of 64 values, or one fp8_ds_mla row.
+            let d = dtype.block_len().max(64);
+            let b = KvBuffer::zeros(dtype, 4 * d, d).unwrap();
             let c = b.clone();
-            let r = b.repeat_to(8 * 64).unwrap();
+            let r = b.repeat_to(8 * d).unwrap();
             for buf in [&b, &c, &r] {
                 let p = match buf.data() {
                     KvData::F32(x) => x.as_ptr() as usize,
@@ -560,7 +562,7 @@ mod tests {
                 };
                 assert_eq!(p % 64, 0, "{dtype}");
             }
-            assert_eq!(r.len(), 8 * 64);
+            assert_eq!(r.len(), 8 * d);
         }
     }
 }

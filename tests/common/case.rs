@@ -253,6 +253,9 @@ impl Spec {
             );
             c.v_off = c.k_off;
         }
+        // A row of a row format (fp8_ds_mla) takes its whole row whatever
+        // the head dim.
+        let (wk, wv) = (row_width(s.k_dtype, dk), row_width(s.v_dtype, dv));
         let strided = |max_len: usize, d: usize, u: usize| match self.layout {
             Layout::Blgd | Layout::Ring { .. } => (max_len * g * d, g * d, d),
             Layout::Bgld => (g * max_len * d, d, max_len * d),
@@ -302,11 +305,11 @@ impl Spec {
         };
         let cap_or_len = if c.capacity > 0 { c.capacity } else { max_len };
         let (uk, uv) = (unit(s.k_dtype, dk), unit(s.v_dtype, dv));
-        c.k_strides = strided(cap_or_len, dk, uk);
+        c.k_strides = strided(cap_or_len, wk, uk);
         c.v_strides = if self.latent {
             c.k_strides
         } else {
-            strided(cap_or_len, dv, uv)
+            strided(cap_or_len, wv, uv)
         };
         let fill_cache = |c: &Case, rng: &mut Rng, v: bool, range: f32| {
             let (st, d, off, u) = if v {

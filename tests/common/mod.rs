@@ -13,7 +13,7 @@ pub use capi::*;
 pub use case::*;
 pub use store::*;
 
-use gqa_kernels::quant::{self, BlockQ8_0, Fp8, QK8_0};
+use gqa_kernels::quant::{self, BlockQ8_0, Fp8, Quants, QK8_0};
 use gqa_kernels::reference::{self, tolerance, Reference, Tolerance};
 use gqa_kernels::{
     bf16, f16, Batch, Bias, Blocks, Dtype, KvBuffer, KvCache, KvData, KvPages, KvTensor, Options,

@@ -19,6 +19,37 @@ pub fn unit(dtype: Dtype, d: usize) -> usize {
     }
 }
 
+/// `d` made a head dim `dt` takes: as it is where it fits (a row format,
+/// fp8_ds_mla, takes any `d <= 576`), else rounded up to whole blocks of
+/// 32.
+pub fn fit(dt: Dtype, d: usize) -> usize {
+    if dt.fits_head_dim(d) {
+        d
+    } else {
+        d.next_multiple_of(dt.block_len())
+    }
+}
+
+/// `v` as V beside K of type `k`, or `k` where the two do not pair (a row
+/// format, fp8_ds_mla, pairs only with itself).
+pub fn paired(k: Dtype, v: Dtype) -> Dtype {
+    if k.pairs_with(v) {
+        v
+    } else {
+        k
+    }
+}
+
+/// Values one row of head dim `d` occupies in a buffer of `dtype`: `d`,
+/// or a row format's whole row (576 values for fp8_ds_mla, whatever the
+/// head dim reads of it).
+pub fn row_width(dtype: Dtype, d: usize) -> usize {
+    match dtype.block() {
+        Some(b) if b.is_row() => b.len,
+        _ => d,
+    }
+}
+
 impl Store {
     /// An empty f32 store.
     pub fn empty() -> Store {
@@ -108,6 +139,36 @@ impl Store {
                     .collect();
                 KvBuffer::fp8(format, &values, head_scales)
             }
+            Dtype::Fp8DsMla => {
+                // The unread values of a row (past the head dim) are
+                // quantized as 0, then their bytes set to NaN (fp8 0x7F,
+                // bf16 0x7FC0): reading one shows in the output. A row no
+                // step may read is NaN throughout.
+                let info = dtype.block().expect("a row format");
+                let Quants::E4M3Tiles { codes, tail, .. } = info.layout.quants else {
+                    unreachable!("fp8_ds_mla's layout")
+                };
+                let mut bytes = vec![0u8; x.len() / info.len * info.bytes];
+                for (b, xs) in bytes
+                    .chunks_exact_mut(info.bytes)
+                    .zip(x.chunks_exact(info.len))
+                {
+                    let finite: Vec<f32> = xs
+                        .iter()
+                        .map(|&v| if v.is_finite() { v } else { 0.0 })
+                        .collect();
+                    quant::quantize_block_bytes(dtype, &finite, b).unwrap();
+                    for i in (0..xs.len()).filter(|&i| !xs[i].is_finite()) {
+                        if i < codes {
+                            b[i] = 0x7F;
+                        } else {
+                            let at = tail + 2 * (i - codes);
+                            b[at..at + 2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+                        }
+                    }
+                }
+                KvBuffer::blocks(dtype, &bytes).unwrap()
+            }
             t => {
                 let info = t.block().expect("a block format");
                 let mut bytes = vec![0u8; x.len() / QK8_0 * info.bytes];
@@ -139,8 +200,9 @@ impl Store {
             }
             KvData::Q8_0(b) => KvData::Q8_0(&b[offset / QK8_0..]),
             KvData::Blocks(b) => {
-                let n = b.dtype().block().unwrap().bytes;
-                KvData::Blocks(Blocks::new(b.dtype(), &b.bytes()[offset / QK8_0 * n..]).unwrap())
+                let info = b.dtype().block().unwrap();
+                let at = offset / info.len * info.bytes;
+                KvData::Blocks(Blocks::new(b.dtype(), &b.bytes()[at..]).unwrap())
             }
             KvData::Fp8E4M3 { values, scales } => KvData::Fp8E4M3 {
                 values: &values[offset..],
