@@ -1,6 +1,7 @@
 //! Criterion benches of the decode step: one group per model shape, every
 //! tier this machine has, throughput in KV bytes read per step; then every
-//! KV element type on Llama-3-8B; then the
+//! KV element type on Llama-3-8B; then MLA latent rows (bf16, fp8 per
+//! row, fp8_ds_mla); then the
 //! serving surface (layouts, query tokens, threads); then KV append (one
 //! token into each of 32 layer caches, throughput in bytes written). Bench
 //! IDs carry the
@@ -54,11 +55,16 @@ const MODELS: [Model; 5] = [
     },
 ];
 
-fn decode(c: &mut Criterion) {
-    let l: usize = std::env::var("GQA_BENCH_L")
+/// The KV length of the benches: `GQA_BENCH_L`, or 8192.
+fn bench_len() -> usize {
+    std::env::var("GQA_BENCH_L")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
+        .unwrap_or(8192)
+}
+
+fn decode(c: &mut Criterion) {
+    let l = bench_len();
     for m in &MODELS {
         let shape = Shape::new(1, m.h, m.g, m.d, Dtype::F16);
         let n = m.g * l * m.d;
@@ -92,10 +98,7 @@ fn decode(c: &mut Criterion) {
 /// Llama-3-8B, best tier, one thread; throughput in the bytes each type
 /// reads (values and scales).
 fn kv_types(c: &mut Criterion) {
-    let l: usize = std::env::var("GQA_BENCH_L")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
+    let l = bench_len();
     let (h, g, d) = (32, 8, 128);
     let n = g * l * d;
     let pairs = [
@@ -133,14 +136,46 @@ fn kv_types(c: &mut Criterion) {
     group.finish();
 }
 
+/// Multi-head latent attention (DeepSeek-V2/V3 absorbed decode: H 128, one
+/// latent row of Dk 576 per position, V its leading 512), 1 thread, over
+/// the cache types MLA caches use: bf16, fp8 E4M3 with a scale per row,
+/// and DeepSeek-V3.2's FP8 rows (`fp8_ds_mla`, a scale per 128 values).
+/// Throughput in latent-row bytes read per step.
+fn mla(c: &mut Criterion) {
+    let l = bench_len();
+    let (h, dk, dv) = (128, 576, 512);
+    let lens = [l];
+    let x: Vec<f32> = (0..512 * dk)
+        .map(|i| ((i * 7919) % 1999) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut group = c.benchmark_group(format!("mla/H128-Dk576-Dv512/L{l}"));
+    group.sample_size(10);
+    for dt in [Dtype::Bf16, Dtype::Fp8E4M3Row, Dtype::Fp8DsMla] {
+        let kv = KvBuffer::from_f32(dt, &x, dk)
+            .and_then(|b| b.repeat_to(l * dk))
+            .expect("a latent cache");
+        let shape = Shape::new(1, h, 1, dk, dt)
+            .with_head_dims(dk, dv)
+            .with_max_kv_len(l);
+        let q = vec![0.01f32; shape.q_elems()];
+        let mut out = vec![0f32; shape.out_elems()];
+        let plan = Plan::new(&shape, &Options::default().with_threads(1)).expect("plan");
+        let cache = KvCache::latent(KvTensor::bgld(kv.data(), l, 1, dk));
+        group.throughput(Throughput::Bytes(cache.kv_bytes(&shape, &lens) as u64));
+        let batch = Batch::new(&q, cache, &lens);
+        let mut ws = plan.alloc_workspace();
+        group.bench_function(BenchmarkId::from_parameter(plan.kernel_name()), |b| {
+            b.iter(|| plan.run(&batch, &mut out, None, &mut ws).expect("run"))
+        });
+    }
+    group.finish();
+}
+
 /// The serving surface on Llama-3-8B, f16, best tier: strided vs paged
 /// (pages of 16 and 256, `[G, page, D]`, shuffled) vs ring, `q_len` 1 and
 /// 4, 1 thread and all cores.
 fn serving(c: &mut Criterion) {
-    let l: usize = std::env::var("GQA_BENCH_L")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
+    let l = bench_len();
     let (h, g, d) = (32, 8, 128);
     let n = g * l * d;
     let data: Vec<f16> = (0..n)
@@ -235,7 +270,8 @@ fn append_kv(c: &mut Criterion) {
     };
     let table: Vec<u32> = (0..(l + 1).div_ceil(page) as u32).rev().collect();
     let mut group = c.benchmark_group(format!("append/Llama-3-8B/{LAYERS}-layers/L{l}"));
-    for dtype in Dtype::ALL {
+    // fp8_ds_mla is a latent (MLA) row, not a Llama cache type.
+    for dtype in Dtype::ALL.into_iter().filter(|d| !d.is_row_format()) {
         group.throughput(criterion::Throughput::Bytes(
             (LAYERS * 2 * g * dtype.row_bytes(d)) as u64,
         ));
@@ -282,5 +318,5 @@ fn owned(dtype: Dtype, n: usize, d: usize, g: usize) -> KvBuffer {
     }
 }
 
-criterion_group!(benches, decode, kv_types, serving, append_kv);
+criterion_group!(benches, decode, kv_types, mla, serving, append_kv);
 criterion_main!(benches);
