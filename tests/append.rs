@@ -373,7 +373,7 @@ fn roundtrip(seed: u64, layout: Layout, src: Dtype, dst: Dtype, latent: bool) {
     let g = 1 + rng.below(3);
     // Block-format rows are whole blocks (an fp8_ds_mla row: 576 values).
     let mut dim = || match dst.block() {
-        Some(b) if b.is_row() => b.len,
+        Some(b) if dst.is_row_format() => b.len,
         Some(_) => QK8_0 * (1 + rng.below(2)),
         None => 1 + rng.below(9),
     };

@@ -48,7 +48,7 @@ fn go(u: &mut Unstructured<'_>) -> Result<()> {
     let t = *u.choose(&Dtype::ALL)?;
     // Block formats write whole blocks (fp8_ds_mla: whole 576-value rows).
     let d = match t.block() {
-        Some(b) if b.is_row() => b.len,
+        Some(b) if t.is_row_format() => b.len,
         Some(_) => 32 * u.int_in_range(1..=2usize)?,
         None => u.int_in_range(1..=40usize)?,
     };

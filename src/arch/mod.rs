@@ -326,28 +326,28 @@ impl<B: BlockFormat> Elem for B {
         unsafe {
             let b = row.add(blk).cast::<u8>();
             let valid = (d - o).min(B::LEN - i);
-            if let Quants::E4M3Tiles {
-                tile,
-                codes,
-                scales,
-                tail,
-            } = l.quants
-            {
-                return if i < codes {
-                    let s = b
-                        .add(scales + 4 * (i / tile))
-                        .cast::<f32>()
-                        .read_unaligned();
-                    // `load_e4m3` reads `x · 2^-8`: times 2^8 (exact),
-                    // then the tile's scale (one rounding, as `x · s`).
-                    let x = S::load_e4m3(b.add(l.qs + i), valid.min(codes - i));
-                    S::mul(S::mul(x, S::splat(256.0)), S::splat(s))
-                } else {
-                    S::load_bf16(b.add(tail + 2 * (i - codes)).cast::<u16>(), valid)
-                };
-            }
-            let scale = S::splat_f16(b.add(l.d).cast::<u16>().read_unaligned());
             let q = match l.quants {
+                // A row format's fp8 tiles carry an f32 scale each and end
+                // in bf16 values: no f16 scale or min.
+                Quants::E4M3Tiles {
+                    tile,
+                    codes,
+                    scales,
+                    tail,
+                } => {
+                    return if i < codes {
+                        let s = b
+                            .add(scales + 4 * (i / tile))
+                            .cast::<f32>()
+                            .read_unaligned();
+                        // `load_e4m3` reads `x · 2^-8`: times 2^8 (exact),
+                        // then the tile's scale (one rounding, as `x · s`).
+                        let x = S::load_e4m3(b.add(l.qs + i), valid.min(codes - i));
+                        S::mul(S::mul(x, S::splat(256.0)), S::splat(s))
+                    } else {
+                        S::load_bf16(b.add(tail + 2 * (i - codes)).cast::<u16>(), valid)
+                    };
+                }
                 Quants::Bytes => S::load_i8(b.add(l.qs + i).cast::<i8>(), valid),
                 Quants::Nibbles { lut } => {
                     let half = i / 16;
@@ -360,8 +360,8 @@ impl<B: BlockFormat> Elem for B {
                         None => q,
                     }
                 }
-                Quants::E4M3Tiles { .. } => unreachable!("read above"),
             };
+            let scale = S::splat_f16(b.add(l.d).cast::<u16>().read_unaligned());
             match l.m {
                 Some(m) => S::fma(
                     q,

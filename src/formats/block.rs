@@ -126,12 +126,6 @@ impl BlockInfo {
         }
     }
 
-    /// Whether the format is a row format (one block a row, any head dim
-    /// up to [`BlockInfo::len`]).
-    pub fn is_row(&self) -> bool {
-        self.len != QK
-    }
-
     /// Encodes `x` (a whole number of blocks of finite values) into `out`
     /// (`x.len() / len` blocks' bytes).
     pub fn quantize_row(&self, x: &[f32], out: &mut [u8]) {

@@ -223,7 +223,7 @@ impl Dtype {
     /// at most its row (a head reads the leading `d` values of each row).
     pub fn fits_head_dim(self, d: usize) -> bool {
         match self.block() {
-            Some(b) if b.is_row() => d <= b.len,
+            Some(b) if self.is_row_format() => d <= b.len,
             _ => d.is_multiple_of(self.block_len()),
         }
     }

@@ -45,7 +45,7 @@ pub fn paired(k: Dtype, v: Dtype) -> Dtype {
 /// head dim reads of it).
 pub fn row_width(dtype: Dtype, d: usize) -> usize {
     match dtype.block() {
-        Some(b) if b.is_row() => b.len,
+        Some(b) if dtype.is_row_format() => b.len,
         _ => d,
     }
 }
