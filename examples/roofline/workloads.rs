@@ -5,7 +5,8 @@
 //! step reading one row per position against the same shape given as
 //! separate K and V buffers) and sparse position lists
 //! (`Batch::positions`, a sixteenth of the positions, scattered or as pages
-//! of 16, against the full step).
+//! of 16, against the full step, beside the floor of the scattered rows
+//! read with no compute).
 
 use super::*;
 
@@ -39,6 +40,28 @@ struct Pair<'a> {
     threads: usize,
     /// Whether the plan takes prefix groups.
     cascade: bool,
+    /// A floor beside the pair, timed in each round after its runs on the
+    /// next layer cache: what its first workload (`names[1]`) reads, with
+    /// none of its compute (the sparse pair: [`gather_probe`]).
+    probe: Option<Box<dyn Fn(usize) -> u64 + 'a>>,
+}
+
+/// Reads every 64-byte line of the K and V rows that `list` names in a
+/// head-major (`[G, L, D]`) f16 cache, KV head by KV head in list order as
+/// the sparse walk does, with no compute: how long the rows' misses take
+/// when nothing else runs beside them (a loop this small lets the core
+/// run ahead over many rows). Returns a sum of what it read.
+fn gather_probe(k: &[f16], v: &[f16], l: usize, g: usize, d: usize, list: &[u32]) -> u64 {
+    let mut sum = 0u64;
+    for h in 0..g {
+        for &p in list {
+            let row = (h * l + p as usize) * d;
+            for x in (row..row + d).step_by(32) {
+                sum = sum.wrapping_add(u64::from(k[x].to_bits()) + u64::from(v[x].to_bits()));
+            }
+        }
+    }
+    std::hint::black_box(sum)
 }
 
 /// Layer caches that fill at least 1 GiB together (2 to 32 of them).
@@ -56,7 +79,8 @@ fn layer_count(bytes: usize) -> usize {
 ///   buffers (V a copy of K's leading 512 values);
 /// - Llama-3-8B f16 q_len 1, L 32768 (a quarter with `--quick`): a
 ///   sixteenth of the positions listed, scattered one by one or as pages
-///   of 16, against the full step;
+///   of 16, against the full step, and the scattered rows read with no
+///   compute ([`gather_probe`]);
 /// - Llama-3-8B f16 q_len 1, B 16 sequences of an 8192-position prefix (a
 ///   quarter with `--quick`) and 256 positions of their own each, pages of
 ///   16 (`[G, page, D]`, vLLM's CPU layout) whose block tables share the
@@ -139,6 +163,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             }),
             threads: 1,
             cascade: false,
+            probe: None,
         },
         Pair {
             names: &["separate", "latent"],
@@ -158,6 +183,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             }),
             threads: 1,
             cascade: false,
+            probe: None,
         },
         Pair {
             names: &["full", "sparse-1", "sparse-16"],
@@ -175,6 +201,13 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
             }),
             threads: 1,
             cascade: false,
+            probe: Some(Box::new(|layer| {
+                let (k, v) = &caches[layer];
+                match (k.data(), v.data()) {
+                    (KvData::F16(k), KvData::F16(v)) => gather_probe(k, v, lt, g, d, &scattered),
+                    _ => unreachable!("the sparse pair's caches are f16"),
+                }
+            })),
         },
     ];
     // The cascade pair: a pool per layer of the prefix's pages, then each
@@ -235,6 +268,7 @@ pub(crate) fn workloads_report(tier: Tier, args: &Args, probes: &Probes) {
         batch: Box::new(cascade_batch),
         threads,
         cascade: true,
+        probe: None,
     };
     let mut pairs = pairs.into_iter().collect::<Vec<_>>();
     pairs.push(cascade_pair(1));
@@ -269,6 +303,7 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
     );
     // Every time of each run, for the best and the median.
     let mut times = vec![Vec::new(); p.names.len()];
+    let mut probe_times = Vec::new();
     let mut layer = 0;
     for round in 0..rounds + 1 {
         for (i, t) in times.iter_mut().enumerate() {
@@ -280,6 +315,14 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
             // The first round warms the pages and the plan's threads.
             if round > 0 {
                 t.push(start.elapsed().as_secs_f64());
+            }
+        }
+        if let Some(probe) = &p.probe {
+            let start = Instant::now();
+            probe(layer % p.layers);
+            layer += 1;
+            if round > 0 {
+                probe_times.push(start.elapsed().as_secs_f64());
             }
         }
     }
@@ -346,6 +389,27 @@ fn run_pair(tier: Tier, args: &Args, probes: &Probes, p: &Pair<'_>, rounds: usiz
             println!(
                 "{name:<10} {:<11} {:>2} {:>4} {:>2} {:>4} {:>4} {:>6} {:>2} {:>5} {:>3} {:>9} {bytes:>10} {best:>10.6} {med:>10.6} {:>8.3} {ratio:>6.3}",
                 p.model, s.batch, s.heads, s.kv_heads, s.head_dim_k, s.head_dim_v, p.l, s.q_len, s.k_dtype.to_string(), p.threads, unit.name(), roof / best
+            );
+        }
+    }
+    // The floor: the first workload's rows read with none of its compute.
+    if !probe_times.is_empty() {
+        probe_times.sort_by(f64::total_cmp);
+        let (best, med) = (probe_times[0], probe_times[probe_times.len() / 2]);
+        let name = p.names[1];
+        let ratio = best / base;
+        if args.json {
+            println!(
+                "{{\"section\":\"workload_probe\",\"workload\":\"{name}\",\"probe\":\"gather\",\"model\":\"{}\",\"l\":{},\"threads\":{},\"seconds\":{best:.6e},\"median_seconds\":{med:.6e},\"t_over_t_plain\":{ratio:.3}}}",
+                p.model, p.l, p.threads
+            );
+        } else {
+            println!(
+                "{:<10} {:<11} {:<61} {best:>10.6} {med:>10.6} {:>8} {ratio:>6.3}",
+                "gather",
+                p.model,
+                format!("(the {name} rows read, no compute)"),
+                ""
             );
         }
     }
